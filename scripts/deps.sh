@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Idempotent setup of build/test dependencies on Debian 12.
+# Installs only missing packages (as root); otherwise says what to install.
+set -euo pipefail
+
+# dbus-x11 is deliberately absent: with it, a process that has DISPLAY but no
+# DBUS_SESSION_BUS_ADDRESS silently starts its own session bus.
+PACKAGES=(
+  build-essential pkg-config libdbus-1-dev
+  dbus gnome-keyring keyutils libglib2.0-bin python3-dbus python3-gi
+  curl iproute2 xvfb xauth
+  libwebkit2gtk-4.1-dev libayatana-appindicator3-dev librsvg2-dev
+)
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+  # dpkg -s also succeeds for removed-but-not-purged packages; check the status line.
+  if ! dpkg -s "$pkg" 2>/dev/null | grep -q '^Status: install ok installed'; then
+    missing+=("$pkg")
+  fi
+done
+
+if ((${#missing[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "deps.sh: missing system packages; install them with:" >&2
+    echo "  sudo apt-get install -y --no-install-recommends ${missing[*]}" >&2
+    exit 1
+  fi
+  echo "deps.sh: installing ${missing[*]}"
+  # Lock::Timeout: wait for another apt/dpkg run instead of failing at once.
+  apt-get -o DPkg::Lock::Timeout=600 update
+  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 \
+    install -y --no-install-recommends "${missing[@]}"
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "deps.sh: 'cargo' not found on PATH; install Rust from https://rustup.rs" >&2
+  exit 1
+fi
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "deps.sh: installing cargo-nextest"
+  # Not fatal: scripts/test.sh falls back to plain `cargo test`.
+  cargo install cargo-nextest --locked ||
+    echo "deps.sh: WARNING: could not install cargo-nextest" >&2
+fi

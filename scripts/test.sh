@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The project's test command: bash scripts/test.sh [extra nextest args...]
+# Runs the whole suite inside a private D-Bus session with an unlocked keyring,
+# then scans every test log for leaked tokens. Fails if either step fails.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+bash scripts/deps.sh
+
+mkdir -p artifacts            # git-ignored
+rm -rf artifacts/test-logs
+mkdir artifacts/test-logs
+export TOKENWARDEN_TEST_LOG_DIR=$PWD/artifacts/test-logs
+export TOKENWARDEN_TEST_KEYCHAIN=1
+export RUST_LOG=${RUST_LOG:-trace}
+export RUST_BACKTRACE=1
+
+if cargo nextest --version >/dev/null 2>&1; then
+  runner=(cargo nextest run --no-fail-fast)
+else
+  echo "test.sh: cargo-nextest unavailable, falling back to cargo test" >&2
+  runner=(cargo test --no-fail-fast)
+fi
+# Console output (incl. captured output of failing tests) is a log too: keep a
+# copy in the log dir so the secret scan covers it. Keep colours on a terminal.
+[[ -t 1 ]] && runner+=(--color always)
+
+tests_rc=0
+bash scripts/session.sh "${runner[@]}" "$@" 2>&1 | tee "$TOKENWARDEN_TEST_LOG_DIR/console.log" ||
+  tests_rc=$?   # pipefail: the status of the test run (tee rarely fails)
+
+scan_rc=0
+bash scripts/scan-secrets.sh "$TOKENWARDEN_TEST_LOG_DIR" || scan_rc=$?
+
+if ((tests_rc != 0)); then
+  echo "test.sh: FAILED: tests exited with $tests_rc$( ((scan_rc)) && echo '; secret scan also failed')" >&2
+  exit "$tests_rc"
+elif ((scan_rc != 0)); then
+  echo "test.sh: FAILED: tests passed but the secret scan failed" >&2
+  exit "$scan_rc"
+fi
+echo "test.sh: all tests passed, secret scan clean"

@@ -1,0 +1,704 @@
+//! Failure classification: is this refresh failure *transient* (keep trying) or a
+//! *permanent* OAuth verdict (stop and ask the user)?
+//!
+//! The table (shared/design.md), which the unit tests below walk row by row:
+//!
+//! | response from the token endpoint                                   | class     |
+//! |--------------------------------------------------------------------|-----------|
+//! | connect refused/reset, DNS failure, timeout, TLS failure           | transient |
+//! | HTTP 5xx, 408, 429 (`Retry-After` honoured)                        | transient |
+//! | HTTP 4xx whose body has no RFC 6749 `error` code (HTML, empty)     | transient |
+//! | HTTP 2xx whose body is not a token response (HTML login page)      | transient |
+//! | `error` = `temporarily_unavailable` / `server_error`               | transient |
+//! | `error` = `invalid_grant`, `invalid_client`, `unauthorized_client`,|           |
+//! |   `unsupported_grant_type`, `invalid_scope`, `invalid_request`     | permanent |
+//!
+//! Invariant: only the six codes in the last row are permanent. Anything the engine
+//! does not understand (an unknown `error` code, a redirect, a body too large) is
+//! transient: a workload is never killed on a guess. Transport errors are classified
+//! by error variant (`reqwest::Error` kinds, `std::io::Error` kinds, `rustls::Error`
+//! in the source chain), never by matching message text.
+
+use crate::engine::secret::Secret;
+use serde::{Deserialize, Serialize};
+use std::time::{Duration, SystemTime};
+
+pub const PERMANENT_CODES: [&str; 6] = [
+    "invalid_grant",
+    "invalid_client",
+    "unauthorized_client",
+    "unsupported_grant_type",
+    "invalid_scope",
+    "invalid_request",
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Class {
+    Transient,
+    Permanent,
+}
+
+/// What a response body looked like, for plain-words explanations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BodyShape {
+    Empty,
+    Html,
+    Json,
+    Text,
+    Binary,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum FailureKind {
+    /// No answer in time (connect, headers or body).
+    Timeout,
+    /// Could not connect: refused, unreachable, DNS not resolving.
+    Connect,
+    /// TLS handshake or certificate failure (a captive portal intercepting HTTPS).
+    Tls,
+    /// The connection broke during the exchange (reset, truncated body).
+    Network,
+    /// A non-2xx status without an RFC 6749 error code.
+    Http { status: u16, body: BodyShape },
+    /// An RFC 6749 error response.
+    OAuth {
+        status: u16,
+        error: String,
+        description: Option<String>,
+    },
+    /// A 2xx whose body is not a token response.
+    NotTokenResponse { status: u16, body: BodyShape },
+    /// The body was larger than the configured cap.
+    TooLarge { limit: usize },
+    /// The secret store could not be read or written.
+    SecretStore { message: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    #[serde(flatten)]
+    pub kind: FailureKind,
+    /// Server-requested wait (`Retry-After`), already capped by the policy.
+    #[serde(default, with = "opt_millis")]
+    pub retry_after: Option<Duration>,
+}
+
+impl Failure {
+    pub fn new(kind: FailureKind) -> Self {
+        Failure {
+            kind,
+            retry_after: None,
+        }
+    }
+
+    pub fn class(&self) -> Class {
+        match &self.kind {
+            FailureKind::OAuth { error, .. } if PERMANENT_CODES.contains(&error.as_str()) => {
+                Class::Permanent
+            }
+            _ => Class::Transient,
+        }
+    }
+
+    pub fn is_permanent(&self) -> bool {
+        self.class() == Class::Permanent
+    }
+
+    pub fn oauth_code(&self) -> Option<&str> {
+        match &self.kind {
+            FailureKind::OAuth { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+
+    /// The `reason` shown in `status`: the RFC 6749 code for a verdict; the HTTP status
+    /// (or transport kind) and a plain description for a transient error.
+    pub fn reason(&self) -> String {
+        match &self.kind {
+            FailureKind::OAuth { error, .. } if self.is_permanent() => error.clone(),
+            _ => format!("{}: {}", self.short(), self.describe()),
+        }
+    }
+
+    /// A few words: `HTTP 403`, `timeout`, `invalid_grant`.
+    pub fn short(&self) -> String {
+        match &self.kind {
+            FailureKind::Timeout => "timeout".into(),
+            FailureKind::Connect => "connection failed".into(),
+            FailureKind::Tls => "TLS failure".into(),
+            FailureKind::Network => "connection broken".into(),
+            FailureKind::Http { status, .. } | FailureKind::NotTokenResponse { status, .. } => {
+                format!("HTTP {status}")
+            }
+            FailureKind::OAuth { status, error, .. } => format!("HTTP {status} {error}"),
+            FailureKind::TooLarge { .. } => "response too large".into(),
+            FailureKind::SecretStore { .. } => "secret store".into(),
+        }
+    }
+
+    /// The cause in plain words, for people.
+    pub fn describe(&self) -> String {
+        match &self.kind {
+            FailureKind::Timeout => "the token endpoint did not answer in time".into(),
+            FailureKind::Connect => {
+                "could not reach the token endpoint (offline, VPN down, or DNS not ready)".into()
+            }
+            FailureKind::Tls => {
+                "the secure connection failed, often a captive portal or TLS inspection".into()
+            }
+            FailureKind::Network => "the connection broke before the answer was complete".into(),
+            FailureKind::Http { status, body } => match (status, body) {
+                (429, _) => "the issuer is rate-limiting requests".into(),
+                (408, _) => "the issuer timed out waiting for the request".into(),
+                (300..=399, _) => {
+                    "the token endpoint redirected elsewhere, probably a captive portal or proxy"
+                        .into()
+                }
+                (500..=599, BodyShape::Html) => {
+                    "the issuer or a proxy in front of it is failing (it answered with a web page)"
+                        .into()
+                }
+                (500..=599, _) => "the issuer is having a server error".into(),
+                (_, BodyShape::Html) => format!(
+                    "the token endpoint answered {status} with a web page, probably a firewall or VPN block"
+                ),
+                (_, BodyShape::Empty) => format!(
+                    "the token endpoint answered {status} with an empty body, probably a proxy or firewall"
+                ),
+                _ => format!("the token endpoint answered {status} without an OAuth error code"),
+            },
+            FailureKind::OAuth {
+                error, description, ..
+            } => {
+                let base = match error.as_str() {
+                    "invalid_grant" => "the sign-in has expired or was revoked",
+                    "invalid_client" => "the issuer does not accept this client",
+                    "unauthorized_client" => "this client may not use refresh tokens",
+                    "unsupported_grant_type" => "the issuer does not support refresh tokens",
+                    "invalid_scope" => "the requested scopes are no longer allowed",
+                    "invalid_request" => "the issuer rejected the refresh request",
+                    "temporarily_unavailable" => "the issuer is temporarily unavailable",
+                    "server_error" => "the issuer had an internal error",
+                    _ => "the issuer returned an error the engine does not know",
+                };
+                match description {
+                    // The description comes from the server: keep it short and printable.
+                    Some(d) if !d.is_empty() => format!("{base} ({})", sanitize(d, 160)),
+                    _ => base.into(),
+                }
+            }
+            FailureKind::NotTokenResponse { body, .. } => match body {
+                BodyShape::Html => {
+                    "the token endpoint answered with a web page instead of tokens, probably a captive portal or VPN login"
+                        .into()
+                }
+                _ => "the token endpoint's answer was not a token response".into(),
+            },
+            FailureKind::TooLarge { limit } => {
+                format!("the token endpoint sent more than {limit} bytes, which no token response needs")
+            }
+            FailureKind::SecretStore { message } => message.clone(),
+        }
+    }
+
+    /// A hint for the user, only for a permanent verdict (never for a ceiling give-up).
+    pub fn hint(&self) -> Option<String> {
+        if !self.is_permanent() {
+            return None;
+        }
+        Some(match self.oauth_code() {
+            Some("invalid_client") | Some("unauthorized_client") => {
+                "Your client registration may be stale: check client_id, or remove the workload and add it again to re-register, then Re-authenticate.".into()
+            }
+            _ => {
+                "Re-authenticate. If the issuer keeps refusing, your client registration may be stale: remove the workload and add it again.".into()
+            }
+        })
+    }
+
+    /// A connect-level failure that a network change may have caused.
+    pub fn is_connectivity(&self) -> bool {
+        matches!(
+            self.kind,
+            FailureKind::Connect | FailureKind::Timeout | FailureKind::Network | FailureKind::Tls
+        )
+    }
+}
+
+/// A parsed token endpoint success.
+#[derive(Debug, Clone)]
+pub struct TokenResponse {
+    pub access_token: Secret,
+    pub refresh_token: Option<Secret>,
+    /// `None` when absent or unusable (negative, zero, not a number); see `expires_in_note`.
+    pub expires_in: Option<Duration>,
+    pub expires_in_invalid: bool,
+    pub scope: Option<String>,
+}
+
+/// Longest lifetime believed from `expires_in` (absurd values are clamped to it).
+pub const MAX_EXPIRES_IN: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// Classify a complete HTTP answer from the token endpoint.
+pub fn classify_response(
+    status: u16,
+    content_type: Option<&str>,
+    retry_after: Option<&str>,
+    body: &[u8],
+    now: SystemTime,
+    retry_after_max: Duration,
+) -> Result<TokenResponse, Failure> {
+    let shape = body_shape(content_type, body);
+    let json: Option<serde_json::Value> = if shape == BodyShape::Json {
+        serde_json::from_slice(body).ok()
+    } else {
+        None
+    };
+    let retry_after = retry_after
+        .and_then(|v| parse_retry_after(v, now))
+        .map(|d| d.min(retry_after_max));
+    let fail = |kind| Failure { kind, retry_after };
+
+    // An RFC 6749 error code wins wherever it appears (some servers send it with 200).
+    if let Some(err) = json
+        .as_ref()
+        .and_then(|j| j.get("error"))
+        .and_then(|e| e.as_str())
+    {
+        let description = json
+            .as_ref()
+            .and_then(|j| j.get("error_description"))
+            .and_then(|d| d.as_str())
+            .map(|d| sanitize(d, 300));
+        let f = fail(FailureKind::OAuth {
+            status,
+            error: sanitize(err, 64),
+            description,
+        });
+        // 5xx, 408 and 429 are transient whatever the body says.
+        if (500..=599).contains(&status) || status == 408 || status == 429 {
+            if f.is_permanent() {
+                return Err(fail(FailureKind::Http {
+                    status,
+                    body: BodyShape::Json,
+                }));
+            }
+        }
+        return Err(f);
+    }
+    if !(200..=299).contains(&status) {
+        return Err(fail(FailureKind::Http {
+            status,
+            body: shape,
+        }));
+    }
+    let Some(obj) = json.as_ref().and_then(|j| j.as_object()) else {
+        return Err(fail(FailureKind::NotTokenResponse {
+            status,
+            body: shape,
+        }));
+    };
+    let access = obj
+        .get("access_token")
+        .and_then(|v| v.as_str())
+        .filter(|s| !s.is_empty());
+    let Some(access) = access else {
+        return Err(fail(FailureKind::NotTokenResponse {
+            status,
+            body: BodyShape::Json,
+        }));
+    };
+    let refresh = obj
+        .get("refresh_token")
+        .and_then(|v| v.as_str())
+        .filter(|s| !s.is_empty())
+        .map(Secret::new);
+    let (expires_in, expires_in_invalid) = match obj.get("expires_in") {
+        None | Some(serde_json::Value::Null) => (None, false),
+        Some(v) => match parse_expires_in(v) {
+            Some(d) => (Some(d), false),
+            None => (None, true),
+        },
+    };
+    Ok(TokenResponse {
+        access_token: Secret::new(access),
+        refresh_token: refresh,
+        expires_in,
+        expires_in_invalid,
+        scope: obj.get("scope").and_then(|v| v.as_str()).map(String::from),
+    })
+}
+
+fn parse_expires_in(v: &serde_json::Value) -> Option<Duration> {
+    let secs: f64 = match v {
+        serde_json::Value::Number(n) => n.as_f64()?,
+        serde_json::Value::String(s) => s.trim().parse().ok()?,
+        _ => return None,
+    };
+    if !secs.is_finite() || secs < 1.0 {
+        return None;
+    }
+    Some(Duration::from_secs_f64(
+        secs.min(MAX_EXPIRES_IN.as_secs_f64()),
+    ))
+}
+
+/// `Retry-After`: delta-seconds or an HTTP-date. Dates in the past mean "now".
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let v = value.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+pub fn body_shape(content_type: Option<&str>, body: &[u8]) -> BodyShape {
+    let trimmed = body.trim_ascii_start();
+    if trimmed.is_empty() {
+        return BodyShape::Empty;
+    }
+    let ct = content_type.unwrap_or("").to_ascii_lowercase();
+    let looks_html = {
+        let head: Vec<u8> = trimmed
+            .iter()
+            .take(15)
+            .map(u8::to_ascii_lowercase)
+            .collect();
+        head.starts_with(b"<!doctype") || head.starts_with(b"<html") || head.starts_with(b"<")
+    };
+    if ct.contains("html") || looks_html {
+        return BodyShape::Html;
+    }
+    if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() {
+        return BodyShape::Json;
+    }
+    if std::str::from_utf8(body).is_ok() {
+        BodyShape::Text
+    } else {
+        BodyShape::Binary
+    }
+}
+
+/// Classify a transport error by walking its source chain for known error types.
+pub fn classify_transport(err: &reqwest::Error) -> Failure {
+    if err.is_timeout() {
+        return Failure::new(FailureKind::Timeout);
+    }
+    if chain_has_rustls(err) {
+        return Failure::new(FailureKind::Tls);
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    let mut io_kind = None;
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            io_kind.get_or_insert(io.kind());
+        }
+        source = e.source();
+    }
+    if let Some(kind) = io_kind {
+        use std::io::ErrorKind::*;
+        if kind == TimedOut {
+            return Failure::new(FailureKind::Timeout);
+        }
+        if matches!(
+            kind,
+            ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
+        ) && !err.is_connect()
+        {
+            return Failure::new(FailureKind::Network);
+        }
+    }
+    if err.is_connect() {
+        Failure::new(FailureKind::Connect)
+    } else {
+        Failure::new(FailureKind::Network)
+    }
+}
+
+/// Whether a `rustls::Error` sits anywhere in the chain. `io::Error::source()` skips
+/// the error it wraps, so wrapped I/O errors are opened with `get_ref` as well.
+fn chain_has_rustls(e: &(dyn std::error::Error + 'static)) -> bool {
+    if e.downcast_ref::<rustls::Error>().is_some() {
+        return true;
+    }
+    if let Some(inner) = e
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+    {
+        if chain_has_rustls(inner) {
+            return true;
+        }
+    }
+    e.source().is_some_and(chain_has_rustls)
+}
+
+/// Keep server-provided text printable and short.
+pub fn sanitize(s: &str, max: usize) -> String {
+    s.chars()
+        .filter(|c| !c.is_control())
+        .take(max)
+        .collect::<String>()
+}
+
+mod opt_millis {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(v: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(d) => s.serialize_some(&(d.as_millis() as u64)),
+            None => s.serialize_none(),
+        }
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Ok(Option::<u64>::deserialize(d)?.map(Duration::from_millis))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAX: Duration = Duration::from_secs(3600);
+
+    fn now() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_750_000_000)
+    }
+
+    fn run(
+        status: u16,
+        ct: Option<&str>,
+        ra: Option<&str>,
+        body: &str,
+    ) -> Result<TokenResponse, Failure> {
+        classify_response(status, ct, ra, body.as_bytes(), now(), MAX)
+    }
+
+    fn class_of(status: u16, ct: Option<&str>, body: &str) -> Class {
+        match run(status, ct, None, body) {
+            Ok(_) => panic!("expected a failure for {status} {body:?}"),
+            Err(f) => f.class(),
+        }
+    }
+
+    const HTML: &str = "<!DOCTYPE html><html><body><h1>Access denied</h1></body></html>";
+
+    #[test]
+    fn table_http_statuses() {
+        use Class::*;
+        let json = Some("application/json");
+        let html = Some("text/html; charset=utf-8");
+        let rows: &[(u16, Option<&str>, &str, Class)] = &[
+            // 5xx, 408, 429: transient whatever the body
+            (500, json, "{}", Transient),
+            (502, html, HTML, Transient),
+            (503, None, "", Transient),
+            (504, json, r#"{"error":"invalid_grant"}"#, Transient),
+            (408, None, "", Transient),
+            (429, json, r#"{"error":"slow_down"}"#, Transient),
+            // 4xx without an RFC 6749 code
+            (403, html, HTML, Transient),
+            (403, None, HTML, Transient),
+            (401, None, "", Transient),
+            (400, json, r#"{"message":"nope"}"#, Transient),
+            (404, Some("text/plain"), "not found", Transient),
+            (407, None, "proxy auth", Transient),
+            // 2xx that is not a token response
+            (200, html, "<html><form>VPN login</form></html>", Transient),
+            (200, json, r#"{"token":"x"}"#, Transient),
+            (200, json, "[1,2]", Transient),
+            (200, json, "", Transient),
+            (200, json, r#"{"access_token":""}"#, Transient),
+            (200, json, r#"{"access_token":"abc""#, Transient),
+            // redirects (captive portals)
+            (302, None, "", Transient),
+            // transient OAuth codes
+            (
+                400,
+                json,
+                r#"{"error":"temporarily_unavailable"}"#,
+                Transient,
+            ),
+            (400, json, r#"{"error":"server_error"}"#, Transient),
+            (400, json, r#"{"error":"some_vendor_code"}"#, Transient),
+            // permanent OAuth verdicts
+            (400, json, r#"{"error":"invalid_grant"}"#, Permanent),
+            (401, json, r#"{"error":"invalid_client"}"#, Permanent),
+            (400, json, r#"{"error":"unauthorized_client"}"#, Permanent),
+            (
+                400,
+                json,
+                r#"{"error":"unsupported_grant_type"}"#,
+                Permanent,
+            ),
+            (400, json, r#"{"error":"invalid_scope"}"#, Permanent),
+            (400, json, r#"{"error":"invalid_request"}"#, Permanent),
+            // a verdict sent with 200 is still a verdict
+            (200, json, r#"{"error":"invalid_grant"}"#, Permanent),
+            // content-type missing but JSON body
+            (
+                400,
+                None,
+                r#"{"error":"invalid_grant","error_description":"revoked"}"#,
+                Permanent,
+            ),
+        ];
+        for (status, ct, body, want) in rows {
+            assert_eq!(
+                class_of(*status, *ct, body),
+                *want,
+                "status {status} body {body:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn reasons_name_the_code_or_the_status_in_plain_words() {
+        let f = run(400, None, None, r#"{"error":"invalid_grant"}"#).unwrap_err();
+        assert_eq!(f.reason(), "invalid_grant");
+        assert!(f.hint().is_some());
+        let f = run(403, Some("text/html"), None, HTML).unwrap_err();
+        assert_eq!(
+            f.reason(),
+            "HTTP 403: the token endpoint answered 403 with a web page, probably a firewall or VPN block"
+        );
+        assert!(
+            f.hint().is_none(),
+            "no registration hint for transient errors"
+        );
+        let f = run(200, Some("text/html"), None, HTML).unwrap_err();
+        assert!(f.describe().contains("captive portal"));
+    }
+
+    #[test]
+    fn retry_after_seconds_and_http_date_and_cap() {
+        let f = run(429, None, Some("120"), "").unwrap_err();
+        assert_eq!(f.retry_after, Some(Duration::from_secs(120)));
+        let date = httpdate::fmt_http_date(now() + Duration::from_secs(90));
+        let f = run(503, None, Some(&date), "").unwrap_err();
+        assert_eq!(f.retry_after, Some(Duration::from_secs(90)));
+        let past = httpdate::fmt_http_date(now() - Duration::from_secs(90));
+        let f = run(503, None, Some(&past), "").unwrap_err();
+        assert_eq!(f.retry_after, Some(Duration::ZERO));
+        let f = run(429, None, Some("999999999"), "").unwrap_err();
+        assert_eq!(f.retry_after, Some(MAX), "capped");
+        let f = run(429, None, Some("soon"), "").unwrap_err();
+        assert_eq!(f.retry_after, None, "garbage ignored");
+    }
+
+    #[test]
+    fn token_responses_parse_with_odd_expires_in() {
+        let ok = |body: &str| run(200, Some("application/json"), None, body).unwrap();
+        let t = ok(
+            r#"{"access_token":"a","refresh_token":"r","expires_in":3600,"token_type":"Bearer"}"#,
+        );
+        assert_eq!(t.access_token.expose(), "a");
+        assert_eq!(t.refresh_token.as_ref().map(Secret::expose), Some("r"));
+        assert_eq!(t.expires_in, Some(Duration::from_secs(3600)));
+        let t = ok(r#"{"access_token":"a","expires_in":"60"}"#);
+        assert_eq!(t.expires_in, Some(Duration::from_secs(60)));
+        assert!(t.refresh_token.is_none());
+        for bad in ["-1", "0", "\"soon\"", "[]", "0.2"] {
+            let t = ok(&format!(r#"{{"access_token":"a","expires_in":{bad}}}"#));
+            assert_eq!(t.expires_in, None, "{bad}");
+            assert!(t.expires_in_invalid, "{bad}");
+        }
+        let t = ok(r#"{"access_token":"a","expires_in":1e30}"#);
+        assert_eq!(t.expires_in, Some(MAX_EXPIRES_IN));
+        let t = ok(r#"{"access_token":"a"}"#);
+        assert_eq!(t.expires_in, None);
+        assert!(!t.expires_in_invalid);
+    }
+
+    #[test]
+    fn invalid_utf8_and_binary_bodies_are_transient() {
+        let f =
+            classify_response(200, None, None, &[0xff, 0xfe, 0x00, 0x80], now(), MAX).unwrap_err();
+        assert_eq!(f.class(), Class::Transient);
+        assert!(matches!(
+            f.kind,
+            FailureKind::NotTokenResponse {
+                body: BodyShape::Binary,
+                ..
+            }
+        ));
+        let f = classify_response(400, None, None, &[0xff, 0xfe], now(), MAX).unwrap_err();
+        assert_eq!(f.class(), Class::Transient);
+    }
+
+    #[test]
+    fn server_text_is_sanitized() {
+        let f = run(
+            400,
+            None,
+            None,
+            "{\"error\":\"invalid_grant\",\"error_description\":\"bad\\u001b[31m\\nthing\"}",
+        )
+        .unwrap_err();
+        assert!(!f.describe().contains('\u{1b}'));
+        assert!(!f.describe().contains('\n'));
+    }
+
+    #[tokio::test]
+    async fn transport_errors_are_transient_by_variant() {
+        // Connection refused: bind a port, then free it.
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_millis(500))
+            .build()
+            .unwrap();
+        let err = client
+            .post(format!("http://127.0.0.1:{port}/token"))
+            .send()
+            .await
+            .unwrap_err();
+        let f = classify_transport(&err);
+        assert_eq!(f.kind, FailureKind::Connect);
+        assert_eq!(f.class(), Class::Transient);
+
+        // Timeout: a listener that accepts and never answers.
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let hold = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = l.accept().await {
+                held.push(s);
+            }
+        });
+        let err = client
+            .post(format!("http://{addr}/token"))
+            .send()
+            .await
+            .unwrap_err();
+        assert_eq!(classify_transport(&err).kind, FailureKind::Timeout);
+
+        // TLS failure: speak HTTPS to a plain TCP server that answers garbage.
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let srv = tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while let Ok((mut s, _)) = l.accept().await {
+                let mut buf = [0u8; 512];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\n\r\nthis is not tls").await;
+            }
+        });
+        let err = client
+            .post(format!("https://{addr}/token"))
+            .send()
+            .await
+            .unwrap_err();
+        let f = classify_transport(&err);
+        assert_eq!(f.kind, FailureKind::Tls, "{err:?}");
+        assert_eq!(f.class(), Class::Transient);
+        hold.abort();
+        srv.abort();
+    }
+}

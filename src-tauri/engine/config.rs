@@ -1,0 +1,657 @@
+//! `workloads.toml`: loading with errors that name file and line, and atomic edits.
+//!
+//! Invariants:
+//! * a file that does not load is never rewritten: `add`/`remove` refuse to touch it;
+//! * every write goes to a temp file in the same directory, is fsynced and renamed
+//!   over the old one, so a crash leaves the old file or the new one, never half;
+//! * edits go through `toml_edit`, so the user's comments and layout survive;
+//! * secrets are never written here (client secrets and tokens go to the secret store).
+
+use crate::engine::policy::{Policy, RawValue};
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use toml::Spanned;
+use url::Url;
+
+pub const FILE_NAME: &str = "workloads.toml";
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}{}: {message}", path.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
+pub struct ConfigError {
+    pub path: PathBuf,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum StoreKind {
+    #[default]
+    Keychain,
+    File,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub path: PathBuf,
+    pub store: StoreKind,
+    /// Keychain service name override.
+    pub service: Option<String>,
+    pub policy: Policy,
+    pub workloads: Vec<WorkloadConfig>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkloadConfig {
+    pub name: String,
+    pub url: Option<Url>,
+    pub authorization_endpoint: Option<Url>,
+    pub token_endpoint: Url,
+    pub client_id: String,
+    pub scopes: Vec<String>,
+    pub listen_port: Option<u16>,
+    pub ca_file: Option<PathBuf>,
+    pub allow_http: bool,
+    pub enabled: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    secrets: Option<RawSecrets>,
+    #[serde(default)]
+    policy: BTreeMap<String, Spanned<toml::Value>>,
+    #[serde(default)]
+    workload: Vec<RawWorkload>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSecrets {
+    store: Option<Spanned<String>>,
+    service: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorkload {
+    name: Spanned<String>,
+    url: Option<Spanned<String>>,
+    authorization_endpoint: Option<Spanned<String>>,
+    token_endpoint: Option<Spanned<String>>,
+    client_id: Option<Spanned<String>>,
+    #[serde(default)]
+    scopes: Vec<String>,
+    listen_port: Option<u16>,
+    ca_file: Option<Spanned<String>>,
+    #[serde(default)]
+    allow_http: bool,
+    #[serde(default = "yes")]
+    enabled: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Workload names: what is safe as a file name, a keychain account and a CLI word.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid workload name `{name}`: use 1-64 letters, digits, `-`, `_` or `.`, starting with a letter or digit"
+        ))
+    }
+}
+
+pub fn is_loopback_host(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
+/// An endpoint URL: https, or http to loopback, or http anywhere with `allow_http`.
+pub fn check_endpoint(field: &str, raw: &str, allow_http: bool) -> Result<Url, String> {
+    let url = Url::parse(raw.trim())
+        .map_err(|e| format!("`{field}` is not a valid URL ({e}): `{raw}`"))?;
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if is_loopback_host(&url) || allow_http => Ok(url),
+        "http" => Err(format!(
+            "`{field}` uses plain http:// to a non-loopback host ({raw}); tokens would travel unencrypted. Use https://, or set `allow_http = true` for this workload if you really mean it"
+        )),
+        other => Err(format!("`{field}` must be an https:// URL, not {other}://")),
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset.min(text.len()))
+        .map(|s| s.matches('\n').count() + 1)
+        .unwrap_or(1)
+}
+
+impl Config {
+    /// An empty configuration (no file yet).
+    pub fn empty(path: PathBuf) -> Self {
+        Config {
+            path,
+            store: StoreKind::Keychain,
+            service: None,
+            policy: Policy::default(),
+            workloads: Vec::new(),
+        }
+    }
+
+    /// Load `path`; a missing file is an empty configuration. Environment overrides of
+    /// the policy are applied by the caller (`apply_env`), so tests stay hermetic.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Config::parse(path, &text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Ok(Config::empty(path.to_path_buf()))
+            }
+            Err(e) => Err(ConfigError {
+                path: path.to_path_buf(),
+                line: None,
+                message: format!("cannot read the file: {e}"),
+            }),
+        }
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let err = |span: Option<std::ops::Range<usize>>, message: String| ConfigError {
+            path: path.to_path_buf(),
+            line: span.map(|s| line_of(text, s.start)),
+            message,
+        };
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| err(e.span(), e.message().to_string()))?;
+        let base_dir = path.parent().unwrap_or(Path::new("."));
+
+        let mut cfg = Config::empty(path.to_path_buf());
+        if let Some(s) = raw.secrets {
+            if let Some(store) = s.store {
+                cfg.store =
+                    match store.get_ref().as_str() {
+                        "keychain" => StoreKind::Keychain,
+                        "file" => StoreKind::File,
+                        other => return Err(err(
+                            Some(store.span()),
+                            format!(
+                                "[secrets] store must be \"keychain\" or \"file\", not \"{other}\""
+                            ),
+                        )),
+                    };
+            }
+            cfg.service = s.service.filter(|s| !s.trim().is_empty());
+        }
+        for (key, value) in &raw.policy {
+            let v = match value.get_ref() {
+                toml::Value::String(s) => RawValue::Text(s.clone()),
+                toml::Value::Integer(i) => RawValue::Integer(*i),
+                toml::Value::Float(f) => RawValue::Float(*f),
+                _ => {
+                    return Err(err(
+                        Some(value.span()),
+                        format!("[policy] {key}: expected a string or a number"),
+                    ))
+                }
+            };
+            cfg.policy
+                .set(key, &v)
+                .map_err(|m| err(Some(value.span()), format!("[policy] {m}")))?;
+        }
+        cfg.policy
+            .check()
+            .map_err(|m| err(None, format!("[policy] {m}")))?;
+
+        let mut names = HashSet::new();
+        let mut ports = HashSet::new();
+        for w in raw.workload {
+            let name = w.name.get_ref().clone();
+            validate_name(&name).map_err(|m| err(Some(w.name.span()), m))?;
+            if !names.insert(name.clone()) {
+                return Err(err(
+                    Some(w.name.span()),
+                    format!("duplicate workload name `{name}`"),
+                ));
+            }
+            let endpoint =
+                |field: &str, v: &Option<Spanned<String>>| -> Result<Option<Url>, ConfigError> {
+                    v.as_ref()
+                        .map(|s| {
+                            check_endpoint(field, s.get_ref(), w.allow_http)
+                                .map_err(|m| err(Some(s.span()), m))
+                        })
+                        .transpose()
+                };
+            let url = endpoint("url", &w.url)?;
+            let authorization_endpoint =
+                endpoint("authorization_endpoint", &w.authorization_endpoint)?;
+            let token_endpoint = endpoint("token_endpoint", &w.token_endpoint)?.ok_or_else(|| {
+                err(
+                    Some(w.name.span()),
+                    format!("workload `{name}` has no `token_endpoint` (discovery from `url` is not supported yet)"),
+                )
+            })?;
+            let client_id = match &w.client_id {
+                Some(c) if !c.get_ref().trim().is_empty() => c.get_ref().trim().to_string(),
+                Some(c) => return Err(err(Some(c.span()), "`client_id` is empty".into())),
+                None => {
+                    return Err(err(
+                        Some(w.name.span()),
+                        format!("workload `{name}` has no `client_id`"),
+                    ))
+                }
+            };
+            if let Some(p) = w.listen_port {
+                if p != 0 && !ports.insert(p) {
+                    return Err(err(
+                        Some(w.name.span()),
+                        format!("listen_port {p} is used by two workloads"),
+                    ));
+                }
+            }
+            let ca_file = match &w.ca_file {
+                Some(c) => {
+                    let p = base_dir.join(c.get_ref());
+                    let bytes = std::fs::read(&p).map_err(|e| {
+                        err(
+                            Some(c.span()),
+                            format!("cannot read ca_file {}: {e}", p.display()),
+                        )
+                    })?;
+                    reqwest::Certificate::from_pem_bundle(&bytes)
+                        .ok()
+                        .filter(|v| !v.is_empty())
+                        .ok_or_else(|| {
+                            err(
+                                Some(c.span()),
+                                format!("ca_file {} holds no PEM certificate", p.display()),
+                            )
+                        })?;
+                    Some(p)
+                }
+                None => None,
+            };
+            cfg.workloads.push(WorkloadConfig {
+                name,
+                url,
+                authorization_endpoint,
+                token_endpoint,
+                client_id,
+                scopes: w.scopes,
+                listen_port: w.listen_port,
+                ca_file,
+                allow_http: w.allow_http,
+                enabled: w.enabled,
+            });
+        }
+        Ok(cfg)
+    }
+
+    pub fn workload(&self, name: &str) -> Option<&WorkloadConfig> {
+        self.workloads.iter().find(|w| w.name == name)
+    }
+}
+
+/// What `add` writes.
+#[derive(Clone, Debug, Default)]
+pub struct NewWorkload {
+    pub name: String,
+    pub url: Option<String>,
+    pub authorization_endpoint: Option<String>,
+    pub token_endpoint: String,
+    pub client_id: String,
+    pub scopes: Vec<String>,
+    pub ca_file: Option<String>,
+    pub allow_http: bool,
+}
+
+fn read_for_edit(path: &Path) -> Result<(String, Config), ConfigError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => {
+            return Err(ConfigError {
+                path: path.to_path_buf(),
+                line: None,
+                message: format!("cannot read the file: {e}"),
+            })
+        }
+    };
+    let cfg = Config::parse(path, &text)?;
+    Ok((text, cfg))
+}
+
+fn commit_edit(path: &Path, new_text: &str) -> Result<Config, ConfigError> {
+    // Validate what we are about to write with the same loader.
+    let cfg = Config::parse(path, new_text)?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| ConfigError {
+            path: path.to_path_buf(),
+            line: None,
+            message: format!("cannot create the config directory: {e}"),
+        })?;
+    }
+    write_atomic(path, new_text.as_bytes(), false).map_err(|e| ConfigError {
+        path: path.to_path_buf(),
+        line: None,
+        message: format!("cannot write the file: {e}"),
+    })?;
+    Ok(cfg)
+}
+
+fn edit_error(path: &Path, message: String) -> ConfigError {
+    ConfigError {
+        path: path.to_path_buf(),
+        line: None,
+        message,
+    }
+}
+
+/// Append a workload. Refuses if the file is broken or the name exists.
+pub fn add_workload(path: &Path, w: &NewWorkload) -> Result<Config, ConfigError> {
+    let (text, cfg) = read_for_edit(path)?;
+    validate_name(&w.name).map_err(|m| edit_error(path, m))?;
+    if cfg.workload(&w.name).is_some() {
+        return Err(edit_error(
+            path,
+            format!("a workload named `{}` already exists", w.name),
+        ));
+    }
+    let mut doc: toml_edit::DocumentMut = text
+        .parse()
+        .map_err(|e: toml_edit::TomlError| edit_error(path, e.to_string()))?;
+    let mut t = toml_edit::Table::new();
+    t["name"] = toml_edit::value(&w.name);
+    if let Some(u) = &w.url {
+        t["url"] = toml_edit::value(u);
+    }
+    if let Some(a) = &w.authorization_endpoint {
+        t["authorization_endpoint"] = toml_edit::value(a);
+    }
+    t["token_endpoint"] = toml_edit::value(&w.token_endpoint);
+    t["client_id"] = toml_edit::value(&w.client_id);
+    if !w.scopes.is_empty() {
+        let mut arr = toml_edit::Array::new();
+        for s in &w.scopes {
+            arr.push(s.as_str());
+        }
+        t["scopes"] = toml_edit::value(arr);
+    }
+    if let Some(c) = &w.ca_file {
+        t["ca_file"] = toml_edit::value(c);
+    }
+    if w.allow_http {
+        t["allow_http"] = toml_edit::value(true);
+    }
+    match doc.get_mut("workload") {
+        None => {
+            let mut arr = toml_edit::ArrayOfTables::new();
+            arr.push(t);
+            doc.insert("workload", toml_edit::Item::ArrayOfTables(arr));
+        }
+        Some(item) => match item.as_array_of_tables_mut() {
+            Some(arr) => arr.push(t),
+            None => {
+                return Err(edit_error(
+                    path,
+                    "`workload` must be written as [[workload]] tables".into(),
+                ))
+            }
+        },
+    }
+    commit_edit(path, &doc.to_string())
+}
+
+/// Remove a workload by name. Refuses if the file is broken or the name is unknown.
+pub fn remove_workload(path: &Path, name: &str) -> Result<Config, ConfigError> {
+    let (text, cfg) = read_for_edit(path)?;
+    if cfg.workload(name).is_none() {
+        return Err(edit_error(path, format!("no workload named `{name}`")));
+    }
+    let mut doc: toml_edit::DocumentMut = text
+        .parse()
+        .map_err(|e: toml_edit::TomlError| edit_error(path, e.to_string()))?;
+    let arr = doc
+        .get_mut("workload")
+        .and_then(|i| i.as_array_of_tables_mut())
+        .ok_or_else(|| {
+            edit_error(
+                path,
+                "`workload` must be written as [[workload]] tables".into(),
+            )
+        })?;
+    arr.retain(|t| t.get("name").and_then(|v| v.as_str()) != Some(name));
+    if arr.is_empty() {
+        doc.remove("workload");
+    }
+    commit_edit(path, &doc.to_string())
+}
+
+/// Write `bytes` to `path` atomically: temp file in the same directory, fsync, rename,
+/// fsync the directory. `private` makes the file 0600 from its creation on.
+pub fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "file".into());
+    let tmp = dir.join(format!(
+        ".{file_name}.tmp-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(if private { 0o600 } else { 0o644 });
+    }
+    #[cfg(not(unix))]
+    let _ = private;
+    let result = (|| {
+        let mut f = opts.open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)?;
+        #[cfg(unix)]
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const GOOD: &str = r#"# my workloads
+[secrets]
+store = "keychain"
+
+[policy]
+retrying_ceiling = "12h"
+refresh_max_tries = 3
+
+[[workload]]
+name = "github-mcp"
+url = "https://remote.example/mcp"
+authorization_endpoint = "https://auth.example/authorize"
+token_endpoint = "https://auth.example/token"
+client_id = "abc"
+scopes = ["read"]
+listen_port = 8765
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/cfg/workloads.toml"), text)
+    }
+
+    #[test]
+    fn good_file_loads() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.store, StoreKind::Keychain);
+        assert_eq!(c.policy.retrying_ceiling, Duration::from_secs(12 * 3600));
+        assert_eq!(c.policy.refresh_max_tries, 3);
+        let w = &c.workloads[0];
+        assert_eq!(w.name, "github-mcp");
+        assert_eq!(w.token_endpoint.as_str(), "https://auth.example/token");
+        assert_eq!(w.scopes, vec!["read"]);
+        assert_eq!(w.listen_port, Some(8765));
+        assert!(w.enabled);
+    }
+
+    fn line_and_message(text: &str) -> (Option<usize>, String) {
+        let e = parse(text).unwrap_err();
+        let shown = e.to_string();
+        assert!(shown.starts_with("/cfg/workloads.toml"), "{shown}");
+        (e.line, e.message)
+    }
+
+    #[test]
+    fn broken_files_report_the_line() {
+        let wl = |body: &str| {
+            format!("[secrets]\nstore = \"keychain\"\n\n[[workload]]\nname = \"a\"\n{body}\n")
+        };
+        let ok_ep = "token_endpoint = \"https://i.example/token\"\nclient_id = \"c\"";
+        let cases: Vec<(String, usize, &str)> = vec![
+            ("[secrets\nstore = 1\n".into(), 1, ""),
+            (
+                wl(&format!("{ok_ep}\ncolour = \"red\"")),
+                8,
+                "unknown field",
+            ),
+            (
+                format!("{}[[workload]]\nname = \"a\"\n{ok_ep}\n", wl(ok_ep)),
+                9,
+                "duplicate workload name",
+            ),
+            (
+                wl("token_endpoint = \"not a url\"\nclient_id = \"c\""),
+                6,
+                "not a valid URL",
+            ),
+            (
+                wl("token_endpoint = \"http://auth.example/token\"\nclient_id = \"c\""),
+                6,
+                "allow_http",
+            ),
+            (
+                wl(&format!("{ok_ep}\nca_file = \"/nonexistent/ca.pem\"")),
+                8,
+                "cannot read ca_file",
+            ),
+            ("[secrets]\nstore = \"vault\"\n".into(), 2, "keychain"),
+            (
+                "[policy]\nretrying_ceiling = \"forever\"\n".into(),
+                2,
+                "not a duration",
+            ),
+            (wl("client_id = \"c\""), 5, "no `token_endpoint`"),
+            (
+                "[[workload]]\nname = \"bad name!\"\n".into(),
+                2,
+                "invalid workload name",
+            ),
+        ];
+        for (text, line, needle) in cases {
+            let (l, m) = line_and_message(&text);
+            assert_eq!(l, Some(line), "{text}\n=> {m}");
+            assert!(m.contains(needle), "{m} should contain {needle}");
+        }
+    }
+
+    #[test]
+    fn http_is_allowed_to_loopback_or_with_opt_in() {
+        for ep in [
+            "http://127.0.0.1:9/token",
+            "http://localhost:9/t",
+            "http://[::1]:9/t",
+        ] {
+            assert!(check_endpoint("token_endpoint", ep, false).is_ok(), "{ep}");
+        }
+        assert!(check_endpoint("token_endpoint", "http://auth.example/t", true).is_ok());
+        assert!(check_endpoint("token_endpoint", "ftp://auth.example/t", true).is_err());
+    }
+
+    #[test]
+    fn add_and_remove_keep_comments_and_refuse_broken_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        std::fs::write(&path, GOOD).unwrap();
+        let nw = NewWorkload {
+            name: "other".into(),
+            token_endpoint: "https://auth.example/token".into(),
+            client_id: "xyz".into(),
+            scopes: vec!["a".into(), "b".into()],
+            ..Default::default()
+        };
+        let cfg = add_workload(&path, &nw).unwrap();
+        assert_eq!(cfg.workloads.len(), 2);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("# my workloads"), "comments survive");
+        assert!(add_workload(&path, &nw)
+            .unwrap_err()
+            .message
+            .contains("already exists"));
+        let cfg = remove_workload(&path, "github-mcp").unwrap();
+        assert_eq!(cfg.workloads.len(), 1);
+        assert!(remove_workload(&path, "nope").is_err());
+
+        let broken = "[[workload]]\nname = \"x\"\ntoken_endpoint = \n";
+        std::fs::write(&path, broken).unwrap();
+        let e = add_workload(&path, &nw).unwrap_err();
+        assert_eq!(e.line, Some(3));
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            broken,
+            "left untouched"
+        );
+        assert!(remove_workload(&path, "x").is_err());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), broken);
+    }
+
+    #[test]
+    fn add_to_a_missing_file_creates_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub").join(FILE_NAME);
+        let nw = NewWorkload {
+            name: "w".into(),
+            token_endpoint: "http://127.0.0.1:1/token".into(),
+            authorization_endpoint: Some("http://127.0.0.1:1/authorize".into()),
+            client_id: "c".into(),
+            ..Default::default()
+        };
+        add_workload(&path, &nw).unwrap();
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.workloads[0].name, "w");
+        // No temp files left behind.
+        let left: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().collect();
+        assert_eq!(left.len(), 1);
+    }
+}

@@ -1,0 +1,792 @@
+//! The pure decision logic of one workload's monitor.
+//!
+//! Nothing here does I/O or reads a clock: every method takes `now` and, where
+//! randomness matters, a jitter value in [0, 1). The monitor task feeds it outcomes
+//! and asks it when to act next; the tables of tests at the bottom drive it through
+//! every transition.
+//!
+//! ```text
+//!                 success                                   success
+//!        ┌──────────────────────┐                 ┌──────────────────────────┐
+//!        v                      │                 │                          │
+//!   ┌─────────┐  transient  ┌───┴────────┐  short retry exhausted  ┌─────────┴┐
+//!   │ running │────────────>│  running   │────────────────────────>│ retrying │──┐ transient:
+//!   └─────────┘             │(short retry│  (tries or elapsed)     └────┬─────┘<─┘ capped backoff
+//!        │                  │  detail)   │                              │
+//!        │ permanent        └─────┬──────┘ permanent                    │ permanent, or ceiling
+//!        v                        v                                     v (awake time, and at least
+//!   ┌─────────────────┐<──────────────────────────────────────────────────  one attempt after the
+//!   │ unauthenticated │  needs the user: Re-authenticate (login → running)   latest wake/network event)
+//!   └─────────────────┘
+//! ```
+//! `stopped` is set by the user (the workload is disabled) and left only by enabling it.
+//!
+//! Invariants:
+//! * only a permanent verdict (`Failure::is_permanent`) or the ceiling leads to
+//!   `unauthenticated`; the registration hint is given for the verdict only;
+//! * the ceiling counts awake time (`Now::awake`), so sleep never counts;
+//! * a `Retry-After` is honoured by every attempt except the user's "Retry now".
+
+use crate::engine::classify::Failure;
+use crate::engine::clock::Now;
+use crate::engine::policy::Policy;
+use serde::{Deserialize, Serialize};
+use std::time::{Duration, SystemTime};
+
+/// The four status words, shown everywhere the same way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Running,
+    Retrying,
+    Unauthenticated,
+    Stopped,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Running => "running",
+            Status::Retrying => "retrying",
+            Status::Unauthenticated => "unauthenticated",
+            Status::Stopped => "stopped",
+        }
+    }
+}
+
+/// Why a workload is `unauthenticated`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "why", rename_all = "snake_case")]
+pub enum Unauth {
+    /// The issuer rendered a verdict.
+    Verdict { failure: Failure },
+    /// Transient failures lasted past the ceiling.
+    Ceiling { failure: Failure },
+    /// There is no stored login.
+    NoLogin,
+    /// The access token expired and the issuer granted no refresh token.
+    NoRefreshToken,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "phase", rename_all = "snake_case")]
+pub enum Phase {
+    Running,
+    Retrying,
+    Unauthenticated(Unauth),
+    Stopped,
+}
+
+/// A run of consecutive failures, from the first failure to the next success.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Episode {
+    pub started_wall: SystemTime,
+    /// Awake time spent in the episode before `awake_mark` (carried over a restart).
+    pub awake_before: Duration,
+    /// `Now::awake` when this process started counting the episode.
+    pub awake_mark: Duration,
+    /// Failed attempts in the episode.
+    pub attempts: u32,
+    /// Failed attempts since entering `retrying`.
+    pub retrying_attempts: u32,
+    /// Set by a wake or network event: the ceiling may not end the episode before one
+    /// more attempt has been made.
+    pub owes_attempt: bool,
+    /// `Retry-After`: no automatic attempt before this awake time.
+    pub not_before: Option<Duration>,
+}
+
+impl Episode {
+    pub fn awake_spent(&self, now: Now) -> Duration {
+        self.awake_before + now.awake.saturating_sub(self.awake_mark)
+    }
+}
+
+/// When the next attempt is due.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Due {
+    /// Proactive refresh: a wall-clock instant (survives sleep correctly).
+    Wall(SystemTime),
+    /// Backoff: an awake-clock instant.
+    Awake(Duration),
+    Now,
+    Never,
+}
+
+/// Something asked for an attempt out of schedule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    /// The user pressed "Retry now" (overrides `Retry-After`).
+    User,
+    /// A caller needs a token and the one held is expired.
+    TokenRequest,
+    /// A network interface came up.
+    Network,
+    /// The machine woke from sleep.
+    Wake,
+    /// Another workload on the same token endpoint just refreshed successfully.
+    IssuerRecovered,
+}
+
+impl Trigger {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Trigger::User => "you asked to retry",
+            Trigger::TokenRequest => "a token was requested",
+            Trigger::Network => "network changed",
+            Trigger::Wake => "woke from sleep",
+            Trigger::IssuerRecovered => "another workload on this issuer recovered",
+        }
+    }
+}
+
+/// What a step changed, for the monitor to publish.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Effect {
+    pub status_changed: bool,
+    /// The workload left a failure episode (short retry or `retrying`).
+    pub recovered: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Machine {
+    pub phase: Phase,
+    pub since: SystemTime,
+    pub access_expires_at: Option<SystemTime>,
+    pub episode: Option<Episode>,
+    pub last_error: Option<Failure>,
+    pub due: Due,
+    pub last_trigger: Option<Trigger>,
+}
+
+impl Machine {
+    /// A workload with no login yet.
+    pub fn no_login(now: Now) -> Self {
+        Machine {
+            phase: Phase::Unauthenticated(Unauth::NoLogin),
+            since: now.wall,
+            access_expires_at: None,
+            episode: None,
+            last_error: None,
+            due: Due::Never,
+            last_trigger: None,
+        }
+    }
+
+    /// A workload disabled by the user.
+    pub fn stopped(now: Now) -> Self {
+        Machine {
+            phase: Phase::Stopped,
+            due: Due::Never,
+            ..Machine::no_login(now)
+        }
+    }
+
+    /// Tokens were loaded (startup or a fresh login). A still-valid access token is
+    /// used until its refresh is due; otherwise refresh now.
+    pub fn with_tokens(
+        now: Now,
+        access_expires_at: Option<SystemTime>,
+        lifetime: Option<Duration>,
+        policy: &Policy,
+        jitter: f64,
+    ) -> Self {
+        let mut m = Machine {
+            phase: Phase::Running,
+            since: now.wall,
+            due: Due::Now,
+            ..Machine::no_login(now)
+        };
+        m.access_expires_at = access_expires_at;
+        if let (Some(exp), Some(life)) = (access_expires_at, lifetime) {
+            m.due = Due::Wall(refresh_at(exp, life, policy, jitter));
+        }
+        m
+    }
+
+    pub fn status(&self) -> Status {
+        match self.phase {
+            Phase::Running => Status::Running,
+            Phase::Retrying => Status::Retrying,
+            Phase::Unauthenticated(_) => Status::Unauthenticated,
+            Phase::Stopped => Status::Stopped,
+        }
+    }
+
+    pub fn is_due(&self, now: Now) -> bool {
+        match self.due {
+            Due::Wall(t) => now.wall >= t,
+            Due::Awake(t) => now.awake >= t,
+            Due::Now => true,
+            Due::Never => false,
+        }
+    }
+
+    /// How long until due, or `None` if never.
+    pub fn time_until_due(&self, now: Now) -> Option<Duration> {
+        match self.due {
+            Due::Wall(t) => Some(t.duration_since(now.wall).unwrap_or(Duration::ZERO)),
+            Due::Awake(t) => Some(t.saturating_sub(now.awake)),
+            Due::Now => Some(Duration::ZERO),
+            Due::Never => None,
+        }
+    }
+
+    /// The wall time of the next attempt, for display.
+    pub fn next_attempt_at(&self, now: Now) -> Option<SystemTime> {
+        self.time_until_due(now).map(|d| now.wall + d)
+    }
+
+    /// When the ceiling ends the current episode if the machine stays awake.
+    pub fn gives_up_at(&self, now: Now, policy: &Policy) -> Option<SystemTime> {
+        let ep = self.episode.as_ref()?;
+        if !matches!(self.phase, Phase::Running | Phase::Retrying) {
+            return None;
+        }
+        Some(now.wall + policy.retrying_ceiling.saturating_sub(ep.awake_spent(now)))
+    }
+
+    pub fn access_token_valid(&self, now: Now) -> bool {
+        self.access_expires_at.is_some_and(|t| t > now.wall)
+    }
+
+    /// A refresh succeeded; the new tokens are already in the secret store.
+    pub fn on_success(
+        &mut self,
+        now: Now,
+        lifetime: Duration,
+        policy: &Policy,
+        jitter: f64,
+    ) -> Effect {
+        let before = self.status();
+        let recovered = self.episode.is_some() || before != Status::Running;
+        let expires = now.wall + lifetime;
+        self.access_expires_at = Some(expires);
+        self.episode = None;
+        self.last_error = None;
+        self.due = Due::Wall(refresh_at(expires, lifetime, policy, jitter));
+        if before != Status::Running {
+            self.phase = Phase::Running;
+            self.since = now.wall;
+        }
+        Effect {
+            status_changed: before != Status::Running,
+            recovered,
+        }
+    }
+
+    /// A refresh failed. `jitter` in [0, 1) spreads the next attempt.
+    pub fn on_failure(
+        &mut self,
+        failure: Failure,
+        now: Now,
+        policy: &Policy,
+        jitter: f64,
+    ) -> Effect {
+        let before = self.status();
+        if matches!(self.phase, Phase::Stopped) {
+            return Effect::default();
+        }
+        if failure.is_permanent() {
+            self.phase = Phase::Unauthenticated(Unauth::Verdict {
+                failure: failure.clone(),
+            });
+            self.last_error = Some(failure);
+            self.since = now.wall;
+            self.episode = None;
+            self.due = Due::Never;
+            return Effect {
+                status_changed: before != Status::Unauthenticated,
+                recovered: false,
+            };
+        }
+        if matches!(self.phase, Phase::Unauthenticated(_)) {
+            // A user retry from `unauthenticated` failed transiently: start afresh in
+            // `retrying`, the cause may clear.
+            self.phase = Phase::Retrying;
+            self.since = now.wall;
+            self.episode = None;
+        }
+        let ep = self.episode.get_or_insert(Episode {
+            started_wall: now.wall,
+            awake_before: Duration::ZERO,
+            awake_mark: now.awake,
+            attempts: 0,
+            retrying_attempts: 0,
+            owes_attempt: false,
+            not_before: None,
+        });
+        ep.attempts += 1;
+        ep.owes_attempt = false;
+        let spent = ep.awake_spent(now);
+        let mut delay = match self.phase {
+            Phase::Running => {
+                if ep.attempts >= policy.refresh_max_tries || spent >= policy.refresh_max_elapsed {
+                    self.phase = Phase::Retrying;
+                    self.since = now.wall;
+                    ep.retrying_attempts = 0;
+                    backoff(
+                        policy.retrying_interval,
+                        policy.retrying_multiplier,
+                        0,
+                        policy.retrying_max_interval,
+                        policy.retrying_jitter,
+                        jitter,
+                    )
+                } else {
+                    backoff(
+                        policy.refresh_initial_interval,
+                        policy.refresh_multiplier,
+                        ep.attempts - 1,
+                        policy.refresh_max_interval,
+                        policy.refresh_jitter,
+                        jitter,
+                    )
+                }
+            }
+            _ => {
+                if spent >= policy.retrying_ceiling {
+                    self.phase = Phase::Unauthenticated(Unauth::Ceiling {
+                        failure: failure.clone(),
+                    });
+                    self.since = now.wall;
+                    self.last_error = Some(failure);
+                    self.due = Due::Never;
+                    self.episode = None;
+                    return Effect {
+                        status_changed: true,
+                        recovered: false,
+                    };
+                }
+                ep.retrying_attempts += 1;
+                backoff(
+                    policy.retrying_interval,
+                    policy.retrying_multiplier,
+                    ep.retrying_attempts,
+                    policy.retrying_max_interval,
+                    policy.retrying_jitter,
+                    jitter,
+                )
+            }
+        };
+        ep.not_before = None;
+        if let Some(ra) = failure.retry_after {
+            let ra = ra.min(policy.retry_after_max);
+            delay = delay.max(ra);
+            ep.not_before = Some(now.awake + ra);
+        }
+        self.due = Due::Awake(now.awake + delay);
+        self.last_error = Some(failure);
+        Effect {
+            status_changed: before != self.status(),
+            recovered: false,
+        }
+    }
+
+    /// Something asks for an attempt now. Returns whether the monitor should attempt
+    /// at once; otherwise the schedule stands (the reason is in `last_trigger`).
+    pub fn on_trigger(&mut self, trigger: Trigger, now: Now) -> bool {
+        match (&self.phase, trigger) {
+            (Phase::Stopped, _) | (Phase::Unauthenticated(Unauth::NoLogin), _) => return false,
+            // From a verdict or the ceiling only the user may try again.
+            (Phase::Unauthenticated(_), Trigger::User) => {}
+            (Phase::Unauthenticated(_), _) => return false,
+            _ => {}
+        }
+        let in_episode = self.episode.is_some();
+        if let Some(ep) = self.episode.as_mut() {
+            if matches!(trigger, Trigger::Network | Trigger::Wake) {
+                ep.owes_attempt = true;
+            }
+            if trigger != Trigger::User && ep.not_before.is_some_and(|nb| now.awake < nb) {
+                return false;
+            }
+        }
+        let wanted = match trigger {
+            Trigger::User => true,
+            // A token request when the held token is expired.
+            Trigger::TokenRequest => !self.access_token_valid(now) || in_episode,
+            // Environmental triggers only matter to a failing workload...
+            Trigger::Network | Trigger::IssuerRecovered => in_episode,
+            // ...except wake, which also re-checks wall-clock deadlines.
+            Trigger::Wake => in_episode || self.is_due(now),
+        };
+        if wanted {
+            self.due = Due::Now;
+            self.last_trigger = Some(trigger);
+        }
+        wanted
+    }
+
+    /// Short words for the status detail ("short retry 2 of 5").
+    pub fn detail(&self, policy: &Policy) -> Option<String> {
+        let ep = self.episode.as_ref()?;
+        match self.phase {
+            Phase::Running => Some(format!(
+                "refresh failed {} time{}; retrying shortly (try {} of {})",
+                ep.attempts,
+                if ep.attempts == 1 { "" } else { "s" },
+                ep.attempts + 1,
+                policy.refresh_max_tries
+            )),
+            Phase::Retrying => Some(format!("{} failed attempts so far", ep.attempts)),
+            _ => None,
+        }
+    }
+}
+
+/// Wall time at which to refresh a token expiring at `expires` with `lifetime`.
+pub fn refresh_at(
+    expires: SystemTime,
+    lifetime: Duration,
+    policy: &Policy,
+    jitter: f64,
+) -> SystemTime {
+    let lead = policy.refresh_lead(lifetime, jitter);
+    expires.checked_sub(lead).unwrap_or(expires)
+}
+
+/// `initial * multiplier^n`, capped at `max`, then spread by ±`spread` using `jitter01`.
+/// Checked arithmetic: huge `n` saturates at `max`.
+pub fn backoff(
+    initial: Duration,
+    multiplier: f64,
+    n: u32,
+    max: Duration,
+    spread: f64,
+    jitter01: f64,
+) -> Duration {
+    let factor = multiplier.powi(n.min(1000) as i32);
+    let secs = initial.as_secs_f64() * factor;
+    let base = if secs.is_finite() && secs < max.as_secs_f64() {
+        Duration::from_secs_f64(secs)
+    } else {
+        max
+    };
+    let j = (jitter01.clamp(0.0, 1.0) * 2.0 - 1.0) * spread;
+    let jittered = base.as_secs_f64() * (1.0 + j);
+    Duration::from_secs_f64(jittered.max(0.001))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::classify::{BodyShape, FailureKind};
+
+    const MID: f64 = 0.5; // jitter value that yields no jitter
+
+    fn t0() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_750_000_000)
+    }
+
+    /// `now` at `awake` seconds with `slept` seconds of sleep before it.
+    fn at(awake: f64, slept: f64) -> Now {
+        Now {
+            wall: t0() + Duration::from_secs_f64(awake + slept),
+            awake: Duration::from_secs_f64(awake),
+        }
+    }
+
+    fn waf() -> Failure {
+        Failure::new(FailureKind::Http {
+            status: 403,
+            body: BodyShape::Html,
+        })
+    }
+
+    fn verdict(code: &str) -> Failure {
+        Failure::new(FailureKind::OAuth {
+            status: 400,
+            error: code.into(),
+            description: None,
+        })
+    }
+
+    fn running(policy: &Policy) -> Machine {
+        let mut m = Machine::no_login(at(0.0, 0.0));
+        m.phase = Phase::Running;
+        m.on_success(at(0.0, 0.0), Duration::from_secs(3600), policy, MID);
+        m
+    }
+
+    /// Fail until the status changes; returns the number of failures and the times.
+    fn fail_until_status_changes(m: &mut Machine, p: &Policy, mut t: f64) -> (u32, f64) {
+        let start = m.status();
+        let mut n = 0;
+        while m.status() == start && n < 10_000 {
+            m.on_failure(waf(), at(t, 0.0), p, MID);
+            n += 1;
+            t += m
+                .time_until_due(at(t, 0.0))
+                .unwrap_or_default()
+                .as_secs_f64();
+        }
+        (n, t)
+    }
+
+    #[test]
+    fn success_schedules_refresh_at_lead_before_expiry() {
+        let p = Policy::default();
+        let m = running(&p);
+        assert_eq!(m.status(), Status::Running);
+        assert_eq!(m.access_expires_at, Some(t0() + Duration::from_secs(3600)));
+        // 20% of an hour = 12 minutes before expiry, pulled 5% earlier by jitter 0.5.
+        assert_eq!(m.due, Due::Wall(t0() + Duration::from_secs(3600 - 756)));
+    }
+
+    #[test]
+    fn short_retry_recovering_keeps_running() {
+        let p = Policy::default();
+        let mut m = running(&p);
+        let e = m.on_failure(waf(), at(2880.0, 0.0), &p, MID);
+        assert!(!e.status_changed);
+        assert_eq!(
+            m.status(),
+            Status::Running,
+            "short retry does not change the status"
+        );
+        assert_eq!(
+            m.due,
+            Due::Awake(Duration::from_secs(2890)),
+            "10 s initial interval"
+        );
+        assert!(m.detail(&p).unwrap().contains("try 2 of 5"));
+        let e = m.on_success(at(2890.0, 0.0), Duration::from_secs(3600), &p, MID);
+        assert!(e.recovered && !e.status_changed);
+        assert!(m.episode.is_none() && m.last_error.is_none());
+    }
+
+    #[test]
+    fn short_retry_exhausting_enters_retrying_with_toolhive_numbers() {
+        let p = Policy::default();
+        let mut m = running(&p);
+        let mut waits = Vec::new();
+        let mut t = 100.0;
+        for _ in 0..4 {
+            m.on_failure(waf(), at(t, 0.0), &p, MID);
+            let w = m.time_until_due(at(t, 0.0)).unwrap().as_secs_f64();
+            waits.push(w);
+            t += w;
+        }
+        assert_eq!(waits, vec![10.0, 15.0, 22.5, 33.75]);
+        assert_eq!(m.status(), Status::Running);
+        let e = m.on_failure(waf(), at(t, 0.0), &p, MID);
+        assert!(e.status_changed);
+        assert_eq!(
+            m.status(),
+            Status::Retrying,
+            "5th failure ends the short retry"
+        );
+        assert_eq!(m.since, at(t, 0.0).wall);
+        assert_eq!(m.time_until_due(at(t, 0.0)), Some(Duration::from_secs(30)));
+        // Then 60, 120, 240, 300 (cap), 300...
+        let mut cadence = Vec::new();
+        for _ in 0..6 {
+            t += m.time_until_due(at(t, 0.0)).unwrap().as_secs_f64();
+            m.on_failure(waf(), at(t, 0.0), &p, MID);
+            cadence.push(m.time_until_due(at(t, 0.0)).unwrap().as_secs());
+        }
+        assert_eq!(cadence, vec![60, 120, 240, 300, 300, 300]);
+    }
+
+    #[test]
+    fn short_retry_also_ends_on_max_elapsed() {
+        let mut p = Policy::default();
+        p.refresh_max_tries = 100;
+        let mut m = running(&p);
+        m.on_failure(waf(), at(0.0, 0.0), &p, MID);
+        m.on_failure(waf(), at(299.0, 0.0), &p, MID);
+        assert_eq!(m.status(), Status::Running);
+        m.on_failure(waf(), at(300.0, 0.0), &p, MID);
+        assert_eq!(m.status(), Status::Retrying);
+    }
+
+    #[test]
+    fn retrying_recovers_to_running() {
+        let p = Policy::default();
+        let mut m = running(&p);
+        let (_, t) = fail_until_status_changes(&mut m, &p, 0.0);
+        assert_eq!(m.status(), Status::Retrying);
+        let e = m.on_success(at(t, 0.0), Duration::from_secs(3600), &p, MID);
+        assert!(e.status_changed && e.recovered);
+        assert_eq!(m.status(), Status::Running);
+        assert_eq!(m.since, at(t, 0.0).wall);
+        assert!(matches!(m.due, Due::Wall(_)));
+    }
+
+    #[test]
+    fn ceiling_ends_in_unauthenticated_without_hint() {
+        let mut p = Policy::default();
+        p.retrying_ceiling = Duration::from_secs(3600);
+        let mut m = running(&p);
+        let (_, t) = fail_until_status_changes(&mut m, &p, 0.0);
+        assert_eq!(m.status(), Status::Retrying);
+        let gives_up = m.gives_up_at(at(t, 0.0), &p).unwrap();
+        assert_eq!(gives_up, at(3600.0, 0.0).wall);
+        let (n, t_end) = fail_until_status_changes(&mut m, &p, t);
+        assert_eq!(m.status(), Status::Unauthenticated);
+        assert!(
+            t_end >= 3600.0 && t_end < 3600.0 + 301.0,
+            "gave up at {t_end}"
+        );
+        assert!(n > 5);
+        match &m.phase {
+            Phase::Unauthenticated(Unauth::Ceiling { failure }) => {
+                assert!(failure.hint().is_none())
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(m.due, Due::Never);
+    }
+
+    #[test]
+    fn permanent_error_during_retrying_is_unauthenticated_at_once_with_hint() {
+        let p = Policy::default();
+        let mut m = running(&p);
+        let (_, t) = fail_until_status_changes(&mut m, &p, 0.0);
+        assert_eq!(m.status(), Status::Retrying);
+        let e = m.on_failure(verdict("invalid_grant"), at(t, 0.0), &p, MID);
+        assert!(e.status_changed);
+        match &m.phase {
+            Phase::Unauthenticated(Unauth::Verdict { failure }) => {
+                assert_eq!(failure.reason(), "invalid_grant");
+                assert!(failure.hint().is_some());
+            }
+            other => panic!("{other:?}"),
+        }
+        // And from plain running too, on the first failure.
+        let mut m = running(&p);
+        m.on_failure(verdict("invalid_client"), at(10.0, 0.0), &p, MID);
+        assert_eq!(m.status(), Status::Unauthenticated);
+        assert!(
+            !m.on_trigger(Trigger::Network, at(11.0, 0.0)),
+            "no automatic retry after a verdict"
+        );
+    }
+
+    #[test]
+    fn sleep_does_not_count_toward_the_ceiling() {
+        let mut p = Policy::default();
+        p.retrying_ceiling = Duration::from_secs(3600);
+        let mut m = running(&p);
+        let (_, t) = fail_until_status_changes(&mut m, &p, 0.0);
+        // 10 hours asleep, then the next failure: 10 h of wall time passed, little awake time.
+        let woke = at(t + 1.0, 36000.0);
+        assert!(m.on_trigger(Trigger::Wake, woke));
+        m.on_failure(waf(), woke, &p, MID);
+        assert_eq!(m.status(), Status::Retrying, "sleep did not count");
+        let ep = m.episode.as_ref().unwrap();
+        assert!(ep.awake_spent(woke) < Duration::from_secs(600));
+        let gives_up = m.gives_up_at(woke, &p).unwrap();
+        assert!(gives_up > woke.wall + Duration::from_secs(3000));
+    }
+
+    #[test]
+    fn ceiling_waits_for_one_attempt_after_a_wake_or_network_event() {
+        let mut p = Policy::default();
+        p.retrying_ceiling = Duration::from_secs(600);
+        let mut m = running(&p);
+        let (_, t) = fail_until_status_changes(&mut m, &p, 0.0);
+        // Past the ceiling, but a network event owes an attempt...
+        let late = at(t + 700.0, 0.0);
+        m.episode.as_mut().unwrap().not_before = None;
+        assert!(m.on_trigger(Trigger::Network, late));
+        assert!(m.episode.as_ref().unwrap().owes_attempt);
+        // ...which, if it fails, is the one that gives up; a success recovers.
+        let mut m2 = m.clone();
+        m.on_failure(waf(), late, &p, MID);
+        assert_eq!(m.status(), Status::Unauthenticated);
+        m2.on_success(late, Duration::from_secs(60), &p, MID);
+        assert_eq!(m2.status(), Status::Running);
+    }
+
+    #[test]
+    fn retry_after_is_honoured_by_schedule_and_triggers_but_not_by_the_user() {
+        let p = Policy::default();
+        let mut m = running(&p);
+        let mut f = waf();
+        f.kind = FailureKind::Http {
+            status: 429,
+            body: BodyShape::Empty,
+        };
+        f.retry_after = Some(Duration::from_secs(120));
+        m.on_failure(f, at(100.0, 0.0), &p, MID);
+        assert_eq!(
+            m.due,
+            Due::Awake(Duration::from_secs(220)),
+            "max(10 s backoff, 120 s)"
+        );
+        assert!(!m.on_trigger(Trigger::Network, at(150.0, 0.0)));
+        assert!(!m.on_trigger(Trigger::IssuerRecovered, at(150.0, 0.0)));
+        assert!(!m.on_trigger(Trigger::TokenRequest, at(150.0, 0.0)));
+        assert_eq!(m.due, Due::Awake(Duration::from_secs(220)));
+        assert!(m.on_trigger(Trigger::User, at(150.0, 0.0)));
+        assert_eq!(m.due, Due::Now);
+        assert_eq!(m.last_trigger, Some(Trigger::User));
+    }
+
+    #[test]
+    fn triggers_only_wake_failing_workloads() {
+        let p = Policy::default();
+        let mut m = running(&p);
+        assert!(!m.on_trigger(Trigger::Network, at(10.0, 0.0)));
+        assert!(!m.on_trigger(Trigger::IssuerRecovered, at(10.0, 0.0)));
+        assert!(
+            !m.on_trigger(Trigger::Wake, at(10.0, 0.0)),
+            "nothing due yet"
+        );
+        assert!(
+            m.on_trigger(Trigger::Wake, at(10.0, 3000.0)),
+            "refresh became due during sleep"
+        );
+        let mut m = running(&p);
+        m.on_failure(waf(), at(10.0, 0.0), &p, MID);
+        assert!(m.on_trigger(Trigger::Network, at(11.0, 0.0)));
+        let mut m = Machine::no_login(at(0.0, 0.0));
+        assert!(!m.on_trigger(Trigger::User, at(1.0, 0.0)));
+        let mut m = Machine::stopped(at(0.0, 0.0));
+        assert!(!m.on_trigger(Trigger::User, at(1.0, 0.0)));
+    }
+
+    #[test]
+    fn user_retry_from_ceiling_that_fails_transiently_goes_back_to_retrying() {
+        let mut p = Policy::default();
+        p.retrying_ceiling = Duration::from_secs(600);
+        let mut m = running(&p);
+        let (_, t) = fail_until_status_changes(&mut m, &p, 0.0);
+        let (_, t) = fail_until_status_changes(&mut m, &p, t);
+        assert_eq!(m.status(), Status::Unauthenticated);
+        assert!(m.on_trigger(Trigger::User, at(t, 0.0)));
+        m.on_failure(waf(), at(t, 0.0), &p, MID);
+        assert_eq!(m.status(), Status::Retrying);
+        assert!(m.gives_up_at(at(t, 0.0), &p).unwrap() > at(t, 0.0).wall);
+    }
+
+    #[test]
+    fn backoff_is_capped_jittered_and_saturating() {
+        let s = Duration::from_secs;
+        assert_eq!(backoff(s(30), 2.0, 0, s(300), 0.2, 0.5), s(30));
+        assert_eq!(backoff(s(30), 2.0, 10_000, s(300), 0.2, 0.5), s(300));
+        assert_eq!(
+            backoff(s(30), 2.0, 0, s(300), 0.2, 0.0),
+            Duration::from_secs(24)
+        );
+        assert_eq!(
+            backoff(s(30), 2.0, 0, s(300), 0.2, 1.0),
+            Duration::from_secs(36)
+        );
+        assert!(
+            backoff(Duration::from_millis(1), 10.0, 999, s(1), 0.5, 0.0)
+                >= Duration::from_millis(1)
+        );
+    }
+
+    #[test]
+    fn expiry_is_wall_clock_so_a_refresh_due_during_sleep_is_due_on_wake() {
+        let p = Policy::default();
+        let m = running(&p);
+        assert!(!m.is_due(at(60.0, 0.0)));
+        assert!(m.is_due(at(60.0, 8.0 * 3600.0)));
+    }
+}

@@ -1,0 +1,582 @@
+//! One task per workload. It owns the workload's state machine and tokens and loops
+//! on `select!` over its command channel, the in-flight refresh, a timer and
+//! cancellation (mini-redis `Handler::run` style).
+//!
+//! Invariants:
+//! * at most one refresh is in flight per workload, whatever asked for it (timer,
+//!   "Retry now", `token`, a trigger): requests that arrive meanwhile wait for it;
+//! * a new refresh token is written to the secret store before the new access token is
+//!   handed to anyone; a response without `refresh_token` keeps the old one;
+//! * before an `invalid_grant` becomes a verdict, the store is read once more, in case
+//!   another writer (a CLI `token`, a login) already rotated the refresh token;
+//! * no single sleep is longer than `wall_check_interval`, so a refresh that fell due
+//!   during a suspend starts at most that long after wake, even with no wake trigger;
+//! * on shutdown an in-flight refresh is allowed to finish and save (bounded by the
+//!   HTTP timeout), so a rotated refresh token is not lost to a clean stop.
+
+use crate::engine::classify::{Failure, FailureKind};
+use crate::engine::clock::Clock;
+use crate::engine::config::WorkloadConfig;
+use crate::engine::machine::{Due, Machine, Phase, Status, Trigger, Unauth};
+use crate::engine::oauth;
+use crate::engine::policy::Policy;
+use crate::engine::secret::Secret;
+use crate::engine::status::{view, Persisted, WorkloadStatus};
+use crate::engine::store::{SecretStore, StoredTokens};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+/// Why a token could not be handed out.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("`{name}` is unauthenticated: {reason}")]
+    Unauthenticated { name: String, reason: String },
+    #[error("`{name}` has no valid access token right now: {reason}")]
+    Unavailable { name: String, reason: String },
+    #[error("`{name}` is stopped")]
+    Stopped { name: String },
+}
+
+impl TokenError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            TokenError::Unauthenticated { .. } => "unauthenticated",
+            TokenError::Unavailable { .. } => "unavailable",
+            TokenError::Stopped { .. } => "stopped",
+        }
+    }
+}
+
+pub type TokenReply = oneshot::Sender<Result<Secret, TokenError>>;
+
+pub enum Command {
+    Trigger(Trigger),
+    Token(TokenReply),
+    /// The stored tokens changed (a login or logout by another process).
+    Reload,
+}
+
+/// What a monitor reports to its supervisor.
+#[derive(Clone, Debug)]
+pub struct Report {
+    pub status: WorkloadStatus,
+    pub previous: Option<Status>,
+    /// A refresh just succeeded at this workload's token endpoint.
+    pub refreshed: bool,
+    /// The workload left a failure episode (short retry or `retrying`).
+    pub recovered: bool,
+    pub persisted: Persisted,
+}
+
+/// Shared, immutable inputs of one monitor.
+pub struct MonitorCtx {
+    pub workload: WorkloadConfig,
+    pub http: reqwest::Client,
+    pub store: SecretStore,
+    pub policy: Arc<Policy>,
+    pub clock: Clock,
+}
+
+/// The supervisor's side of a monitor. Dropping it stops the task.
+pub struct MonitorHandle {
+    pub tx: mpsc::Sender<Command>,
+    pub status: watch::Receiver<WorkloadStatus>,
+    pub workload: WorkloadConfig,
+    cancel: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl MonitorHandle {
+    /// Stop the task and wait for it (an in-flight refresh finishes and saves first).
+    pub async fn stop(mut self) {
+        self.cancel.cancel();
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for MonitorHandle {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+enum Outcome {
+    Refreshed {
+        tokens: StoredTokens,
+        lifetime: Duration,
+        saved: Result<(), String>,
+    },
+    /// Another writer already rotated and refreshed: use its tokens.
+    Adopted(StoredTokens),
+    Failed(Failure),
+    /// Tokens (re)loaded from the store after a store failure.
+    Loaded(Option<StoredTokens>),
+}
+
+type InFlight = Pin<Box<dyn Future<Output = Outcome> + Send>>;
+
+struct Monitor {
+    ctx: Arc<MonitorCtx>,
+    machine: Machine,
+    tokens: Option<StoredTokens>,
+    rx: mpsc::Receiver<Command>,
+    status_tx: watch::Sender<WorkloadStatus>,
+    reports: mpsc::UnboundedSender<Report>,
+    waiters: Vec<TokenReply>,
+    in_flight: Option<InFlight>,
+    /// Tokens that could not be saved yet (the store failed): kept, saved again later.
+    unsaved: Option<StoredTokens>,
+    cancel: CancellationToken,
+    last_status: Option<Status>,
+}
+
+fn jitter() -> f64 {
+    rand::random::<f64>()
+}
+
+pub fn spawn(
+    ctx: MonitorCtx,
+    restored: Option<Persisted>,
+    reports: mpsc::UnboundedSender<Report>,
+) -> MonitorHandle {
+    let ctx = Arc::new(ctx);
+    let now = ctx.clock.now();
+    let machine = Machine::no_login(now);
+    let initial = view(
+        &ctx.workload.name,
+        ctx.workload.token_endpoint.as_str(),
+        &machine,
+        now,
+        &ctx.policy,
+    );
+    let (status_tx, status_rx) = watch::channel(initial);
+    let (tx, rx) = mpsc::channel(64);
+    let cancel = CancellationToken::new();
+    let workload = ctx.workload.clone();
+    let monitor = Monitor {
+        ctx,
+        machine,
+        tokens: None,
+        rx,
+        status_tx,
+        reports,
+        waiters: Vec::new(),
+        in_flight: None,
+        unsaved: None,
+        cancel: cancel.clone(),
+        last_status: None,
+    };
+    let task = tokio::spawn(monitor.run(restored));
+    MonitorHandle {
+        tx,
+        status: status_rx,
+        workload,
+        cancel,
+        task: Some(task),
+    }
+}
+
+async fn pending_or(f: &mut Option<InFlight>) -> Outcome {
+    match f {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+enum Event {
+    Cancelled,
+    Command(Option<Command>),
+    Done(Outcome),
+    Tick,
+}
+
+impl Monitor {
+    fn name(&self) -> &str {
+        &self.ctx.workload.name
+    }
+
+    async fn run(mut self, restored: Option<Persisted>) {
+        self.initialize(restored).await;
+        self.publish(false, false);
+        loop {
+            self.maybe_start_attempt();
+            let now = self.ctx.clock.now();
+            let cap = self.ctx.policy.wall_check_interval;
+            let wait = if self.in_flight.is_some() {
+                cap
+            } else {
+                self.machine.time_until_due(now).map_or(cap, |d| d.min(cap))
+            };
+            let event = tokio::select! {
+                _ = self.cancel.cancelled() => Event::Cancelled,
+                cmd = self.rx.recv() => Event::Command(cmd),
+                out = pending_or(&mut self.in_flight) => Event::Done(out),
+                _ = tokio::time::sleep(wait) => Event::Tick,
+            };
+            match event {
+                Event::Cancelled | Event::Command(None) => break,
+                Event::Command(Some(cmd)) => self.handle(cmd).await,
+                Event::Done(out) => {
+                    self.in_flight = None;
+                    self.apply(out);
+                }
+                Event::Tick => self.retry_unsaved().await,
+            }
+        }
+        // Let an in-flight refresh finish so a rotated refresh token gets saved.
+        if let Some(f) = self.in_flight.take() {
+            let limit = self.ctx.policy.http_timeout + Duration::from_secs(5);
+            if let Ok(out) = tokio::time::timeout(limit, f).await {
+                self.apply(out);
+            }
+        }
+        self.retry_unsaved().await;
+        for w in self.waiters.drain(..) {
+            let _ = w.send(Err(TokenError::Stopped {
+                name: self.ctx.workload.name.clone(),
+            }));
+        }
+    }
+
+    async fn initialize(&mut self, restored: Option<Persisted>) {
+        let now = self.ctx.clock.now();
+        if !self.ctx.workload.enabled {
+            self.machine = Machine::stopped(now);
+            return;
+        }
+        let loaded = self.ctx.store.load_tokens(self.name()).await;
+        match loaded {
+            Ok(tokens) => self.adopt_loaded(tokens),
+            Err(e) => {
+                // Keychain locked or missing: a transient failure with what to do.
+                self.machine = Machine::with_tokens(now, None, None, &self.ctx.policy, jitter());
+                self.machine.on_failure(
+                    store_failure(&e.to_string()),
+                    now,
+                    &self.ctx.policy,
+                    jitter(),
+                );
+            }
+        }
+        let Some(r) = restored else { return };
+        let Some(tokens) = &self.tokens else { return };
+        match &r.phase {
+            // A verdict (or give-up) newer than the stored login stands: do not hammer
+            // the issuer with a refresh token it already refused.
+            Phase::Unauthenticated(Unauth::Verdict { .. } | Unauth::Ceiling { .. })
+                if r.since_ms / 1000 >= tokens.obtained_at =>
+            {
+                self.machine.phase = r.phase.clone();
+                self.machine.since = crate::engine::status::from_ms(r.since_ms);
+                self.machine.last_error = r.last_error.clone();
+                self.machine.due = Due::Never;
+            }
+            Phase::Running | Phase::Retrying if r.episode.is_some() => {
+                self.machine.phase = r.phase.clone();
+                self.machine.since = crate::engine::status::from_ms(r.since_ms);
+                self.machine.last_error = r.last_error.clone();
+                self.machine.episode = r.restore_episode(now);
+                self.machine.due = Due::Now;
+            }
+            Phase::Running => {
+                // Keep "running since" across a restart.
+                self.machine.since = crate::engine::status::from_ms(r.since_ms);
+            }
+            _ => {}
+        }
+    }
+
+    fn adopt_loaded(&mut self, tokens: Option<StoredTokens>) {
+        let now = self.ctx.clock.now();
+        self.machine = match &tokens {
+            Some(t) => Machine::with_tokens(
+                now,
+                t.expires_at(),
+                t.lifetime(),
+                &self.ctx.policy,
+                jitter(),
+            ),
+            None => Machine::no_login(now),
+        };
+        self.tokens = tokens;
+    }
+
+    fn maybe_start_attempt(&mut self) {
+        if self.in_flight.is_some() || !self.machine.is_due(self.ctx.clock.now()) {
+            return;
+        }
+        let ctx = self.ctx.clone();
+        match &self.tokens {
+            None => {
+                // Only reachable after a store failure: read the store again.
+                self.in_flight = Some(Box::pin(async move {
+                    match ctx.store.load_tokens(&ctx.workload.name).await {
+                        Ok(t) => Outcome::Loaded(t),
+                        Err(e) => Outcome::Failed(store_failure(&e.to_string())),
+                    }
+                }));
+            }
+            Some(t) if t.refresh_token.is_none() => {
+                let now = self.ctx.clock.now();
+                if self.machine.access_token_valid(now) {
+                    self.machine.due = t.expires_at().map_or(Due::Never, Due::Wall);
+                } else {
+                    self.machine.phase = Phase::Unauthenticated(Unauth::NoRefreshToken);
+                    self.machine.since = now.wall;
+                    self.machine.due = Due::Never;
+                    self.publish(false, false);
+                    self.answer_waiters();
+                }
+            }
+            Some(t) => {
+                tracing::debug!(workload = %self.name(), trigger = ?self.machine.last_trigger, "refresh starting");
+                self.in_flight = Some(Box::pin(attempt(ctx, t.clone())));
+            }
+        }
+    }
+
+    async fn handle(&mut self, cmd: Command) {
+        let now = self.ctx.clock.now();
+        match cmd {
+            Command::Trigger(t) => {
+                if self.machine.on_trigger(t, now) {
+                    tracing::info!(workload = %self.name(), "retrying now: {}", t.describe());
+                    self.publish(false, false);
+                } else {
+                    tracing::debug!(workload = %self.name(), trigger = ?t, "trigger ignored");
+                }
+            }
+            Command::Token(reply) => {
+                if let Some(t) = &self.tokens {
+                    if self.machine.access_token_valid(now) && self.in_flight.is_none() {
+                        let _ = reply.send(Ok(t.access_token.clone()));
+                        return;
+                    }
+                }
+                match self.machine.status() {
+                    Status::Stopped => {
+                        let _ = reply.send(Err(TokenError::Stopped {
+                            name: self.name().into(),
+                        }));
+                    }
+                    _ if self.in_flight.is_some() => self.waiters.push(reply),
+                    _ => {
+                        if self.machine.on_trigger(Trigger::TokenRequest, now) {
+                            self.waiters.push(reply);
+                        } else {
+                            let _ = reply.send(Err(self.token_error()));
+                        }
+                    }
+                }
+            }
+            Command::Reload => {
+                match self.ctx.store.load_tokens(self.name()).await {
+                    Ok(t) => {
+                        tracing::info!(workload = %self.name(), logged_in = t.is_some(), "stored tokens reloaded");
+                        self.adopt_loaded(t);
+                        self.unsaved = None;
+                    }
+                    Err(e) => {
+                        self.machine.on_failure(
+                            store_failure(&e.to_string()),
+                            now,
+                            &self.ctx.policy,
+                            jitter(),
+                        );
+                    }
+                }
+                self.publish(false, false);
+                self.answer_waiters();
+            }
+        }
+    }
+
+    fn token_error(&self) -> TokenError {
+        let name = self.name().to_string();
+        let v = self.status_tx.borrow().clone();
+        let reason = v.reason.unwrap_or_else(|| "no valid access token".into());
+        match self.machine.status() {
+            Status::Unauthenticated => TokenError::Unauthenticated { name, reason },
+            Status::Stopped => TokenError::Stopped { name },
+            _ => TokenError::Unavailable { name, reason },
+        }
+    }
+
+    fn answer_waiters(&mut self) {
+        if self.waiters.is_empty() {
+            return;
+        }
+        let now = self.ctx.clock.now();
+        let result = match &self.tokens {
+            Some(t) if self.machine.access_token_valid(now) => Ok(t.access_token.clone()),
+            _ => Err(self.token_error()),
+        };
+        for w in self.waiters.drain(..) {
+            let _ = w.send(result.clone());
+        }
+    }
+
+    fn apply(&mut self, out: Outcome) {
+        let now = self.ctx.clock.now();
+        let policy = self.ctx.policy.clone();
+        match out {
+            Outcome::Refreshed {
+                tokens,
+                lifetime,
+                saved,
+            } => {
+                if let Err(e) = saved {
+                    tracing::error!(workload = %self.name(), error = %e, "the new tokens could not be saved; keeping them in memory and trying again");
+                    self.unsaved = Some(tokens.clone());
+                } else {
+                    self.unsaved = None;
+                }
+                self.tokens = Some(tokens);
+                let effect = self.machine.on_success(now, lifetime, &policy, jitter());
+                if effect.recovered {
+                    tracing::info!(workload = %self.name(), "refresh succeeded; recovered");
+                } else {
+                    tracing::debug!(workload = %self.name(), "refresh succeeded");
+                }
+                self.publish(true, effect.recovered);
+            }
+            Outcome::Adopted(tokens) => {
+                tracing::info!(workload = %self.name(), "using tokens rotated by another process");
+                let lifetime = tokens.lifetime().unwrap_or(policy.assumed_token_lifetime);
+                let remaining = tokens
+                    .expires_at()
+                    .and_then(|e| e.duration_since(now.wall).ok())
+                    .unwrap_or(Duration::ZERO);
+                self.tokens = Some(tokens);
+                let effect =
+                    self.machine
+                        .on_success(now, remaining.min(lifetime), &policy, jitter());
+                self.publish(true, effect.recovered);
+            }
+            Outcome::Failed(f) => {
+                let effect = self.machine.on_failure(f.clone(), now, &policy, jitter());
+                if effect.status_changed {
+                    tracing::warn!(workload = %self.name(), status = self.machine.status().as_str(), reason = %f.reason(), "refresh failed");
+                } else {
+                    tracing::info!(workload = %self.name(), reason = %f.reason(), "refresh failed; will retry");
+                }
+                self.publish(false, false);
+            }
+            Outcome::Loaded(t) => {
+                self.adopt_loaded(t);
+                self.publish(false, true);
+            }
+        }
+        self.answer_waiters();
+    }
+
+    async fn retry_unsaved(&mut self) {
+        let Some(t) = self.unsaved.clone() else {
+            return;
+        };
+        match self.ctx.store.save_tokens(self.name(), &t).await {
+            Ok(()) => {
+                tracing::info!(workload = %self.name(), "saved the tokens kept in memory");
+                self.unsaved = None;
+            }
+            Err(e) => {
+                tracing::warn!(workload = %self.name(), error = %e, "still cannot save tokens")
+            }
+        }
+    }
+
+    fn publish(&mut self, refreshed: bool, recovered: bool) {
+        let now = self.ctx.clock.now();
+        let status = view(
+            self.name(),
+            self.ctx.workload.token_endpoint.as_str(),
+            &self.machine,
+            now,
+            &self.ctx.policy,
+        );
+        let previous = self.last_status.replace(status.status);
+        self.status_tx.send_replace(status.clone());
+        let _ = self.reports.send(Report {
+            status,
+            previous,
+            refreshed,
+            recovered,
+            persisted: Persisted::capture(&self.machine, now),
+        });
+    }
+}
+
+fn store_failure(message: &str) -> Failure {
+    Failure::new(FailureKind::SecretStore {
+        message: message.to_string(),
+    })
+}
+
+/// One refresh, including the rotation re-read and the save before use.
+async fn attempt(ctx: Arc<MonitorCtx>, used: StoredTokens) -> Outcome {
+    let Some(rt) = used.refresh_token.clone() else {
+        return Outcome::Failed(Failure::new(FailureKind::Network));
+    };
+    match oauth::refresh(&ctx.http, &ctx.workload, &rt, &ctx.policy).await {
+        Ok(resp) => save_new(&ctx, resp, Some(rt)).await,
+        Err(f) if f.oauth_code() == Some("invalid_grant") => {
+            // Rotated by another writer meanwhile? Read the store once before giving up.
+            match ctx.store.load_tokens(&ctx.workload.name).await {
+                Ok(Some(stored))
+                    if stored.refresh_token.is_some()
+                        && stored.refresh_token != used.refresh_token =>
+                {
+                    let now = ctx.clock.wall();
+                    if stored.expires_at().is_some_and(|e| e > now) {
+                        return Outcome::Adopted(stored);
+                    }
+                    let Some(new_rt) = stored.refresh_token.clone() else {
+                        return Outcome::Failed(f);
+                    };
+                    tracing::info!(workload = %ctx.workload.name, "refresh token was rotated elsewhere; retrying with it");
+                    match oauth::refresh(&ctx.http, &ctx.workload, &new_rt, &ctx.policy).await {
+                        Ok(resp) => save_new(&ctx, resp, Some(new_rt)).await,
+                        Err(f2) => Outcome::Failed(f2),
+                    }
+                }
+                _ => Outcome::Failed(f),
+            }
+        }
+        Err(f) => Outcome::Failed(f),
+    }
+}
+
+async fn save_new(
+    ctx: &MonitorCtx,
+    resp: crate::engine::classify::TokenResponse,
+    previous: Option<Secret>,
+) -> Outcome {
+    let (tokens, lifetime) = oauth::to_stored(resp, previous, ctx.clock.wall(), &ctx.policy);
+    // Write before use. Two quick retries absorb a keychain hiccup.
+    let mut saved = Err(String::new());
+    for i in 0..3 {
+        match ctx.store.save_tokens(&ctx.workload.name, &tokens).await {
+            Ok(()) => {
+                saved = Ok(());
+                break;
+            }
+            Err(e) => {
+                saved = Err(e.to_string());
+                if i < 2 {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+    Outcome::Refreshed {
+        tokens,
+        lifetime,
+        saved,
+    }
+}

@@ -1,0 +1,368 @@
+//! Talking to the issuer: the token endpoint client (refresh and code exchange) and
+//! the interactive login (authorization code + PKCE S256 + `state`, RFC 8252 loopback
+//! redirect).
+//!
+//! The token endpoint is called with reqwest directly rather than through oauth2's
+//! `exchange_*` helpers, because classification needs what those hide: the status,
+//! `Retry-After`, and a body read under a size cap. oauth2 builds the authorization
+//! URL and makes the PKCE pair and the `state` value.
+//!
+//! Limits that keep a hostile or broken issuer from hurting a monitor: redirects are
+//! not followed (a captive portal's 302 is a transient failure), the whole exchange has
+//! a deadline (`http_timeout`), and bodies past `max_response_bytes` are abandoned.
+
+use crate::engine::classify::{
+    classify_response, classify_transport, Failure, FailureKind, TokenResponse,
+};
+use crate::engine::config::WorkloadConfig;
+use crate::engine::policy::Policy;
+use crate::engine::secret::Secret;
+use crate::engine::store::{unix_secs, StoredTokens};
+use std::time::{Duration, SystemTime};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use url::Url;
+
+/// An HTTP client for one trust configuration (system roots + optional `ca_file`).
+pub fn http_client(
+    policy: &Policy,
+    ca_file: Option<&std::path::Path>,
+) -> Result<reqwest::Client, String> {
+    let mut b = reqwest::Client::builder()
+        .timeout(policy.http_timeout)
+        .connect_timeout(policy.connect_timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("tokenwarden/", env!("CARGO_PKG_VERSION")));
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path)
+            .map_err(|e| format!("cannot read ca_file {}: {e}", path.display()))?;
+        for cert in reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("ca_file {}: {e}", path.display()))?
+        {
+            b = b.add_root_certificate(cert);
+        }
+    }
+    b.build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+}
+
+/// POST a form to the token endpoint and classify the answer.
+pub async fn token_request(
+    http: &reqwest::Client,
+    endpoint: &Url,
+    form: &[(&str, &str)],
+    policy: &Policy,
+) -> Result<TokenResponse, Failure> {
+    let deadline = policy.http_timeout + Duration::from_secs(1);
+    match tokio::time::timeout(deadline, token_request_inner(http, endpoint, form, policy)).await {
+        Ok(r) => r,
+        Err(_) => Err(Failure::new(FailureKind::Timeout)),
+    }
+}
+
+async fn token_request_inner(
+    http: &reqwest::Client,
+    endpoint: &Url,
+    form: &[(&str, &str)],
+    policy: &Policy,
+) -> Result<TokenResponse, Failure> {
+    let resp = http
+        .post(endpoint.clone())
+        .header(reqwest::header::ACCEPT, "application/json")
+        .form(form)
+        .send()
+        .await
+        .map_err(|e| classify_transport(&e))?;
+    let status = resp.status().as_u16();
+    let header = |name: reqwest::header::HeaderName| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let content_type = header(reqwest::header::CONTENT_TYPE);
+    let retry_after = header(reqwest::header::RETRY_AFTER);
+    let limit = policy.max_response_bytes;
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(Failure::new(FailureKind::TooLarge { limit }));
+    }
+    let mut resp = resp;
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| classify_transport(&e))? {
+        if body.len() + chunk.len() > limit {
+            return Err(Failure::new(FailureKind::TooLarge { limit }));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    tracing::debug!(status, bytes = body.len(), "token endpoint answered");
+    classify_response(
+        status,
+        content_type.as_deref(),
+        retry_after.as_deref(),
+        &body,
+        SystemTime::now(),
+        policy.retry_after_max,
+    )
+}
+
+/// `grant_type=refresh_token`.
+pub async fn refresh(
+    http: &reqwest::Client,
+    w: &WorkloadConfig,
+    refresh_token: &Secret,
+    policy: &Policy,
+) -> Result<TokenResponse, Failure> {
+    let form = [
+        ("grant_type", "refresh_token"),
+        ("refresh_token", refresh_token.expose()),
+        ("client_id", w.client_id.as_str()),
+    ];
+    token_request(http, &w.token_endpoint, &form, policy).await
+}
+
+/// Turn a token response into what is stored. A response without `refresh_token`
+/// keeps `previous_refresh` (RFC 6749 §6: the old one stays valid).
+pub fn to_stored(
+    resp: TokenResponse,
+    previous_refresh: Option<Secret>,
+    now: SystemTime,
+    policy: &Policy,
+) -> (StoredTokens, Duration) {
+    if resp.expires_in_invalid {
+        tracing::warn!(
+            assumed = %humantime::format_duration(policy.assumed_token_lifetime),
+            "token response had an unusable expires_in; assuming the default lifetime"
+        );
+    }
+    let lifetime = resp.expires_in.unwrap_or(policy.assumed_token_lifetime);
+    let tokens = StoredTokens {
+        access_token: resp.access_token,
+        refresh_token: resp.refresh_token.or(previous_refresh),
+        expires_at: Some(unix_secs(now + lifetime).max(unix_secs(now) + 1)),
+        lifetime: Some(lifetime.as_secs().max(1)),
+        obtained_at: unix_secs(now),
+    };
+    (tokens, lifetime)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoginError {
+    #[error("workload `{0}` has no authorization_endpoint; add one to workloads.toml")]
+    NoAuthorizationEndpoint(String),
+    #[error("no browser callback within {}; run the login again", humantime::format_duration(*.0))]
+    Timeout(Duration),
+    #[error("the issuer refused the login: {error}{}", description.as_ref().map(|d| format!(" ({d})")).unwrap_or_default())]
+    Denied {
+        error: String,
+        description: Option<String>,
+    },
+    #[error("exchanging the authorization code failed: {}", .0.reason())]
+    Exchange(Failure),
+    #[error("the issuer granted no refresh token, so the workload could not be kept alive; ask for the `offline_access` scope if the issuer needs it")]
+    NoRefreshToken,
+    #[error("cannot listen for the browser callback on 127.0.0.1: {0}")]
+    Listen(std::io::Error),
+}
+
+/// A prepared login: the loopback listener is bound, the URL is ready to open.
+pub struct PendingLogin {
+    listener: tokio::net::TcpListener,
+    pub authorize_url: Url,
+    redirect_uri: Url,
+    csrf: oauth2::CsrfToken,
+    verifier: oauth2::PkceCodeVerifier,
+    workload: WorkloadConfig,
+}
+
+impl std::fmt::Debug for PendingLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingLogin")
+            .field("workload", &self.workload.name)
+            .field("redirect_uri", &self.redirect_uri.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Bind the loopback redirect listener (127.0.0.1, any port: RFC 8252 §7.3) and build
+/// the authorization URL with PKCE S256 and a fresh `state`.
+pub async fn prepare_login(w: &WorkloadConfig) -> Result<PendingLogin, LoginError> {
+    let auth = w
+        .authorization_endpoint
+        .clone()
+        .ok_or_else(|| LoginError::NoAuthorizationEndpoint(w.name.clone()))?;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .map_err(LoginError::Listen)?;
+    let port = listener.local_addr().map_err(LoginError::Listen)?.port();
+    let redirect_uri =
+        Url::parse(&format!("http://127.0.0.1:{port}/callback")).expect("static URL shape");
+    let client = oauth2::basic::BasicClient::new(oauth2::ClientId::new(w.client_id.clone()))
+        .set_auth_uri(oauth2::AuthUrl::from_url(auth))
+        .set_redirect_uri(oauth2::RedirectUrl::from_url(redirect_uri.clone()));
+    let (challenge, verifier) = oauth2::PkceCodeChallenge::new_random_sha256();
+    let (authorize_url, csrf) = client
+        .authorize_url(oauth2::CsrfToken::new_random)
+        .add_scopes(w.scopes.iter().cloned().map(oauth2::Scope::new))
+        .set_pkce_challenge(challenge)
+        .url();
+    Ok(PendingLogin {
+        listener,
+        authorize_url,
+        redirect_uri,
+        csrf,
+        verifier,
+        workload: w.clone(),
+    })
+}
+
+impl PendingLogin {
+    /// Wait for the browser's callback, check `state`, exchange the code. Returns the
+    /// tokens to store.
+    pub async fn finish(
+        self,
+        http: &reqwest::Client,
+        policy: &Policy,
+        timeout: Duration,
+    ) -> Result<StoredTokens, LoginError> {
+        let code = tokio::time::timeout(timeout, wait_for_code(&self.listener, self.csrf.secret()))
+            .await
+            .map_err(|_| LoginError::Timeout(timeout))??;
+        let form = [
+            ("grant_type", "authorization_code"),
+            ("code", code.expose()),
+            ("redirect_uri", self.redirect_uri.as_str()),
+            ("client_id", self.workload.client_id.as_str()),
+            ("code_verifier", self.verifier.secret().as_str()),
+        ];
+        let resp = token_request(http, &self.workload.token_endpoint, &form, policy)
+            .await
+            .map_err(LoginError::Exchange)?;
+        if resp.refresh_token.is_none() {
+            return Err(LoginError::NoRefreshToken);
+        }
+        Ok(to_stored(resp, None, SystemTime::now(), policy).0)
+    }
+}
+
+const PAGE_OK: &str = "<!doctype html><meta charset=utf-8><title>Tokenwarden</title><body style=\"font-family:sans-serif;margin:3em\"><h1>Signed in</h1><p>Tokenwarden has the new sign-in. You can close this tab.</p>";
+
+fn page_error(msg: &str) -> String {
+    let esc = msg
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;");
+    format!("<!doctype html><meta charset=utf-8><title>Tokenwarden</title><body style=\"font-family:sans-serif;margin:3em\"><h1>Sign-in failed</h1><p>{esc}</p>")
+}
+
+/// Accept connections on the loopback listener until one brings `code` with the right
+/// `state` (or an `error`). Other requests (favicon, a stale tab) get a 404 or an
+/// error page and the wait goes on.
+async fn wait_for_code(
+    listener: &tokio::net::TcpListener,
+    expected_state: &str,
+) -> Result<Secret, LoginError> {
+    loop {
+        let (mut sock, _) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "callback accept failed");
+                continue;
+            }
+        };
+        let target =
+            match tokio::time::timeout(Duration::from_secs(10), read_request_target(&mut sock))
+                .await
+            {
+                Ok(Some(t)) => t,
+                _ => continue,
+            };
+        let Ok(url) = Url::parse(&format!("http://127.0.0.1{target}")) else {
+            respond(&mut sock, 400, &page_error("bad request")).await;
+            continue;
+        };
+        if url.path() != "/callback" {
+            respond(&mut sock, 404, &page_error("not found")).await;
+            continue;
+        }
+        let q = |k: &str| {
+            url.query_pairs()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.into_owned())
+        };
+        let state_ok =
+            q("state").is_some_and(|s| constant_time_eq(s.as_bytes(), expected_state.as_bytes()));
+        if !state_ok {
+            tracing::warn!("login callback with a wrong or missing state ignored");
+            respond(
+                &mut sock,
+                400,
+                &page_error("This sign-in link does not belong to the login in progress."),
+            )
+            .await;
+            continue;
+        }
+        if let Some(error) = q("error") {
+            let description =
+                q("error_description").map(|d| crate::engine::classify::sanitize(&d, 200));
+            respond(
+                &mut sock,
+                200,
+                &page_error(&format!("The issuer answered: {error}")),
+            )
+            .await;
+            return Err(LoginError::Denied {
+                error: crate::engine::classify::sanitize(&error, 64),
+                description,
+            });
+        }
+        match q("code") {
+            Some(code) if !code.is_empty() => {
+                respond(&mut sock, 200, PAGE_OK).await;
+                return Ok(Secret::new(code));
+            }
+            _ => {
+                respond(
+                    &mut sock,
+                    400,
+                    &page_error("The callback had no authorization code."),
+                )
+                .await;
+            }
+        }
+    }
+}
+
+/// Read an HTTP/1 request head (capped at 16 KiB) and return the request target.
+async fn read_request_target(sock: &mut tokio::net::TcpStream) -> Option<String> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = sock.read(&mut chunk).await.ok()?;
+        if n == 0 || buf.len() + n > 16 * 1024 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let head = std::str::from_utf8(&buf).ok()?;
+    let mut parts = head.lines().next()?.split_whitespace();
+    let method = parts.next()?;
+    let target = parts.next()?;
+    (method == "GET" && target.starts_with('/')).then(|| target.to_string())
+}
+
+async fn respond(sock: &mut tokio::net::TcpStream, status: u16, body: &str) {
+    let reason = match status {
+        200 => "OK",
+        404 => "Not Found",
+        _ => "Bad Request",
+    };
+    let msg = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = sock.write_all(msg.as_bytes()).await;
+    let _ = sock.shutdown().await;
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,347 @@
+//! The retry policy: every number that decides when the engine talks to an issuer.
+//!
+//! Defaults follow `shared/design.md`. Each value can be set in the `[policy]` table of
+//! `workloads.toml` and overridden by an environment variable of the same name,
+//! upper-cased and prefixed with `TOKENWARDEN_` (the environment wins). Durations are
+//! written like `250ms`, `10s`, `5m`, `24h`; sub-second values work, which is how the
+//! tests compress hours into milliseconds.
+
+use std::time::Duration;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Policy {
+    /// Refresh this fraction of the token's lifetime before it expires...
+    pub refresh_lead_fraction: f64,
+    /// ...but at least this long before (never more than half the lifetime)...
+    pub refresh_lead_min: Duration,
+    /// ...and at most this long before.
+    pub refresh_lead_max: Duration,
+    /// Short retry (status stays `running`): first interval, growth, jitter, caps.
+    pub refresh_initial_interval: Duration,
+    pub refresh_multiplier: f64,
+    pub refresh_jitter: f64,
+    pub refresh_max_interval: Duration,
+    pub refresh_max_tries: u32,
+    pub refresh_max_elapsed: Duration,
+    /// `retrying`: first interval, growth, cap, jitter.
+    pub retrying_interval: Duration,
+    pub retrying_multiplier: f64,
+    pub retrying_max_interval: Duration,
+    pub retrying_jitter: f64,
+    /// Give up on a transient failure after this much *awake* time.
+    pub retrying_ceiling: Duration,
+    /// A `Retry-After` longer than this is capped (a hostile header cannot park a workload).
+    pub retry_after_max: Duration,
+    /// Whole-request timeout (connect + headers + body) and connect timeout.
+    pub http_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Token responses larger than this are refused (transient) without reading on.
+    pub max_response_bytes: usize,
+    /// Lifetime assumed when a token response has no usable `expires_in`.
+    pub assumed_token_lifetime: Duration,
+    /// Longest single sleep of a monitor: after it the wall clock is read again, so a
+    /// suspend (which stops tokio's clock) delays a due refresh by at most this much.
+    pub wall_check_interval: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            refresh_lead_fraction: 0.2,
+            refresh_lead_min: Duration::from_secs(30),
+            refresh_lead_max: Duration::from_secs(15 * 60),
+            refresh_initial_interval: Duration::from_secs(10),
+            refresh_multiplier: 1.5,
+            refresh_jitter: 0.5,
+            refresh_max_interval: Duration::from_secs(120),
+            refresh_max_tries: 5,
+            refresh_max_elapsed: Duration::from_secs(5 * 60),
+            retrying_interval: Duration::from_secs(30),
+            retrying_multiplier: 2.0,
+            retrying_max_interval: Duration::from_secs(5 * 60),
+            retrying_jitter: 0.2,
+            retrying_ceiling: Duration::from_secs(24 * 3600),
+            retry_after_max: Duration::from_secs(3600),
+            http_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            max_response_bytes: 256 * 1024,
+            assumed_token_lifetime: Duration::from_secs(3600),
+            wall_check_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Duration,
+    Count,
+    Fraction,
+    Factor,
+    Bytes,
+}
+
+/// Every settable key, with its kind. The env variable is `TOKENWARDEN_` + upper-case key.
+pub const KEYS: &[(&str, Kind)] = &[
+    ("refresh_lead_fraction", Kind::Fraction),
+    ("refresh_lead_min", Kind::Duration),
+    ("refresh_lead_max", Kind::Duration),
+    ("refresh_initial_interval", Kind::Duration),
+    ("refresh_multiplier", Kind::Factor),
+    ("refresh_jitter", Kind::Fraction),
+    ("refresh_max_interval", Kind::Duration),
+    ("refresh_max_tries", Kind::Count),
+    ("refresh_max_elapsed", Kind::Duration),
+    ("retrying_interval", Kind::Duration),
+    ("retrying_multiplier", Kind::Factor),
+    ("retrying_max_interval", Kind::Duration),
+    ("retrying_jitter", Kind::Fraction),
+    ("retrying_ceiling", Kind::Duration),
+    ("retry_after_max", Kind::Duration),
+    ("http_timeout", Kind::Duration),
+    ("connect_timeout", Kind::Duration),
+    ("max_response_bytes", Kind::Bytes),
+    ("assumed_token_lifetime", Kind::Duration),
+    ("wall_check_interval", Kind::Duration),
+];
+
+pub fn env_name(key: &str) -> String {
+    format!("TOKENWARDEN_{}", key.to_ascii_uppercase())
+}
+
+/// A value as written in the config or the environment.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RawValue {
+    Text(String),
+    Integer(i64),
+    Float(f64),
+}
+
+impl Policy {
+    /// Set one key. The error says what was expected, without the key's location
+    /// (the caller adds file and line, or the env variable name).
+    pub fn set(&mut self, key: &str, value: &RawValue) -> Result<(), String> {
+        let kind = KEYS
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, k)| *k)
+            .ok_or_else(|| {
+                let known: Vec<&str> = KEYS.iter().map(|(k, _)| *k).collect();
+                format!("unknown policy key `{key}` (known: {})", known.join(", "))
+            })?;
+        match kind {
+            Kind::Duration => {
+                let d = parse_duration(value)?;
+                if d.is_zero() {
+                    return Err(format!("`{key}` must be greater than zero"));
+                }
+                *self.duration_mut(key) = d;
+            }
+            Kind::Count => {
+                let n = parse_int(value)?;
+                if !(1..=1000).contains(&n) {
+                    return Err(format!("`{key}` must be between 1 and 1000"));
+                }
+                self.refresh_max_tries = n as u32;
+            }
+            Kind::Bytes => {
+                let n = parse_int(value)?;
+                if !(1024..=64 * 1024 * 1024).contains(&n) {
+                    return Err(format!("`{key}` must be between 1024 and 67108864"));
+                }
+                self.max_response_bytes = n as usize;
+            }
+            Kind::Fraction => {
+                let f = parse_float(value)?;
+                if !(0.0..1.0).contains(&f) {
+                    return Err(format!("`{key}` must be at least 0 and below 1"));
+                }
+                match key {
+                    "refresh_lead_fraction" => self.refresh_lead_fraction = f,
+                    "refresh_jitter" => self.refresh_jitter = f,
+                    _ => self.retrying_jitter = f,
+                }
+            }
+            Kind::Factor => {
+                let f = parse_float(value)?;
+                if !(1.0..=10.0).contains(&f) {
+                    return Err(format!("`{key}` must be between 1 and 10"));
+                }
+                match key {
+                    "refresh_multiplier" => self.refresh_multiplier = f,
+                    _ => self.retrying_multiplier = f,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn duration_mut(&mut self, key: &str) -> &mut Duration {
+        match key {
+            "refresh_lead_min" => &mut self.refresh_lead_min,
+            "refresh_lead_max" => &mut self.refresh_lead_max,
+            "refresh_initial_interval" => &mut self.refresh_initial_interval,
+            "refresh_max_interval" => &mut self.refresh_max_interval,
+            "refresh_max_elapsed" => &mut self.refresh_max_elapsed,
+            "retrying_interval" => &mut self.retrying_interval,
+            "retrying_max_interval" => &mut self.retrying_max_interval,
+            "retrying_ceiling" => &mut self.retrying_ceiling,
+            "retry_after_max" => &mut self.retry_after_max,
+            "http_timeout" => &mut self.http_timeout,
+            "connect_timeout" => &mut self.connect_timeout,
+            "assumed_token_lifetime" => &mut self.assumed_token_lifetime,
+            _ => &mut self.wall_check_interval,
+        }
+    }
+
+    /// Apply `TOKENWARDEN_*` overrides from `lookup` (the process environment in
+    /// production). Errors name the variable.
+    pub fn apply_env(&mut self, lookup: impl Fn(&str) -> Option<String>) -> Result<(), String> {
+        for (key, _) in KEYS {
+            let var = env_name(key);
+            if let Some(v) = lookup(&var) {
+                self.set(key, &RawValue::Text(v.trim().to_string()))
+                    .map_err(|e| format!("environment variable {var}: {e}"))?;
+            }
+        }
+        self.check()
+    }
+
+    /// Cross-field checks, after all values are in.
+    pub fn check(&self) -> Result<(), String> {
+        if self.refresh_max_interval < self.refresh_initial_interval {
+            return Err("refresh_max_interval must not be below refresh_initial_interval".into());
+        }
+        if self.retrying_max_interval < self.retrying_interval {
+            return Err("retrying_max_interval must not be below retrying_interval".into());
+        }
+        if self.refresh_lead_max < self.refresh_lead_min {
+            return Err("refresh_lead_max must not be below refresh_lead_min".into());
+        }
+        Ok(())
+    }
+
+    /// How long before expiry to refresh a token of `lifetime`, with `jitter01` in [0, 1)
+    /// pulling the refresh up to 10% of the lead earlier (spreads workloads apart).
+    pub fn refresh_lead(&self, lifetime: Duration, jitter01: f64) -> Duration {
+        let base = lifetime.mul_f64(self.refresh_lead_fraction);
+        let lead = base.clamp(self.refresh_lead_min, self.refresh_lead_max);
+        let lead = lead.min(lifetime / 2);
+        lead + lead.mul_f64(0.1 * jitter01.clamp(0.0, 1.0))
+    }
+}
+
+fn parse_duration(v: &RawValue) -> Result<Duration, String> {
+    match v {
+        RawValue::Text(s) => humantime::parse_duration(s.trim())
+            .map_err(|e| format!("`{s}` is not a duration like 250ms, 10s, 5m or 24h ({e})")),
+        RawValue::Integer(n) if *n >= 0 => Ok(Duration::from_secs(*n as u64)),
+        _ => Err("expected a duration like \"250ms\", \"10s\", \"5m\" or \"24h\"".into()),
+    }
+}
+
+fn parse_int(v: &RawValue) -> Result<i64, String> {
+    match v {
+        RawValue::Integer(n) => Ok(*n),
+        RawValue::Text(s) => s
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{s}` is not a whole number")),
+        RawValue::Float(_) => Err("expected a whole number".into()),
+    }
+}
+
+fn parse_float(v: &RawValue) -> Result<f64, String> {
+    let f = match v {
+        RawValue::Float(f) => *f,
+        RawValue::Integer(n) => *n as f64,
+        RawValue::Text(s) => s
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{s}` is not a number"))?,
+    };
+    if f.is_finite() {
+        Ok(f)
+    } else {
+        Err("expected a finite number".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn env_overrides_accept_sub_second_durations() {
+        let env: HashMap<String, String> = [
+            ("TOKENWARDEN_REFRESH_INITIAL_INTERVAL", "50ms"),
+            ("TOKENWARDEN_REFRESH_MAX_INTERVAL", "200ms"),
+            ("TOKENWARDEN_REFRESH_MAX_TRIES", "3"),
+            ("TOKENWARDEN_REFRESH_MAX_ELAPSED", "1s"),
+            ("TOKENWARDEN_RETRYING_INTERVAL", "100ms"),
+            ("TOKENWARDEN_RETRYING_MAX_INTERVAL", "400ms"),
+            ("TOKENWARDEN_RETRYING_CEILING", "24h"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let mut p = Policy::default();
+        p.apply_env(|k| env.get(k).cloned()).unwrap();
+        assert_eq!(p.refresh_initial_interval, Duration::from_millis(50));
+        assert_eq!(p.refresh_max_interval, Duration::from_millis(200));
+        assert_eq!(p.refresh_max_tries, 3);
+        assert_eq!(p.refresh_max_elapsed, Duration::from_secs(1));
+        assert_eq!(p.retrying_interval, Duration::from_millis(100));
+        assert_eq!(p.retrying_max_interval, Duration::from_millis(400));
+        assert_eq!(p.retrying_ceiling, Duration::from_secs(86400));
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let mut p = Policy::default();
+        let e = p
+            .apply_env(|k| (k == "TOKENWARDEN_RETRYING_CEILING").then(|| "soon".to_string()))
+            .unwrap_err();
+        assert!(e.contains("TOKENWARDEN_RETRYING_CEILING"), "{e}");
+        assert!(p
+            .set("nope", &RawValue::Integer(1))
+            .unwrap_err()
+            .contains("unknown"));
+        assert!(p.set("refresh_max_tries", &RawValue::Integer(0)).is_err());
+        assert!(p
+            .set("retrying_interval", &RawValue::Text("0s".into()))
+            .is_err());
+        let mut q = Policy::default();
+        q.set("retrying_max_interval", &RawValue::Text("1s".into()))
+            .unwrap();
+        assert!(q.check().is_err());
+    }
+
+    #[test]
+    fn lead_is_a_fifth_of_lifetime_bounded_and_jittered_earlier() {
+        let p = Policy::default();
+        // 1 h token: 20% = 12 min.
+        assert_eq!(
+            p.refresh_lead(Duration::from_secs(3600), 0.0),
+            Duration::from_secs(720)
+        );
+        // 10 h token: capped at 15 min.
+        assert_eq!(
+            p.refresh_lead(Duration::from_secs(36000), 0.0),
+            Duration::from_secs(900)
+        );
+        // 5 min token: 60 s.
+        assert_eq!(
+            p.refresh_lead(Duration::from_secs(300), 0.0),
+            Duration::from_secs(60)
+        );
+        // 20 s token: min 30 s would exceed half the lifetime, so 10 s.
+        assert_eq!(
+            p.refresh_lead(Duration::from_secs(20), 0.0),
+            Duration::from_secs(10)
+        );
+        // Jitter only ever makes it earlier, by at most 10%.
+        let j = p.refresh_lead(Duration::from_secs(3600), 0.999);
+        assert!(j > Duration::from_secs(720) && j < Duration::from_secs(793));
+    }
+}

@@ -1,0 +1,201 @@
+//! What the engine publishes: the per-workload status view (the `status --json`
+//! object, later the UI's row) and the record persisted across restarts.
+//!
+//! Neither type holds a secret; both are safe to log, send to a UI or write to disk.
+
+use crate::engine::classify::Failure;
+use crate::engine::clock::Now;
+use crate::engine::machine::{Episode, Machine, Phase, Status, Unauth};
+use crate::engine::policy::Policy;
+use serde::{Deserialize, Serialize};
+use std::time::{Duration, SystemTime};
+use time::OffsetDateTime;
+
+/// One workload as shown to people and scripts. Field names are a fixed interface.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadStatus {
+    pub name: String,
+    pub status: Status,
+    /// The cause: an RFC 6749 code for a verdict, `HTTP 403: plain words` for a
+    /// transient error, or a sentence for other states. `null` when healthy.
+    pub reason: Option<String>,
+    /// Extra state in plain words (short retry progress, what triggered an attempt).
+    pub detail: Option<String>,
+    /// What the user can do (only for a permanent verdict or a missing login).
+    pub hint: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub since: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub next_attempt_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub access_token_expires_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub gives_up_at: Option<OffsetDateTime>,
+    pub access_token_valid: bool,
+    /// Failed attempts in the current failure episode.
+    pub attempts: u32,
+    pub token_endpoint: String,
+    /// The local proxy's address, when one serves this workload.
+    pub local_url: Option<String>,
+    /// False when read from the persisted state because no daemon runs.
+    pub live: bool,
+}
+
+pub fn rfc3339(t: SystemTime) -> Option<OffsetDateTime> {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).ok()?;
+    let secs = OffsetDateTime::from_unix_timestamp(d.as_secs() as i64).ok()?;
+    Some(secs + time::Duration::milliseconds(d.subsec_millis() as i64))
+}
+
+pub fn view(
+    name: &str,
+    token_endpoint: &str,
+    m: &Machine,
+    now: Now,
+    policy: &Policy,
+) -> WorkloadStatus {
+    let (reason, hint) = match &m.phase {
+        Phase::Running => (m.last_error.as_ref().map(Failure::reason), None),
+        Phase::Retrying => (m.last_error.as_ref().map(Failure::reason), None),
+        Phase::Unauthenticated(Unauth::Verdict { failure }) => {
+            (Some(failure.reason()), failure.hint())
+        }
+        Phase::Unauthenticated(Unauth::Ceiling { failure }) => (
+            Some(format!(
+                "gave up after {} of failures; last: {}",
+                humantime::format_duration(round_secs(policy.retrying_ceiling)),
+                failure.reason()
+            )),
+            None,
+        ),
+        Phase::Unauthenticated(Unauth::NoLogin) => (
+            Some("not logged in".into()),
+            Some(format!("Log in: tokenwarden login {name}")),
+        ),
+        Phase::Unauthenticated(Unauth::NoRefreshToken) => (
+            Some("the access token expired and the issuer granted no refresh token".into()),
+            Some(format!("Log in again: tokenwarden login {name}")),
+        ),
+        Phase::Stopped => (Some("disabled in workloads.toml".into()), None),
+    };
+    let mut detail = m.detail(policy);
+    if let Some(t) = m.last_trigger {
+        let d = format!("last attempt: {}", t.describe());
+        detail = Some(match detail {
+            Some(x) => format!("{x}; {d}"),
+            None => d,
+        });
+    }
+    WorkloadStatus {
+        name: name.to_string(),
+        status: m.status(),
+        reason,
+        detail,
+        hint,
+        since: rfc3339(m.since),
+        next_attempt_at: m.next_attempt_at(now).and_then(rfc3339),
+        access_token_expires_at: m.access_expires_at.and_then(rfc3339),
+        gives_up_at: m.gives_up_at(now, policy).and_then(rfc3339),
+        access_token_valid: m.access_token_valid(now),
+        attempts: m.episode.as_ref().map(|e| e.attempts).unwrap_or(0),
+        token_endpoint: token_endpoint.to_string(),
+        local_url: None,
+        live: true,
+    }
+}
+
+fn round_secs(d: Duration) -> Duration {
+    Duration::from_secs(d.as_secs())
+}
+
+/// The part of a monitor's state that survives a restart (in `state.json`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Persisted {
+    pub phase: Phase,
+    /// Unix milliseconds.
+    pub since_ms: u64,
+    pub last_error: Option<Failure>,
+    pub episode: Option<PersistedEpisode>,
+    pub saved_at_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PersistedEpisode {
+    pub started_ms: u64,
+    /// Awake time the episode had used when saved: the ceiling keeps counting from it.
+    pub awake_spent_ms: u64,
+    pub attempts: u32,
+    pub retrying_attempts: u32,
+}
+
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+pub fn from_ms(ms: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+impl Persisted {
+    pub fn capture(m: &Machine, now: Now) -> Self {
+        Persisted {
+            phase: m.phase.clone(),
+            since_ms: unix_ms(m.since),
+            last_error: m.last_error.clone(),
+            episode: m.episode.as_ref().map(|e| PersistedEpisode {
+                started_ms: unix_ms(e.started_wall),
+                awake_spent_ms: e.awake_spent(now).as_millis() as u64,
+                attempts: e.attempts,
+                retrying_attempts: e.retrying_attempts,
+            }),
+            saved_at_ms: unix_ms(now.wall),
+        }
+    }
+
+    /// Rebuild the failure episode in a new process: the ceiling continues from the
+    /// awake time already spent, and one attempt is owed right after the restart.
+    pub fn restore_episode(&self, now: Now) -> Option<Episode> {
+        self.episode.as_ref().map(|e| Episode {
+            started_wall: from_ms(e.started_ms),
+            awake_before: Duration::from_millis(e.awake_spent_ms),
+            awake_mark: now.awake,
+            attempts: e.attempts,
+            retrying_attempts: e.retrying_attempts,
+            owes_attempt: true,
+            not_before: None,
+        })
+    }
+
+    /// A persisted status shown when no daemon runs.
+    pub fn offline_view(
+        &self,
+        name: &str,
+        token_endpoint: &str,
+        policy: &Policy,
+    ) -> WorkloadStatus {
+        let now_wall = SystemTime::now();
+        let mut m = Machine::no_login(Now {
+            wall: now_wall,
+            awake: Duration::ZERO,
+        });
+        m.phase = self.phase.clone();
+        m.since = from_ms(self.since_ms);
+        m.last_error = self.last_error.clone();
+        m.due = crate::engine::machine::Due::Never;
+        let mut v = view(
+            name,
+            token_endpoint,
+            &m,
+            Now {
+                wall: now_wall,
+                awake: Duration::ZERO,
+            },
+            policy,
+        );
+        v.attempts = self.episode.as_ref().map(|e| e.attempts).unwrap_or(0);
+        v.live = false;
+        v
+    }
+}

@@ -1,0 +1,461 @@
+//! The supervisor owns the monitors, fans triggers in, publishes status changes and
+//! persists the last known status of every workload.
+//!
+//! Callers reach it through a cloneable [`Engine`] handle that sends
+//! `(command, oneshot reply)` pairs (mini-redis `buffered_client` style); no map of
+//! monitors is shared behind a lock. Status changes go out on a broadcast channel
+//! (`Engine::subscribe`): the control socket's event stream and the desktop shell are
+//! both just subscribers.
+//!
+//! Issuer fan-out: a successful refresh at a token endpoint makes every other workload
+//! of that endpoint that is in a failure episode attempt at once.
+
+use crate::engine::clock::Clock;
+use crate::engine::config::{Config, WorkloadConfig};
+use crate::engine::machine::{Status, Trigger};
+use crate::engine::monitor::{self, Command, MonitorCtx, MonitorHandle, Report, TokenError};
+use crate::engine::oauth;
+use crate::engine::policy::Policy;
+use crate::engine::secret::Secret;
+use crate::engine::status::{Persisted, WorkloadStatus};
+use crate::engine::store::SecretStore;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+/// A status change as published to subscribers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusChange {
+    pub workload: WorkloadStatus,
+    /// The status before this change (`null` for the first report of a monitor).
+    pub previous: Option<Status>,
+    pub recovered: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    #[error("no workload named `{0}` (see `tokenwarden list`)")]
+    UnknownWorkload(String),
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error("{0}")]
+    Config(String),
+    #[error("the engine has stopped")]
+    Stopped,
+}
+
+impl EngineError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            EngineError::UnknownWorkload(_) => "unknown_workload",
+            EngineError::Token(t) => t.code(),
+            EngineError::Config(_) => "config",
+            EngineError::Stopped => "stopped",
+        }
+    }
+}
+
+enum Cmd {
+    Status(oneshot::Sender<Vec<WorkloadStatus>>),
+    Retry(
+        Option<String>,
+        Trigger,
+        oneshot::Sender<Result<Vec<String>, EngineError>>,
+    ),
+    Token(
+        String,
+        oneshot::Sender<Result<oneshot::Receiver<Result<Secret, TokenError>>, EngineError>>,
+    ),
+    /// Re-read which workloads exist (`Some` config) and/or whose tokens changed.
+    Reload(
+        Option<Config>,
+        Vec<String>,
+        oneshot::Sender<Result<(), EngineError>>,
+    ),
+}
+
+/// Cloneable handle to the running engine.
+#[derive(Clone)]
+pub struct Engine {
+    tx: mpsc::Sender<Cmd>,
+    events: broadcast::Sender<StatusChange>,
+    cancel: CancellationToken,
+    done: Arc<tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
+}
+
+pub struct EngineOptions {
+    pub config: Config,
+    pub store: SecretStore,
+    pub clock: Clock,
+    /// Where the last known statuses are kept (`None`: not persisted).
+    pub state_path: Option<PathBuf>,
+}
+
+impl Engine {
+    pub fn start(opts: EngineOptions) -> Engine {
+        let (tx, rx) = mpsc::channel(256);
+        let (events, _) = broadcast::channel(1024);
+        let cancel = CancellationToken::new();
+        let restored = opts
+            .state_path
+            .as_ref()
+            .map(|p| load_state(p))
+            .unwrap_or_default();
+        let (reports_tx, reports_rx) = mpsc::unbounded_channel();
+        let sup = Supervisor {
+            monitors: BTreeMap::new(),
+            policy: Arc::new(opts.config.policy.clone()),
+            config: opts.config,
+            store: opts.store,
+            clock: opts.clock,
+            state_path: opts.state_path,
+            persisted: restored,
+            dirty: false,
+            events: events.clone(),
+            reports_tx,
+            clients: HashMap::new(),
+        };
+        let task = tokio::spawn(sup.run(rx, reports_rx, cancel.clone()));
+        Engine {
+            tx,
+            events,
+            cancel,
+            done: Arc::new(tokio::sync::Mutex::new(Some(task))),
+        }
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Cmd) -> Result<T, EngineError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(make(tx))
+            .await
+            .map_err(|_| EngineError::Stopped)?;
+        rx.await.map_err(|_| EngineError::Stopped)
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<StatusChange> {
+        self.events.subscribe()
+    }
+
+    pub async fn status(&self) -> Result<Vec<WorkloadStatus>, EngineError> {
+        self.ask(Cmd::Status).await
+    }
+
+    /// "Retry now" for one workload, or all (`None`). Returns the names asked.
+    pub async fn retry(&self, name: Option<&str>) -> Result<Vec<String>, EngineError> {
+        self.trigger(name, Trigger::User).await
+    }
+
+    pub async fn trigger(
+        &self,
+        name: Option<&str>,
+        trigger: Trigger,
+    ) -> Result<Vec<String>, EngineError> {
+        let name = name.map(str::to_string);
+        self.ask(|tx| Cmd::Retry(name, trigger, tx)).await?
+    }
+
+    /// A valid access token, refreshing (single-flight) if needed.
+    pub async fn token(&self, name: &str) -> Result<Secret, EngineError> {
+        let n = name.to_string();
+        let rx = self.ask(|tx| Cmd::Token(n, tx)).await??;
+        Ok(rx.await.map_err(|_| EngineError::Stopped)??)
+    }
+
+    /// Apply a new configuration and/or reload the tokens of `names`.
+    pub async fn reload(
+        &self,
+        config: Option<Config>,
+        names: Vec<String>,
+    ) -> Result<(), EngineError> {
+        self.ask(|tx| Cmd::Reload(config, names, tx)).await?
+    }
+
+    /// Stop every monitor (in-flight refreshes finish and save), write the state file.
+    pub async fn shutdown(&self) {
+        self.cancel.cancel();
+        if let Some(t) = self.done.lock().await.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+struct Supervisor {
+    monitors: BTreeMap<String, MonitorHandle>,
+    config: Config,
+    policy: Arc<Policy>,
+    store: SecretStore,
+    clock: Clock,
+    state_path: Option<PathBuf>,
+    persisted: BTreeMap<String, Persisted>,
+    dirty: bool,
+    events: broadcast::Sender<StatusChange>,
+    reports_tx: mpsc::UnboundedSender<Report>,
+    /// HTTP clients shared per trust configuration (ca_file).
+    clients: HashMap<Option<PathBuf>, reqwest::Client>,
+}
+
+impl Supervisor {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Cmd>,
+        mut reports: mpsc::UnboundedReceiver<Report>,
+        cancel: CancellationToken,
+    ) {
+        let initial: Vec<WorkloadConfig> = self.config.workloads.clone();
+        for w in initial {
+            self.spawn_monitor(w);
+        }
+        let debounce = Duration::from_millis(100);
+        let mut flush_at: Option<tokio::time::Instant> = None;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => self.handle(cmd).await,
+                    None => break,
+                },
+                Some(report) = reports.recv() => {
+                    self.on_report(report);
+                    if self.dirty && flush_at.is_none() {
+                        flush_at = Some(tokio::time::Instant::now() + debounce);
+                    }
+                }
+                _ = async { tokio::time::sleep_until(flush_at.expect("guarded")).await }, if flush_at.is_some() => {
+                    flush_at = None;
+                    self.flush().await;
+                }
+            }
+        }
+        let monitors = std::mem::take(&mut self.monitors);
+        for (_, m) in monitors {
+            m.stop().await;
+        }
+        while let Ok(report) = reports.try_recv() {
+            self.on_report(report);
+        }
+        self.flush().await;
+    }
+
+    fn http_for(&mut self, w: &WorkloadConfig) -> reqwest::Client {
+        if let Some(c) = self.clients.get(&w.ca_file) {
+            return c.clone();
+        }
+        let client = oauth::http_client(&self.policy, w.ca_file.as_deref()).unwrap_or_else(|e| {
+            tracing::error!(workload = %w.name, error = %e, "falling back to the system trust store");
+            oauth::http_client(&self.policy, None).expect("a default client builds")
+        });
+        self.clients.insert(w.ca_file.clone(), client.clone());
+        client
+    }
+
+    fn spawn_monitor(&mut self, w: WorkloadConfig) {
+        let ctx = MonitorCtx {
+            http: self.http_for(&w),
+            workload: w.clone(),
+            store: self.store.clone(),
+            policy: self.policy.clone(),
+            clock: self.clock.clone(),
+        };
+        let restored = self.persisted.get(&w.name).cloned();
+        let handle = monitor::spawn(ctx, restored, self.reports_tx.clone());
+        self.monitors.insert(w.name, handle);
+    }
+
+    fn on_report(&mut self, r: Report) {
+        let name = r.status.name.clone();
+        if !self.monitors.contains_key(&name) {
+            return; // a removed workload's last words
+        }
+        self.persisted.insert(name.clone(), r.persisted);
+        self.dirty = true;
+        if r.refreshed {
+            self.fan_out(&name);
+        }
+        let _ = self.events.send(StatusChange {
+            workload: r.status,
+            previous: r.previous,
+            recovered: r.recovered,
+        });
+    }
+
+    /// A refresh succeeded at `name`'s token endpoint: its failing siblings try now.
+    fn fan_out(&self, name: &str) {
+        let Some(src) = self.monitors.get(name) else {
+            return;
+        };
+        let endpoint = &src.workload.token_endpoint;
+        for (other, m) in &self.monitors {
+            if other == name || &m.workload.token_endpoint != endpoint {
+                continue;
+            }
+            let failing = {
+                let s = m.status.borrow();
+                s.status == Status::Retrying || (s.status == Status::Running && s.attempts > 0)
+            };
+            if failing {
+                let _ = m.tx.try_send(Command::Trigger(Trigger::IssuerRecovered));
+            }
+        }
+    }
+
+    async fn handle(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::Status(reply) => {
+                let list = self
+                    .monitors
+                    .values()
+                    .map(|m| m.status.borrow().clone())
+                    .collect();
+                let _ = reply.send(list);
+            }
+            Cmd::Retry(name, trigger, reply) => {
+                let targets: Vec<String> = match name {
+                    Some(n) if self.monitors.contains_key(&n) => vec![n],
+                    Some(n) => {
+                        let _ = reply.send(Err(EngineError::UnknownWorkload(n)));
+                        return;
+                    }
+                    None => self.monitors.keys().cloned().collect(),
+                };
+                for t in &targets {
+                    if let Some(m) = self.monitors.get(t) {
+                        let _ = m.tx.send(Command::Trigger(trigger)).await;
+                    }
+                }
+                let _ = reply.send(Ok(targets));
+            }
+            Cmd::Token(name, reply) => match self.monitors.get(&name) {
+                Some(m) => {
+                    let (tx, rx) = oneshot::channel();
+                    let r = match m.tx.send(Command::Token(tx)).await {
+                        Ok(()) => Ok(rx),
+                        Err(_) => Err(EngineError::Stopped),
+                    };
+                    let _ = reply.send(r);
+                }
+                None => {
+                    let _ = reply.send(Err(EngineError::UnknownWorkload(name)));
+                }
+            },
+            Cmd::Reload(config, names, reply) => {
+                if let Some(cfg) = config {
+                    self.apply_config(cfg).await;
+                }
+                for n in &names {
+                    if let Some(m) = self.monitors.get(n) {
+                        let _ = m.tx.send(Command::Reload).await;
+                    }
+                }
+                let _ = reply.send(Ok(()));
+            }
+        }
+    }
+
+    async fn apply_config(&mut self, cfg: Config) {
+        if cfg.policy != *self.policy {
+            tracing::info!("policy changed; restarting monitors");
+            self.policy = Arc::new(cfg.policy.clone());
+            self.clients.clear();
+            let all = std::mem::take(&mut self.monitors);
+            for (_, m) in all {
+                m.stop().await;
+            }
+        }
+        let wanted: BTreeMap<String, WorkloadConfig> = cfg
+            .workloads
+            .iter()
+            .map(|w| (w.name.clone(), w.clone()))
+            .collect();
+        let existing: Vec<String> = self.monitors.keys().cloned().collect();
+        for name in existing {
+            let keep = wanted
+                .get(&name)
+                .is_some_and(|w| self.monitors[&name].workload == *w);
+            if !keep {
+                if let Some(m) = self.monitors.remove(&name) {
+                    m.stop().await;
+                }
+                if !wanted.contains_key(&name) {
+                    tracing::info!(workload = %name, "workload removed");
+                    self.persisted.remove(&name);
+                    self.dirty = true;
+                }
+            }
+        }
+        for (name, w) in wanted {
+            if !self.monitors.contains_key(&name) {
+                tracing::info!(workload = %name, "workload started");
+                self.spawn_monitor(w);
+            }
+        }
+        self.config = cfg;
+        self.flush().await;
+    }
+
+    async fn flush(&mut self) {
+        if !self.dirty {
+            return;
+        }
+        self.dirty = false;
+        let Some(path) = self.state_path.clone() else {
+            return;
+        };
+        let state = StateFile {
+            version: 1,
+            workloads: self.persisted.clone(),
+        };
+        let bytes = match serde_json::to_vec_pretty(&state) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot serialize the state file");
+                return;
+            }
+        };
+        let result = tokio::task::spawn_blocking(move || {
+            crate::engine::config::write_atomic(&path, &bytes, true)
+        })
+        .await;
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot write the state file"),
+            Err(e) => tracing::error!(error = %e, "state writer failed"),
+        }
+    }
+}
+
+/// `state.json`: the last known status per workload. Holds no secrets.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct StateFile {
+    pub version: u32,
+    pub workloads: BTreeMap<String, Persisted>,
+}
+
+/// Read the state file. A damaged one is set aside (renamed, never deleted) and the
+/// engine starts fresh.
+pub fn load_state(path: &std::path::Path) -> BTreeMap<String, Persisted> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return BTreeMap::new(),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read the state file; starting fresh");
+            return BTreeMap::new();
+        }
+    };
+    match serde_json::from_slice::<StateFile>(&bytes) {
+        Ok(s) => s.workloads,
+        Err(e) => {
+            let aside = path.with_extension(format!(
+                "json.damaged-{}",
+                crate::engine::store::unix_secs(std::time::SystemTime::now())
+            ));
+            let _ = std::fs::rename(path, &aside);
+            tracing::warn!(path = %path.display(), moved_to = %aside.display(), error = %e, "the state file was damaged; set it aside and starting fresh");
+            BTreeMap::new()
+        }
+    }
+}
