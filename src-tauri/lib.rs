@@ -1,5 +1,16 @@
 //! Tokenwarden keeps OAuth-backed remote workloads authenticated through the failures
 //! real laptops see. See README.md and ARCHITECTURE.md.
+//!
+//! * [`engine`]: classification, policy, the state machine, monitors, stores, config
+//!   (no GUI; builds with `--no-default-features`);
+//! * [`daemon`], [`control`], [`cli`]: the headless daemon, its local control socket,
+//!   and the command line;
+//! * [`sim_issuer`]: a loopback OAuth issuer for the demo and the tests.
 
+pub mod cli;
+pub mod control;
+pub mod daemon;
 pub mod engine;
+pub mod logging;
+pub mod paths;
 // pub mod sim_issuer;

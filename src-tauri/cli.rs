@@ -1,0 +1,462 @@
+//! The command line. With no subcommand: the desktop app (when built with the
+//! `desktop` feature). Everything else talks to the running daemon over the control
+//! socket, or works directly on the config and the secret store when none runs.
+
+use crate::control::{Client, RemoteError, Request};
+use crate::daemon::{load_config, make_store};
+use crate::engine::config::{self, Config, WorkloadConfig};
+use crate::engine::oauth;
+use crate::engine::status::WorkloadStatus;
+use crate::paths::Paths;
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+#[derive(Parser, Debug)]
+#[command(name = "tokenwarden", version, about = "Keeps OAuth-backed remote workloads authenticated through VPN drops, sleep and issuer outages")]
+pub struct Cli {
+    /// Configuration directory (workloads.toml, state, control socket).
+    #[arg(long, env = "TOKENWARDEN_CONFIG_DIR", global = true)]
+    pub config_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the engine and the control socket without a GUI.
+    Daemon,
+    /// Show every workload's status.
+    Status {
+        /// One JSON array, one object per workload.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print status changes as they happen (from the running daemon).
+    Watch {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Attempt a refresh now ("Retry now"), overriding any wait.
+    Retry {
+        #[arg(required_unless_present = "all")]
+        name: Option<String>,
+        #[arg(long, conflicts_with = "name")]
+        all: bool,
+    },
+    /// Sign in in the browser (authorization code + PKCE) and store the tokens.
+    Login {
+        name: String,
+        /// Print the authorization URL instead of opening a browser.
+        #[arg(long)]
+        no_browser: bool,
+        /// How long to wait for the browser's callback.
+        #[arg(long, default_value = "5m")]
+        timeout: humantime::Duration,
+    },
+    /// Forget a workload's tokens.
+    Logout { name: String },
+    /// Add a workload to workloads.toml, then log in.
+    Add {
+        name: String,
+        /// The protected resource (discovery from it is not supported yet).
+        #[arg(long)]
+        url: Option<String>,
+        #[arg(long)]
+        token_endpoint: Option<String>,
+        #[arg(long)]
+        authorization_endpoint: Option<String>,
+        #[arg(long)]
+        client_id: Option<String>,
+        /// A scope to request (repeatable).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// An extra trust root (PEM) for TLS-inspecting corporate proxies.
+        #[arg(long)]
+        ca_file: Option<String>,
+        /// Allow plain http:// to a non-loopback host.
+        #[arg(long)]
+        allow_http: bool,
+        /// Only write the configuration; log in later.
+        #[arg(long)]
+        no_login: bool,
+        #[arg(long)]
+        no_browser: bool,
+        #[arg(long, default_value = "5m")]
+        timeout: humantime::Duration,
+    },
+    /// Remove a workload and its stored tokens.
+    Remove { name: String },
+    /// List the configured workloads.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a valid access token (refreshing if needed), for scripts.
+    Token { name: String },
+}
+
+/// Exit codes: 0 success, 1 failure, 2 bad usage or configuration.
+pub fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let is_daemon = matches!(cli.command, Some(Command::Daemon) | None);
+    let paths = match Paths::resolve(cli.config_dir.clone()) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("tokenwarden: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    if is_daemon {
+        if let Err(e) = crate::logging::init_daemon(&paths.log_dir) {
+            eprintln!("tokenwarden: {e:#}");
+            return std::process::ExitCode::from(1);
+        }
+    } else {
+        crate::logging::init_cli();
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tokenwarden: cannot start the runtime: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(cli.command, paths)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tokenwarden: {e:#}");
+            let usage = e.downcast_ref::<config::ConfigError>().is_some();
+            std::process::ExitCode::from(if usage { 2 } else { 1 })
+        }
+    }
+}
+
+async fn run(command: Option<Command>, paths: Paths) -> anyhow::Result<()> {
+    let Some(command) = command else {
+        return run_default(paths).await;
+    };
+    match command {
+        Command::Daemon => crate::daemon::run(paths).await,
+        Command::Status { json } => status(&paths, json).await,
+        Command::Watch { json } => watch(&paths, json).await,
+        Command::Retry { name, all: _ } => retry(&paths, name).await,
+        Command::Login { name, no_browser, timeout } => login(&paths, &name, no_browser, timeout.into()).await,
+        Command::Logout { name } => logout(&paths, &name).await,
+        Command::Add {
+            name,
+            url,
+            token_endpoint,
+            authorization_endpoint,
+            client_id,
+            scopes,
+            ca_file,
+            allow_http,
+            no_login,
+            no_browser,
+            timeout,
+        } => {
+            let Some(token_endpoint) = token_endpoint else {
+                anyhow::bail!(
+                    "--token-endpoint is required{}",
+                    if url.is_some() { " (discovery from --url is not supported yet)" } else { "" }
+                );
+            };
+            let Some(client_id) = client_id else {
+                anyhow::bail!("--client-id is required (dynamic client registration is not supported yet)");
+            };
+            let nw = config::NewWorkload {
+                name: name.clone(),
+                url,
+                authorization_endpoint,
+                token_endpoint,
+                client_id,
+                scopes,
+                ca_file,
+                allow_http,
+            };
+            config::add_workload(&paths.config_file, &nw)?;
+            eprintln!("Added `{name}` to {}", paths.config_file.display());
+            notify_daemon(&paths, Request::Reload { config: true, names: vec![] }).await?;
+            if no_login {
+                eprintln!("Log in with: tokenwarden login {name}");
+                Ok(())
+            } else {
+                login(&paths, &name, no_browser, timeout.into()).await
+            }
+        }
+        Command::Remove { name } => {
+            let cfg = config::remove_workload(&paths.config_file, &name)?;
+            notify_daemon(&paths, Request::Reload { config: true, names: vec![] }).await?;
+            make_store(&cfg, &paths).delete_tokens(&name).await?;
+            eprintln!("Removed `{name}` and its stored tokens");
+            Ok(())
+        }
+        Command::List { json } => {
+            let cfg = load_config(&paths)?;
+            if json {
+                let list: Vec<_> = cfg
+                    .workloads
+                    .iter()
+                    .map(|w| {
+                        serde_json::json!({
+                            "name": w.name,
+                            "url": w.url.as_ref().map(|u| u.as_str()),
+                            "token_endpoint": w.token_endpoint.as_str(),
+                            "authorization_endpoint": w.authorization_endpoint.as_ref().map(|u| u.as_str()),
+                            "client_id": w.client_id,
+                            "scopes": w.scopes,
+                            "enabled": w.enabled,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else if cfg.workloads.is_empty() {
+                eprintln!("No workloads in {}. Add one with `tokenwarden add`.", paths.config_file.display());
+            } else {
+                for w in &cfg.workloads {
+                    println!("{}\t{}", w.name, w.token_endpoint);
+                }
+            }
+            Ok(())
+        }
+        Command::Token { name } => token(&paths, &name).await,
+    }
+}
+
+#[cfg(feature = "desktop")]
+async fn run_default(paths: Paths) -> anyhow::Result<()> {
+    // The desktop shell (tray, window, notifications) is not built yet: run the engine
+    // headless so `tokenwarden` with no arguments is still useful.
+    tracing::warn!("the desktop shell is not available in this build; running headless (same as `tokenwarden daemon`)");
+    crate::daemon::run(paths).await
+}
+
+#[cfg(not(feature = "desktop"))]
+async fn run_default(paths: Paths) -> anyhow::Result<()> {
+    crate::daemon::run(paths).await
+}
+
+fn workload<'a>(cfg: &'a Config, name: &str) -> anyhow::Result<&'a WorkloadConfig> {
+    cfg.workload(name).ok_or_else(|| {
+        let known: Vec<&str> = cfg.workloads.iter().map(|w| w.name.as_str()).collect();
+        anyhow::anyhow!(
+            "no workload named `{name}` in {}{}",
+            cfg.path.display(),
+            if known.is_empty() { String::new() } else { format!(" (known: {})", known.join(", ")) }
+        )
+    })
+}
+
+/// Tell a running daemon something changed; fine if none runs.
+async fn notify_daemon(paths: &Paths, req: Request) -> anyhow::Result<()> {
+    if let Some(mut c) = Client::connect(paths).await? {
+        c.call(&req).await.context("the daemon refused the change")?;
+    }
+    Ok(())
+}
+
+async fn require_daemon(paths: &Paths) -> anyhow::Result<Client> {
+    Client::connect(paths).await?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "no tokenwarden daemon runs for {}; start one with `tokenwarden daemon`",
+            paths.config_dir.display()
+        )
+    })
+}
+
+fn remote(e: anyhow::Error) -> anyhow::Error {
+    match e.downcast::<RemoteError>() {
+        Ok(r) => anyhow::anyhow!(r.message),
+        Err(e) => e,
+    }
+}
+
+async fn status(paths: &Paths, json: bool) -> anyhow::Result<()> {
+    let list: Vec<WorkloadStatus> = match Client::connect(paths).await? {
+        Some(mut c) => serde_json::from_value(c.call(&Request::Status).await.map_err(remote)?)?,
+        None => {
+            let cfg = load_config(paths)?;
+            let state = crate::engine::supervisor::load_state(&paths.state_file);
+            if !json {
+                eprintln!("(no daemon runs: last known status)");
+            }
+            cfg.workloads
+                .iter()
+                .map(|w| match state.get(&w.name) {
+                    Some(p) => p.offline_view(&w.name, w.token_endpoint.as_str(), &cfg.policy),
+                    None => offline_unknown(w),
+                })
+                .collect()
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    if list.is_empty() {
+        eprintln!("No workloads. Add one with `tokenwarden add`.");
+    }
+    for s in &list {
+        print_status_line(s);
+    }
+    Ok(())
+}
+
+fn offline_unknown(w: &WorkloadConfig) -> WorkloadStatus {
+    WorkloadStatus {
+        name: w.name.clone(),
+        status: if w.enabled {
+            crate::engine::Status::Unauthenticated
+        } else {
+            crate::engine::Status::Stopped
+        },
+        reason: Some("never monitored yet".into()),
+        detail: None,
+        hint: Some("start the daemon: tokenwarden daemon".into()),
+        since: None,
+        next_attempt_at: None,
+        access_token_expires_at: None,
+        gives_up_at: None,
+        access_token_valid: false,
+        attempts: 0,
+        token_endpoint: w.token_endpoint.to_string(),
+        local_url: None,
+        live: false,
+    }
+}
+
+fn local_time(t: &time::OffsetDateTime) -> String {
+    let t = time::UtcOffset::current_local_offset()
+        .map(|o| t.to_offset(o))
+        .unwrap_or(*t);
+    let fmt = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
+    t.format(&fmt).unwrap_or_default()
+}
+
+fn print_status_line(s: &WorkloadStatus) {
+    let mut line = format!("{:<20} {:<16}", s.name, s.status.as_str());
+    if let Some(t) = &s.since {
+        line.push_str(&format!(" since {}", local_time(t)));
+    }
+    if let Some(r) = &s.reason {
+        line.push_str(&format!("  {r}"));
+    }
+    if let Some(t) = &s.next_attempt_at {
+        if s.status != crate::engine::Status::Running || s.attempts > 0 {
+            line.push_str(&format!("  next attempt {}", local_time(t)));
+        }
+    }
+    if let Some(t) = &s.gives_up_at {
+        line.push_str(&format!("  gives up {}", local_time(t)));
+    }
+    println!("{line}");
+    if let Some(h) = &s.hint {
+        println!("{:<20} hint: {h}", "");
+    }
+}
+
+async fn watch(paths: &Paths, json: bool) -> anyhow::Result<()> {
+    let c = require_daemon(paths).await?;
+    c.watch(|ev| {
+        if json {
+            if let Ok(s) = serde_json::to_string(&ev) {
+                println!("{s}");
+            }
+        } else {
+            print_status_line(&ev.workload);
+        }
+    })
+    .await
+    .map_err(remote)
+}
+
+async fn retry(paths: &Paths, name: Option<String>) -> anyhow::Result<()> {
+    let mut c = require_daemon(paths).await?;
+    let v = c.call(&Request::Retry { name }).await.map_err(remote)?;
+    let names: Vec<String> = serde_json::from_value(v)?;
+    eprintln!("Retrying now: {}", names.join(", "));
+    Ok(())
+}
+
+async fn login(paths: &Paths, name: &str, no_browser: bool, timeout: Duration) -> anyhow::Result<()> {
+    let cfg = load_config(paths)?;
+    let w = workload(&cfg, name)?.clone();
+    let store = make_store(&cfg, paths);
+    let http = oauth::http_client(&cfg.policy, w.ca_file.as_deref()).map_err(|e| anyhow::anyhow!(e))?;
+    let pending = oauth::prepare_login(&w).await?;
+    let url = pending.authorize_url.to_string();
+    if no_browser {
+        println!("{url}");
+        eprintln!(
+            "Open the URL above in a browser to sign in to `{name}`. Waiting up to {} for the sign-in...",
+            humantime::format_duration(timeout)
+        );
+    } else {
+        eprintln!("Opening your browser to sign in to `{name}`. If it does not open, visit:\n{url}");
+        if let Err(e) = open::that_detached(&url) {
+            eprintln!("(could not open a browser: {e})");
+        }
+    }
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let tokens = pending.finish(&http, &cfg.policy, timeout).await?;
+    store
+        .save_tokens(name, &tokens)
+        .await
+        .context("signed in, but the tokens could not be stored")?;
+    notify_daemon(paths, Request::Reload { config: false, names: vec![name.to_string()] }).await?;
+    eprintln!("Signed in: `{name}` is running");
+    Ok(())
+}
+
+async fn logout(paths: &Paths, name: &str) -> anyhow::Result<()> {
+    let cfg = load_config(paths)?;
+    workload(&cfg, name)?;
+    make_store(&cfg, paths).delete_tokens(name).await?;
+    notify_daemon(paths, Request::Reload { config: false, names: vec![name.to_string()] }).await?;
+    eprintln!("Logged out of `{name}`");
+    Ok(())
+}
+
+async fn token(paths: &Paths, name: &str) -> anyhow::Result<()> {
+    if let Some(mut c) = Client::connect(paths).await? {
+        let v = c
+            .call(&Request::Token { name: name.to_string() })
+            .await
+            .map_err(remote)?;
+        let t = v
+            .get("access_token")
+            .and_then(|t| t.as_str())
+            .ok_or_else(|| anyhow::anyhow!("the daemon sent no token"))?;
+        println!("{t}");
+        return Ok(());
+    }
+    // No daemon: use the stored token, or refresh it here (saving before printing).
+    let cfg = load_config(paths)?;
+    let w = workload(&cfg, name)?;
+    let store = make_store(&cfg, paths);
+    let stored = store
+        .load_tokens(name)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("`{name}` is not logged in; run `tokenwarden login {name}`"))?;
+    let now = SystemTime::now();
+    if stored.expires_at().is_some_and(|e| e > now) {
+        println!("{}", stored.access_token.expose());
+        return Ok(());
+    }
+    let rt = stored
+        .refresh_token
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("the access token expired and there is no refresh token; run `tokenwarden login {name}`"))?;
+    let http = oauth::http_client(&cfg.policy, w.ca_file.as_deref()).map_err(|e| anyhow::anyhow!(e))?;
+    let resp = oauth::refresh(&http, w, &rt, &cfg.policy)
+        .await
+        .map_err(|f| anyhow::anyhow!("refresh failed: {}", f.reason()))?;
+    let (tokens, _) = oauth::to_stored(resp, Some(rt), SystemTime::now(), &cfg.policy);
+    store.save_tokens(name, &tokens).await.context("could not store the refreshed tokens")?;
+    println!("{}", tokens.access_token.expose());
+    Ok(())
+}

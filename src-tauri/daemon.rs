@@ -1,0 +1,142 @@
+//! `tokenwarden daemon`: the engine, the control socket, no GUI. Exactly one per
+//! config directory, enforced by an OS file lock (released by the kernel even on
+//! SIGKILL, so a crash never leaves a stale lock).
+
+use crate::engine::config::{Config, StoreKind};
+use crate::engine::store::{default_service, FileBackend, KeychainBackend, SecretStore};
+use crate::engine::{Clock, Engine, EngineOptions};
+use crate::paths::Paths;
+use anyhow::Context;
+use std::io::{Read, Seek, Write};
+
+/// Load `workloads.toml` and apply the `TOKENWARDEN_*` policy overrides.
+pub fn load_config(paths: &Paths) -> anyhow::Result<Config> {
+    let mut cfg = Config::load(&paths.config_file)?;
+    cfg.policy
+        .apply_env(|k| std::env::var(k).ok())
+        .map_err(|e| anyhow::anyhow!(e))?;
+    Ok(cfg)
+}
+
+/// The secret store the configuration chose. The file store is used only when the
+/// config says `store = "file"`: never as a silent fallback.
+pub fn make_store(cfg: &Config, paths: &Paths) -> SecretStore {
+    match cfg.store {
+        StoreKind::Keychain => {
+            let service = std::env::var("TOKENWARDEN_KEYRING_SERVICE")
+                .ok()
+                .filter(|s| !s.trim().is_empty())
+                .or_else(|| cfg.service.clone())
+                .unwrap_or_else(default_service);
+            SecretStore::new(KeychainBackend::new(service))
+        }
+        StoreKind::File => SecretStore::new(FileBackend::new(&paths.secrets_dir)),
+    }
+}
+
+/// The held instance lock. Dropping it releases the lock.
+pub struct InstanceLock {
+    _file: std::fs::File,
+}
+
+/// Take the per-config-dir lock, or say which process holds it.
+pub fn acquire_lock(paths: &Paths) -> anyhow::Result<InstanceLock> {
+    std::fs::create_dir_all(&paths.config_dir)
+        .with_context(|| format!("cannot create {}", paths.config_dir.display()))?;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&paths.lock_file)
+        .with_context(|| format!("cannot open {}", paths.lock_file.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            let pid = pid.trim();
+            anyhow::bail!(
+                "a tokenwarden daemon already runs for {} (pid {}); stop it first or use another --config-dir",
+                paths.config_dir.display(),
+                if pid.is_empty() { "unknown" } else { pid }
+            );
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("cannot lock {}", paths.lock_file.display()))
+        }
+    }
+    file.set_len(0)?;
+    file.rewind()?;
+    write!(file, "{}", std::process::id())?;
+    file.flush()?;
+    Ok(InstanceLock { _file: file })
+}
+
+/// Run until SIGINT/SIGTERM.
+pub async fn run(paths: Paths) -> anyhow::Result<()> {
+    let _lock = acquire_lock(&paths)?;
+    let config = load_config(&paths)?;
+    let store = make_store(&config, &paths);
+    tracing::info!(
+        config = %paths.config_file.display(),
+        workloads = config.workloads.len(),
+        store = %store.describe(),
+        pid = std::process::id(),
+        "daemon starting"
+    );
+    let engine = Engine::start(EngineOptions {
+        config,
+        store,
+        clock: Clock::system(),
+        state_path: Some(paths.state_file.clone()),
+    });
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let listener = crate::control::bind(&paths)?;
+    let server = tokio::spawn(crate::control::serve(listener, engine.clone(), paths.clone(), cancel.clone()));
+    let mut events = engine.subscribe();
+    let logger = tokio::spawn(async move {
+        while let Ok(ev) = events.recv().await {
+            let w = &ev.workload;
+            if ev.previous.is_some_and(|p| p != w.status) {
+                tracing::info!(
+                    workload = %w.name,
+                    from = ev.previous.map(|p| p.as_str()).unwrap_or("-"),
+                    to = w.status.as_str(),
+                    reason = w.reason.as_deref().unwrap_or(""),
+                    "status changed"
+                );
+            }
+        }
+    });
+    shutdown_signal().await;
+    tracing::info!("stopping");
+    cancel.cancel();
+    engine.shutdown().await;
+    logger.abort();
+    let _ = server.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
