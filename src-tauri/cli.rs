@@ -14,7 +14,11 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 #[derive(Parser, Debug)]
-#[command(name = "tokenwarden", version, about = "Keeps OAuth-backed remote workloads authenticated through VPN drops, sleep and issuer outages")]
+#[command(
+    name = "tokenwarden",
+    version,
+    about = "Keeps OAuth-backed remote workloads authenticated through VPN drops, sleep and issuer outages"
+)]
 pub struct Cli {
     /// Configuration directory (workloads.toml, state, control socket).
     #[arg(long, env = "TOKENWARDEN_CONFIG_DIR", global = true)]
@@ -117,7 +121,10 @@ pub fn main() -> std::process::ExitCode {
     } else {
         crate::logging::init_cli();
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tokenwarden: cannot start the runtime: {e}");
@@ -143,7 +150,11 @@ async fn run(command: Option<Command>, paths: Paths) -> anyhow::Result<()> {
         Command::Status { json } => status(&paths, json).await,
         Command::Watch { json } => watch(&paths, json).await,
         Command::Retry { name, all: _ } => retry(&paths, name).await,
-        Command::Login { name, no_browser, timeout } => login(&paths, &name, no_browser, timeout.into()).await,
+        Command::Login {
+            name,
+            no_browser,
+            timeout,
+        } => login(&paths, &name, no_browser, timeout.into()).await,
         Command::Logout { name } => logout(&paths, &name).await,
         Command::Add {
             name,
@@ -161,11 +172,17 @@ async fn run(command: Option<Command>, paths: Paths) -> anyhow::Result<()> {
             let Some(token_endpoint) = token_endpoint else {
                 anyhow::bail!(
                     "--token-endpoint is required{}",
-                    if url.is_some() { " (discovery from --url is not supported yet)" } else { "" }
+                    if url.is_some() {
+                        " (discovery from --url is not supported yet)"
+                    } else {
+                        ""
+                    }
                 );
             };
             let Some(client_id) = client_id else {
-                anyhow::bail!("--client-id is required (dynamic client registration is not supported yet)");
+                anyhow::bail!(
+                    "--client-id is required (dynamic client registration is not supported yet)"
+                );
             };
             let nw = config::NewWorkload {
                 name: name.clone(),
@@ -179,7 +196,14 @@ async fn run(command: Option<Command>, paths: Paths) -> anyhow::Result<()> {
             };
             config::add_workload(&paths.config_file, &nw)?;
             eprintln!("Added `{name}` to {}", paths.config_file.display());
-            notify_daemon(&paths, Request::Reload { config: true, names: vec![] }).await?;
+            notify_daemon(
+                &paths,
+                Request::Reload {
+                    config: true,
+                    names: vec![],
+                },
+            )
+            .await?;
             if no_login {
                 eprintln!("Log in with: tokenwarden login {name}");
                 Ok(())
@@ -189,7 +213,14 @@ async fn run(command: Option<Command>, paths: Paths) -> anyhow::Result<()> {
         }
         Command::Remove { name } => {
             let cfg = config::remove_workload(&paths.config_file, &name)?;
-            notify_daemon(&paths, Request::Reload { config: true, names: vec![] }).await?;
+            notify_daemon(
+                &paths,
+                Request::Reload {
+                    config: true,
+                    names: vec![],
+                },
+            )
+            .await?;
             make_store(&cfg, &paths).delete_tokens(&name).await?;
             eprintln!("Removed `{name}` and its stored tokens");
             Ok(())
@@ -214,7 +245,10 @@ async fn run(command: Option<Command>, paths: Paths) -> anyhow::Result<()> {
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else if cfg.workloads.is_empty() {
-                eprintln!("No workloads in {}. Add one with `tokenwarden add`.", paths.config_file.display());
+                eprintln!(
+                    "No workloads in {}. Add one with `tokenwarden add`.",
+                    paths.config_file.display()
+                );
             } else {
                 for w in &cfg.workloads {
                     println!("{}\t{}", w.name, w.token_endpoint);
@@ -245,7 +279,11 @@ fn workload<'a>(cfg: &'a Config, name: &str) -> anyhow::Result<&'a WorkloadConfi
         anyhow::anyhow!(
             "no workload named `{name}` in {}{}",
             cfg.path.display(),
-            if known.is_empty() { String::new() } else { format!(" (known: {})", known.join(", ")) }
+            if known.is_empty() {
+                String::new()
+            } else {
+                format!(" (known: {})", known.join(", "))
+            }
         )
     })
 }
@@ -253,7 +291,9 @@ fn workload<'a>(cfg: &'a Config, name: &str) -> anyhow::Result<&'a WorkloadConfi
 /// Tell a running daemon something changed; fine if none runs.
 async fn notify_daemon(paths: &Paths, req: Request) -> anyhow::Result<()> {
     if let Some(mut c) = Client::connect(paths).await? {
-        c.call(&req).await.context("the daemon refused the change")?;
+        c.call(&req)
+            .await
+            .context("the daemon refused the change")?;
     }
     Ok(())
 }
@@ -381,11 +421,17 @@ async fn retry(paths: &Paths, name: Option<String>) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn login(paths: &Paths, name: &str, no_browser: bool, timeout: Duration) -> anyhow::Result<()> {
+async fn login(
+    paths: &Paths,
+    name: &str,
+    no_browser: bool,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let cfg = load_config(paths)?;
     let w = workload(&cfg, name)?.clone();
     let store = make_store(&cfg, paths);
-    let http = oauth::http_client(&cfg.policy, w.ca_file.as_deref()).map_err(|e| anyhow::anyhow!(e))?;
+    let http =
+        oauth::http_client(&cfg.policy, w.ca_file.as_deref()).map_err(|e| anyhow::anyhow!(e))?;
     let pending = oauth::prepare_login(&w).await?;
     let url = pending.authorize_url.to_string();
     if no_browser {
@@ -395,7 +441,9 @@ async fn login(paths: &Paths, name: &str, no_browser: bool, timeout: Duration) -
             humantime::format_duration(timeout)
         );
     } else {
-        eprintln!("Opening your browser to sign in to `{name}`. If it does not open, visit:\n{url}");
+        eprintln!(
+            "Opening your browser to sign in to `{name}`. If it does not open, visit:\n{url}"
+        );
         if let Err(e) = open::that_detached(&url) {
             eprintln!("(could not open a browser: {e})");
         }
@@ -407,7 +455,14 @@ async fn login(paths: &Paths, name: &str, no_browser: bool, timeout: Duration) -
         .save_tokens(name, &tokens)
         .await
         .context("signed in, but the tokens could not be stored")?;
-    notify_daemon(paths, Request::Reload { config: false, names: vec![name.to_string()] }).await?;
+    notify_daemon(
+        paths,
+        Request::Reload {
+            config: false,
+            names: vec![name.to_string()],
+        },
+    )
+    .await?;
     eprintln!("Signed in: `{name}` is running");
     Ok(())
 }
@@ -416,7 +471,14 @@ async fn logout(paths: &Paths, name: &str) -> anyhow::Result<()> {
     let cfg = load_config(paths)?;
     workload(&cfg, name)?;
     make_store(&cfg, paths).delete_tokens(name).await?;
-    notify_daemon(paths, Request::Reload { config: false, names: vec![name.to_string()] }).await?;
+    notify_daemon(
+        paths,
+        Request::Reload {
+            config: false,
+            names: vec![name.to_string()],
+        },
+    )
+    .await?;
     eprintln!("Logged out of `{name}`");
     Ok(())
 }
@@ -424,7 +486,9 @@ async fn logout(paths: &Paths, name: &str) -> anyhow::Result<()> {
 async fn token(paths: &Paths, name: &str) -> anyhow::Result<()> {
     if let Some(mut c) = Client::connect(paths).await? {
         let v = c
-            .call(&Request::Token { name: name.to_string() })
+            .call(&Request::Token {
+                name: name.to_string(),
+            })
             .await
             .map_err(remote)?;
         let t = v
@@ -438,10 +502,9 @@ async fn token(paths: &Paths, name: &str) -> anyhow::Result<()> {
     let cfg = load_config(paths)?;
     let w = workload(&cfg, name)?;
     let store = make_store(&cfg, paths);
-    let stored = store
-        .load_tokens(name)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("`{name}` is not logged in; run `tokenwarden login {name}`"))?;
+    let stored = store.load_tokens(name).await?.ok_or_else(|| {
+        anyhow::anyhow!("`{name}` is not logged in; run `tokenwarden login {name}`")
+    })?;
     let now = SystemTime::now();
     if stored.expires_at().is_some_and(|e| e > now) {
         println!("{}", stored.access_token.expose());
@@ -451,12 +514,16 @@ async fn token(paths: &Paths, name: &str) -> anyhow::Result<()> {
         .refresh_token
         .clone()
         .ok_or_else(|| anyhow::anyhow!("the access token expired and there is no refresh token; run `tokenwarden login {name}`"))?;
-    let http = oauth::http_client(&cfg.policy, w.ca_file.as_deref()).map_err(|e| anyhow::anyhow!(e))?;
+    let http =
+        oauth::http_client(&cfg.policy, w.ca_file.as_deref()).map_err(|e| anyhow::anyhow!(e))?;
     let resp = oauth::refresh(&http, w, &rt, &cfg.policy)
         .await
         .map_err(|f| anyhow::anyhow!("refresh failed: {}", f.reason()))?;
     let (tokens, _) = oauth::to_stored(resp, Some(rt), SystemTime::now(), &cfg.policy);
-    store.save_tokens(name, &tokens).await.context("could not store the refreshed tokens")?;
+    store
+        .save_tokens(name, &tokens)
+        .await
+        .context("could not store the refreshed tokens")?;
     println!("{}", tokens.access_token.expose());
     Ok(())
 }

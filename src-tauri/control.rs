@@ -19,9 +19,13 @@ pub enum Request {
     Ping,
     Status,
     /// "Retry now": one workload, or all when `name` is null.
-    Retry { name: Option<String> },
+    Retry {
+        name: Option<String>,
+    },
     /// A valid access token (joins the single-flight refresh).
-    Token { name: String },
+    Token {
+        name: String,
+    },
     /// Re-read workloads.toml (if `config`) and the stored tokens of `names`.
     Reload {
         #[serde(default)]
@@ -125,7 +129,12 @@ mod unix {
         Ok(l)
     }
 
-    pub async fn serve(listener: UnixListener, engine: Engine, paths: Paths, cancel: CancellationToken) {
+    pub async fn serve(
+        listener: UnixListener,
+        engine: Engine,
+        paths: Paths,
+        cancel: CancellationToken,
+    ) {
         let my_uid = std::fs::metadata(&paths.run_dir).map(|m| m.uid()).ok();
         loop {
             let stream = tokio::select! {
@@ -156,14 +165,22 @@ mod unix {
         let _ = std::fs::remove_file(&paths.socket);
     }
 
-    async fn write_reply(w: &mut (impl AsyncWriteExt + Unpin), reply: &Reply) -> std::io::Result<()> {
+    async fn write_reply(
+        w: &mut (impl AsyncWriteExt + Unpin),
+        reply: &Reply,
+    ) -> std::io::Result<()> {
         let mut line = serde_json::to_vec(reply).map_err(std::io::Error::other)?;
         line.push(b'\n');
         w.write_all(&line).await?;
         w.flush().await
     }
 
-    async fn connection(stream: UnixStream, engine: Engine, paths: Paths, cancel: CancellationToken) -> std::io::Result<()> {
+    async fn connection(
+        stream: UnixStream,
+        engine: Engine,
+        paths: Paths,
+        cancel: CancellationToken,
+    ) -> std::io::Result<()> {
         let (r, mut w) = stream.into_split();
         let mut r = BufReader::new(r);
         let mut line = String::new();
@@ -195,6 +212,7 @@ mod unix {
                     for s in list {
                         let ev = StatusChange {
                             previous: None,
+                            refreshed: false,
                             recovered: false,
                             workload: s,
                         };
@@ -232,7 +250,10 @@ mod unix {
             match UnixStream::connect(&paths.socket).await {
                 Ok(s) => {
                     let (r, w) = s.into_split();
-                    Ok(Some(Client { r: BufReader::new(r), w }))
+                    Ok(Some(Client {
+                        r: BufReader::new(r),
+                        w,
+                    }))
                 }
                 Err(e)
                     if matches!(
@@ -242,7 +263,10 @@ mod unix {
                 {
                     Ok(None)
                 }
-                Err(e) => Err(anyhow::anyhow!("cannot reach the daemon at {}: {e}", paths.socket.display())),
+                Err(e) => Err(anyhow::anyhow!(
+                    "cannot reach the daemon at {}: {e}",
+                    paths.socket.display()
+                )),
             }
         }
 
@@ -294,7 +318,9 @@ mod other {
 
     pub struct Listener;
     pub fn bind(_paths: &Paths) -> anyhow::Result<Listener> {
-        tracing::warn!("the control socket is not supported on this platform yet; the CLI works offline");
+        tracing::warn!(
+            "the control socket is not supported on this platform yet; the CLI works offline"
+        );
         Ok(Listener)
     }
     pub async fn serve(_l: Listener, _engine: Engine, _paths: Paths, cancel: CancellationToken) {

@@ -93,7 +93,12 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
     });
     let cancel = tokio_util::sync::CancellationToken::new();
     let listener = crate::control::bind(&paths)?;
-    let server = tokio::spawn(crate::control::serve(listener, engine.clone(), paths.clone(), cancel.clone()));
+    let server = tokio::spawn(crate::control::serve(
+        listener,
+        engine.clone(),
+        paths.clone(),
+        cancel.clone(),
+    ));
     let mut events = engine.subscribe();
     let logger = tokio::spawn(async move {
         while let Ok(ev) = events.recv().await {

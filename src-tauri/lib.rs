@@ -13,4 +13,4 @@ pub mod daemon;
 pub mod engine;
 pub mod logging;
 pub mod paths;
-// pub mod sim_issuer;
+pub mod sim_issuer;

@@ -22,8 +22,9 @@ pub fn init_cli() {
 
 /// For the daemon and the app: stderr plus a rotating file in `log_dir`.
 pub fn init_daemon(log_dir: &Path) -> anyhow::Result<()> {
-    crate::engine::store::create_private_dir(log_dir)
-        .map_err(|e| anyhow::anyhow!("cannot create the log directory {}: {e}", log_dir.display()))?;
+    crate::engine::store::create_private_dir(log_dir).map_err(|e| {
+        anyhow::anyhow!("cannot create the log directory {}: {e}", log_dir.display())
+    })?;
     let file = tracing_appender::rolling::RollingFileAppender::builder()
         .rotation(tracing_appender::rolling::Rotation::DAILY)
         .filename_prefix("tokenwarden")

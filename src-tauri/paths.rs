@@ -31,7 +31,9 @@ impl Paths {
             Some(d) => d,
             None => project_dirs()
                 .map(|p| p.config_dir().to_path_buf())
-                .ok_or_else(|| anyhow::anyhow!("cannot find a home directory; pass --config-dir"))?,
+                .ok_or_else(|| {
+                    anyhow::anyhow!("cannot find a home directory; pass --config-dir")
+                })?,
         };
         let config_dir = std::path::absolute(&config_dir).unwrap_or(config_dir);
         let run_dir = config_dir.join("run");

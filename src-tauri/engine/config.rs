@@ -186,17 +186,18 @@ impl Config {
         let mut cfg = Config::empty(path.to_path_buf());
         if let Some(s) = raw.secrets {
             if let Some(store) = s.store {
-                cfg.store =
-                    match store.get_ref().as_str() {
-                        "keychain" => StoreKind::Keychain,
-                        "file" => StoreKind::File,
-                        other => return Err(err(
+                cfg.store = match store.get_ref().as_str() {
+                    "keychain" => StoreKind::Keychain,
+                    "file" => StoreKind::File,
+                    other => {
+                        return Err(err(
                             Some(store.span()),
                             format!(
                                 "[secrets] store must be \"keychain\" or \"file\", not \"{other}\""
                             ),
-                        )),
-                    };
+                        ))
+                    }
+                };
             }
             cfg.service = s.service.filter(|s| !s.trim().is_empty());
         }

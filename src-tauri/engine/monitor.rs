@@ -147,7 +147,14 @@ pub fn spawn(
 ) -> MonitorHandle {
     let ctx = Arc::new(ctx);
     let now = ctx.clock.now();
-    let machine = Machine::no_login(now);
+    // Until the store has been read, show the last known state (not "not logged in").
+    let mut machine = Machine::no_login(now);
+    if let Some(r) = &restored {
+        machine.phase = r.phase.clone();
+        machine.since = crate::engine::status::from_ms(r.since_ms);
+        machine.last_error = r.last_error.clone();
+        machine.episode = r.restore_episode(now);
+    }
     let initial = view(
         &ctx.workload.name,
         ctx.workload.token_endpoint.as_str(),
@@ -353,6 +360,11 @@ impl Monitor {
                 }
             }
             Command::Token(reply) => {
+                // After a verdict the grant is gone: do not hand out what is left of it.
+                if self.machine.status() == Status::Unauthenticated {
+                    let _ = reply.send(Err(self.token_error()));
+                    return;
+                }
                 if let Some(t) = &self.tokens {
                     if self.machine.access_token_valid(now) && self.in_flight.is_none() {
                         let _ = reply.send(Ok(t.access_token.clone()));

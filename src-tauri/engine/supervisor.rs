@@ -33,6 +33,9 @@ pub struct StatusChange {
     pub workload: WorkloadStatus,
     /// The status before this change (`null` for the first report of a monitor).
     pub previous: Option<Status>,
+    /// This change is a successful refresh.
+    #[serde(default)]
+    pub refreshed: bool,
     pub recovered: bool,
 }
 
@@ -279,6 +282,7 @@ impl Supervisor {
         let _ = self.events.send(StatusChange {
             workload: r.status,
             previous: r.previous,
+            refreshed: r.refreshed,
             recovered: r.recovered,
         });
     }

@@ -1,0 +1,1763 @@
+//! A small but real OAuth 2 authorization server that runs on loopback.
+//!
+//! `tokenwarden` uses it for its built-in demo and as the fake issuer of its
+//! integration tests. It speaks the authorization-code grant with PKCE (S256
+//! only) and the refresh-token grant, and can be switched at run time into a
+//! number of failure [`Mode`]s that mimic what a token endpoint looks like from
+//! behind a WAF, a captive portal, a dead VPN, a rate limiter or a broken
+//! middlebox.
+//!
+//! # Network
+//!
+//! The server binds `127.0.0.1` only (never a wildcard address) and serves
+//! plain HTTP/1.1 with axum. Endpoints:
+//!
+//! * `GET /` – a plain-text page naming the endpoints (for the demo).
+//! * `GET /authorize` – behaves like a user who is already signed in and
+//!   approves: validates the request and answers `302 Found` back to a loopback
+//!   `redirect_uri` with a single-use `code` (bound to the client, the redirect
+//!   URI and the PKCE challenge, valid for five minutes).
+//! * `POST /token` – `authorization_code` and `refresh_token` grants, public
+//!   client authenticated by `client_id` in the form or by HTTP Basic.
+//!
+//! Tokens are random, URL-safe, carry the prefixes `sim_at_` (access),
+//! `sim_rt_` (refresh) and `sim_code_` (authorization codes) so that logs can be
+//! scanned for leaks, and are never logged by this module.
+//!
+//! # Modes
+//!
+//! The current [`Mode`] is applied to every `POST /token` request after the
+//! request has been counted (and, for refreshes, after `refresh_delay`), and
+//! before any grant logic. Only a `Healthy` answer ever consumes a code or a
+//! refresh token or issues tokens.
+//!
+//! * `Healthy` – normal OAuth behaviour.
+//! * `Waf403` – `403` with a `text/html` "Access denied" page, like a WAF/CDN.
+//! * `LoginPage200` – `200` with a `text/html` captive-portal / VPN login page.
+//! * `Down` – the listening socket is closed and every open connection is
+//!   dropped, so new connections are refused. Leaving `Down` binds the same
+//!   port again and serves.
+//! * `Status` – an arbitrary status, content type and body.
+//! * `OAuthError` – a JSON OAuth error with the given status.
+//! * `RateLimited` – `429` with the given `Retry-After` value verbatim and a
+//!   JSON `temporarily_unavailable` body.
+//! * `Hang` – the request is read and never answered. When the mode changes or
+//!   the issuer shuts down, the connection is closed without an answer. If the
+//!   client gives up first, the request is dropped.
+//! * `Huge` – `200 application/json`, chunked (no `Content-Length`, so the
+//!   client has to cap what it streams), whose body is exactly `bytes` long and
+//!   is not a token response. It is streamed, never held in memory.
+//! * `Trickle` – `200` with a `Content-Length` and a token-looking JSON body
+//!   sent a few bytes at a time at roughly `bytes_per_second` (0 = headers and
+//!   then nothing). Its tokens were never issued and are not valid.
+//! * `ResetMidBody` – headers with a `Content-Length`, about half of the body,
+//!   then the TCP connection is reset.
+//!
+//! The byte-level modes (`Hang`, `Huge`, `Trickle`, `ResetMidBody`, `Down`)
+//! take the raw TCP stream away from the HTTP server for that connection: the
+//! listener hands axum a thin wrapper around each accepted socket whose stream
+//! can be taken out (or dropped) by the issuer.
+//!
+//! # Example
+//!
+//! ```ignore
+//! let issuer = SimIssuer::start(IssuerOptions::default()).await?;
+//! issuer.set_mode(Mode::Waf403);
+//! // ... exercise the client ...
+//! issuer.set_mode(Mode::Healthy);
+//! issuer.shutdown();
+//! ```
+
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write as _};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::connect_info::{ConnectInfo, Connected};
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::serve::IncomingStream;
+use axum::{Json, Router};
+use rand::Rng as _;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+/// How long an authorization code can be redeemed.
+const CODE_LIFETIME: Duration = Duration::from_secs(300);
+/// Random characters in a token, after its prefix.
+const TOKEN_RANDOM_CHARS: usize = 43;
+/// Listen backlog of the loopback socket.
+const BACKLOG: u32 = 1024;
+
+/// Configuration of a [`SimIssuer`].
+#[derive(Clone, Debug)]
+pub struct IssuerOptions {
+    /// The only client the issuer knows. Default `"tokenwarden-test"`.
+    pub client_id: String,
+    /// Lifetime of access tokens; `expires_in` is sent as whole seconds,
+    /// rounded up, at least 1. Default 3600 s.
+    pub access_token_lifetime: Duration,
+    /// Every refresh issues a new refresh token. Default `true`.
+    pub rotate_refresh_tokens: bool,
+    /// With rotation, a refresh token is invalid once it has been used
+    /// (reuse gets `400 invalid_grant`). Without rotation the same refresh
+    /// token is kept and stays valid. Default `true`.
+    pub strict_rotation: bool,
+    /// Under strict rotation, presenting an already used refresh token also
+    /// revokes every token of that grant (refresh-token reuse detection as
+    /// some real issuers do it). Default `false`.
+    pub revoke_grant_on_reuse: bool,
+    /// Artificial latency before a refresh request is answered (in every
+    /// mode). Default zero.
+    pub refresh_delay: Duration,
+    /// If set, every access and refresh token issued is appended to this file,
+    /// one per line (created if missing, flushed per line).
+    pub ledger: Option<PathBuf>,
+    /// Port on 127.0.0.1; 0 picks a free one.
+    pub port: u16,
+}
+
+impl Default for IssuerOptions {
+    fn default() -> Self {
+        IssuerOptions {
+            client_id: "tokenwarden-test".to_string(),
+            access_token_lifetime: Duration::from_secs(3600),
+            rotate_refresh_tokens: true,
+            strict_rotation: true,
+            revoke_grant_on_reuse: false,
+            refresh_delay: Duration::ZERO,
+            ledger: None,
+            port: 0,
+        }
+    }
+}
+
+/// How `POST /token` answers. See the module documentation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Normal OAuth behaviour.
+    Healthy,
+    /// `403`, `text/html` "Access denied" page, as a WAF or CDN would send.
+    Waf403,
+    /// `200`, `text/html` captive-portal / VPN login page.
+    LoginPage200,
+    /// Listener closed and connections dropped: connections are refused.
+    Down,
+    /// An arbitrary answer.
+    Status {
+        status: u16,
+        content_type: String,
+        body: String,
+    },
+    /// JSON `{"error": error, "error_description": ...}` with `status`.
+    OAuthError { status: u16, error: String },
+    /// `429` with `Retry-After: retry_after` verbatim and a JSON
+    /// `temporarily_unavailable` body.
+    RateLimited { retry_after: String },
+    /// The request is read and never answered.
+    Hang,
+    /// `200 application/json`, chunked, `bytes` long, not a token response.
+    Huge { bytes: usize },
+    /// `200` token-looking JSON sent a few bytes at a time.
+    Trickle { bytes_per_second: u32 },
+    /// Headers with `Content-Length`, part of the body, then a TCP reset.
+    ResetMidBody,
+}
+
+impl Mode {
+    fn name(&self) -> &'static str {
+        match self {
+            Mode::Healthy => "healthy",
+            Mode::Waf403 => "waf403",
+            Mode::LoginPage200 => "login-page-200",
+            Mode::Down => "down",
+            Mode::Status { .. } => "status",
+            Mode::OAuthError { .. } => "oauth-error",
+            Mode::RateLimited { .. } => "rate-limited",
+            Mode::Hang => "hang",
+            Mode::Huge { .. } => "huge",
+            Mode::Trickle { .. } => "trickle",
+            Mode::ResetMidBody => "reset-mid-body",
+        }
+    }
+}
+
+/// A running simulated issuer. Cheap to clone; all clones share one server.
+/// The server stops on [`SimIssuer::shutdown`] or when the last clone is
+/// dropped.
+#[derive(Clone)]
+pub struct SimIssuer {
+    inner: Arc<Inner>,
+    _guard: Arc<ShutdownOnDrop>,
+}
+
+impl std::fmt::Debug for SimIssuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimIssuer")
+            .field("addr", &self.inner.addr)
+            .field("mode", &self.mode())
+            .finish()
+    }
+}
+
+struct ShutdownOnDrop(Arc<Inner>);
+
+impl Drop for ShutdownOnDrop {
+    fn drop(&mut self) {
+        self.0.shutdown();
+    }
+}
+
+impl SimIssuer {
+    /// Binds `127.0.0.1:opts.port` and starts serving on the current Tokio
+    /// runtime.
+    pub async fn start(opts: IssuerOptions) -> io::Result<SimIssuer> {
+        let listener = bind_loopback(opts.port)?;
+        let addr = listener.local_addr()?;
+        let ledger = match &opts.ledger {
+            Some(path) => Some(OpenOptions::new().create(true).append(true).open(path)?),
+            None => None,
+        };
+        let shutdown = CancellationToken::new();
+        let (mode_tx, _) = watch::channel(Mode::Healthy);
+        let (refresh_count, _) = watch::channel(0u64);
+        let (code_count, _) = watch::channel(0u64);
+        let inner = Arc::new(Inner {
+            addr,
+            client_id: opts.client_id,
+            rotate: opts.rotate_refresh_tokens,
+            strict: opts.strict_rotation,
+            revoke_grant_on_reuse: opts.revoke_grant_on_reuse,
+            refresh_delay: opts.refresh_delay,
+            runtime: tokio::runtime::Handle::current(),
+            generation_root: shutdown.clone(),
+            shutdown,
+            mode_tx,
+            net: Mutex::new(NetState {
+                listener: Some(listener),
+                accept_waker: None,
+                generation: CancellationToken::new(),
+            }),
+            conns: Arc::new(Mutex::new(ConnRegistry::default())),
+            refresh_count,
+            code_count,
+            in_flight_refreshes: AtomicU64::new(0),
+            max_in_flight_refreshes: AtomicU64::new(0),
+            tokens: Mutex::new(TokenState {
+                access_lifetime: opts.access_token_lifetime,
+                codes: HashMap::new(),
+                access: HashMap::new(),
+                refresh: HashMap::new(),
+                grants: HashMap::new(),
+                next_grant: 1,
+                issued: Vec::new(),
+                ledger,
+            }),
+        });
+        lock(&inner.net).generation = inner.generation_root.child_token();
+
+        let app = Router::new()
+            .route("/", get(index_page))
+            .route("/authorize", get(authorize))
+            .route("/token", post(token))
+            .with_state(inner.clone());
+        let make_service = app.into_make_service_with_connect_info::<ConnHandle>();
+        let listener = SimListener {
+            inner: inner.clone(),
+        };
+        let signal = inner.shutdown.clone().cancelled_owned();
+        tokio::spawn(async move {
+            if let Err(err) = axum::serve(listener, make_service)
+                .with_graceful_shutdown(signal)
+                .await
+            {
+                tracing::warn!("sim issuer: server stopped with an error: {err}");
+            }
+        });
+        tracing::debug!("sim issuer listening on http://{addr}");
+        Ok(SimIssuer {
+            _guard: Arc::new(ShutdownOnDrop(inner.clone())),
+            inner,
+        })
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.inner.addr)
+    }
+
+    /// `base_url() + "/token"`
+    pub fn token_endpoint(&self) -> String {
+        format!("{}/token", self.base_url())
+    }
+
+    /// `base_url() + "/authorize"`
+    pub fn authorization_endpoint(&self) -> String {
+        format!("{}/authorize", self.base_url())
+    }
+
+    /// The socket address the issuer listens on (always 127.0.0.1).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.addr
+    }
+
+    /// The port the issuer listens on.
+    pub fn port(&self) -> u16 {
+        self.inner.addr.port()
+    }
+
+    /// The only client id the issuer accepts.
+    pub fn client_id(&self) -> &str {
+        &self.inner.client_id
+    }
+
+    /// Switches how `POST /token` answers (both grants). Entering `Down`
+    /// closes the listener and drops every connection before returning;
+    /// leaving it binds the same port again before returning (retrying in the
+    /// background if the port is briefly unavailable).
+    pub fn set_mode(&self, mode: Mode) {
+        self.inner.set_mode(mode);
+    }
+
+    /// The current mode.
+    pub fn mode(&self) -> Mode {
+        self.inner.mode_tx.borrow().clone()
+    }
+
+    /// Revokes every grant issued so far: all refresh tokens (and access
+    /// tokens) issued until now become invalid; refreshing with them gets
+    /// `400 invalid_grant`.
+    pub fn revoke_all(&self) {
+        let mut tokens = lock(&self.inner.tokens);
+        for grant in tokens.grants.values_mut() {
+            grant.revoked = true;
+        }
+    }
+
+    /// Lifetime of access tokens issued from now on.
+    pub fn set_access_token_lifetime(&self, d: Duration) {
+        lock(&self.inner.tokens).access_lifetime = d;
+    }
+
+    /// Lifetime of access tokens issued from now on.
+    pub fn access_token_lifetime(&self) -> Duration {
+        lock(&self.inner.tokens).access_lifetime
+    }
+
+    /// `POST /token` requests with `grant_type=refresh_token` received, counted
+    /// on arrival whatever the mode.
+    pub fn refresh_requests(&self) -> u64 {
+        *self.inner.refresh_count.borrow()
+    }
+
+    /// `POST /token` requests with `grant_type=authorization_code` received,
+    /// counted on arrival whatever the mode.
+    pub fn code_exchanges(&self) -> u64 {
+        *self.inner.code_count.borrow()
+    }
+
+    /// The most refresh requests that were in flight at once.
+    pub fn max_concurrent_refreshes(&self) -> u64 {
+        self.inner.max_in_flight_refreshes.load(Ordering::SeqCst)
+    }
+
+    /// Refresh requests in flight right now.
+    pub fn refreshes_in_flight(&self) -> u64 {
+        self.inner.in_flight_refreshes.load(Ordering::SeqCst)
+    }
+
+    /// Every access and refresh token ever issued, in order of issue.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        lock(&self.inner.tokens).issued.clone()
+    }
+
+    /// Issued by this issuer, not expired by its lifetime, not revoked.
+    pub fn is_valid_access_token(&self, token: &str) -> bool {
+        let tokens = lock(&self.inner.tokens);
+        match tokens.access.get(token) {
+            Some(entry) => Instant::now() < entry.expires_at && !tokens.grant_revoked(entry.grant),
+            None => false,
+        }
+    }
+
+    /// Issued, not used up under strict rotation, not revoked.
+    pub fn is_valid_refresh_token(&self, token: &str) -> bool {
+        let tokens = lock(&self.inner.tokens);
+        match tokens.refresh.get(token) {
+            Some(entry) => !entry.used && !tokens.grant_revoked(entry.grant),
+            None => false,
+        }
+    }
+
+    /// Waits until at least `n` refresh requests have arrived; `false` on
+    /// timeout.
+    pub async fn wait_for_refresh_requests(&self, n: u64, timeout: Duration) -> bool {
+        wait_for_count(&self.inner.refresh_count, n, timeout).await
+    }
+
+    /// Waits until at least `n` code exchanges have arrived; `false` on
+    /// timeout.
+    pub async fn wait_for_code_exchanges(&self, n: u64, timeout: Duration) -> bool {
+        wait_for_count(&self.inner.code_count, n, timeout).await
+    }
+
+    /// Stops accepting, drops every connection and stops the server. Idempotent.
+    pub fn shutdown(&self) {
+        self.inner.shutdown();
+    }
+
+    /// Whether [`SimIssuer::shutdown`] has been called.
+    pub fn is_shut_down(&self) -> bool {
+        self.inner.shutdown.is_cancelled()
+    }
+}
+
+/// `BASE64URL-NOPAD(SHA256(verifier))`, the PKCE S256 code challenge.
+pub fn pkce_s256_challenge(verifier: &str) -> String {
+    base64url_nopad(&sha256(verifier.as_bytes()))
+}
+
+async fn wait_for_count(counter: &watch::Sender<u64>, n: u64, timeout: Duration) -> bool {
+    let mut rx = counter.subscribe();
+    let reached = tokio::time::timeout(timeout, rx.wait_for(|count| *count >= n))
+        .await
+        .is_ok_and(|result| result.is_ok());
+    reached
+}
+
+// ---------------------------------------------------------------------------
+// Shared state
+// ---------------------------------------------------------------------------
+
+struct Inner {
+    addr: SocketAddr,
+    client_id: String,
+    rotate: bool,
+    strict: bool,
+    revoke_grant_on_reuse: bool,
+    refresh_delay: Duration,
+    runtime: tokio::runtime::Handle,
+    shutdown: CancellationToken,
+    /// Parent of the per-listener generations (same as `shutdown`).
+    generation_root: CancellationToken,
+    mode_tx: watch::Sender<Mode>,
+    net: Mutex<NetState>,
+    conns: Arc<Mutex<ConnRegistry>>,
+    refresh_count: watch::Sender<u64>,
+    code_count: watch::Sender<u64>,
+    in_flight_refreshes: AtomicU64,
+    max_in_flight_refreshes: AtomicU64,
+    tokens: Mutex<TokenState>,
+}
+
+struct NetState {
+    listener: Option<TcpListener>,
+    accept_waker: Option<Waker>,
+    /// Cancelled when the issuer goes `Down` or shuts down: ends the tasks that
+    /// hold raw streams taken from connections of that generation.
+    generation: CancellationToken,
+}
+
+#[derive(Default)]
+struct ConnRegistry {
+    next_id: u64,
+    conns: HashMap<u64, Arc<ConnShared>>,
+}
+
+/// Locks a std mutex, ignoring poisoning (the data stays consistent: every
+/// critical section here is short and panic-free by construction).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn update_waker(slot: &mut Option<Waker>, waker: &Waker) {
+    match slot {
+        Some(existing) if existing.will_wake(waker) => {}
+        _ => *slot = Some(waker.clone()),
+    }
+}
+
+fn bind_loopback(port: u16) -> io::Result<TcpListener> {
+    let socket = TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))?;
+    socket.listen(BACKLOG)
+}
+
+impl Inner {
+    fn mode(&self) -> Mode {
+        self.mode_tx.borrow().clone()
+    }
+
+    fn generation(&self) -> CancellationToken {
+        lock(&self.net).generation.clone()
+    }
+
+    fn set_mode(self: &Arc<Self>, mode: Mode) {
+        let mut net = lock(&self.net);
+        let going_down = mode == Mode::Down;
+        tracing::debug!("sim issuer: mode -> {}", mode.name());
+        let old = self.mode_tx.send_replace(mode);
+        if self.shutdown.is_cancelled() {
+            return;
+        }
+        let was_down = old == Mode::Down;
+        if going_down && !was_down {
+            net.listener = None;
+            net.generation.cancel();
+            net.generation = self.generation_root.child_token();
+            self.kill_connections();
+        } else if was_down && !going_down && net.listener.is_none() {
+            match self.rebind() {
+                Ok(listener) => {
+                    net.listener = Some(listener);
+                    if let Some(waker) = net.accept_waker.take() {
+                        waker.wake();
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(
+                        "sim issuer: cannot bind {} again ({err}); retrying",
+                        self.addr
+                    );
+                    let weak = Arc::downgrade(self);
+                    self.runtime.spawn(rebind_retry(weak));
+                }
+            }
+        }
+    }
+
+    fn rebind(&self) -> io::Result<TcpListener> {
+        let _entered = self.runtime.enter();
+        bind_loopback(self.addr.port())
+    }
+
+    /// Drops the stream of every open connection and wakes its task so that
+    /// hyper sees the end of it. Called with `net` locked.
+    fn kill_connections(&self) {
+        let conns: Vec<Arc<ConnShared>> = lock(&self.conns).conns.values().cloned().collect();
+        for conn in conns {
+            conn.kill();
+        }
+    }
+
+    fn shutdown(&self) {
+        let mut net = lock(&self.net);
+        self.shutdown.cancel();
+        net.listener = None;
+        self.kill_connections();
+        if let Some(waker) = net.accept_waker.take() {
+            waker.wake();
+        }
+    }
+
+    fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(SimIo, SocketAddr)>> {
+        let mut net = lock(&self.net);
+        update_waker(&mut net.accept_waker, cx.waker());
+        let Some(listener) = net.listener.as_ref() else {
+            return Poll::Pending;
+        };
+        match listener.poll_accept(cx) {
+            Poll::Ready(Ok((stream, addr))) => {
+                // Registered while `net` is locked so that a concurrent switch
+                // to `Down` cannot miss this connection.
+                let shared = Arc::new(ConnShared {
+                    state: Mutex::new(ConnState {
+                        stream: Some(stream),
+                        read_waker: None,
+                        write_waker: None,
+                    }),
+                });
+                let mut registry = lock(&self.conns);
+                let id = registry.next_id;
+                registry.next_id += 1;
+                registry.conns.insert(id, shared.clone());
+                drop(registry);
+                let io = SimIo {
+                    shared,
+                    id,
+                    registry: Arc::downgrade(&self.conns),
+                };
+                Poll::Ready(Ok((io, addr)))
+            }
+            Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+async fn rebind_retry(weak: Weak<Inner>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let Some(inner) = weak.upgrade() else { return };
+        if inner.shutdown.is_cancelled() {
+            return;
+        }
+        let mut net = lock(&inner.net);
+        if net.listener.is_some() || inner.mode() == Mode::Down {
+            return;
+        }
+        match inner.rebind() {
+            Ok(listener) => {
+                net.listener = Some(listener);
+                if let Some(waker) = net.accept_waker.take() {
+                    waker.wake();
+                }
+                tracing::debug!("sim issuer: listening again on {}", inner.addr);
+                return;
+            }
+            Err(err) => tracing::debug!("sim issuer: rebind failed again: {err}"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Listener and connection wrapper
+// ---------------------------------------------------------------------------
+
+struct SimListener {
+    inner: Arc<Inner>,
+}
+
+impl axum::serve::Listener for SimListener {
+    type Io = SimIo;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (SimIo, SocketAddr) {
+        loop {
+            match std::future::poll_fn(|cx| self.inner.poll_accept(cx)).await {
+                Ok(accepted) => return accepted,
+                Err(err) => {
+                    tracing::debug!("sim issuer: accept failed: {err}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.inner.addr)
+    }
+}
+
+struct ConnShared {
+    state: Mutex<ConnState>,
+}
+
+struct ConnState {
+    stream: Option<TcpStream>,
+    read_waker: Option<Waker>,
+    write_waker: Option<Waker>,
+}
+
+impl ConnShared {
+    /// Takes the raw stream away from the HTTP server: afterwards hyper reads
+    /// end-of-stream and its writes are discarded.
+    fn take(&self) -> Option<TcpStream> {
+        let mut state = lock(&self.state);
+        let stream = state.stream.take();
+        let wakers = [state.read_waker.take(), state.write_waker.take()];
+        drop(state);
+        for waker in wakers.into_iter().flatten() {
+            waker.wake();
+        }
+        stream
+    }
+
+    fn kill(&self) {
+        drop(self.take());
+    }
+}
+
+/// Handed to handlers through `ConnectInfo`.
+#[derive(Clone)]
+struct ConnHandle(Arc<ConnShared>);
+
+impl Connected<IncomingStream<'_, SimListener>> for ConnHandle {
+    fn connect_info(stream: IncomingStream<'_, SimListener>) -> Self {
+        ConnHandle(stream.io().shared.clone())
+    }
+}
+
+struct SimIo {
+    shared: Arc<ConnShared>,
+    id: u64,
+    registry: Weak<Mutex<ConnRegistry>>,
+}
+
+impl Drop for SimIo {
+    fn drop(&mut self) {
+        if let Some(registry) = self.registry.upgrade() {
+            lock(&registry).conns.remove(&self.id);
+        }
+    }
+}
+
+impl AsyncRead for SimIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let mut guard = lock(&self.shared.state);
+        let state = &mut *guard;
+        match state.stream.as_mut() {
+            Some(stream) => {
+                update_waker(&mut state.read_waker, cx.waker());
+                Pin::new(stream).poll_read(cx, buf)
+            }
+            None => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+impl AsyncWrite for SimIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let mut guard = lock(&self.shared.state);
+        let state = &mut *guard;
+        match state.stream.as_mut() {
+            Some(stream) => {
+                update_waker(&mut state.write_waker, cx.waker());
+                Pin::new(stream).poll_write(cx, buf)
+            }
+            None => Poll::Ready(Ok(buf.len())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut guard = lock(&self.shared.state);
+        let state = &mut *guard;
+        match state.stream.as_mut() {
+            Some(stream) => {
+                update_waker(&mut state.write_waker, cx.waker());
+                Pin::new(stream).poll_flush(cx)
+            }
+            None => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut guard = lock(&self.shared.state);
+        let state = &mut *guard;
+        match state.stream.as_mut() {
+            Some(stream) => {
+                update_waker(&mut state.write_waker, cx.waker());
+                Pin::new(stream).poll_shutdown(cx)
+            }
+            None => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Tokens
+// ---------------------------------------------------------------------------
+
+struct TokenState {
+    access_lifetime: Duration,
+    codes: HashMap<String, CodeEntry>,
+    access: HashMap<String, AccessEntry>,
+    refresh: HashMap<String, RefreshEntry>,
+    grants: HashMap<u64, GrantEntry>,
+    next_grant: u64,
+    issued: Vec<String>,
+    ledger: Option<File>,
+}
+
+struct CodeEntry {
+    client_id: String,
+    redirect_uri: String,
+    challenge: String,
+    scope: Option<String>,
+    expires_at: Instant,
+    /// The grant created by redeeming this code.
+    redeemed: Option<u64>,
+}
+
+struct AccessEntry {
+    grant: u64,
+    expires_at: Instant,
+}
+
+struct RefreshEntry {
+    grant: u64,
+    used: bool,
+}
+
+struct GrantEntry {
+    client_id: String,
+    scope: Option<String>,
+    revoked: bool,
+}
+
+struct Issued {
+    access_token: String,
+    expires_in: u64,
+    refresh_token: Option<String>,
+    scope: Option<String>,
+}
+
+/// An OAuth error answer: status, `error`, `error_description`.
+struct OAuthFailure(StatusCode, &'static str, String);
+
+fn invalid_grant(description: &str) -> OAuthFailure {
+    OAuthFailure(
+        StatusCode::BAD_REQUEST,
+        "invalid_grant",
+        description.to_string(),
+    )
+}
+
+fn invalid_request(description: &str) -> OAuthFailure {
+    OAuthFailure(
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        description.to_string(),
+    )
+}
+
+impl TokenState {
+    fn grant_revoked(&self, grant: u64) -> bool {
+        self.grants.get(&grant).is_none_or(|g| g.revoked)
+    }
+
+    fn record(&mut self, token: &str) {
+        self.issued.push(token.to_string());
+        if let Some(file) = self.ledger.as_mut() {
+            let written = file
+                .write_all(format!("{token}\n").as_bytes())
+                .and_then(|()| file.flush());
+            if let Err(err) = written {
+                tracing::warn!("sim issuer: cannot append to the token ledger: {err}");
+            }
+        }
+    }
+
+    fn issue_access(&mut self, grant: u64) -> (String, u64) {
+        let token = random_token("sim_at_");
+        let lifetime = self.access_lifetime;
+        self.access.insert(
+            token.clone(),
+            AccessEntry {
+                grant,
+                expires_at: Instant::now() + lifetime,
+            },
+        );
+        self.record(&token);
+        (token, expires_in_secs(lifetime))
+    }
+
+    fn issue_refresh(&mut self, grant: u64) -> String {
+        let token = random_token("sim_rt_");
+        self.refresh
+            .insert(token.clone(), RefreshEntry { grant, used: false });
+        self.record(&token);
+        token
+    }
+
+    fn purge_expired_codes(&mut self) {
+        let now = Instant::now();
+        self.codes
+            .retain(|_, code| code.redeemed.is_some() || code.expires_at > now);
+    }
+}
+
+fn expires_in_secs(lifetime: Duration) -> u64 {
+    let secs = lifetime.as_secs() + u64::from(lifetime.subsec_nanos() > 0);
+    secs.max(1)
+}
+
+fn random_token(prefix: &str) -> String {
+    let mut token = String::with_capacity(prefix.len() + TOKEN_RANDOM_CHARS);
+    token.push_str(prefix);
+    token.extend(
+        rand::rng()
+            .sample_iter(rand::distr::Alphanumeric)
+            .take(TOKEN_RANDOM_CHARS)
+            .map(char::from),
+    );
+    token
+}
+
+impl Inner {
+    fn exchange_code(&self, client_id: &str, form: &Params) -> Result<Issued, OAuthFailure> {
+        let code = form.required("code")?;
+        let redirect_uri = form.required("redirect_uri")?;
+        let verifier = form.required("code_verifier")?;
+
+        let mut tokens = lock(&self.tokens);
+        let now = Instant::now();
+        let Some(entry) = tokens.codes.get(code) else {
+            return Err(invalid_grant("unknown authorization code"));
+        };
+        if let Some(grant) = entry.redeemed {
+            // RFC 6749 4.1.2: deny, and revoke what the code produced.
+            if let Some(g) = tokens.grants.get_mut(&grant) {
+                g.revoked = true;
+            }
+            return Err(invalid_grant("authorization code already used"));
+        }
+        if entry.expires_at <= now {
+            return Err(invalid_grant("authorization code expired"));
+        }
+        if entry.client_id != client_id {
+            return Err(invalid_grant(
+                "authorization code was issued to another client",
+            ));
+        }
+        if entry.redirect_uri != redirect_uri {
+            return Err(invalid_grant(
+                "redirect_uri does not match the authorization request",
+            ));
+        }
+        if !is_valid_verifier(verifier) {
+            return Err(invalid_grant("code_verifier is malformed"));
+        }
+        if pkce_s256_challenge(verifier) != entry.challenge {
+            return Err(invalid_grant("PKCE verification failed"));
+        }
+        let scope = entry.scope.clone();
+
+        let grant = tokens.next_grant;
+        tokens.next_grant += 1;
+        tokens.grants.insert(
+            grant,
+            GrantEntry {
+                client_id: client_id.to_string(),
+                scope: scope.clone(),
+                revoked: false,
+            },
+        );
+        if let Some(entry) = tokens.codes.get_mut(code) {
+            entry.redeemed = Some(grant);
+        }
+        let (access_token, expires_in) = tokens.issue_access(grant);
+        let refresh_token = Some(tokens.issue_refresh(grant));
+        Ok(Issued {
+            access_token,
+            expires_in,
+            refresh_token,
+            scope,
+        })
+    }
+
+    fn refresh(&self, client_id: &str, form: &Params) -> Result<Issued, OAuthFailure> {
+        let presented = form.required("refresh_token")?;
+
+        let mut tokens = lock(&self.tokens);
+        let Some(entry) = tokens.refresh.get(presented) else {
+            return Err(invalid_grant("unknown refresh token"));
+        };
+        let grant_id = entry.grant;
+        let used = entry.used;
+        let Some(grant) = tokens.grants.get(&grant_id) else {
+            return Err(invalid_grant("unknown refresh token"));
+        };
+        if grant.revoked {
+            return Err(invalid_grant("refresh token has been revoked"));
+        }
+        if grant.client_id != client_id {
+            return Err(invalid_grant("refresh token was issued to another client"));
+        }
+        if used {
+            if self.revoke_grant_on_reuse {
+                if let Some(g) = tokens.grants.get_mut(&grant_id) {
+                    g.revoked = true;
+                }
+            }
+            return Err(invalid_grant("refresh token has already been used"));
+        }
+        let scope = grant.scope.clone();
+
+        let (access_token, expires_in) = tokens.issue_access(grant_id);
+        let refresh_token = if self.rotate {
+            if self.strict {
+                if let Some(old) = tokens.refresh.get_mut(presented) {
+                    old.used = true;
+                }
+            }
+            Some(tokens.issue_refresh(grant_id))
+        } else {
+            None
+        };
+        Ok(Issued {
+            access_token,
+            expires_in,
+            refresh_token,
+            scope,
+        })
+    }
+
+    /// Client authentication: HTTP Basic and/or `client_id` in the form.
+    fn authenticate_client(
+        &self,
+        headers: &HeaderMap,
+        form: &Params,
+    ) -> Result<String, ClientAuthFailure> {
+        let fail =
+            |description: &'static str, basic: bool| ClientAuthFailure { description, basic };
+        let basic = match headers.get(header::AUTHORIZATION) {
+            Some(value) => match parse_basic(value) {
+                Some(id) => Some(id),
+                None => return Err(fail("malformed Authorization header", true)),
+            },
+            None => None,
+        };
+        let form_id = form.get("client_id");
+        let client_id = match (basic.as_deref(), form_id) {
+            (Some(b), Some(f)) if b != f => {
+                return Err(fail("client_id differs from the Basic credentials", true))
+            }
+            (Some(b), _) => b.to_string(),
+            (None, Some(f)) => f.to_string(),
+            (None, None) => return Err(fail("client authentication missing", false)),
+        };
+        if client_id != self.client_id {
+            return Err(fail("unknown client", basic.is_some()));
+        }
+        Ok(client_id)
+    }
+}
+
+/// Why client authentication failed; `basic` when HTTP Basic was used.
+struct ClientAuthFailure {
+    description: &'static str,
+    basic: bool,
+}
+
+impl ClientAuthFailure {
+    fn into_response(self) -> Response {
+        let mut response =
+            oauth_error_response(StatusCode::UNAUTHORIZED, "invalid_client", self.description);
+        if self.basic {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"sim-issuer\""),
+            );
+        }
+        response
+    }
+}
+
+/// `Basic base64(urlencode(id) ":" urlencode(secret))` -> decoded id.
+fn parse_basic(value: &HeaderValue) -> Option<String> {
+    let value = value.to_str().ok()?.trim();
+    let (scheme, credentials) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64_std_decode(credentials.trim())?;
+    let decoded = String::from_utf8(decoded).ok()?;
+    let (id, _secret) = decoded.split_once(':')?;
+    // RFC 6749 2.3.1: the id is application/x-www-form-urlencoded.
+    let wrapped = format!("i={id}");
+    url::form_urlencoded::parse(wrapped.as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+}
+
+/// RFC 7636: 43..=128 characters of `[A-Za-z0-9-._~]`.
+fn is_valid_verifier(verifier: &str) -> bool {
+    (43..=128).contains(&verifier.len())
+        && verifier
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
+}
+
+/// An S256 challenge is 43 characters of base64url without padding.
+fn is_valid_challenge(challenge: &str) -> bool {
+    challenge.len() == 43
+        && challenge
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+}
+
+// ---------------------------------------------------------------------------
+// Parameters
+// ---------------------------------------------------------------------------
+
+/// Form or query parameters; remembers names that appeared more than once.
+struct Params {
+    values: HashMap<String, String>,
+    duplicates: Vec<String>,
+}
+
+impl Params {
+    fn parse(input: &[u8]) -> Params {
+        let mut values = HashMap::new();
+        let mut duplicates = Vec::new();
+        for (name, value) in url::form_urlencoded::parse(input) {
+            let name = name.into_owned();
+            match values.entry(name) {
+                Entry::Occupied(entry) => duplicates.push(entry.key().clone()),
+                Entry::Vacant(entry) => {
+                    entry.insert(value.into_owned());
+                }
+            }
+        }
+        Params { values, duplicates }
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.values
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+
+    fn required(&self, name: &str) -> Result<&str, OAuthFailure> {
+        self.get(name)
+            .ok_or_else(|| invalid_request(&format!("missing parameter: {name}")))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Handlers
+// ---------------------------------------------------------------------------
+
+async fn index_page(State(inner): State<Arc<Inner>>) -> Response {
+    tracing::debug!("sim issuer: GET /");
+    let base = format!("http://{}", inner.addr);
+    let body = format!(
+        "tokenwarden simulated OAuth 2 issuer\n\
+         \n\
+         authorization endpoint: {base}/authorize  (GET, code flow, PKCE S256 required)\n\
+         token endpoint:         {base}/token      (POST, authorization_code and refresh_token)\n\
+         client_id:              {client}\n\
+         redirect URIs:          http://127.0.0.1:PORT/..., http://localhost:PORT/..., http://[::1]:PORT/...\n\
+         token mode:             {mode}\n",
+        client = inner.client_id,
+        mode = inner.mode().name(),
+    );
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+}
+
+fn html_page(status: StatusCode, title: &str, message: &str) -> Response {
+    let body = format!(
+        "<!DOCTYPE html>\n<html><head><title>{title}</title></head>\
+         <body><h1>{title}</h1><p>{message}</p></body></html>\n"
+    );
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+/// A loopback `http` redirect URI (127.0.0.1, localhost or [::1]), no
+/// fragment, no credentials.
+fn loopback_redirect(raw: &str) -> Option<Url> {
+    let url = Url::parse(raw).ok()?;
+    if url.scheme() != "http"
+        || url.fragment().is_some()
+        || !url.username().is_empty()
+        || url.password().is_some()
+    {
+        return None;
+    }
+    let loopback = match url.host()? {
+        url::Host::Domain(domain) => domain == "localhost",
+        url::Host::Ipv4(ip) => ip == Ipv4Addr::LOCALHOST,
+        url::Host::Ipv6(ip) => ip.is_loopback(),
+    };
+    loopback.then_some(url)
+}
+
+fn redirect_to(url: &Url) -> Response {
+    match HeaderValue::from_str(url.as_str()) {
+        Ok(location) => (StatusCode::FOUND, [(header::LOCATION, location)]).into_response(),
+        Err(_) => html_page(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Server error",
+            "cannot build the redirect",
+        ),
+    }
+}
+
+async fn authorize(State(inner): State<Arc<Inner>>, RawQuery(query): RawQuery) -> Response {
+    tracing::debug!("sim issuer: GET /authorize");
+    let params = Params::parse(query.unwrap_or_default().as_bytes());
+    let dup = |name: &str| params.duplicates.iter().any(|d| d == name);
+
+    // Errors about the client or the redirect URI are shown, never redirected.
+    if dup("client_id") || params.get("client_id") != Some(inner.client_id.as_str()) {
+        return html_page(
+            StatusCode::BAD_REQUEST,
+            "Invalid request",
+            "unknown or missing client_id",
+        );
+    }
+    let redirect_raw = match params.get("redirect_uri") {
+        Some(raw) if !dup("redirect_uri") => raw,
+        _ => {
+            return html_page(
+                StatusCode::BAD_REQUEST,
+                "Invalid request",
+                "missing redirect_uri",
+            )
+        }
+    };
+    let Some(redirect) = loopback_redirect(redirect_raw) else {
+        return html_page(
+            StatusCode::BAD_REQUEST,
+            "Invalid request",
+            "redirect_uri must be an http loopback URI (127.0.0.1, localhost or [::1])",
+        );
+    };
+    let state = params.get("state");
+    let redirect_error = |error: &str, description: &str| {
+        let mut url = redirect.clone();
+        {
+            let mut pairs = url.query_pairs_mut();
+            pairs.append_pair("error", error);
+            pairs.append_pair("error_description", description);
+            if let Some(state) = state {
+                pairs.append_pair("state", state);
+            }
+        }
+        redirect_to(&url)
+    };
+
+    if let Some(name) = params.duplicates.first() {
+        return redirect_error("invalid_request", &format!("duplicate parameter: {name}"));
+    }
+    match params.get("response_type") {
+        Some("code") => {}
+        None => return redirect_error("invalid_request", "missing response_type"),
+        Some(_) => {
+            return redirect_error(
+                "unsupported_response_type",
+                "only response_type=code is supported",
+            )
+        }
+    }
+    if params.get("code_challenge_method") != Some("S256") {
+        return redirect_error("invalid_request", "code_challenge_method must be S256");
+    }
+    let challenge = match params.get("code_challenge") {
+        Some(c) if is_valid_challenge(c) => c.to_string(),
+        _ => return redirect_error("invalid_request", "missing or malformed code_challenge"),
+    };
+
+    let code = random_token("sim_code_");
+    {
+        let mut tokens = lock(&inner.tokens);
+        tokens.purge_expired_codes();
+        tokens.codes.insert(
+            code.clone(),
+            CodeEntry {
+                client_id: inner.client_id.clone(),
+                redirect_uri: redirect_raw.to_string(),
+                challenge,
+                scope: params.get("scope").map(str::to_string),
+                expires_at: Instant::now() + CODE_LIFETIME,
+                redeemed: None,
+            },
+        );
+    }
+    let mut url = redirect;
+    {
+        let mut pairs = url.query_pairs_mut();
+        pairs.append_pair("code", &code);
+        if let Some(state) = state {
+            pairs.append_pair("state", state);
+        }
+    }
+    redirect_to(&url)
+}
+
+/// Counts a refresh request in flight for as long as it lives.
+struct InFlight<'a>(&'a Inner);
+
+impl<'a> InFlight<'a> {
+    fn new(inner: &'a Inner) -> Self {
+        let now = inner.in_flight_refreshes.fetch_add(1, Ordering::SeqCst) + 1;
+        inner
+            .max_in_flight_refreshes
+            .fetch_max(now, Ordering::SeqCst);
+        InFlight(inner)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight_refreshes.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn no_store(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    response
+}
+
+fn oauth_error_response(status: StatusCode, error: &str, description: &str) -> Response {
+    no_store(
+        (
+            status,
+            Json(serde_json::json!({
+                "error": error,
+                "error_description": description,
+            })),
+        )
+            .into_response(),
+    )
+}
+
+async fn token(
+    State(inner): State<Arc<Inner>>,
+    ConnectInfo(conn): ConnectInfo<ConnHandle>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let form = Params::parse(&body);
+    let grant_type = form.get("grant_type").unwrap_or("").to_string();
+    let logged_grant = match grant_type.as_str() {
+        known @ ("authorization_code" | "refresh_token" | "") => known,
+        _ => "other",
+    };
+    tracing::debug!(
+        "sim issuer: POST /token grant_type={logged_grant:?} mode={}",
+        inner.mode().name()
+    );
+
+    let _in_flight = if grant_type == "refresh_token" {
+        inner.refresh_count.send_modify(|count| *count += 1);
+        Some(InFlight::new(&inner))
+    } else {
+        if grant_type == "authorization_code" {
+            inner.code_count.send_modify(|count| *count += 1);
+        }
+        None
+    };
+    if grant_type == "refresh_token" && !inner.refresh_delay.is_zero() {
+        tokio::select! {
+            _ = tokio::time::sleep(inner.refresh_delay) => {}
+            _ = inner.shutdown.cancelled() => return cut_connection(&conn),
+        }
+    }
+
+    let mode = inner.mode();
+    if mode != Mode::Healthy {
+        return answer_in_mode(&inner, mode, &conn).await;
+    }
+    if inner.shutdown.is_cancelled() {
+        return cut_connection(&conn);
+    }
+
+    let form_encoded = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| {
+            v.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
+    if !form_encoded {
+        return oauth_error_response(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "the body must be application/x-www-form-urlencoded",
+        );
+    }
+    if let Some(name) = form.duplicates.first() {
+        return oauth_error_response(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            &format!("duplicate parameter: {name}"),
+        );
+    }
+    let client_id = match inner.authenticate_client(&headers, &form) {
+        Ok(id) => id,
+        Err(failure) => return failure.into_response(),
+    };
+    let outcome = match grant_type.as_str() {
+        "authorization_code" => inner.exchange_code(&client_id, &form),
+        "refresh_token" => inner.refresh(&client_id, &form),
+        "" => Err(invalid_request("missing parameter: grant_type")),
+        _ => Err(OAuthFailure(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "only authorization_code and refresh_token are supported".to_string(),
+        )),
+    };
+    match outcome {
+        Ok(issued) => {
+            let mut json = serde_json::json!({
+                "access_token": issued.access_token,
+                "token_type": "Bearer",
+                "expires_in": issued.expires_in,
+            });
+            if let Some(refresh_token) = issued.refresh_token {
+                json["refresh_token"] = serde_json::Value::String(refresh_token);
+            }
+            if let Some(scope) = issued.scope {
+                json["scope"] = serde_json::Value::String(scope);
+            }
+            no_store((StatusCode::OK, Json(json)).into_response())
+        }
+        Err(OAuthFailure(status, error, description)) => {
+            tracing::debug!("sim issuer: /token answered {status} {error}");
+            oauth_error_response(status, error, &description)
+        }
+    }
+}
+
+/// Closes the connection without an answer (the response hyper then writes
+/// goes nowhere).
+fn cut_connection(conn: &ConnHandle) -> Response {
+    conn.0.kill();
+    StatusCode::SERVICE_UNAVAILABLE.into_response()
+}
+
+const WAF_PAGE: &str = "<!DOCTYPE html>\n<html><head><title>Access denied</title></head>\n\
+<body><h1>Access denied</h1>\n\
+<p>You don't have permission to access this resource. The request was blocked by the \
+web application firewall.</p>\n\
+<p>Reference #18.5c3e1b2.1700000000.sim</p></body></html>\n";
+
+const LOGIN_PAGE: &str = "<!DOCTYPE html>\n<html><head><title>Network login</title></head>\n\
+<body><h1>Sign in to continue</h1>\n\
+<p>Your session on this network has expired. Sign in to the VPN / Wi-Fi portal to continue.</p>\n\
+<form method=\"post\" action=\"/portal/login\">\
+<label>User <input name=\"user\"></label> <label>Password <input type=\"password\" name=\"password\"></label> \
+<button type=\"submit\">Sign in</button></form></body></html>\n";
+
+/// The status to send for a configured `u16`; invalid or informational
+/// (1xx, which cannot be a final answer) values become 500.
+fn status_code(status: u16) -> StatusCode {
+    StatusCode::from_u16(status)
+        .ok()
+        .filter(|s| !s.is_informational())
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
+async fn answer_in_mode(inner: &Arc<Inner>, mode: Mode, conn: &ConnHandle) -> Response {
+    match mode {
+        Mode::Healthy => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        Mode::Waf403 => (
+            StatusCode::FORBIDDEN,
+            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+            WAF_PAGE,
+        )
+            .into_response(),
+        Mode::LoginPage200 => (
+            StatusCode::OK,
+            [
+                (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
+            LOGIN_PAGE,
+        )
+            .into_response(),
+        Mode::Down => cut_connection(conn),
+        Mode::Status {
+            status,
+            content_type,
+            body,
+        } => {
+            let mut response = (status_code(status), body).into_response();
+            match HeaderValue::from_str(&content_type) {
+                Ok(value) => {
+                    response.headers_mut().insert(header::CONTENT_TYPE, value);
+                }
+                Err(_) => {
+                    response.headers_mut().remove(header::CONTENT_TYPE);
+                }
+            }
+            response
+        }
+        Mode::OAuthError { status, error } => oauth_error_response(
+            status_code(status),
+            &error,
+            "simulated error from the sim issuer",
+        ),
+        Mode::RateLimited { retry_after } => {
+            let mut response = oauth_error_response(
+                StatusCode::TOO_MANY_REQUESTS,
+                "temporarily_unavailable",
+                "too many requests, retry later",
+            );
+            match HeaderValue::from_str(&retry_after) {
+                Ok(value) => {
+                    response.headers_mut().insert(header::RETRY_AFTER, value);
+                }
+                Err(_) => tracing::warn!("sim issuer: Retry-After value is not a valid header"),
+            }
+            response
+        }
+        Mode::Hang => {
+            let mut mode_rx = inner.mode_tx.subscribe();
+            let generation = inner.generation();
+            tokio::select! {
+                _ = mode_rx.wait_for(|m| *m != Mode::Hang) => {}
+                _ = generation.cancelled() => {}
+            }
+            cut_connection(conn)
+        }
+        Mode::Huge { bytes } => raw_answer(inner, conn, RawScript::Huge { bytes }),
+        Mode::Trickle { bytes_per_second } => {
+            raw_answer(inner, conn, RawScript::Trickle { bytes_per_second })
+        }
+        Mode::ResetMidBody => raw_answer(inner, conn, RawScript::ResetMidBody),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Byte-level answers
+// ---------------------------------------------------------------------------
+
+enum RawScript {
+    Huge { bytes: usize },
+    Trickle { bytes_per_second: u32 },
+    ResetMidBody,
+}
+
+fn raw_answer(inner: &Arc<Inner>, conn: &ConnHandle, script: RawScript) -> Response {
+    let generation = inner.generation();
+    let lifetime = expires_in_secs(lock(&inner.tokens).access_lifetime);
+    if let Some(stream) = conn.0.take() {
+        tokio::spawn(async move {
+            tokio::select! {
+                result = run_script(stream, script, lifetime) => {
+                    if let Err(err) = result {
+                        tracing::debug!("sim issuer: raw answer ended: {err}");
+                    }
+                }
+                _ = generation.cancelled() => {}
+            }
+        });
+    }
+    // Discarded: the connection no longer belongs to the HTTP server.
+    StatusCode::SERVICE_UNAVAILABLE.into_response()
+}
+
+/// A token response whose tokens were never issued.
+fn fake_token_body(lifetime: u64) -> String {
+    serde_json::json!({
+        "access_token": random_token("sim_at_"),
+        "token_type": "Bearer",
+        "expires_in": lifetime,
+    })
+    .to_string()
+}
+
+fn raw_head(extra: &str) -> String {
+    format!(
+        "HTTP/1.1 200 OK\r\n\
+         Content-Type: application/json\r\n\
+         Cache-Control: no-store\r\n\
+         Connection: close\r\n\
+         {extra}\r\n"
+    )
+}
+
+static FILL: [u8; 64 * 1024] = [b' '; 64 * 1024];
+
+async fn run_script(mut stream: TcpStream, script: RawScript, lifetime: u64) -> io::Result<()> {
+    match script {
+        RawScript::Huge { bytes } => {
+            stream
+                .write_all(raw_head("Transfer-Encoding: chunked\r\n").as_bytes())
+                .await?;
+            // `{"padding":"` + spaces + `"}` (just spaces when too short).
+            let (prefix, suffix): (&[u8], &[u8]) = if bytes >= 16 {
+                (b"{\"padding\":\"", b"\"}")
+            } else {
+                (b"", b"")
+            };
+            write_chunk(&mut stream, prefix).await?;
+            let mut remaining = bytes - prefix.len() - suffix.len();
+            while remaining > 0 {
+                let n = remaining.min(FILL.len());
+                write_chunk(&mut stream, &FILL[..n]).await?;
+                remaining -= n;
+            }
+            write_chunk(&mut stream, suffix).await?;
+            stream.write_all(b"0\r\n\r\n").await?;
+            stream.flush().await?;
+            stream.shutdown().await
+        }
+        RawScript::Trickle { bytes_per_second } => {
+            let body = fake_token_body(lifetime);
+            stream
+                .write_all(raw_head(&format!("Content-Length: {}\r\n", body.len())).as_bytes())
+                .await?;
+            stream.flush().await?;
+            if bytes_per_second == 0 {
+                std::future::pending::<()>().await;
+            }
+            let step = (bytes_per_second / 10).max(1) as usize;
+            let pause = Duration::from_secs_f64(step as f64 / f64::from(bytes_per_second));
+            for piece in body.as_bytes().chunks(step) {
+                tokio::time::sleep(pause).await;
+                stream.write_all(piece).await?;
+                stream.flush().await?;
+            }
+            stream.shutdown().await
+        }
+        RawScript::ResetMidBody => {
+            let body = fake_token_body(lifetime);
+            let half = body.len() / 2;
+            stream
+                .write_all(raw_head(&format!("Content-Length: {}\r\n", body.len())).as_bytes())
+                .await?;
+            stream.write_all(&body.as_bytes()[..half]).await?;
+            stream.flush().await?;
+            // Let the client read the head before the reset reaches it.
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            // SO_LINGER 0: closing sends RST instead of FIN (does not block).
+            #[allow(deprecated)]
+            stream.set_linger(Some(Duration::ZERO))?;
+            drop(stream);
+            Ok(())
+        }
+    }
+}
+
+async fn write_chunk(stream: &mut TcpStream, data: &[u8]) -> io::Result<()> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    stream
+        .write_all(format!("{:x}\r\n", data.len()).as_bytes())
+        .await?;
+    stream.write_all(data).await?;
+    stream.write_all(b"\r\n").await
+}
+
+// ---------------------------------------------------------------------------
+// SHA-256 and base64 (small, self-contained; PKCE needs only these)
+// ---------------------------------------------------------------------------
+
+const SHA256_K: [u32; 64] = [
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+    0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+    0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+    0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+    0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
+];
+
+fn sha256(data: &[u8]) -> [u8; 32] {
+    let mut h: [u32; 8] = [
+        0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab,
+        0x5be0cd19,
+    ];
+    let bit_len = (data.len() as u64).wrapping_mul(8);
+    let mut message = data.to_vec();
+    message.push(0x80);
+    while message.len() % 64 != 56 {
+        message.push(0);
+    }
+    message.extend_from_slice(&bit_len.to_be_bytes());
+
+    for block in message.chunks_exact(64) {
+        let mut w = [0u32; 64];
+        for (slot, word) in w.iter_mut().zip(block.chunks_exact(4)) {
+            *slot = u32::from_be_bytes([word[0], word[1], word[2], word[3]]);
+        }
+        for i in 16..64 {
+            let s0 = w[i - 15].rotate_right(7) ^ w[i - 15].rotate_right(18) ^ (w[i - 15] >> 3);
+            let s1 = w[i - 2].rotate_right(17) ^ w[i - 2].rotate_right(19) ^ (w[i - 2] >> 10);
+            w[i] = w[i - 16]
+                .wrapping_add(s0)
+                .wrapping_add(w[i - 7])
+                .wrapping_add(s1);
+        }
+        let [mut a, mut b, mut c, mut d, mut e, mut f, mut g, mut hh] = h;
+        for (k, wi) in SHA256_K.iter().zip(w.iter()) {
+            let s1 = e.rotate_right(6) ^ e.rotate_right(11) ^ e.rotate_right(25);
+            let ch = (e & f) ^ (!e & g);
+            let t1 = hh
+                .wrapping_add(s1)
+                .wrapping_add(ch)
+                .wrapping_add(*k)
+                .wrapping_add(*wi);
+            let s0 = a.rotate_right(2) ^ a.rotate_right(13) ^ a.rotate_right(22);
+            let maj = (a & b) ^ (a & c) ^ (b & c);
+            let t2 = s0.wrapping_add(maj);
+            hh = g;
+            g = f;
+            f = e;
+            e = d.wrapping_add(t1);
+            d = c;
+            c = b;
+            b = a;
+            a = t1.wrapping_add(t2);
+        }
+        for (state, add) in h.iter_mut().zip([a, b, c, d, e, f, g, hh]) {
+            *state = state.wrapping_add(add);
+        }
+    }
+
+    let mut out = [0u8; 32];
+    for (chunk, word) in out.chunks_exact_mut(4).zip(h) {
+        chunk.copy_from_slice(&word.to_be_bytes());
+    }
+    out
+}
+
+fn base64url_nopad(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b0 = chunk.first().copied().unwrap_or(0);
+        let b1 = chunk.get(1).copied().unwrap_or(0);
+        let b2 = chunk.get(2).copied().unwrap_or(0);
+        let n = (u32::from(b0) << 16) | (u32::from(b1) << 8) | u32::from(b2);
+        for i in 0..=chunk.len() {
+            let index = (n >> (18 - 6 * i)) & 63;
+            out.push(char::from(ALPHABET[index as usize]));
+        }
+    }
+    out
+}
+
+/// Standard-alphabet base64, padding optional.
+fn base64_std_decode(input: &str) -> Option<Vec<u8>> {
+    let input = input.trim_end_matches('=');
+    let mut out = Vec::with_capacity(input.len() * 3 / 4);
+    let mut acc: u32 = 0;
+    let mut bits = 0u32;
+    for c in input.bytes() {
+        let value = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(value);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}

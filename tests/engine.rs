@@ -1,0 +1,526 @@
+//! The engine in-process against a real loopback issuer (`SimIssuer`), with the policy
+//! compressed to milliseconds. Store: the in-memory store (these tests are about the
+//! monitor; the keychain has its own tests in `keychain.rs`).
+
+mod support;
+
+use std::time::Duration;
+use support::*;
+use tokenwarden::engine::config::Config;
+use tokenwarden::engine::oauth;
+use tokenwarden::engine::store::SecretStore;
+use tokenwarden::engine::{Clock, Engine, EngineOptions, Status};
+
+struct Setup {
+    engine: Engine,
+    issuer: SimIssuer,
+    store: SecretStore,
+    _dir: tempfile::TempDir,
+}
+
+/// One workload `w` logged in for real (code + PKCE through the issuer), then an
+/// engine started over it.
+async fn setup(test: &str, opts: IssuerOptions) -> Setup {
+    init_tracing(test);
+    let issuer = issuer(opts).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("workloads.toml");
+    let mut cfg = Config::parse(&path, &workload_toml("w", &issuer)).unwrap();
+    cfg.policy = fast_policy();
+    let store = SecretStore::memory();
+    login_in_process(&cfg, "w", &store).await;
+    let engine = Engine::start(EngineOptions {
+        config: cfg,
+        store: store.clone(),
+        clock: Clock::system(),
+        state_path: Some(dir.path().join("state.json")),
+    });
+    Setup {
+        engine,
+        issuer,
+        store,
+        _dir: dir,
+    }
+}
+
+async fn login_in_process(cfg: &Config, name: &str, store: &SecretStore) {
+    let w = cfg.workload(name).unwrap();
+    let http = oauth::http_client(&cfg.policy, None).unwrap();
+    let pending = oauth::prepare_login(w).await.unwrap();
+    let url = pending.authorize_url.to_string();
+    let browser = tokio::spawn(async move { browse(&url).await });
+    let tokens = pending
+        .finish(&http, &cfg.policy, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(browser.await.unwrap(), 200);
+    store.save_tokens(name, &tokens).await.unwrap();
+}
+
+/// Wait until `pred` holds for workload `w`, driven by status change events.
+async fn wait_for(
+    engine: &Engine,
+    timeout: Duration,
+    pred: impl Fn(&tokenwarden::engine::WorkloadStatus) -> bool,
+) -> tokenwarden::engine::WorkloadStatus {
+    let mut rx = engine.subscribe();
+    if let Some(s) = engine
+        .status()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|s| s.name == "w")
+    {
+        if pred(&s) {
+            return s;
+        }
+    }
+    let r = tokio::time::timeout(timeout, async {
+        loop {
+            match rx.recv().await {
+                Ok(ev) if ev.workload.name == "w" && pred(&ev.workload) => return ev.workload,
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await;
+    match r {
+        Ok(s) => s,
+        Err(_) => panic!("timed out; status now {:#?}", engine.status().await),
+    }
+}
+
+/// "Retry now", then wait for the refresh it caused to succeed.
+async fn retry_until_refreshed(engine: &Engine) {
+    let mut rx = engine.subscribe();
+    engine.retry(Some("w")).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Ok(ev) = rx.recv().await {
+                if ev.refreshed {
+                    return;
+                }
+            }
+        }
+    })
+    .await
+    .expect("a successful refresh");
+}
+
+/// Track every status the workload passes through.
+fn record_statuses(engine: &Engine) -> std::sync::Arc<std::sync::Mutex<Vec<Status>>> {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    let mut rx = engine.subscribe();
+    tokio::spawn(async move {
+        while let Ok(ev) = rx.recv().await {
+            s2.lock().unwrap().push(ev.workload.status);
+        }
+    });
+    seen
+}
+
+#[tokio::test]
+async fn seed_reproduction_waf_403_longer_than_short_retry_then_heals_by_itself() {
+    let s = setup("seed_reproduction", issuer_opts(2)).await;
+    let seen = record_statuses(&s.engine);
+    wait_for(&s.engine, Duration::from_secs(10), |w| {
+        w.status == Status::Running && w.access_token_valid
+    })
+    .await;
+
+    // The laptop leaves the VPN: the token endpoint answers 403 + HTML.
+    s.issuer.set_mode(Mode::Waf403);
+    let retrying = wait_for(&s.engine, Duration::from_secs(10), |w| {
+        w.status == Status::Retrying
+    })
+    .await;
+    let reason = retrying.reason.clone().unwrap();
+    assert!(reason.starts_with("HTTP 403"), "{reason}");
+    assert!(reason.contains("web page"), "{reason}");
+    assert!(
+        retrying.hint.is_none(),
+        "no registration hint for a transient block"
+    );
+    assert!(retrying.gives_up_at.is_some() && retrying.next_attempt_at.is_some());
+    assert!(retrying.attempts >= 3);
+
+    // Stay blocked well past the short retry (several retrying attempts).
+    let before = s.issuer.refresh_requests();
+    assert!(
+        s.issuer
+            .wait_for_refresh_requests(before + 3, Duration::from_secs(10))
+            .await
+    );
+    assert_eq!(s.engine.status().await.unwrap()[0].status, Status::Retrying);
+
+    // The VPN is back: no user action.
+    s.issuer.set_mode(Mode::Healthy);
+    let back = wait_for(&s.engine, Duration::from_secs(5), |w| {
+        w.status == Status::Running && w.attempts == 0
+    })
+    .await;
+    assert!(back.access_token_valid && back.reason.is_none());
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        !seen.contains(&Status::Unauthenticated),
+        "never wrongly unauthenticated: {seen:?}"
+    );
+    s.engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn invalid_grant_is_unauthenticated_at_once_with_the_code_and_a_hint() {
+    let s = setup("invalid_grant", issuer_opts(2)).await;
+    wait_for(&s.engine, Duration::from_secs(10), |w| {
+        w.status == Status::Running
+    })
+    .await;
+    s.issuer.revoke_all();
+    let before = s.issuer.refresh_requests();
+    s.engine.retry(Some("w")).await.unwrap();
+    let u = wait_for(&s.engine, Duration::from_secs(10), |w| {
+        w.status == Status::Unauthenticated
+    })
+    .await;
+    assert_eq!(u.reason.as_deref(), Some("invalid_grant"));
+    assert!(u.hint.unwrap().contains("Re-authenticate"));
+    assert!(u.gives_up_at.is_none() && u.next_attempt_at.is_none());
+    // One refresh, no short retry on a verdict, and no automatic attempts afterwards.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(s.issuer.refresh_requests(), before + 1);
+    let e = s.engine.token("w").await.unwrap_err();
+    assert_eq!(e.code(), "unauthenticated");
+    s.engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn retry_after_on_429_is_honoured() {
+    let s = setup("retry_after", issuer_opts(30)).await;
+    wait_for(&s.engine, Duration::from_secs(10), |w| {
+        w.status == Status::Running
+    })
+    .await;
+    s.issuer.set_mode(Mode::RateLimited {
+        retry_after: "2".into(),
+    });
+    let before = s.issuer.refresh_requests();
+    s.engine.retry(Some("w")).await.unwrap();
+    let st = wait_for(&s.engine, Duration::from_secs(5), |w| w.attempts == 1).await;
+    assert!(
+        st.reason.as_deref().unwrap().starts_with("HTTP 429"),
+        "{:?}",
+        st.reason
+    );
+    let next = st.next_attempt_at.unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    assert!(
+        next - now > time::Duration::milliseconds(1500),
+        "next attempt honours Retry-After: {next} vs {now}"
+    );
+    // The short retry would have tried again after ~50 ms; Retry-After holds it for 2 s.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        s.issuer.refresh_requests(),
+        before + 1,
+        "no request inside Retry-After"
+    );
+    // The issuer recovers; the scheduled attempt after Retry-After brings it back.
+    s.issuer.set_mode(Mode::Healthy);
+    wait_for(&s.engine, Duration::from_secs(5), |w| {
+        w.status == Status::Running && w.attempts == 0
+    })
+    .await;
+    assert_eq!(s.issuer.refresh_requests(), before + 2);
+    s.engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_response_without_refresh_token_keeps_the_old_one() {
+    let s = setup(
+        "no_rotation",
+        IssuerOptions {
+            rotate_refresh_tokens: false,
+            ..issuer_opts(30)
+        },
+    )
+    .await;
+    wait_for(&s.engine, Duration::from_secs(10), |w| {
+        w.status == Status::Running
+    })
+    .await;
+    let rt_before = s
+        .store
+        .load_tokens("w")
+        .await
+        .unwrap()
+        .unwrap()
+        .refresh_token;
+    for _ in 0..3 {
+        retry_until_refreshed(&s.engine).await;
+    }
+    wait_for(&s.engine, Duration::from_secs(5), |w| {
+        w.status == Status::Running
+    })
+    .await;
+    let stored = s.store.load_tokens("w").await.unwrap().unwrap();
+    assert_eq!(stored.refresh_token, rt_before, "old refresh token kept");
+    assert!(s.issuer.is_valid_access_token(stored.access_token.expose()));
+    s.engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn invalid_grant_after_another_writer_rotated_adopts_the_new_token() {
+    let s = setup("rotated_elsewhere", issuer_opts(30)).await;
+    wait_for(&s.engine, Duration::from_secs(10), |w| {
+        w.status == Status::Running
+    })
+    .await;
+    // Another process refreshes with the stored refresh token and saves the result
+    // (as `tokenwarden token` does without a daemon), invalidating the engine's copy.
+    let stored = s.store.load_tokens("w").await.unwrap().unwrap();
+    let cfg = Config::parse(
+        std::path::Path::new("/x/workloads.toml"),
+        &workload_toml("w", &s.issuer),
+    )
+    .unwrap();
+    let http = oauth::http_client(&fast_policy(), None).unwrap();
+    let resp = oauth::refresh(
+        &http,
+        &cfg.workloads[0],
+        stored.refresh_token.as_ref().unwrap(),
+        &fast_policy(),
+    )
+    .await
+    .unwrap();
+    let (mut newer, _) = oauth::to_stored(resp, None, std::time::SystemTime::now(), &fast_policy());
+    // Make the other writer's access token look expired, so the engine must refresh
+    // with the re-read refresh token rather than just adopt it.
+    newer.expires_at = Some(1);
+    s.store.save_tokens("w", &newer).await.unwrap();
+
+    let n = s.issuer.refresh_requests();
+    s.engine.retry(Some("w")).await.unwrap();
+    assert!(
+        s.issuer
+            .wait_for_refresh_requests(n + 2, Duration::from_secs(5))
+            .await
+    );
+    let st = wait_for(&s.engine, Duration::from_secs(5), |w| w.access_token_valid).await;
+    assert_eq!(st.status, Status::Running, "{st:#?}");
+    let now = s.store.load_tokens("w").await.unwrap().unwrap();
+    assert!(s
+        .issuer
+        .is_valid_refresh_token(now.refresh_token.as_ref().unwrap().expose()));
+    s.engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn ceiling_gives_up_without_a_hint_and_user_retry_recovers() {
+    init_tracing("ceiling");
+    let issuer = issuer(issuer_opts(30)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = Config::parse(
+        &dir.path().join("workloads.toml"),
+        &workload_toml("w", &issuer),
+    )
+    .unwrap();
+    cfg.policy = fast_policy();
+    cfg.policy.retrying_ceiling = Duration::from_millis(1500);
+    let store = SecretStore::memory();
+    login_in_process(&cfg, "w", &store).await;
+    let engine = Engine::start(EngineOptions {
+        config: cfg,
+        store,
+        clock: Clock::system(),
+        state_path: None,
+    });
+    wait_for(&engine, Duration::from_secs(10), |w| {
+        w.status == Status::Running
+    })
+    .await;
+    issuer.set_mode(Mode::Status {
+        status: 503,
+        content_type: "text/plain".into(),
+        body: "down".into(),
+    });
+    engine.retry(Some("w")).await.unwrap();
+    let u = wait_for(&engine, Duration::from_secs(10), |w| {
+        w.status == Status::Unauthenticated
+    })
+    .await;
+    let reason = u.reason.unwrap();
+    assert!(reason.starts_with("gave up after"), "{reason}");
+    assert!(reason.contains("HTTP 503"), "{reason}");
+    assert!(u.hint.is_none(), "no registration hint after a ceiling");
+    issuer.set_mode(Mode::Healthy);
+    engine.retry(Some("w")).await.unwrap();
+    wait_for(&engine, Duration::from_secs(5), |w| {
+        w.status == Status::Running
+    })
+    .await;
+    engine.shutdown().await;
+}
+
+/// Hostile and broken answers: none may panic or wedge the monitor, and each heals.
+#[tokio::test]
+async fn hostile_token_responses_never_wedge_a_monitor() {
+    let s = setup("hostile", issuer_opts(30)).await;
+    wait_for(&s.engine, Duration::from_secs(10), |w| {
+        w.status == Status::Running
+    })
+    .await;
+    let modes = vec![
+        (
+            Mode::Huge {
+                bytes: 50 * 1024 * 1024,
+            },
+            "response too large",
+        ),
+        (Mode::ResetMidBody, "connection broken"),
+        (Mode::LoginPage200, "HTTP 200"),
+        (Mode::Hang, "timeout"),
+        (
+            Mode::Trickle {
+                bytes_per_second: 2,
+            },
+            "timeout",
+        ),
+        (
+            Mode::Status {
+                status: 200,
+                content_type: "application/json".into(),
+                body: r#"{"access_token":"#.into(),
+            },
+            "HTTP 200",
+        ),
+        (
+            Mode::Status {
+                status: 200,
+                content_type: "application/json".into(),
+                body: r#"{"token_type":"Bearer"}"#.into(),
+            },
+            "HTTP 200",
+        ),
+        (
+            Mode::Status {
+                status: 200,
+                content_type: "application/octet-stream".into(),
+                body: "\u{fffd}\u{0}".into(),
+            },
+            "HTTP 200",
+        ),
+        (
+            Mode::Status {
+                status: 302,
+                content_type: "text/html".into(),
+                body: "<a href=/portal>".into(),
+            },
+            "HTTP 302",
+        ),
+    ];
+    for (mode, want) in modes {
+        let label = format!("{mode:?}");
+        s.issuer.set_mode(mode);
+        s.engine.retry(Some("w")).await.unwrap();
+        let st = wait_for(&s.engine, Duration::from_secs(10), |w| w.attempts >= 1).await;
+        let reason = st.reason.clone().unwrap_or_default();
+        assert!(reason.starts_with(want), "{label}: {reason}");
+        assert_ne!(st.status, Status::Unauthenticated, "{label}");
+        // Still responsive while failing.
+        tokio::time::timeout(Duration::from_secs(1), s.engine.status())
+            .await
+            .expect("responsive")
+            .unwrap();
+        s.issuer.set_mode(Mode::Healthy);
+        s.engine.retry(Some("w")).await.unwrap();
+        wait_for(&s.engine, Duration::from_secs(10), |w| {
+            w.status == Status::Running && w.attempts == 0
+        })
+        .await;
+    }
+    // Odd expires_in values are survivable: the token is used with an assumed lifetime.
+    for body in [
+        r#"{"access_token":"sim_at_odd1","expires_in":-1}"#,
+        r#"{"access_token":"sim_at_odd2","expires_in":"soon"}"#,
+        r#"{"access_token":"sim_at_odd3","expires_in":1e30}"#,
+    ] {
+        s.issuer.set_mode(Mode::Status {
+            status: 200,
+            content_type: "application/json".into(),
+            body: body.into(),
+        });
+        retry_until_refreshed(&s.engine).await;
+        let st = wait_for(&s.engine, Duration::from_secs(5), |w| {
+            w.status == Status::Running && w.attempts == 0
+        })
+        .await;
+        assert!(st.access_token_valid, "{body}");
+    }
+    s.engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn retrying_status_survives_a_restart_and_the_ceiling_keeps_counting() {
+    init_tracing("restart_persist");
+    let issuer = issuer(issuer_opts(30)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    let mut cfg = Config::parse(
+        &dir.path().join("workloads.toml"),
+        &workload_toml("w", &issuer),
+    )
+    .unwrap();
+    cfg.policy = fast_policy();
+    let store = SecretStore::memory();
+    login_in_process(&cfg, "w", &store).await;
+    let start = |cfg: Config| {
+        Engine::start(EngineOptions {
+            config: cfg,
+            store: store.clone(),
+            clock: Clock::system(),
+            state_path: Some(state.clone()),
+        })
+    };
+    let engine = start(cfg.clone());
+    wait_for(&engine, Duration::from_secs(10), |w| {
+        w.status == Status::Running
+    })
+    .await;
+    issuer.set_mode(Mode::Waf403);
+    engine.retry(Some("w")).await.unwrap();
+    let r1 = wait_for(&engine, Duration::from_secs(10), |w| {
+        w.status == Status::Retrying
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let r1b = engine.status().await.unwrap().remove(0);
+    engine.shutdown().await;
+
+    let engine = start(cfg);
+    let r2 = engine.status().await.unwrap().remove(0);
+    // Right after restart the monitor restores the episode before its first attempt.
+    let r2 = if r2.status == Status::Retrying {
+        r2
+    } else {
+        wait_for(&engine, Duration::from_secs(5), |w| {
+            w.status == Status::Retrying
+        })
+        .await
+    };
+    assert_eq!(r2.since, r1.since, "retrying since the same moment");
+    assert!(r2.attempts >= r1b.attempts, "attempts carried over");
+    // The ceiling did not restart: gives_up_at stays (within scheduling noise) where it was.
+    let drift = (r2.gives_up_at.unwrap() - r1b.gives_up_at.unwrap()).abs();
+    assert!(
+        drift < time::Duration::seconds(2),
+        "gives_up_at moved by {drift}"
+    );
+    issuer.set_mode(Mode::Healthy);
+    wait_for(&engine, Duration::from_secs(5), |w| {
+        w.status == Status::Running
+    })
+    .await;
+    engine.shutdown().await;
+}
