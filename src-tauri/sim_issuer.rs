@@ -60,7 +60,7 @@
 //!
 //! # Example
 //!
-//! ```ignore
+//! ```text
 //! let issuer = SimIssuer::start(IssuerOptions::default()).await?;
 //! issuer.set_mode(Mode::Waf403);
 //! // ... exercise the client ...

@@ -121,7 +121,7 @@ fn record_statuses(engine: &Engine) -> std::sync::Arc<std::sync::Mutex<Vec<Statu
     seen
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_reproduction_waf_403_longer_than_short_retry_then_heals_by_itself() {
     let s = setup("seed_reproduction", issuer_opts(2)).await;
     let seen = record_statuses(&s.engine);
@@ -170,7 +170,7 @@ async fn seed_reproduction_waf_403_longer_than_short_retry_then_heals_by_itself(
     s.engine.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_grant_is_unauthenticated_at_once_with_the_code_and_a_hint() {
     let s = setup("invalid_grant", issuer_opts(2)).await;
     wait_for(&s.engine, Duration::from_secs(10), |w| {
@@ -195,7 +195,7 @@ async fn invalid_grant_is_unauthenticated_at_once_with_the_code_and_a_hint() {
     s.engine.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_on_429_is_honoured() {
     let s = setup("retry_after", issuer_opts(30)).await;
     wait_for(&s.engine, Duration::from_secs(10), |w| {
@@ -236,7 +236,7 @@ async fn retry_after_on_429_is_honoured() {
     s.engine.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_response_without_refresh_token_keeps_the_old_one() {
     let s = setup(
         "no_rotation",
@@ -270,7 +270,7 @@ async fn a_response_without_refresh_token_keeps_the_old_one() {
     s.engine.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_grant_after_another_writer_rotated_adopts_the_new_token() {
     let s = setup("rotated_elsewhere", issuer_opts(30)).await;
     wait_for(&s.engine, Duration::from_secs(10), |w| {
@@ -316,7 +316,7 @@ async fn invalid_grant_after_another_writer_rotated_adopts_the_new_token() {
     s.engine.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ceiling_gives_up_without_a_hint_and_user_retry_recovers() {
     init_tracing("ceiling");
     let issuer = issuer(issuer_opts(30)).await;
@@ -364,7 +364,7 @@ async fn ceiling_gives_up_without_a_hint_and_user_retry_recovers() {
 }
 
 /// Hostile and broken answers: none may panic or wedge the monitor, and each heals.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_token_responses_never_wedge_a_monitor() {
     let s = setup("hostile", issuer_opts(30)).await;
     wait_for(&s.engine, Duration::from_secs(10), |w| {
@@ -461,7 +461,7 @@ async fn hostile_token_responses_never_wedge_a_monitor() {
     s.engine.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retrying_status_survives_a_restart_and_the_ceiling_keeps_counting() {
     init_tracing("restart_persist");
     let issuer = issuer(issuer_opts(30)).await;
