@@ -301,14 +301,15 @@ async fn invalid_grant_after_another_writer_rotated_adopts_the_new_token() {
     s.store.save_tokens("w", &newer).await.unwrap();
 
     let n = s.issuer.refresh_requests();
-    s.engine.retry(Some("w")).await.unwrap();
-    assert!(
-        s.issuer
-            .wait_for_refresh_requests(n + 2, Duration::from_secs(5))
-            .await
+    retry_until_refreshed(&s.engine).await;
+    assert_eq!(
+        s.issuer.refresh_requests(),
+        n + 2,
+        "the refused try, then the re-read token"
     );
-    let st = wait_for(&s.engine, Duration::from_secs(5), |w| w.access_token_valid).await;
+    let st = s.engine.status().await.unwrap().remove(0);
     assert_eq!(st.status, Status::Running, "{st:#?}");
+    assert!(st.access_token_valid);
     let now = s.store.load_tokens("w").await.unwrap().unwrap();
     assert!(s
         .issuer
