@@ -84,7 +84,8 @@ async fn a_secret_written_by_one_process_is_read_back_by_others() {
         })
         .await;
     assert!(st.reason.is_none(), "{st:?}");
-    env.kill_daemons();
+    // A clean stop lets an in-flight refresh finish and save its rotated token.
+    env.stop_daemons();
     let after = store.load_tokens("w").await.unwrap().unwrap();
     assert_ne!(
         after.refresh_token, stored.refresh_token,

@@ -224,6 +224,16 @@ impl TestEnv {
         }
     }
 
+    /// SIGTERM every daemon (a clean stop: in-flight refreshes finish and save).
+    pub fn stop_daemons(&self) {
+        for mut c in self.children.lock().unwrap().drain(..) {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let _ = c.wait();
+        }
+    }
+
     pub async fn client(&self) -> tokenwarden::control::Client {
         tokenwarden::control::Client::connect(&self.paths())
             .await
