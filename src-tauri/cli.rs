@@ -100,12 +100,13 @@ pub enum Command {
     },
     /// Print a valid access token (refreshing if needed), for scripts.
     Token { name: String },
+    /// A built-in demo: an embedded issuer and three workloads you can break and heal.
+    Demo,
 }
 
 /// Exit codes: 0 success, 1 failure, 2 bad usage or configuration.
 pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let is_daemon = matches!(cli.command, Some(Command::Daemon) | None);
     let paths = match Paths::resolve(cli.config_dir.clone()) {
         Ok(p) => p,
         Err(e) => {
@@ -113,6 +114,14 @@ pub fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    // The demo (also what a bare `tokenwarden` runs with nothing configured) prints
+    // its own story on stdout; the daemon logs at info to stderr and its log file.
+    let runs_demo = match &cli.command {
+        Some(Command::Demo) => true,
+        None => Config::load(&paths.config_file).is_ok_and(|c| c.workloads.is_empty()),
+        _ => false,
+    };
+    let is_daemon = !runs_demo && matches!(cli.command, Some(Command::Daemon) | None);
     if is_daemon {
         if let Err(e) = crate::logging::init_daemon(&paths.log_dir) {
             eprintln!("tokenwarden: {e:#}");
@@ -257,19 +266,24 @@ async fn run(command: Option<Command>, paths: Paths) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Token { name } => token(&paths, &name).await,
+        Command::Demo => crate::demo::run_headless().await,
     }
 }
 
-#[cfg(feature = "desktop")]
+/// `tokenwarden` with no subcommand: the demo when nothing is configured, otherwise
+/// the engine. (The desktop shell, when built, takes this over.)
 async fn run_default(paths: Paths) -> anyhow::Result<()> {
-    // The desktop shell (tray, window, notifications) is not built yet: run the engine
-    // headless so `tokenwarden` with no arguments is still useful.
-    tracing::warn!("the desktop shell is not available in this build; running headless (same as `tokenwarden daemon`)");
-    crate::daemon::run(paths).await
-}
-
-#[cfg(not(feature = "desktop"))]
-async fn run_default(paths: Paths) -> anyhow::Result<()> {
+    let cfg = load_config(&paths)?;
+    if cfg.workloads.is_empty() {
+        eprintln!(
+            "No workloads in {}: starting the built-in demo. Add your own with `tokenwarden add`.",
+            paths.config_file.display()
+        );
+        return crate::demo::run_headless().await;
+    }
+    if cfg!(feature = "desktop") {
+        tracing::warn!("the desktop shell is not in this build yet; running headless (same as `tokenwarden daemon`)");
+    }
     crate::daemon::run(paths).await
 }
 

@@ -10,6 +10,7 @@
 pub mod cli;
 pub mod control;
 pub mod daemon;
+pub mod demo;
 pub mod engine;
 pub mod logging;
 pub mod paths;

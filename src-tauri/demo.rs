@@ -1,0 +1,186 @@
+//! `tokenwarden demo`: an embedded issuer on loopback and three demo workloads with
+//! short token lifetimes and a compressed policy, so a newcomer sees
+//! degrade → retrying → recover within a minute. Break and heal it from the keyboard.
+//!
+//! Demo data lives apart from the user's: an in-memory secret store and a temporary
+//! config directory (its control socket works, so `tokenwarden --config-dir DIR status`
+//! in another shell shows the demo too).
+
+use crate::engine::config::Config;
+use crate::engine::policy::Policy;
+use crate::engine::store::SecretStore;
+use crate::engine::{oauth, Clock, Engine, EngineOptions, Status};
+use crate::sim_issuer::{IssuerOptions, Mode, SimIssuer};
+use std::time::Duration;
+use tokio::io::AsyncBufReadExt;
+
+pub const WORKLOADS: [&str; 3] = ["github-mcp", "jira-mcp", "notion-api"];
+
+/// The compressed demo policy: seconds instead of minutes.
+pub fn demo_policy() -> Policy {
+    let mut p = Policy::default();
+    let set = |p: &mut Policy, k: &str, v: &str| {
+        p.set(k, &crate::engine::policy::RawValue::Text(v.into()))
+            .expect("valid demo policy");
+    };
+    set(&mut p, "refresh_lead_min", "3s");
+    set(&mut p, "refresh_initial_interval", "1s");
+    set(&mut p, "refresh_max_interval", "3s");
+    set(&mut p, "refresh_max_elapsed", "8s");
+    set(&mut p, "retrying_interval", "2s");
+    set(&mut p, "retrying_max_interval", "8s");
+    set(&mut p, "retrying_ceiling", "10m");
+    set(&mut p, "http_timeout", "3s");
+    set(&mut p, "connect_timeout", "2s");
+    set(&mut p, "wall_check_interval", "5s");
+    p.refresh_max_tries = 3;
+    p
+}
+
+/// A running demo: the issuer, the engine and the throwaway config dir.
+pub struct Demo {
+    pub issuer: SimIssuer,
+    pub engine: Engine,
+    pub store: SecretStore,
+    pub config: Config,
+    pub dir: tempfile::TempDir,
+}
+
+impl Demo {
+    pub async fn start() -> anyhow::Result<Demo> {
+        let issuer = SimIssuer::start(IssuerOptions {
+            client_id: "tokenwarden-demo".into(),
+            access_token_lifetime: Duration::from_secs(20),
+            ..IssuerOptions::default()
+        })
+        .await?;
+        let dir = tempfile::Builder::new().prefix("tokenwarden-demo-").tempdir()?;
+        let mut text = String::new();
+        for name in WORKLOADS {
+            text.push_str(&format!(
+                "[[workload]]\nname = \"{name}\"\nauthorization_endpoint = \"{}\"\ntoken_endpoint = \"{}\"\nclient_id = \"tokenwarden-demo\"\nscopes = [\"read\"]\n\n",
+                issuer.authorization_endpoint(),
+                issuer.token_endpoint()
+            ));
+        }
+        let path = dir.path().join(crate::engine::config::FILE_NAME);
+        std::fs::write(&path, &text)?;
+        let mut config = Config::parse(&path, &text)?;
+        config.policy = demo_policy();
+        let store = SecretStore::memory();
+        for name in WORKLOADS {
+            login(&config, name, &store).await?;
+        }
+        let engine = Engine::start(EngineOptions {
+            config: config.clone(),
+            store: store.clone(),
+            clock: Clock::system(),
+            state_path: None,
+        });
+        Ok(Demo { issuer, engine, store, config, dir })
+    }
+
+    /// Sign a workload in again (what "Re-authenticate" does in the demo).
+    pub async fn relogin(&self, name: &str) -> anyhow::Result<()> {
+        login(&self.config, name, &self.store).await?;
+        self.engine.reload(None, vec![name.to_string()]).await?;
+        Ok(())
+    }
+
+    /// Re-authenticate every workload that needs it.
+    pub async fn relogin_unauthenticated(&self) -> anyhow::Result<Vec<String>> {
+        let mut done = Vec::new();
+        for s in self.engine.status().await? {
+            if s.status == Status::Unauthenticated {
+                self.relogin(&s.name).await?;
+                done.push(s.name);
+            }
+        }
+        Ok(done)
+    }
+}
+
+/// The login flow for real, with the demo itself playing the signed-in browser.
+async fn login(config: &Config, name: &str, store: &SecretStore) -> anyhow::Result<()> {
+    let w = config
+        .workload(name)
+        .ok_or_else(|| anyhow::anyhow!("no demo workload {name}"))?;
+    let http = oauth::http_client(&config.policy, None).map_err(|e| anyhow::anyhow!(e))?;
+    let pending = oauth::prepare_login(w).await?;
+    let url = pending.authorize_url.to_string();
+    let browser = tokio::spawn(async move {
+        let c = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::limited(2))
+            .build()?;
+        c.get(url).send().await
+    });
+    let tokens = pending.finish(&http, &config.policy, Duration::from_secs(10)).await?;
+    let _ = browser.await;
+    store.save_tokens(name, &tokens).await?;
+    Ok(())
+}
+
+const HELP: &str = "keys: [w] simulate WAF block  [d] take the issuer down  [r] revoke the grant  [h] heal  [t] retry all now  [l] re-authenticate  [s] status  [q] quit";
+
+/// The headless demo: status changes on stdout, keyboard controls on stdin.
+pub async fn run_headless() -> anyhow::Result<()> {
+    let demo = Demo::start().await?;
+    let paths = crate::paths::Paths::resolve(Some(demo.dir.path().to_path_buf()))?;
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let listener = crate::control::bind(&paths)?;
+    let server = tokio::spawn(crate::control::serve(listener, demo.engine.clone(), paths.clone(), cancel.clone()));
+    println!("Tokenwarden demo: an embedded issuer at {} and {} workloads.", demo.issuer.base_url(), WORKLOADS.len());
+    println!("Watch from another shell: tokenwarden --config-dir {} status", paths.config_dir.display());
+    println!("{HELP}");
+    let mut events = demo.engine.subscribe();
+    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut stdin_open = true;
+    loop {
+        tokio::select! {
+            ev = events.recv() => match ev {
+                Ok(ev) => {
+                    let w = &ev.workload;
+                    if ev.previous != Some(w.status) || ev.refreshed {
+                        let what = if ev.refreshed { "refreshed" } else { "" };
+                        println!(
+                            "{}  {:<12} {:<16} {} {}",
+                            time::OffsetDateTime::now_utc().format(time::macros::format_description!("[hour]:[minute]:[second]")).unwrap_or_default(),
+                            w.name,
+                            w.status.as_str(),
+                            what,
+                            w.reason.as_deref().unwrap_or("")
+                        );
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(_) => break,
+            },
+            line = stdin.next_line(), if stdin_open => match line {
+                Ok(Some(l)) => {
+                    let mode = match l.trim() {
+                        "w" => Some(Mode::Waf403),
+                        "d" => Some(Mode::Down),
+                        "h" => Some(Mode::Healthy),
+                        "r" => { demo.issuer.revoke_all(); println!("grant revoked: the next refresh gets invalid_grant"); None }
+                        "t" => { demo.engine.retry(None).await?; None }
+                        "l" => { let n = demo.relogin_unauthenticated().await?; println!("re-authenticated: {}", n.join(", ")); None }
+                        "s" => { for s in demo.engine.status().await? { println!("  {:<12} {:<16} {}", s.name, s.status.as_str(), s.reason.unwrap_or_default()); } None }
+                        "q" => break,
+                        "" => None,
+                        _ => { println!("{HELP}"); None }
+                    };
+                    if let Some(m) = mode {
+                        println!("issuer: {m:?}");
+                        demo.issuer.set_mode(m);
+                    }
+                }
+                _ => stdin_open = false,
+            },
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    cancel.cancel();
+    demo.engine.shutdown().await;
+    let _ = server.await;
+    Ok(())
+}
