@@ -54,7 +54,9 @@ impl Demo {
             ..IssuerOptions::default()
         })
         .await?;
-        let dir = tempfile::Builder::new().prefix("tokenwarden-demo-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("tokenwarden-demo-")
+            .tempdir()?;
         let mut text = String::new();
         for name in WORKLOADS {
             text.push_str(&format!(
@@ -77,7 +79,13 @@ impl Demo {
             clock: Clock::system(),
             state_path: None,
         });
-        Ok(Demo { issuer, engine, store, config, dir })
+        Ok(Demo {
+            issuer,
+            engine,
+            store,
+            config,
+            dir,
+        })
     }
 
     /// Sign a workload in again (what "Re-authenticate" does in the demo).
@@ -114,7 +122,9 @@ async fn login(config: &Config, name: &str, store: &SecretStore) -> anyhow::Resu
             .build()?;
         c.get(url).send().await
     });
-    let tokens = pending.finish(&http, &config.policy, Duration::from_secs(10)).await?;
+    let tokens = pending
+        .finish(&http, &config.policy, Duration::from_secs(10))
+        .await?;
     let _ = browser.await;
     store.save_tokens(name, &tokens).await?;
     Ok(())
@@ -128,9 +138,21 @@ pub async fn run_headless() -> anyhow::Result<()> {
     let paths = crate::paths::Paths::resolve(Some(demo.dir.path().to_path_buf()))?;
     let cancel = tokio_util::sync::CancellationToken::new();
     let listener = crate::control::bind(&paths)?;
-    let server = tokio::spawn(crate::control::serve(listener, demo.engine.clone(), paths.clone(), cancel.clone()));
-    println!("Tokenwarden demo: an embedded issuer at {} and {} workloads.", demo.issuer.base_url(), WORKLOADS.len());
-    println!("Watch from another shell: tokenwarden --config-dir {} status", paths.config_dir.display());
+    let server = tokio::spawn(crate::control::serve(
+        listener,
+        demo.engine.clone(),
+        paths.clone(),
+        cancel.clone(),
+    ));
+    println!(
+        "Tokenwarden demo: an embedded issuer at {} and {} workloads.",
+        demo.issuer.base_url(),
+        WORKLOADS.len()
+    );
+    println!(
+        "Watch from another shell: tokenwarden --config-dir {} status",
+        paths.config_dir.display()
+    );
     println!("{HELP}");
     let mut events = demo.engine.subscribe();
     let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();

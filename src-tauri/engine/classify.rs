@@ -279,13 +279,11 @@ pub fn classify_response(
             description,
         });
         // 5xx, 408 and 429 are transient whatever the body says.
-        if (500..=599).contains(&status) || status == 408 || status == 429 {
-            if f.is_permanent() {
-                return Err(fail(FailureKind::Http {
-                    status,
-                    body: BodyShape::Json,
-                }));
-            }
+        if ((500..=599).contains(&status) || status == 408 || status == 429) && f.is_permanent() {
+            return Err(fail(FailureKind::Http {
+                status,
+                body: BodyShape::Json,
+            }));
         }
         return Err(f);
     }

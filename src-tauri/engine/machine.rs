@@ -592,8 +592,10 @@ mod tests {
 
     #[test]
     fn short_retry_also_ends_on_max_elapsed() {
-        let mut p = Policy::default();
-        p.refresh_max_tries = 100;
+        let p = Policy {
+            refresh_max_tries: 100,
+            ..Policy::default()
+        };
         let mut m = running(&p);
         m.on_failure(waf(), at(0.0, 0.0), &p, MID);
         m.on_failure(waf(), at(299.0, 0.0), &p, MID);
@@ -617,8 +619,10 @@ mod tests {
 
     #[test]
     fn ceiling_ends_in_unauthenticated_without_hint() {
-        let mut p = Policy::default();
-        p.retrying_ceiling = Duration::from_secs(3600);
+        let p = Policy {
+            retrying_ceiling: Duration::from_secs(3600),
+            ..Policy::default()
+        };
         let mut m = running(&p);
         let (_, t) = fail_until_status_changes(&mut m, &p, 0.0);
         assert_eq!(m.status(), Status::Retrying);
@@ -627,7 +631,7 @@ mod tests {
         let (n, t_end) = fail_until_status_changes(&mut m, &p, t);
         assert_eq!(m.status(), Status::Unauthenticated);
         assert!(
-            t_end >= 3600.0 && t_end < 3600.0 + 301.0,
+            (3600.0..3600.0 + 301.0).contains(&t_end),
             "gave up at {t_end}"
         );
         assert!(n > 5);
@@ -667,8 +671,10 @@ mod tests {
 
     #[test]
     fn sleep_does_not_count_toward_the_ceiling() {
-        let mut p = Policy::default();
-        p.retrying_ceiling = Duration::from_secs(3600);
+        let p = Policy {
+            retrying_ceiling: Duration::from_secs(3600),
+            ..Policy::default()
+        };
         let mut m = running(&p);
         let (_, t) = fail_until_status_changes(&mut m, &p, 0.0);
         // 10 hours asleep, then the next failure: 10 h of wall time passed, little awake time.
@@ -684,8 +690,10 @@ mod tests {
 
     #[test]
     fn ceiling_waits_for_one_attempt_after_a_wake_or_network_event() {
-        let mut p = Policy::default();
-        p.retrying_ceiling = Duration::from_secs(600);
+        let p = Policy {
+            retrying_ceiling: Duration::from_secs(600),
+            ..Policy::default()
+        };
         let mut m = running(&p);
         let (_, t) = fail_until_status_changes(&mut m, &p, 0.0);
         // Past the ceiling, but a network event owes an attempt...
@@ -751,8 +759,10 @@ mod tests {
 
     #[test]
     fn user_retry_from_ceiling_that_fails_transiently_goes_back_to_retrying() {
-        let mut p = Policy::default();
-        p.retrying_ceiling = Duration::from_secs(600);
+        let p = Policy {
+            retrying_ceiling: Duration::from_secs(600),
+            ..Policy::default()
+        };
         let mut m = running(&p);
         let (_, t) = fail_until_status_changes(&mut m, &p, 0.0);
         let (_, t) = fail_until_status_changes(&mut m, &p, t);

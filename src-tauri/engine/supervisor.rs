@@ -62,6 +62,7 @@ impl EngineError {
     }
 }
 
+#[allow(clippy::large_enum_variant)] // one short-lived message per request
 enum Cmd {
     Status(oneshot::Sender<Vec<WorkloadStatus>>),
     Retry(

@@ -12,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tokenwarden::engine::status::WorkloadStatus;
 use tokenwarden::engine::Status;
+#[allow(unused_imports)] // not every test binary uses every item
 pub use tokenwarden::sim_issuer::{IssuerOptions, Mode, SimIssuer};
 
 /// The policy compressed to milliseconds, as environment overrides.
