@@ -355,6 +355,23 @@ mod tests {
     }
 
     #[test]
+    fn keychain_errors_say_what_to_do() {
+        let locked = map_keyring(keyring::Error::NoStorageAccess("locked".into()));
+        assert_eq!(locked, StoreError::Locked);
+        let msg = locked.to_string();
+        assert!(
+            msg.contains("unlock") && msg.contains("store = \"file\""),
+            "{msg}"
+        );
+        let missing = map_keyring(keyring::Error::PlatformFailure("no bus".into()));
+        let msg = missing.to_string();
+        assert!(
+            msg.contains("no keychain is available (no bus)") && msg.contains("file"),
+            "{msg}"
+        );
+    }
+
+    #[test]
     fn stored_tokens_debug_hides_secrets() {
         let s = format!("{:?}", sample());
         assert!(!s.contains("\"at\"") && !s.contains("rt\""), "{s}");
