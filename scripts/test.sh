@@ -12,6 +12,9 @@ rm -rf artifacts/test-logs
 mkdir artifacts/test-logs
 export TOKENWARDEN_TEST_LOG_DIR=$PWD/artifacts/test-logs
 export TOKENWARDEN_TEST_KEYCHAIN=1
+# Network-trigger tests make their own namespace and veth pair: they need root, and
+# must not silently skip when we are root.
+[[ $(id -u) == 0 ]] && export TOKENWARDEN_TEST_ROOT=1
 export RUST_LOG=${RUST_LOG:-trace}
 export RUST_BACKTRACE=1
 

@@ -90,6 +90,7 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
         store,
         clock: Clock::system(),
         state_path: Some(paths.state_file.clone()),
+        sources: crate::engine::triggers::Sources::all(),
     });
     let cancel = tokio_util::sync::CancellationToken::new();
     let listener = crate::control::bind(&paths)?;

@@ -78,6 +78,7 @@ impl Demo {
             store: store.clone(),
             clock: Clock::system(),
             state_path: None,
+            sources: crate::engine::triggers::Sources::all(),
         });
         Ok(Demo {
             issuer,

@@ -226,7 +226,22 @@ impl SimIssuer {
     /// Binds `127.0.0.1:opts.port` and starts serving on the current Tokio
     /// runtime.
     pub async fn start(opts: IssuerOptions) -> io::Result<SimIssuer> {
-        let listener = bind_loopback(opts.port)?;
+        Self::serve(bind_loopback(opts.port)?, opts)
+    }
+
+    /// Serve on a listener the caller bound. Only for tests that put the issuer in a
+    /// network namespace of their own (bound from a thread inside it), so that taking
+    /// an address away is a real outage. `Mode::Down` rebinds the same address from
+    /// the runtime's namespace, so it is meant for loopback issuers.
+    pub async fn start_on(
+        listener: std::net::TcpListener,
+        opts: IssuerOptions,
+    ) -> io::Result<SimIssuer> {
+        listener.set_nonblocking(true)?;
+        Self::serve(TcpListener::from_std(listener)?, opts)
+    }
+
+    fn serve(listener: TcpListener, opts: IssuerOptions) -> io::Result<SimIssuer> {
         let addr = listener.local_addr()?;
         let ledger = match &opts.ledger {
             Some(path) => Some(OpenOptions::new().create(true).append(true).open(path)?),
@@ -543,7 +558,10 @@ impl Inner {
 
     fn rebind(&self) -> io::Result<TcpListener> {
         let _entered = self.runtime.enter();
-        bind_loopback(self.addr.port())
+        let socket = TcpSocket::new_v4()?;
+        socket.set_reuseaddr(true)?;
+        socket.bind(self.addr)?;
+        socket.listen(BACKLOG)
     }
 
     /// Drops the stream of every open connection and wakes its task so that

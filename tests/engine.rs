@@ -34,6 +34,7 @@ async fn setup(test: &str, opts: IssuerOptions) -> Setup {
         store: store.clone(),
         clock: Clock::system(),
         state_path: Some(dir.path().join("state.json")),
+        sources: tokenwarden::engine::triggers::Sources::none(),
     });
     Setup {
         engine,
@@ -336,6 +337,7 @@ async fn ceiling_gives_up_without_a_hint_and_user_retry_recovers() {
         store,
         clock: Clock::system(),
         state_path: None,
+        sources: tokenwarden::engine::triggers::Sources::none(),
     });
     wait_for(&engine, Duration::from_secs(10), |w| {
         w.status == Status::Running
@@ -482,6 +484,7 @@ async fn retrying_status_survives_a_restart_and_the_ceiling_keeps_counting() {
             store: store.clone(),
             clock: Clock::system(),
             state_path: Some(state.clone()),
+            sources: tokenwarden::engine::triggers::Sources::none(),
         })
     };
     let engine = start(cfg.clone());
@@ -523,5 +526,180 @@ async fn retrying_status_survives_a_restart_and_the_ceiling_keeps_counting() {
         w.status == Status::Running
     })
     .await;
+    engine.shutdown().await;
+}
+
+/// 20 workloads on one issuer in `retrying` (cadence 10 min): the first success
+/// brings every one of them back within a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issuer_fan_out_brings_twenty_siblings_back_within_a_second() {
+    init_tracing("fan_out");
+    let issuer = issuer(issuer_opts(600)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let names: Vec<String> = (0..20).map(|i| format!("w{i:02}")).collect();
+    let text: String = names.iter().map(|n| workload_toml(n, &issuer)).collect();
+    let mut cfg = Config::parse(&dir.path().join("workloads.toml"), &text).unwrap();
+    cfg.policy = fast_policy();
+    cfg.policy.retrying_interval = Duration::from_secs(600);
+    cfg.policy.retrying_max_interval = Duration::from_secs(600);
+    let store = SecretStore::memory();
+    for n in &names {
+        login_in_process(&cfg, n, &store).await;
+    }
+    let engine = Engine::start(EngineOptions {
+        config: cfg,
+        store,
+        clock: Clock::system(),
+        state_path: None,
+        sources: tokenwarden::engine::triggers::Sources::none(),
+    });
+    let all = |st: Status| {
+        let engine = engine.clone();
+        async move {
+            let mut rx = engine.subscribe();
+            loop {
+                let list = engine.status().await.unwrap();
+                if list.iter().all(|w| w.status == st) {
+                    return;
+                }
+                let _ = rx.recv().await;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), all(Status::Running))
+        .await
+        .unwrap();
+    issuer.set_mode(Mode::Waf403);
+    engine.retry(None).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), all(Status::Retrying))
+        .await
+        .unwrap();
+
+    issuer.set_mode(Mode::Healthy);
+    let t0 = std::time::Instant::now();
+    engine.retry(Some("w00")).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), all(Status::Running))
+        .await
+        .unwrap();
+    let took = t0.elapsed();
+    eprintln!("20 workloads back {took:?} after the first success was asked for");
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    for w in engine.status().await.unwrap() {
+        if w.name != "w00" {
+            assert!(w
+                .detail
+                .unwrap_or_default()
+                .contains("another workload on this issuer recovered"));
+        }
+    }
+    engine.shutdown().await;
+}
+
+/// An injected 8-hour sleep (the wall clock jumps, the awake clock does not): the
+/// token that expired "during sleep" is refreshed at once, the retrying workload is
+/// tried at once, and its ceiling has not advanced by 8 hours.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_8_hour_wake_jump_expired_tokens_refresh_at_once_and_the_ceiling_holds() {
+    init_tracing("wake_jump");
+    let healthy = issuer(issuer_opts(600)).await;
+    let blocked = issuer(issuer_opts(600)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{}{}",
+        workload_toml("a", &healthy),
+        workload_toml("b", &blocked)
+    );
+    let mut cfg = Config::parse(&dir.path().join("workloads.toml"), &text).unwrap();
+    cfg.policy = fast_policy();
+    cfg.policy.retrying_interval = Duration::from_secs(600);
+    cfg.policy.retrying_max_interval = Duration::from_secs(600);
+    cfg.policy.wall_check_interval = Duration::from_secs(600); // only the wake trigger may act
+    cfg.policy.wake_check_interval = Duration::from_millis(100);
+    cfg.policy.wake_spread = Duration::from_millis(300);
+    let store = SecretStore::memory();
+    login_in_process(&cfg, "a", &store).await;
+    login_in_process(&cfg, "b", &store).await;
+    let clock = Clock::virtual_from(std::time::SystemTime::now());
+    let engine = Engine::start(EngineOptions {
+        config: cfg,
+        store,
+        clock: clock.clone(),
+        state_path: None,
+        sources: tokenwarden::engine::triggers::Sources {
+            network: false,
+            wake_clock: true,
+            logind: false,
+        },
+    });
+    let get = |name: &'static str| {
+        let engine = engine.clone();
+        async move {
+            engine
+                .status()
+                .await
+                .unwrap()
+                .into_iter()
+                .find(|w| w.name == name)
+                .unwrap()
+        }
+    };
+    let wait =
+        |name: &'static str,
+         pred: Box<dyn Fn(&tokenwarden::engine::WorkloadStatus) -> bool + Send>| {
+            let engine = engine.clone();
+            async move {
+                let mut rx = engine.subscribe();
+                tokio::time::timeout(Duration::from_secs(5), async {
+                    loop {
+                        if let Some(w) = engine
+                            .status()
+                            .await
+                            .unwrap()
+                            .into_iter()
+                            .find(|w| w.name == name)
+                        {
+                            if pred(&w) {
+                                return w;
+                            }
+                        }
+                        let _ = rx.recv().await;
+                    }
+                })
+                .await
+                .unwrap_or_else(|_| panic!("timed out waiting for {name}"))
+            }
+        };
+    wait("a", Box::new(|w| w.status == Status::Running)).await;
+    blocked.set_mode(Mode::Waf403);
+    engine.retry(Some("b")).await.unwrap();
+    let b0 = wait("b", Box::new(|w| w.status == Status::Retrying)).await;
+    let a0 = get("a").await;
+    assert!(a0.access_token_valid);
+
+    // Sleep for 8 hours.
+    let n_a = healthy.refresh_requests();
+    let n_b = blocked.refresh_requests();
+    clock.jump_wall(Duration::from_secs(8 * 3600));
+
+    // "a": its token expired during the sleep and is refreshed right after wake.
+    let before = a0.access_token_expires_at.unwrap() + time::Duration::hours(8);
+    let a1 = wait(
+        "a",
+        Box::new(move |w| w.access_token_expires_at.is_some_and(|e| e > before)),
+    )
+    .await;
+    assert_eq!(a1.status, Status::Running);
+    assert_eq!(healthy.refresh_requests(), n_a + 1);
+    assert!(a1.detail.unwrap_or_default().contains("woke from sleep"));
+
+    // "b": attempted right after wake, and the ceiling did not count the sleep.
+    let b1 = wait("b", Box::new(move |w| w.attempts > b0.attempts)).await;
+    assert_eq!(blocked.refresh_requests(), n_b + 1);
+    assert_eq!(b1.status, Status::Retrying);
+    let moved = b1.gives_up_at.unwrap() - b0.gives_up_at.unwrap();
+    assert!(
+        (moved - time::Duration::hours(8)).abs() < time::Duration::seconds(5),
+        "gives_up_at moved by {moved}: the 8 h of sleep did not count"
+    );
     engine.shutdown().await;
 }

@@ -206,6 +206,7 @@ impl Config {
                 toml::Value::String(s) => RawValue::Text(s.clone()),
                 toml::Value::Integer(i) => RawValue::Integer(*i),
                 toml::Value::Float(f) => RawValue::Float(*f),
+                toml::Value::Boolean(b) => RawValue::Bool(*b),
                 _ => {
                     return Err(err(
                         Some(value.span()),

@@ -158,6 +158,13 @@ pub struct Machine {
     pub last_error: Option<Failure>,
     pub due: Due,
     pub last_trigger: Option<Trigger>,
+    /// Token bucket for network-triggered attempts (see `Policy::network_burst`).
+    pub net_budget: f64,
+    /// Awake time at which `net_budget` was last brought up to date.
+    pub net_budget_at: Duration,
+    /// The current attempt was caused by a network change: if it fails to connect,
+    /// one quick follow-up is allowed (DNS or routes may not have been ready).
+    pub followup_armed: bool,
 }
 
 impl Machine {
@@ -171,6 +178,9 @@ impl Machine {
             last_error: None,
             due: Due::Never,
             last_trigger: None,
+            net_budget: f64::MAX,
+            net_budget_at: now.awake,
+            followup_armed: false,
         }
     }
 
@@ -262,6 +272,7 @@ impl Machine {
         let before = self.status();
         let recovered = self.episode.is_some() || before != Status::Running;
         let expires = now.wall + lifetime;
+        self.followup_armed = false;
         self.access_expires_at = Some(expires);
         self.episode = None;
         self.last_error = None;
@@ -289,6 +300,7 @@ impl Machine {
             return Effect::default();
         }
         if failure.is_permanent() {
+            self.followup_armed = false;
             self.phase = Phase::Unauthenticated(Unauth::Verdict {
                 failure: failure.clone(),
             });
@@ -376,6 +388,15 @@ impl Machine {
             delay = delay.max(ra);
             ep.not_before = Some(now.awake + ra);
         }
+        // A network-triggered attempt that could not connect: the resolver or routes
+        // may lag the address by a moment. One quick follow-up, paid from the budget.
+        let followup = std::mem::take(&mut self.followup_armed)
+            && failure.is_connectivity()
+            && ep.not_before.is_none()
+            && take_budget(&mut self.net_budget, &mut self.net_budget_at, now, policy);
+        if followup {
+            delay = delay.min(policy.network_followup);
+        }
         self.due = Due::Awake(now.awake + delay);
         self.last_error = Some(failure);
         Effect {
@@ -385,14 +406,22 @@ impl Machine {
     }
 
     /// Something asks for an attempt now. Returns whether the monitor should attempt
-    /// at once; otherwise the schedule stands (the reason is in `last_trigger`).
-    pub fn on_trigger(&mut self, trigger: Trigger, now: Now) -> bool {
+    /// (now, or for a wake within `wake_spread`); otherwise the schedule stands.
+    pub fn on_trigger(&mut self, trigger: Trigger, now: Now, policy: &Policy, jitter: f64) -> bool {
         match (&self.phase, trigger) {
             (Phase::Stopped, _) | (Phase::Unauthenticated(Unauth::NoLogin), _) => return false,
             // From a verdict or the ceiling only the user may try again.
             (Phase::Unauthenticated(_), Trigger::User) => {}
             (Phase::Unauthenticated(_), _) => return false,
             _ => {}
+        }
+        if !policy.triggers
+            && matches!(
+                trigger,
+                Trigger::Network | Trigger::Wake | Trigger::IssuerRecovered
+            )
+        {
+            return false;
         }
         let in_episode = self.episode.is_some();
         if let Some(ep) = self.episode.as_mut() {
@@ -407,13 +436,23 @@ impl Machine {
             Trigger::User => true,
             // A token request when the held token is expired.
             Trigger::TokenRequest => !self.access_token_valid(now) || in_episode,
-            // Environmental triggers only matter to a failing workload...
-            Trigger::Network | Trigger::IssuerRecovered => in_episode,
-            // ...except wake, which also re-checks wall-clock deadlines.
+            // A network change only matters to a failing workload, within its budget.
+            Trigger::Network => {
+                in_episode
+                    && take_budget(&mut self.net_budget, &mut self.net_budget_at, now, policy)
+            }
+            Trigger::IssuerRecovered => in_episode,
+            // Wake also re-checks wall-clock deadlines that passed during the sleep.
             Trigger::Wake => in_episode || self.is_due(now),
         };
         if wanted {
-            self.due = Due::Now;
+            self.due = match trigger {
+                Trigger::Wake => {
+                    Due::Awake(now.awake + policy.wake_spread.mul_f64(jitter.clamp(0.0, 1.0)))
+                }
+                _ => Due::Now,
+            };
+            self.followup_armed = trigger == Trigger::Network;
             self.last_trigger = Some(trigger);
         }
         wanted
@@ -433,6 +472,22 @@ impl Machine {
             Phase::Retrying => Some(format!("{} failed attempts so far", ep.attempts)),
             _ => None,
         }
+    }
+}
+
+/// Take one unit from a token bucket of `network_burst`, refilled one per
+/// `network_refill` of awake time.
+fn take_budget(budget: &mut f64, at: &mut Duration, now: Now, policy: &Policy) -> bool {
+    let cap = f64::from(policy.network_burst);
+    let elapsed = now.awake.saturating_sub(*at).as_secs_f64();
+    let refill = policy.network_refill.as_secs_f64().max(1e-3);
+    *budget = (budget.min(cap) + elapsed / refill).min(cap);
+    *at = now.awake;
+    if *budget >= 1.0 {
+        *budget -= 1.0;
+        true
+    } else {
+        false
     }
 }
 
@@ -664,7 +719,7 @@ mod tests {
         m.on_failure(verdict("invalid_client"), at(10.0, 0.0), &p, MID);
         assert_eq!(m.status(), Status::Unauthenticated);
         assert!(
-            !m.on_trigger(Trigger::Network, at(11.0, 0.0)),
+            !m.on_trigger(Trigger::Network, at(11.0, 0.0), &p, MID),
             "no automatic retry after a verdict"
         );
     }
@@ -679,7 +734,7 @@ mod tests {
         let (_, t) = fail_until_status_changes(&mut m, &p, 0.0);
         // 10 hours asleep, then the next failure: 10 h of wall time passed, little awake time.
         let woke = at(t + 1.0, 36000.0);
-        assert!(m.on_trigger(Trigger::Wake, woke));
+        assert!(m.on_trigger(Trigger::Wake, woke, &p, MID));
         m.on_failure(waf(), woke, &p, MID);
         assert_eq!(m.status(), Status::Retrying, "sleep did not count");
         let ep = m.episode.as_ref().unwrap();
@@ -699,7 +754,7 @@ mod tests {
         // Past the ceiling, but a network event owes an attempt...
         let late = at(t + 700.0, 0.0);
         m.episode.as_mut().unwrap().not_before = None;
-        assert!(m.on_trigger(Trigger::Network, late));
+        assert!(m.on_trigger(Trigger::Network, late, &p, MID));
         assert!(m.episode.as_ref().unwrap().owes_attempt);
         // ...which, if it fails, is the one that gives up; a success recovers.
         let mut m2 = m.clone();
@@ -725,11 +780,11 @@ mod tests {
             Due::Awake(Duration::from_secs(220)),
             "max(10 s backoff, 120 s)"
         );
-        assert!(!m.on_trigger(Trigger::Network, at(150.0, 0.0)));
-        assert!(!m.on_trigger(Trigger::IssuerRecovered, at(150.0, 0.0)));
-        assert!(!m.on_trigger(Trigger::TokenRequest, at(150.0, 0.0)));
+        assert!(!m.on_trigger(Trigger::Network, at(150.0, 0.0), &p, MID));
+        assert!(!m.on_trigger(Trigger::IssuerRecovered, at(150.0, 0.0), &p, MID));
+        assert!(!m.on_trigger(Trigger::TokenRequest, at(150.0, 0.0), &p, MID));
         assert_eq!(m.due, Due::Awake(Duration::from_secs(220)));
-        assert!(m.on_trigger(Trigger::User, at(150.0, 0.0)));
+        assert!(m.on_trigger(Trigger::User, at(150.0, 0.0), &p, MID));
         assert_eq!(m.due, Due::Now);
         assert_eq!(m.last_trigger, Some(Trigger::User));
     }
@@ -738,23 +793,23 @@ mod tests {
     fn triggers_only_wake_failing_workloads() {
         let p = Policy::default();
         let mut m = running(&p);
-        assert!(!m.on_trigger(Trigger::Network, at(10.0, 0.0)));
-        assert!(!m.on_trigger(Trigger::IssuerRecovered, at(10.0, 0.0)));
+        assert!(!m.on_trigger(Trigger::Network, at(10.0, 0.0), &p, MID));
+        assert!(!m.on_trigger(Trigger::IssuerRecovered, at(10.0, 0.0), &p, MID));
         assert!(
-            !m.on_trigger(Trigger::Wake, at(10.0, 0.0)),
+            !m.on_trigger(Trigger::Wake, at(10.0, 0.0), &p, MID),
             "nothing due yet"
         );
         assert!(
-            m.on_trigger(Trigger::Wake, at(10.0, 3000.0)),
+            m.on_trigger(Trigger::Wake, at(10.0, 3000.0), &p, MID),
             "refresh became due during sleep"
         );
         let mut m = running(&p);
         m.on_failure(waf(), at(10.0, 0.0), &p, MID);
-        assert!(m.on_trigger(Trigger::Network, at(11.0, 0.0)));
+        assert!(m.on_trigger(Trigger::Network, at(11.0, 0.0), &p, MID));
         let mut m = Machine::no_login(at(0.0, 0.0));
-        assert!(!m.on_trigger(Trigger::User, at(1.0, 0.0)));
+        assert!(!m.on_trigger(Trigger::User, at(1.0, 0.0), &p, MID));
         let mut m = Machine::stopped(at(0.0, 0.0));
-        assert!(!m.on_trigger(Trigger::User, at(1.0, 0.0)));
+        assert!(!m.on_trigger(Trigger::User, at(1.0, 0.0), &p, MID));
     }
 
     #[test]
@@ -767,10 +822,112 @@ mod tests {
         let (_, t) = fail_until_status_changes(&mut m, &p, 0.0);
         let (_, t) = fail_until_status_changes(&mut m, &p, t);
         assert_eq!(m.status(), Status::Unauthenticated);
-        assert!(m.on_trigger(Trigger::User, at(t, 0.0)));
+        assert!(m.on_trigger(Trigger::User, at(t, 0.0), &p, MID));
         m.on_failure(waf(), at(t, 0.0), &p, MID);
         assert_eq!(m.status(), Status::Retrying);
         assert!(m.gives_up_at(at(t, 0.0), &p).unwrap() > at(t, 0.0).wall);
+    }
+
+    fn in_retrying(p: &Policy) -> (Machine, f64) {
+        let mut m = running(p);
+        let (_, t) = fail_until_status_changes(&mut m, p, 0.0);
+        assert_eq!(m.status(), Status::Retrying);
+        (m, t)
+    }
+
+    fn connect() -> Failure {
+        Failure::new(FailureKind::Connect)
+    }
+
+    #[test]
+    fn network_triggers_are_rate_limited_per_workload() {
+        // Defaults: burst 3, one more per 10 s.
+        let p = Policy::default();
+        let (mut m, t) = in_retrying(&p);
+        // 20 address-up events in 10 s, each answered by a failed attempt.
+        let mut accepted = 0;
+        for i in 0..20 {
+            let now = at(t + f64::from(i) * 0.5, 0.0);
+            if m.on_trigger(Trigger::Network, now, &p, MID) {
+                accepted += 1;
+                m.on_failure(waf(), now, &p, MID);
+            }
+        }
+        assert_eq!(
+            accepted, 3,
+            "the burst only: the 10 s refill has not completed within 9.5 s"
+        );
+        // After the refill interval one more is allowed.
+        assert!(m.on_trigger(Trigger::Network, at(t + 20.0, 0.0), &p, MID));
+    }
+
+    #[test]
+    fn a_network_attempt_that_cannot_connect_gets_one_quick_follow_up() {
+        let p = Policy::default();
+        let (mut m, t) = in_retrying(&p);
+        let now = at(t + 1.0, 0.0);
+        assert!(m.on_trigger(Trigger::Network, now, &p, MID));
+        assert!(m.followup_armed);
+        m.on_failure(connect(), now, &p, MID);
+        assert_eq!(
+            m.due,
+            Due::Awake(now.awake + p.network_followup),
+            "DNS may lag: 2 s follow-up"
+        );
+        // The follow-up itself failing falls back to the retrying cadence.
+        let later = at(t + 3.0, 0.0);
+        m.on_failure(connect(), later, &p, MID);
+        assert!(m.time_until_due(later).unwrap() >= Duration::from_secs(30));
+        // An HTTP answer (not a connect failure) gets no follow-up.
+        let (mut m, t) = in_retrying(&p);
+        let now = at(t + 1.0, 0.0);
+        assert!(m.on_trigger(Trigger::Network, now, &p, MID));
+        m.on_failure(waf(), now, &p, MID);
+        assert!(m.time_until_due(now).unwrap() >= Duration::from_secs(30));
+    }
+
+    #[test]
+    fn follow_ups_are_paid_from_the_same_budget() {
+        let p = Policy::default();
+        let (mut m, t) = in_retrying(&p);
+        let mut attempts = 0;
+        let mut now_t = t;
+        for _ in 0..20 {
+            now_t += 0.5;
+            let now = at(now_t, 0.0);
+            if m.on_trigger(Trigger::Network, now, &p, MID) {
+                attempts += 1;
+                m.on_failure(connect(), now, &p, MID);
+                if m.time_until_due(now).unwrap() <= p.network_followup {
+                    attempts += 1; // the follow-up attempt
+                    m.on_failure(connect(), now, &p, MID);
+                }
+            }
+        }
+        assert!(
+            attempts <= 3,
+            "at most the burst in 10 s, follow-ups included: {attempts}"
+        );
+    }
+
+    #[test]
+    fn wake_spreads_due_work_and_triggers_can_be_turned_off() {
+        let p = Policy::default();
+        let (mut m, t) = in_retrying(&p);
+        assert!(m.on_trigger(Trigger::Wake, at(t, 3600.0), &p, 0.75));
+        assert_eq!(
+            m.due,
+            Due::Awake(Duration::from_secs_f64(t) + p.wake_spread.mul_f64(0.75))
+        );
+        let off = Policy {
+            triggers: false,
+            ..Policy::default()
+        };
+        let (mut m, t) = in_retrying(&off);
+        for tr in [Trigger::Network, Trigger::Wake, Trigger::IssuerRecovered] {
+            assert!(!m.on_trigger(tr, at(t + 1.0, 0.0), &off, MID), "{tr:?}");
+        }
+        assert!(m.on_trigger(Trigger::User, at(t + 1.0, 0.0), &off, MID));
     }
 
     #[test]

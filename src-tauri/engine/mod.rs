@@ -12,6 +12,7 @@ pub mod secret;
 pub mod status;
 pub mod store;
 pub mod supervisor;
+pub mod triggers;
 
 pub use clock::Clock;
 pub use config::Config;

@@ -352,7 +352,7 @@ impl Monitor {
         let now = self.ctx.clock.now();
         match cmd {
             Command::Trigger(t) => {
-                if self.machine.on_trigger(t, now) {
+                if self.machine.on_trigger(t, now, &self.ctx.policy, jitter()) {
                     tracing::info!(workload = %self.name(), "retrying now: {}", t.describe());
                     self.publish(false, false);
                 } else {
@@ -379,7 +379,12 @@ impl Monitor {
                     }
                     _ if self.in_flight.is_some() => self.waiters.push(reply),
                     _ => {
-                        if self.machine.on_trigger(Trigger::TokenRequest, now) {
+                        if self.machine.on_trigger(
+                            Trigger::TokenRequest,
+                            now,
+                            &self.ctx.policy,
+                            jitter(),
+                        ) {
                             self.waiters.push(reply);
                         } else {
                             let _ = reply.send(Err(self.token_error()));

@@ -42,6 +42,24 @@ pub struct Policy {
     /// Longest single sleep of a monitor: after it the wall clock is read again, so a
     /// suspend (which stops tokio's clock) delays a due refresh by at most this much.
     pub wall_check_interval: Duration,
+    /// Triggers (network-up, wake, issuer recovery) on or off. Off leaves only the
+    /// schedule and "Retry now" (used to measure what the triggers are worth).
+    pub triggers: bool,
+    /// After an address comes up, wait this long for routes and DNS to settle.
+    pub network_settle: Duration,
+    /// If the attempt after a network change fails to connect (DNS not ready), try
+    /// once more this much later.
+    pub network_followup: Duration,
+    /// Per workload, at most `network_burst` attempts caused by network changes at
+    /// once, refilled one per `network_refill`: a flapping link cannot hammer the issuer.
+    pub network_burst: u32,
+    pub network_refill: Duration,
+    /// How often the wake detector compares the wall clock with the awake clock, and
+    /// how big a difference counts as a sleep.
+    pub wake_check_interval: Duration,
+    pub wake_threshold: Duration,
+    /// After a wake, due refreshes start spread over this long (jitter), not all at once.
+    pub wake_spread: Duration,
 }
 
 impl Default for Policy {
@@ -67,6 +85,14 @@ impl Default for Policy {
             max_response_bytes: 256 * 1024,
             assumed_token_lifetime: Duration::from_secs(3600),
             wall_check_interval: Duration::from_secs(60),
+            triggers: true,
+            network_settle: Duration::from_secs(1),
+            network_followup: Duration::from_secs(2),
+            network_burst: 3,
+            network_refill: Duration::from_secs(10),
+            wake_check_interval: Duration::from_secs(1),
+            wake_threshold: Duration::from_secs(5),
+            wake_spread: Duration::from_secs(2),
         }
     }
 }
@@ -78,6 +104,7 @@ pub enum Kind {
     Fraction,
     Factor,
     Bytes,
+    Bool,
 }
 
 /// Every settable key, with its kind. The env variable is `TOKENWARDEN_` + upper-case key.
@@ -102,6 +129,14 @@ pub const KEYS: &[(&str, Kind)] = &[
     ("max_response_bytes", Kind::Bytes),
     ("assumed_token_lifetime", Kind::Duration),
     ("wall_check_interval", Kind::Duration),
+    ("triggers", Kind::Bool),
+    ("network_settle", Kind::Duration),
+    ("network_followup", Kind::Duration),
+    ("network_burst", Kind::Count),
+    ("network_refill", Kind::Duration),
+    ("wake_check_interval", Kind::Duration),
+    ("wake_threshold", Kind::Duration),
+    ("wake_spread", Kind::Duration),
 ];
 
 pub fn env_name(key: &str) -> String {
@@ -114,6 +149,7 @@ pub enum RawValue {
     Text(String),
     Integer(i64),
     Float(f64),
+    Bool(bool),
 }
 
 impl Policy {
@@ -141,7 +177,21 @@ impl Policy {
                 if !(1..=1000).contains(&n) {
                     return Err(format!("`{key}` must be between 1 and 1000"));
                 }
-                self.refresh_max_tries = n as u32;
+                match key {
+                    "network_burst" => self.network_burst = n as u32,
+                    _ => self.refresh_max_tries = n as u32,
+                }
+            }
+            Kind::Bool => {
+                self.triggers = match value {
+                    RawValue::Bool(b) => *b,
+                    RawValue::Text(t) => match t.trim().to_ascii_lowercase().as_str() {
+                        "true" | "on" | "yes" | "1" => true,
+                        "false" | "off" | "no" | "0" => false,
+                        _ => return Err(format!("`{key}` must be true or false")),
+                    },
+                    _ => return Err(format!("`{key}` must be true or false")),
+                };
             }
             Kind::Bytes => {
                 let n = parse_int(value)?;
@@ -189,6 +239,12 @@ impl Policy {
             "http_timeout" => &mut self.http_timeout,
             "connect_timeout" => &mut self.connect_timeout,
             "assumed_token_lifetime" => &mut self.assumed_token_lifetime,
+            "network_settle" => &mut self.network_settle,
+            "network_followup" => &mut self.network_followup,
+            "network_refill" => &mut self.network_refill,
+            "wake_check_interval" => &mut self.wake_check_interval,
+            "wake_threshold" => &mut self.wake_threshold,
+            "wake_spread" => &mut self.wake_spread,
             _ => &mut self.wall_check_interval,
         }
     }
@@ -246,7 +302,7 @@ fn parse_int(v: &RawValue) -> Result<i64, String> {
             .trim()
             .parse()
             .map_err(|_| format!("`{s}` is not a whole number")),
-        RawValue::Float(_) => Err("expected a whole number".into()),
+        RawValue::Float(_) | RawValue::Bool(_) => Err("expected a whole number".into()),
     }
 }
 
@@ -254,6 +310,7 @@ fn parse_float(v: &RawValue) -> Result<f64, String> {
     let f = match v {
         RawValue::Float(f) => *f,
         RawValue::Integer(n) => *n as f64,
+        RawValue::Bool(_) => return Err("expected a number".into()),
         RawValue::Text(s) => s
             .trim()
             .parse()

@@ -19,6 +19,7 @@ use crate::engine::policy::Policy;
 use crate::engine::secret::Secret;
 use crate::engine::status::{Persisted, WorkloadStatus};
 use crate::engine::store::SecretStore;
+use crate::engine::triggers::{self, Signal, Sources};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -86,6 +87,7 @@ enum Cmd {
 #[derive(Clone)]
 pub struct Engine {
     tx: mpsc::Sender<Cmd>,
+    signals: mpsc::Sender<Signal>,
     events: broadcast::Sender<StatusChange>,
     cancel: CancellationToken,
     done: Arc<tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
@@ -97,6 +99,8 @@ pub struct EngineOptions {
     pub clock: Clock,
     /// Where the last known statuses are kept (`None`: not persisted).
     pub state_path: Option<PathBuf>,
+    /// Which trigger sources to run (the daemon: all).
+    pub sources: Sources,
 }
 
 impl Engine {
@@ -110,6 +114,14 @@ impl Engine {
             .map(|p| load_state(p))
             .unwrap_or_default();
         let (reports_tx, reports_rx) = mpsc::unbounded_channel();
+        let (signals_tx, signals_rx) = mpsc::channel(16);
+        triggers::spawn(
+            opts.sources,
+            &opts.config.policy,
+            opts.clock.clone(),
+            signals_tx.clone(),
+            cancel.clone(),
+        );
         let sup = Supervisor {
             monitors: BTreeMap::new(),
             policy: Arc::new(opts.config.policy.clone()),
@@ -123,9 +135,10 @@ impl Engine {
             reports_tx,
             clients: HashMap::new(),
         };
-        let task = tokio::spawn(sup.run(rx, reports_rx, cancel.clone()));
+        let task = tokio::spawn(sup.run(rx, reports_rx, signals_rx, cancel.clone()));
         Engine {
             tx,
+            signals: signals_tx,
             events,
             cancel,
             done: Arc::new(tokio::sync::Mutex::new(Some(task))),
@@ -139,6 +152,11 @@ impl Engine {
             .await
             .map_err(|_| EngineError::Stopped)?;
         rx.await.map_err(|_| EngineError::Stopped)
+    }
+
+    /// Feed a trigger signal in, as a source would (benchmarks, platform hooks).
+    pub fn inject(&self, signal: Signal) {
+        let _ = self.signals.try_send(signal);
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<StatusChange> {
@@ -208,6 +226,7 @@ impl Supervisor {
         mut self,
         mut rx: mpsc::Receiver<Cmd>,
         mut reports: mpsc::UnboundedReceiver<Report>,
+        mut signals: mpsc::Receiver<Signal>,
         cancel: CancellationToken,
     ) {
         let initial: Vec<WorkloadConfig> = self.config.workloads.clone();
@@ -216,6 +235,9 @@ impl Supervisor {
         }
         let debounce = Duration::from_millis(100);
         let mut flush_at: Option<tokio::time::Instant> = None;
+        // Network changes settle before anyone acts on them; a burst of address events
+        // inside the settle time is one trigger.
+        let mut network_at: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -232,6 +254,22 @@ impl Supervisor {
                 _ = async { tokio::time::sleep_until(flush_at.expect("guarded")).await }, if flush_at.is_some() => {
                     flush_at = None;
                     self.flush().await;
+                }
+                Some(signal) = signals.recv() => match signal {
+                    Signal::NetworkUp { addr } => {
+                        if network_at.is_none() {
+                            tracing::info!(%addr, settle = ?self.policy.network_settle, "network changed: an address came up");
+                            network_at = Some(tokio::time::Instant::now() + self.policy.network_settle);
+                        }
+                    }
+                    Signal::Wake { slept, source } => {
+                        tracing::info!(?slept, source, "woke from sleep: re-checking every workload");
+                        self.broadcast_trigger(Trigger::Wake);
+                    }
+                },
+                _ = async { tokio::time::sleep_until(network_at.expect("guarded")).await }, if network_at.is_some() => {
+                    network_at = None;
+                    self.broadcast_trigger(Trigger::Network);
                 }
             }
         }
@@ -286,6 +324,13 @@ impl Supervisor {
             refreshed: r.refreshed,
             recovered: r.recovered,
         });
+    }
+
+    /// Offer a trigger to every monitor; each one's state machine decides.
+    fn broadcast_trigger(&self, trigger: Trigger) {
+        for m in self.monitors.values() {
+            let _ = m.tx.try_send(Command::Trigger(trigger));
+        }
     }
 
     /// A refresh succeeded at `name`'s token endpoint: its failing siblings try now.

@@ -171,12 +171,6 @@ impl TestEnv {
         c
     }
 
-    /// stderr of a child goes to a file in the log dir (scanned for secrets).
-    fn stderr_file(&self, label: &str) -> std::fs::File {
-        let n = rand::random::<u32>();
-        std::fs::File::create(log_dir(&self.test).join(format!("{label}-{n}.stderr"))).unwrap()
-    }
-
     /// Run a CLI command to completion. stdout is returned (not logged: it may hold a
     /// token); stderr is kept in the log dir and returned.
     pub fn run(&self, args: &[&str]) -> Output {
@@ -196,23 +190,31 @@ impl TestEnv {
 
     /// Start `tokenwarden daemon` and wait until its control socket answers.
     pub async fn start_daemon(&self) -> u32 {
-        let child = self
+        let err_path = log_dir(&self.test).join(format!("daemon-{}.stderr", rand::random::<u32>()));
+        let mut child = self
             .command(&["daemon"])
             .stdout(Stdio::null())
-            .stderr(self.stderr_file("daemon"))
+            .stderr(std::fs::File::create(&err_path).unwrap())
             .spawn()
             .expect("spawn daemon");
         let pid = child.id();
-        self.children.lock().unwrap().push(child);
         let paths = self.paths();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(Some(mut c)) = tokenwarden::control::Client::connect(&paths).await {
                 if c.call(&tokenwarden::control::Request::Ping).await.is_ok() {
+                    self.children.lock().unwrap().push(child);
                     return pid;
                 }
             }
-            assert!(Instant::now() < deadline, "daemon did not come up");
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("the daemon exited ({status}): {}", read(&err_path));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not come up: {}",
+                read(&err_path)
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -315,7 +317,7 @@ impl TestEnv {
         .await
         .unwrap();
         assert!(
-            url.starts_with("http://127.0.0.1:"),
+            url.starts_with("http") && url.contains("redirect_uri=http%3A%2F%2F127.0.0.1%3A"),
             "login printed {url:?}"
         );
         let page = browse(&url).await;
