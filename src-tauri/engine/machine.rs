@@ -272,7 +272,11 @@ impl Machine {
         let before = self.status();
         let recovered = self.episode.is_some() || before != Status::Running;
         let expires = now.wall + lifetime;
-        self.followup_armed = false;
+        // The budget bounds useless attempts: a network-triggered attempt that worked
+        // gives its unit back.
+        if std::mem::take(&mut self.followup_armed) {
+            self.net_budget = (self.net_budget + 1.0).min(f64::from(policy.network_burst));
+        }
         self.access_expires_at = Some(expires);
         self.episode = None;
         self.last_error = None;
@@ -859,6 +863,22 @@ mod tests {
         );
         // After the refill interval one more is allowed.
         assert!(m.on_trigger(Trigger::Network, at(t + 20.0, 0.0), &p, MID));
+    }
+
+    #[test]
+    fn network_attempts_that_succeed_do_not_use_up_the_budget() {
+        let p = Policy::default();
+        let mut m = running(&p);
+        // An outage every 2 s for a minute, each healed by the network trigger.
+        for i in 0..30 {
+            let t = 100.0 + f64::from(i) * 2.0;
+            m.on_failure(waf(), at(t, 0.0), &p, MID);
+            assert!(
+                m.on_trigger(Trigger::Network, at(t + 1.0, 0.0), &p, MID),
+                "outage {i}"
+            );
+            m.on_success(at(t + 1.0, 0.0), Duration::from_secs(3600), &p, MID);
+        }
     }
 
     #[test]
