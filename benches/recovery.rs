@@ -91,6 +91,7 @@ async fn run(lab: &netlab::NetLab, triggers: bool, outages: usize) -> Vec<Durati
             wake_clock: false,
             logind: false,
         },
+        transport: None,
     });
     assert!(wait_status(&engine, Status::Running, Duration::from_secs(10)).await);
     let mut latencies = Vec::new();

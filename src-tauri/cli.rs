@@ -530,7 +530,7 @@ async fn token(paths: &Paths, name: &str) -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("the access token expired and there is no refresh token; run `tokenwarden login {name}`"))?;
     let http =
         oauth::http_client(&cfg.policy, w.ca_file.as_deref()).map_err(|e| anyhow::anyhow!(e))?;
-    let resp = oauth::refresh(&http, w, &rt, &cfg.policy)
+    let resp = oauth::refresh(&oauth::Transport::Http(http), w, &rt, &cfg.policy)
         .await
         .map_err(|f| anyhow::anyhow!("refresh failed: {}", f.reason()))?;
     let (tokens, _) = oauth::to_stored(resp, Some(rt), SystemTime::now(), &cfg.policy);

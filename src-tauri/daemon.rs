@@ -91,6 +91,7 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
         clock: Clock::system(),
         state_path: Some(paths.state_file.clone()),
         sources: crate::engine::triggers::Sources::all(),
+        transport: None,
     });
     let cancel = tokio_util::sync::CancellationToken::new();
     let listener = crate::control::bind(&paths)?;

@@ -79,6 +79,7 @@ impl Demo {
             clock: Clock::system(),
             state_path: None,
             sources: crate::engine::triggers::Sources::all(),
+            transport: None,
         });
         Ok(Demo {
             issuer,

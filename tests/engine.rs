@@ -35,6 +35,7 @@ async fn setup(test: &str, opts: IssuerOptions) -> Setup {
         clock: Clock::system(),
         state_path: Some(dir.path().join("state.json")),
         sources: tokenwarden::engine::triggers::Sources::none(),
+        transport: None,
     });
     Setup {
         engine,
@@ -288,7 +289,7 @@ async fn invalid_grant_after_another_writer_rotated_adopts_the_new_token() {
     .unwrap();
     let http = oauth::http_client(&fast_policy(), None).unwrap();
     let resp = oauth::refresh(
-        &http,
+        &oauth::Transport::Http(http),
         &cfg.workloads[0],
         stored.refresh_token.as_ref().unwrap(),
         &fast_policy(),
@@ -338,6 +339,7 @@ async fn ceiling_gives_up_without_a_hint_and_user_retry_recovers() {
         clock: Clock::system(),
         state_path: None,
         sources: tokenwarden::engine::triggers::Sources::none(),
+        transport: None,
     });
     wait_for(&engine, Duration::from_secs(10), |w| {
         w.status == Status::Running
@@ -485,6 +487,7 @@ async fn retrying_status_survives_a_restart_and_the_ceiling_keeps_counting() {
             clock: Clock::system(),
             state_path: Some(state.clone()),
             sources: tokenwarden::engine::triggers::Sources::none(),
+            transport: None,
         })
     };
     let engine = start(cfg.clone());
@@ -552,6 +555,7 @@ async fn issuer_fan_out_brings_twenty_siblings_back_within_a_second() {
         clock: Clock::system(),
         state_path: None,
         sources: tokenwarden::engine::triggers::Sources::none(),
+        transport: None,
     });
     let all = |st: Status| {
         let engine = engine.clone();
@@ -630,6 +634,7 @@ async fn after_an_8_hour_wake_jump_expired_tokens_refresh_at_once_and_the_ceilin
             wake_clock: true,
             logind: false,
         },
+        transport: None,
     });
     let get = |name: &'static str| {
         let engine = engine.clone();

@@ -75,7 +75,7 @@ pub struct Report {
 /// Shared, immutable inputs of one monitor.
 pub struct MonitorCtx {
     pub workload: WorkloadConfig,
-    pub http: reqwest::Client,
+    pub transport: oauth::Transport,
     pub store: SecretStore,
     pub policy: Arc<Policy>,
     pub clock: Clock,
@@ -540,7 +540,7 @@ async fn attempt(ctx: Arc<MonitorCtx>, used: StoredTokens) -> Outcome {
     let Some(rt) = used.refresh_token.clone() else {
         return Outcome::Failed(Failure::new(FailureKind::Network));
     };
-    match oauth::refresh(&ctx.http, &ctx.workload, &rt, &ctx.policy).await {
+    match oauth::refresh(&ctx.transport, &ctx.workload, &rt, &ctx.policy).await {
         Ok(resp) => save_new(&ctx, resp, Some(rt)).await,
         Err(f) if f.oauth_code() == Some("invalid_grant") => {
             // Rotated by another writer meanwhile? Read the store once before giving up.
@@ -557,7 +557,8 @@ async fn attempt(ctx: Arc<MonitorCtx>, used: StoredTokens) -> Outcome {
                         return Outcome::Failed(f);
                     };
                     tracing::info!(workload = %ctx.workload.name, "refresh token was rotated elsewhere; retrying with it");
-                    match oauth::refresh(&ctx.http, &ctx.workload, &new_rt, &ctx.policy).await {
+                    match oauth::refresh(&ctx.transport, &ctx.workload, &new_rt, &ctx.policy).await
+                    {
                         Ok(resp) => save_new(&ctx, resp, Some(new_rt)).await,
                         Err(f2) => Outcome::Failed(f2),
                     }

@@ -104,13 +104,54 @@ async fn token_request_inner(
     )
 }
 
+/// A refresh as a scripted endpoint sees it (no secrets).
+#[derive(Clone, Debug)]
+pub struct ScriptedRefresh {
+    pub workload: String,
+    pub token_endpoint: Url,
+}
+
+type ScriptFn = dyn Fn(
+        ScriptedRefresh,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<TokenResponse, Failure>> + Send>,
+    > + Send
+    + Sync;
+
+/// How refreshes reach the token endpoint: over HTTP, or (for virtual-time replays
+/// of outage traces, where no socket may wait on a paused clock) a scripted answer.
+#[derive(Clone)]
+pub enum Transport {
+    Http(reqwest::Client),
+    Scripted(std::sync::Arc<ScriptFn>),
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Transport::Http(_) => f.write_str("Transport::Http"),
+            Transport::Scripted(_) => f.write_str("Transport::Scripted"),
+        }
+    }
+}
+
 /// `grant_type=refresh_token`.
 pub async fn refresh(
-    http: &reqwest::Client,
+    transport: &Transport,
     w: &WorkloadConfig,
     refresh_token: &Secret,
     policy: &Policy,
 ) -> Result<TokenResponse, Failure> {
+    let http = match transport {
+        Transport::Http(c) => c,
+        Transport::Scripted(f) => {
+            return f(ScriptedRefresh {
+                workload: w.name.clone(),
+                token_endpoint: w.token_endpoint.clone(),
+            })
+            .await
+        }
+    };
     let form = [
         ("grant_type", "refresh_token"),
         ("refresh_token", refresh_token.expose()),

@@ -36,6 +36,11 @@ pub trait Backend: Send + Sync + 'static {
     fn set(&self, account: &str, value: &Secret) -> Result<(), StoreError>;
     fn delete(&self, account: &str) -> Result<(), StoreError>;
     fn describe(&self) -> String;
+    /// Whether calls may block (I/O, D-Bus). Non-blocking backends run inline, which
+    /// keeps virtual-time replays exact (no blocking-pool hop for the clock to skip over).
+    fn is_blocking(&self) -> bool {
+        true
+    }
 }
 
 /// What one workload keeps in the store, as one JSON value in one entry (so the access
@@ -110,6 +115,9 @@ impl SecretStore {
         f: impl FnOnce(&dyn Backend) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let b = self.backend.clone();
+        if !b.is_blocking() {
+            return f(b.as_ref());
+        }
         tokio::task::spawn_blocking(move || f(b.as_ref()))
             .await
             .map_err(|e| StoreError::Failed(format!("store task failed: {e}")))?
@@ -167,6 +175,9 @@ impl Backend for MemoryBackend {
     }
     fn describe(&self) -> String {
         "in-memory store (tests only; keeps nothing)".into()
+    }
+    fn is_blocking(&self) -> bool {
+        false
     }
 }
 

@@ -101,6 +101,8 @@ pub struct EngineOptions {
     pub state_path: Option<PathBuf>,
     /// Which trigger sources to run (the daemon: all).
     pub sources: Sources,
+    /// Replace HTTP with a scripted token endpoint (virtual-time replays). `None`: HTTP.
+    pub transport: Option<oauth::Transport>,
 }
 
 impl Engine {
@@ -134,6 +136,7 @@ impl Engine {
             events: events.clone(),
             reports_tx,
             clients: HashMap::new(),
+            transport: opts.transport,
         };
         let task = tokio::spawn(sup.run(rx, reports_rx, signals_rx, cancel.clone()));
         Engine {
@@ -219,6 +222,7 @@ struct Supervisor {
     reports_tx: mpsc::UnboundedSender<Report>,
     /// HTTP clients shared per trust configuration (ca_file).
     clients: HashMap<Option<PathBuf>, reqwest::Client>,
+    transport: Option<oauth::Transport>,
 }
 
 impl Supervisor {
@@ -283,21 +287,24 @@ impl Supervisor {
         self.flush().await;
     }
 
-    fn http_for(&mut self, w: &WorkloadConfig) -> reqwest::Client {
+    fn transport_for(&mut self, w: &WorkloadConfig) -> oauth::Transport {
+        if let Some(t) = &self.transport {
+            return t.clone();
+        }
         if let Some(c) = self.clients.get(&w.ca_file) {
-            return c.clone();
+            return oauth::Transport::Http(c.clone());
         }
         let client = oauth::http_client(&self.policy, w.ca_file.as_deref()).unwrap_or_else(|e| {
             tracing::error!(workload = %w.name, error = %e, "falling back to the system trust store");
             oauth::http_client(&self.policy, None).expect("a default client builds")
         });
         self.clients.insert(w.ca_file.clone(), client.clone());
-        client
+        oauth::Transport::Http(client)
     }
 
     fn spawn_monitor(&mut self, w: WorkloadConfig) {
         let ctx = MonitorCtx {
-            http: self.http_for(&w),
+            transport: self.transport_for(&w),
             workload: w.clone(),
             store: self.store.clone(),
             policy: self.policy.clone(),
