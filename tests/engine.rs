@@ -708,3 +708,54 @@ async fn after_an_8_hour_wake_jump_expired_tokens_refresh_at_once_and_the_ceilin
     );
     engine.shutdown().await;
 }
+
+/// A mass wake (everything due at once) never puts more than `issuer_max_concurrent`
+/// refreshes in flight at one issuer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refreshes_at_one_issuer_are_capped_after_a_mass_wake() {
+    init_tracing("issuer_cap");
+    let issuer = issuer(IssuerOptions {
+        refresh_delay: Duration::from_millis(100),
+        ..issuer_opts(600)
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let names: Vec<String> = (0..30).map(|i| format!("w{i:02}")).collect();
+    let text: String = names.iter().map(|n| workload_toml(n, &issuer)).collect();
+    let mut cfg = Config::parse(&dir.path().join("workloads.toml"), &text).unwrap();
+    cfg.policy = fast_policy();
+    cfg.policy.issuer_max_concurrent = 4;
+    let store = SecretStore::memory();
+    for n in &names {
+        login_in_process(&cfg, n, &store).await;
+    }
+    let engine = Engine::start(EngineOptions {
+        config: cfg,
+        store,
+        clock: Clock::system(),
+        state_path: None,
+        sources: tokenwarden::engine::triggers::Sources::none(),
+        transport: None,
+    });
+    let mut rx = engine.subscribe();
+    let before = issuer.refresh_requests();
+    engine.retry(None).await.unwrap();
+    let mut refreshed = std::collections::HashSet::new();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while refreshed.len() < names.len() {
+            if let Ok(ev) = rx.recv().await {
+                if ev.refreshed {
+                    refreshed.insert(ev.workload.name);
+                }
+            }
+        }
+    })
+    .await
+    .expect("every workload refreshed");
+    assert_eq!(issuer.refresh_requests() - before, 30);
+    let peak = issuer.max_concurrent_refreshes();
+    eprintln!("peak concurrent refreshes at the issuer: {peak}");
+    assert!(peak <= 4, "peak {peak}");
+    assert!(peak >= 2, "still concurrent, not serialized: {peak}");
+    engine.shutdown().await;
+}

@@ -76,6 +76,8 @@ pub struct Report {
 pub struct MonitorCtx {
     pub workload: WorkloadConfig,
     pub transport: oauth::Transport,
+    /// Shared by every workload of this token endpoint: caps concurrent refreshes there.
+    pub issuer_gate: Arc<tokio::sync::Semaphore>,
     pub store: SecretStore,
     pub policy: Arc<Policy>,
     pub clock: Clock,
@@ -535,8 +537,12 @@ fn store_failure(message: &str) -> Failure {
     })
 }
 
-/// One refresh, including the rotation re-read and the save before use.
+/// One refresh, including the rotation re-read and the save before use. Holds a
+/// permit of the issuer's gate for its whole length.
 async fn attempt(ctx: Arc<MonitorCtx>, used: StoredTokens) -> Outcome {
+    let Ok(_permit) = ctx.issuer_gate.clone().acquire_owned().await else {
+        return Outcome::Failed(Failure::new(FailureKind::Network));
+    };
     let Some(rt) = used.refresh_token.clone() else {
         return Outcome::Failed(Failure::new(FailureKind::Network));
     };

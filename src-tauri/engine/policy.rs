@@ -60,6 +60,9 @@ pub struct Policy {
     pub wake_threshold: Duration,
     /// After a wake, due refreshes start spread over this long (jitter), not all at once.
     pub wake_spread: Duration,
+    /// At most this many refreshes in flight at one token endpoint, across all its
+    /// workloads (a mass wake of thousands of workloads must not flood the issuer).
+    pub issuer_max_concurrent: u32,
 }
 
 impl Default for Policy {
@@ -93,6 +96,7 @@ impl Default for Policy {
             wake_check_interval: Duration::from_secs(1),
             wake_threshold: Duration::from_secs(5),
             wake_spread: Duration::from_secs(2),
+            issuer_max_concurrent: 8,
         }
     }
 }
@@ -137,6 +141,7 @@ pub const KEYS: &[(&str, Kind)] = &[
     ("wake_check_interval", Kind::Duration),
     ("wake_threshold", Kind::Duration),
     ("wake_spread", Kind::Duration),
+    ("issuer_max_concurrent", Kind::Count),
 ];
 
 pub fn env_name(key: &str) -> String {
@@ -179,6 +184,7 @@ impl Policy {
                 }
                 match key {
                     "network_burst" => self.network_burst = n as u32,
+                    "issuer_max_concurrent" => self.issuer_max_concurrent = n as u32,
                     _ => self.refresh_max_tries = n as u32,
                 }
             }

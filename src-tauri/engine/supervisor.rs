@@ -137,6 +137,7 @@ impl Engine {
             reports_tx,
             clients: HashMap::new(),
             transport: opts.transport,
+            gates: HashMap::new(),
         };
         let task = tokio::spawn(sup.run(rx, reports_rx, signals_rx, cancel.clone()));
         Engine {
@@ -223,6 +224,8 @@ struct Supervisor {
     /// HTTP clients shared per trust configuration (ca_file).
     clients: HashMap<Option<PathBuf>, reqwest::Client>,
     transport: Option<oauth::Transport>,
+    /// One concurrency gate per token endpoint.
+    gates: HashMap<url::Url, Arc<tokio::sync::Semaphore>>,
 }
 
 impl Supervisor {
@@ -303,7 +306,14 @@ impl Supervisor {
     }
 
     fn spawn_monitor(&mut self, w: WorkloadConfig) {
+        let limit = self.policy.issuer_max_concurrent.max(1) as usize;
+        let gate = self
+            .gates
+            .entry(w.token_endpoint.clone())
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(limit)))
+            .clone();
         let ctx = MonitorCtx {
+            issuer_gate: gate,
             transport: self.transport_for(&w),
             workload: w.clone(),
             store: self.store.clone(),
@@ -418,6 +428,7 @@ impl Supervisor {
             tracing::info!("policy changed; restarting monitors");
             self.policy = Arc::new(cfg.policy.clone());
             self.clients.clear();
+            self.gates.clear();
             let all = std::mem::take(&mut self.monitors);
             for (_, m) in all {
                 m.stop().await;
