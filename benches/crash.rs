@@ -30,9 +30,15 @@ async fn login(dir: &std::path::Path, bin: &str) {
     })
     .await
     .unwrap();
-    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::limited(2)).build().unwrap();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::limited(2))
+        .build()
+        .unwrap();
     http.get(url).send().await.unwrap();
-    assert!(tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap().success());
+    assert!(tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap()
+        .success());
 }
 
 async fn wait_socket(dir: &std::path::Path) {
@@ -49,9 +55,15 @@ async fn wait_socket(dir: &std::path::Path) {
 }
 
 fn main() {
-    let cycles: usize = std::env::var("CRASH_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
+    let cycles: usize = std::env::var("CRASH_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
     let bin = env!("CARGO_BIN_EXE_tokenwarden");
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let issuer = SimIssuer::start(IssuerOptions {
             access_token_lifetime: Duration::from_secs(1),

@@ -10,6 +10,8 @@ PACKAGES=(
   dbus gnome-keyring keyutils libglib2.0-bin python3-dbus python3-gi
   curl iproute2 xvfb xauth
   libwebkit2gtk-4.1-dev libayatana-appindicator3-dev librsvg2-dev
+  # desktop e2e tests (tests/desktop.rs): WebKitWebDriver, closing windows over X
+  webkit2gtk-driver python3-xlib
 )
 
 missing=()
@@ -43,4 +45,11 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   # Not fatal: scripts/test.sh falls back to plain `cargo test`.
   cargo install cargo-nextest --locked ||
     echo "deps.sh: WARNING: could not install cargo-nextest" >&2
+fi
+
+# The desktop e2e tests drive the real app through tauri-driver (a WebDriver proxy
+# in front of WebKitWebDriver). Fatal when missing: scripts/test.sh runs them.
+if ! command -v tauri-driver >/dev/null 2>&1 && [[ ! -x ${CARGO_HOME:-$HOME/.cargo}/bin/tauri-driver ]]; then
+  echo "deps.sh: installing tauri-driver"
+  cargo install tauri-driver --version '^2' --locked
 fi

@@ -12,6 +12,8 @@ rm -rf artifacts/test-logs
 mkdir artifacts/test-logs
 export TOKENWARDEN_TEST_LOG_DIR=$PWD/artifacts/test-logs
 export TOKENWARDEN_TEST_KEYCHAIN=1
+# tests/desktop.rs drives the real desktop app (Xvfb display from desktop-xvfb.sh).
+export TOKENWARDEN_TEST_DESKTOP=1
 # Network-trigger tests make their own namespace and veth pair: they need root, and
 # must not silently skip when we are root.
 [[ $(id -u) == 0 ]] && export TOKENWARDEN_TEST_ROOT=1
@@ -29,7 +31,7 @@ fi
 [[ -t 1 ]] && runner+=(--color always)
 
 tests_rc=0
-bash scripts/session.sh "${runner[@]}" "$@" 2>&1 | tee "$TOKENWARDEN_TEST_LOG_DIR/console.log" ||
+bash scripts/session.sh bash scripts/desktop-xvfb.sh "${runner[@]}" "$@" 2>&1 | tee "$TOKENWARDEN_TEST_LOG_DIR/console.log" ||
   tests_rc=$?   # pipefail: the status of the test run (tee rarely fails)
 
 scan_rc=0

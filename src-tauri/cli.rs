@@ -274,17 +274,20 @@ async fn run(command: Option<Command>, paths: Paths) -> anyhow::Result<()> {
 /// the engine. (The desktop shell, when built, takes this over.)
 async fn run_default(paths: Paths) -> anyhow::Result<()> {
     let cfg = load_config(&paths)?;
-    if cfg.workloads.is_empty() {
-        eprintln!(
-            "No workloads in {}: starting the built-in demo. Add your own with `tokenwarden add`.",
-            paths.config_file.display()
-        );
-        return crate::demo::run_headless().await;
+    // The desktop app runs over the demo itself when nothing is configured.
+    #[cfg(feature = "desktop")]
+    return crate::desktop::main(paths, cfg).await;
+    #[cfg(not(feature = "desktop"))]
+    {
+        if cfg.workloads.is_empty() {
+            eprintln!(
+                "No workloads in {}: starting the built-in demo. Add your own with `tokenwarden add`.",
+                paths.config_file.display()
+            );
+            return crate::demo::run_headless().await;
+        }
+        crate::daemon::run(paths).await
     }
-    if cfg!(feature = "desktop") {
-        tracing::warn!("the desktop shell is not in this build yet; running headless (same as `tokenwarden daemon`)");
-    }
-    crate::daemon::run(paths).await
 }
 
 fn workload<'a>(cfg: &'a Config, name: &str) -> anyhow::Result<&'a WorkloadConfig> {

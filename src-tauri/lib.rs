@@ -11,6 +11,8 @@ pub mod cli;
 pub mod control;
 pub mod daemon;
 pub mod demo;
+#[cfg(feature = "desktop")]
+pub mod desktop;
 pub mod engine;
 pub mod logging;
 pub mod paths;

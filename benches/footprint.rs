@@ -1,0 +1,214 @@
+//! Footprint at scale: the engine with 100, 1,000 and 10,000 workloads against loopback
+//! issuers. Reports resident memory per idle workload, idle CPU, and after a mass wake
+//! (every token expired during an injected 2-hour sleep) the peak number of concurrent
+//! refreshes at one issuer and the time until every workload has refreshed.
+//!
+//! `cargo bench --no-default-features --bench footprint` (env: `FOOTPRINT_SIZES`,
+//! default `100,1000,10000`; `FOOTPRINT_IDLE_SECS`, default 60). Linux (/proc).
+
+use std::time::{Duration, Instant, SystemTime};
+use tokenwarden::engine::config::Config;
+use tokenwarden::engine::store::{SecretStore, StoredTokens};
+use tokenwarden::engine::triggers::Sources;
+use tokenwarden::engine::{Clock, Engine, EngineOptions, Secret};
+use tokenwarden::sim_issuer::{pkce_s256_challenge, IssuerOptions, SimIssuer};
+
+const ISSUERS: usize = 4;
+
+fn rss_kib() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// utime + stime of this process, in seconds.
+fn cpu_secs() -> f64 {
+    let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = s.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    ticks / 100.0 // USER_HZ
+}
+
+/// A code + PKCE login done directly against the issuer (fast enough for 10,000).
+async fn tokens_for(http: &reqwest::Client, issuer: &SimIssuer) -> StoredTokens {
+    let verifier = format!("{:064x}", rand::random::<u128>());
+    let redirect = "http://127.0.0.1:9/cb";
+    let url = format!(
+        "{}?response_type=code&client_id={}&redirect_uri={}&state=s&code_challenge={}&code_challenge_method=S256",
+        issuer.authorization_endpoint(),
+        issuer.client_id(),
+        redirect,
+        pkce_s256_challenge(&verifier)
+    );
+    let r = http.get(url).send().await.unwrap();
+    let loc = url::Url::parse(r.headers()["location"].to_str().unwrap()).unwrap();
+    let code = loc
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .unwrap()
+        .1
+        .into_owned();
+    let body = http
+        .post(issuer.token_endpoint())
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", redirect),
+            ("client_id", issuer.client_id()),
+            ("code_verifier", &verifier),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let now = tokenwarden::engine::store::unix_secs(SystemTime::now());
+    StoredTokens {
+        access_token: Secret::new(body["access_token"].as_str().unwrap()),
+        refresh_token: Some(Secret::new(body["refresh_token"].as_str().unwrap())),
+        expires_at: Some(now + 3600),
+        lifetime: Some(3600),
+        obtained_at: now,
+    }
+}
+
+struct Row {
+    n: usize,
+    per_workload_bytes: f64,
+    base_mib: f64,
+    idle_cpu_pct: f64,
+    peak: u64,
+    wake_secs: f64,
+}
+
+async fn measure(n: usize, idle: Duration) -> Row {
+    let mut issuers = Vec::new();
+    for _ in 0..ISSUERS {
+        issuers.push(SimIssuer::start(IssuerOptions::default()).await.unwrap());
+    }
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let store = SecretStore::memory();
+    let mut text = String::with_capacity(n * 200);
+    for i in 0..n {
+        let iss = &issuers[i % ISSUERS];
+        text.push_str(&format!(
+            "[[workload]]\nname = \"w{i}\"\ntoken_endpoint = \"{}\"\nclient_id = \"{}\"\n",
+            iss.token_endpoint(),
+            iss.client_id()
+        ));
+        store
+            .save_tokens(&format!("w{i}"), &tokens_for(&http, iss).await)
+            .await
+            .unwrap();
+    }
+    let mut cfg = Config::parse(std::path::Path::new("/footprint/workloads.toml"), &text).unwrap();
+    cfg.policy.wake_check_interval = Duration::from_secs(1);
+    let clock = Clock::virtual_from(SystemTime::now());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let base = rss_kib();
+    let engine = Engine::start(EngineOptions {
+        config: cfg,
+        store,
+        clock: clock.clone(),
+        state_path: None,
+        sources: Sources {
+            network: false,
+            wake_clock: true,
+            logind: false,
+        },
+        transport: None,
+    });
+    // Wait until every monitor has loaded its tokens and reported.
+    loop {
+        let s = engine.status().await.unwrap();
+        if s.len() == n && s.iter().all(|w| w.access_token_valid) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = rss_kib();
+    let cpu0 = cpu_secs();
+    let t0 = Instant::now();
+    tokio::time::sleep(idle).await;
+    let idle_cpu_pct = 100.0 * (cpu_secs() - cpu0) / t0.elapsed().as_secs_f64();
+
+    // Mass wake: a 2-hour sleep; every token expired meanwhile.
+    let mut rx = engine.subscribe();
+    let t1 = Instant::now();
+    clock.jump_wall(Duration::from_secs(2 * 3600));
+    let mut refreshed = 0;
+    while refreshed < n {
+        match tokio::time::timeout(Duration::from_secs(120), rx.recv()).await {
+            Ok(Ok(ev)) if ev.refreshed => refreshed += 1,
+            Ok(Ok(_)) => {}
+            Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(k))) => {
+                eprintln!("(lagged {k} events; recounting)");
+                refreshed = engine
+                    .status()
+                    .await
+                    .unwrap()
+                    .iter()
+                    .filter(|w| w.access_token_valid)
+                    .count();
+            }
+            _ => panic!("mass wake did not finish: {refreshed}/{n}"),
+        }
+    }
+    let wake_secs = t1.elapsed().as_secs_f64();
+    let peak = issuers
+        .iter()
+        .map(|i| i.max_concurrent_refreshes())
+        .max()
+        .unwrap_or(0);
+    engine.shutdown().await;
+    Row {
+        n,
+        per_workload_bytes: (after.saturating_sub(base)) as f64 * 1024.0 / n as f64,
+        base_mib: base as f64 / 1024.0,
+        idle_cpu_pct,
+        peak,
+        wake_secs,
+    }
+}
+
+fn main() {
+    let sizes: Vec<usize> = std::env::var("FOOTPRINT_SIZES")
+        .unwrap_or_else(|_| "100,1000,10000".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let idle = Duration::from_secs(
+        std::env::var("FOOTPRINT_IDLE_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(60),
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let rows: Vec<Row> = sizes
+        .iter()
+        .map(|&n| rt.block_on(measure(n, idle)))
+        .collect();
+    println!("\nFootprint ({ISSUERS} loopback issuers; idle CPU over {} s; issuer_max_concurrent 8; wake_spread 2 s)\n", idle.as_secs());
+    println!("| workloads | process RSS before the engine | engine memory per idle workload | idle CPU | mass wake: peak concurrent refreshes at one issuer | mass wake: all refreshed after |");
+    println!("|---|---|---|---|---|---|");
+    for r in rows {
+        println!(
+            "| {} | {:.1} MiB | {:.0} B | {:.2}% | {} | {:.2} s |",
+            r.n, r.base_mib, r.per_workload_bytes, r.idle_cpu_pct, r.peak, r.wake_secs
+        );
+    }
+}

@@ -1,0 +1,388 @@
+//! The commands the window calls (each granted by `capabilities/default.json`, listed
+//! in `build.rs`). Every error reaches the UI as `{code, message}` (plus `field` for a
+//! form error) and is shown there.
+
+use super::{lock, Backend, DemoState, LoginEvent, Row, Shell};
+use crate::engine::config::{self, NewWorkload};
+use crate::engine::oauth;
+use crate::engine::EngineError;
+use crate::sim_issuer::Mode;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Duration;
+use tauri::{AppHandle, Emitter, State};
+use tokio_util::sync::CancellationToken;
+
+/// How long a sign-in waits for the browser.
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(300);
+/// Tells sign-ins of one workload apart (a newer one replaces an older one).
+static LOGIN_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+#[derive(Clone, Debug, Serialize)]
+pub struct CmdError {
+    pub code: String,
+    pub message: String,
+    /// The form field the error is about.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<&'static str>,
+}
+
+impl CmdError {
+    pub fn new(code: &str, message: impl Into<String>) -> Self {
+        CmdError {
+            code: code.into(),
+            message: message.into(),
+            field: None,
+        }
+    }
+    fn field(field: &'static str, message: impl Into<String>) -> Self {
+        CmdError {
+            code: "invalid".into(),
+            message: message.into(),
+            field: Some(field),
+        }
+    }
+}
+
+impl From<EngineError> for CmdError {
+    fn from(e: EngineError) -> Self {
+        CmdError::new(e.code(), e.to_string())
+    }
+}
+
+impl From<config::ConfigError> for CmdError {
+    fn from(e: config::ConfigError) -> Self {
+        CmdError::new("config", e.to_string())
+    }
+}
+
+fn anyhow_err(code: &str, e: anyhow::Error) -> CmdError {
+    CmdError::new(code, format!("{e:#}"))
+}
+
+type Shared<'a> = State<'a, Arc<Shell>>;
+
+#[derive(Serialize)]
+pub struct AppInfo {
+    version: &'static str,
+    demo: Option<DemoState>,
+    /// The config dir whose control socket this app serves (for `--config-dir`).
+    control_dir: String,
+    config_file: String,
+}
+
+#[tauri::command]
+pub fn app_info(shell: Shared<'_>) -> AppInfo {
+    AppInfo {
+        version: env!("CARGO_PKG_VERSION"),
+        demo: shell.demo_state(),
+        control_dir: shell.control_paths.config_dir.display().to_string(),
+        config_file: shell.paths.config_file.display().to_string(),
+    }
+}
+
+#[tauri::command]
+pub async fn list_status(shell: Shared<'_>) -> Result<Vec<Row>, CmdError> {
+    let list = shell.engine().status().await?;
+    Ok(shell.replace_all(list))
+}
+
+/// "Retry now" for one workload, or all (`name` null).
+#[tauri::command]
+pub async fn retry(shell: Shared<'_>, name: Option<String>) -> Result<Vec<String>, CmdError> {
+    Ok(shell.engine().retry(name.as_deref()).await?)
+}
+
+#[tauri::command]
+pub async fn reauthenticate(
+    app: AppHandle,
+    shell: Shared<'_>,
+    name: String,
+) -> Result<(), CmdError> {
+    start_reauth(app, shell.inner().clone(), name).await
+}
+
+fn emit_login(app: &AppHandle, name: &str, state: &'static str, message: String) {
+    let _ = app.emit(
+        "login",
+        LoginEvent {
+            name: name.to_string(),
+            state,
+            message,
+        },
+    );
+}
+
+/// Open `url` in the browser: `TOKENWARDEN_BROWSER` (a command given the URL as its
+/// only argument) when set, else the system's default browser.
+fn open_browser(url: &str) -> Result<(), String> {
+    match std::env::var_os("TOKENWARDEN_BROWSER").filter(|v| !v.is_empty()) {
+        Some(cmd) => std::process::Command::new(cmd)
+            .arg(url)
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        None => open::that_detached(url).map_err(|e| e.to_string()),
+    }
+}
+
+/// Start the sign-in of `name`: the real authorization-code flow in the browser for
+/// the user's workloads (returns once the browser is asked; the rest goes out as
+/// `login` events), the demo's built-in sign-in for the demo.
+pub async fn start_reauth(app: AppHandle, shell: Arc<Shell>, name: String) -> Result<(), CmdError> {
+    match &shell.backend {
+        Backend::Demo(demo) => {
+            emit_login(&app, &name, "waiting", format!("Signing in to {name}…"));
+            match demo.relogin(&name).await {
+                Ok(()) => {
+                    emit_login(&app, &name, "done", format!("Signed in: {name} is running"));
+                    Ok(())
+                }
+                Err(e) => {
+                    let err = anyhow_err("login", e);
+                    emit_login(&app, &name, "failed", err.message.clone());
+                    Err(err)
+                }
+            }
+        }
+        Backend::Real { store, .. } => {
+            let cfg =
+                crate::daemon::load_config(&shell.paths).map_err(|e| anyhow_err("config", e))?;
+            let w = cfg
+                .workload(&name)
+                .cloned()
+                .ok_or_else(|| EngineError::UnknownWorkload(name.clone()))?;
+            let http = oauth::http_client(&cfg.policy, w.ca_file.as_deref())
+                .map_err(|m| CmdError::new("config", m))?;
+            let pending = oauth::prepare_login(&w)
+                .await
+                .map_err(|e| CmdError::new("login", e.to_string()))?;
+            let url = pending.authorize_url.to_string();
+            let cancel = CancellationToken::new();
+            let id = LOGIN_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if let Some((_, old)) = lock(&shell.logins).insert(name.clone(), (id, cancel.clone())) {
+                old.cancel();
+            }
+            if let Err(e) = open_browser(&url) {
+                lock(&shell.logins).remove(&name);
+                return Err(CmdError::new(
+                    "browser",
+                    format!("could not open a browser ({e}); open this address yourself to sign in: {url}"),
+                ));
+            }
+            emit_login(
+                &app,
+                &name,
+                "waiting",
+                format!("Sign in to {name} in your browser…"),
+            );
+            let store = store.clone();
+            let policy = cfg.policy.clone();
+            tauri::async_runtime::spawn(async move {
+                let outcome = tokio::select! {
+                    r = pending.finish(&http, &policy, LOGIN_TIMEOUT) => Some(r),
+                    _ = cancel.cancelled() => None,
+                };
+                let Some(outcome) = outcome else {
+                    return; // replaced by a newer sign-in
+                };
+                {
+                    let mut logins = lock(&shell.logins);
+                    if logins.get(&name).is_some_and(|(i, _)| *i == id) {
+                        logins.remove(&name);
+                    }
+                }
+                let result = match outcome {
+                    Ok(tokens) => match store.save_tokens(&name, &tokens).await {
+                        Ok(()) => shell
+                            .engine()
+                            .reload(None, vec![name.clone()])
+                            .await
+                            .map_err(|e| e.to_string()),
+                        Err(e) => Err(format!(
+                            "signed in, but the tokens could not be stored: {e}"
+                        )),
+                    },
+                    Err(e) => Err(e.to_string()),
+                };
+                match result {
+                    Ok(()) => {
+                        tracing::info!(workload = %name, "signed in from the desktop app");
+                        emit_login(&app, &name, "done", format!("Signed in: {name} is running"));
+                    }
+                    Err(m) => {
+                        tracing::warn!(workload = %name, error = %m, "sign-in failed");
+                        emit_login(&app, &name, "failed", m);
+                    }
+                }
+            });
+            Ok(())
+        }
+    }
+}
+
+#[tauri::command]
+pub async fn remove_workload(
+    app: AppHandle,
+    shell: Shared<'_>,
+    name: String,
+) -> Result<(), CmdError> {
+    let Backend::Real { store, .. } = &shell.backend else {
+        return Err(CmdError::new(
+            "demo",
+            "The demo's workloads cannot be removed. Add your own with `tokenwarden add`; the demo stops once one exists.",
+        ));
+    };
+    config::remove_workload(&shell.paths.config_file, &name)?;
+    let cfg = crate::daemon::load_config(&shell.paths).map_err(|e| anyhow_err("config", e))?;
+    shell.engine().reload(Some(cfg), vec![]).await?;
+    store.delete_tokens(&name).await.map_err(|e| {
+        CmdError::new(
+            "store",
+            format!("removed, but deleting its tokens failed: {e}"),
+        )
+    })?;
+    shell.forget(&name);
+    super::refresh_tray(&app, &shell);
+    let _ = app.emit("removed", &name);
+    Ok(())
+}
+
+/// The add form, as typed.
+#[derive(Debug, Deserialize)]
+pub struct AddForm {
+    name: String,
+    token_endpoint: String,
+    #[serde(default)]
+    authorization_endpoint: String,
+    client_id: String,
+    /// Scopes separated by spaces or commas.
+    #[serde(default)]
+    scopes: String,
+}
+
+fn validate(form: &AddForm) -> Result<NewWorkload, CmdError> {
+    let name = form.name.trim();
+    config::validate_name(name).map_err(|m| CmdError::field("name", m))?;
+    let token_endpoint = form.token_endpoint.trim();
+    config::check_endpoint("token_endpoint", token_endpoint, false)
+        .map_err(|m| CmdError::field("token_endpoint", m))?;
+    let auth = form.authorization_endpoint.trim();
+    if auth.is_empty() {
+        return Err(CmdError::field(
+            "authorization_endpoint",
+            "an authorization endpoint is needed to sign in (discovery is not supported yet)",
+        ));
+    }
+    config::check_endpoint("authorization_endpoint", auth, false)
+        .map_err(|m| CmdError::field("authorization_endpoint", m))?;
+    let client_id = form.client_id.trim();
+    if client_id.is_empty() {
+        return Err(CmdError::field(
+            "client_id",
+            "a client id is needed (dynamic client registration is not supported yet)",
+        ));
+    }
+    Ok(NewWorkload {
+        name: name.to_string(),
+        url: None,
+        authorization_endpoint: Some(auth.to_string()),
+        token_endpoint: token_endpoint.to_string(),
+        client_id: client_id.to_string(),
+        scopes: form
+            .scopes
+            .split(|c: char| c.is_whitespace() || c == ',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect(),
+        ca_file: None,
+        allow_http: false,
+    })
+}
+
+/// Add a workload to workloads.toml, start monitoring it, and start its sign-in.
+#[tauri::command]
+pub async fn add_workload(
+    app: AppHandle,
+    shell: Shared<'_>,
+    form: AddForm,
+) -> Result<(), CmdError> {
+    if shell.demo().is_some() {
+        return Err(CmdError::new(
+            "demo",
+            "This is the demo. Add your own workloads with `tokenwarden add NAME --token-endpoint URL --authorization-endpoint URL --client-id ID`, then start Tokenwarden again.",
+        ));
+    }
+    let nw = validate(&form)?;
+    config::add_workload(&shell.paths.config_file, &nw).map_err(|e| {
+        let mut err = CmdError::from(e.clone());
+        if e.message.contains("already exists") {
+            err.field = Some("name");
+            err.code = "invalid".into();
+            err.message = e.message;
+        }
+        err
+    })?;
+    let cfg = crate::daemon::load_config(&shell.paths).map_err(|e| anyhow_err("config", e))?;
+    shell.engine().reload(Some(cfg), vec![]).await?;
+    start_reauth(app, shell.inner().clone(), nw.name).await
+}
+
+#[tauri::command]
+pub async fn demo_control(
+    app: AppHandle,
+    shell: Shared<'_>,
+    action: String,
+) -> Result<DemoState, CmdError> {
+    let Some(demo) = shell.demo() else {
+        return Err(CmdError::new(
+            "not_demo",
+            "demo controls work only in the demo",
+        ));
+    };
+    match action.as_str() {
+        "waf" => demo.issuer.set_mode(Mode::Waf403),
+        "down" => demo.issuer.set_mode(Mode::Down),
+        "revoke" => {
+            demo.issuer.revoke_all();
+            shell.set_demo_revoked(true);
+        }
+        "heal" => {
+            demo.issuer.set_mode(Mode::Healthy);
+            shell.set_demo_revoked(false);
+        }
+        other => {
+            return Err(CmdError::new(
+                "invalid",
+                format!("unknown demo action `{other}`"),
+            ))
+        }
+    }
+    tracing::info!(action = %action, "demo control");
+    let state = shell
+        .demo_state()
+        .ok_or_else(|| CmdError::new("not_demo", "demo controls work only in the demo"))?;
+    let _ = app.emit("demo", &state);
+    Ok(state)
+}
+
+#[tauri::command]
+pub fn set_notifications(
+    app: AppHandle,
+    shell: Shared<'_>,
+    name: String,
+    enabled: bool,
+) -> Result<(), CmdError> {
+    match shell.set_muted(&name, !enabled) {
+        Ok(Some(row)) => {
+            let _ = app.emit("row", row);
+            Ok(())
+        }
+        Ok(None) => Err(EngineError::UnknownWorkload(name).into()),
+        Err(e) => Err(CmdError::new(
+            "io",
+            format!("cannot save the notification setting: {e}"),
+        )),
+    }
+}

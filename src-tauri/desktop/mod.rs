@@ -1,0 +1,634 @@
+//! The desktop shell (feature `desktop`): tray icon, notifications and a window over
+//! the same [`Engine`] the daemon runs, in one process, with the control socket, so
+//! the CLI keeps working while the app runs. With no workload configured it runs over
+//! the built-in [`Demo`], with demo controls in the window.
+//!
+//! Invariants:
+//! * the engine knows nothing of the shell: the shell is one more subscriber of
+//!   [`Engine::subscribe`] and turns status changes into tray updates, notifications
+//!   and `status` events for the window (never polling);
+//! * nothing secret reaches the webview: events and command results carry
+//!   [`WorkloadStatus`] (which holds no secret), names and error messages;
+//! * one instance per config directory: the daemon's file lock, plus a D-Bus name
+//!   derived from the config directory so a second launch focuses the first window;
+//! * closing the window keeps the tray app running (the window is destroyed, its memory
+//!   returned); "Quit" (or SIGTERM) stops the engine cleanly — in-flight refreshes
+//!   finish and save, the state file is written — before the process exits.
+
+mod commands;
+pub mod notify;
+pub mod tray;
+
+use crate::daemon::make_store;
+use crate::demo::Demo;
+use crate::engine::config::Config;
+use crate::engine::status::WorkloadStatus;
+use crate::engine::store::SecretStore;
+use crate::engine::{Clock, Engine, EngineOptions, Status, StatusChange};
+use crate::paths::Paths;
+use crate::sim_issuer::Mode;
+use notify::{Notifier, NotifyPolicy};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use tauri::{AppHandle, Emitter, Manager, RunEvent, WebviewUrl, WebviewWindowBuilder};
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+/// Label of the one window.
+pub const MAIN_WINDOW: &str = "main";
+/// How many recent attempts the timeline of a workload keeps.
+const TIMELINE_LEN: usize = 8;
+
+/// What the shell runs over.
+pub enum Backend {
+    /// The user's workloads.
+    Real { engine: Engine, store: SecretStore },
+    /// The built-in demo (nothing configured).
+    Demo(Box<Demo>),
+}
+
+/// One line of a workload's timeline of recent attempts.
+#[derive(Clone, Debug, Serialize)]
+pub struct TimelineEntry {
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    pub ok: bool,
+    pub status: Status,
+    pub what: String,
+}
+
+/// A workload as the window shows it: the engine's status plus the shell's own data.
+#[derive(Clone, Debug, Serialize)]
+pub struct Row {
+    #[serde(flatten)]
+    pub status: WorkloadStatus,
+    /// The cause in plain words (RFC 6749 codes explained), `null` when healthy.
+    pub plain_reason: Option<String>,
+    pub timeline: Vec<TimelineEntry>,
+    pub notifications: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+struct StatusEvent {
+    #[serde(flatten)]
+    row: Row,
+    previous: Option<Status>,
+    refreshed: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LoginEvent {
+    pub name: String,
+    /// `waiting` (for the browser), `done` or `failed`.
+    pub state: &'static str,
+    pub message: String,
+}
+
+/// The demo issuer as the demo panel shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct DemoState {
+    pub mode: &'static str,
+    pub refresh_requests: u64,
+    pub code_exchanges: u64,
+}
+
+#[derive(Default)]
+struct ShellState {
+    statuses: BTreeMap<String, WorkloadStatus>,
+    timeline: HashMap<String, VecDeque<TimelineEntry>>,
+    muted: BTreeSet<String>,
+    menu_key: Option<Vec<(String, Status)>>,
+}
+
+/// Everything the commands, the tray and the event forwarder share.
+pub struct Shell {
+    pub backend: Backend,
+    /// The user's config dir (for a demo: where the demo was started from).
+    pub paths: Paths,
+    /// The config dir whose control socket this process serves (the demo's own).
+    pub control_paths: Paths,
+    state: Mutex<ShellState>,
+    notifier: Mutex<Notifier>,
+    /// Where per-workload notification switches are kept (`None` for the demo).
+    prefs_file: Option<PathBuf>,
+    /// The demo's grant was revoked (until "Heal").
+    demo_revoked: std::sync::atomic::AtomicBool,
+    /// Sign-ins waiting for the browser, by workload; a new one cancels the old.
+    logins: Mutex<HashMap<String, (u64, CancellationToken)>>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+struct Prefs {
+    #[serde(default)]
+    notifications_off: BTreeSet<String>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shell {
+    pub fn new(backend: Backend, paths: Paths, control_paths: Paths) -> Shell {
+        let prefs_file = match &backend {
+            Backend::Real { .. } => Some(paths.config_dir.join("desktop.json")),
+            Backend::Demo(_) => None,
+        };
+        let muted = prefs_file
+            .as_ref()
+            .and_then(|p| std::fs::read(p).ok())
+            .and_then(|b| serde_json::from_slice::<Prefs>(&b).ok())
+            .unwrap_or_default()
+            .notifications_off;
+        Shell {
+            backend,
+            paths,
+            control_paths,
+            state: Mutex::new(ShellState {
+                muted,
+                ..ShellState::default()
+            }),
+            notifier: Mutex::new(Notifier::new(NotifyPolicy::from_env())),
+            prefs_file,
+            demo_revoked: std::sync::atomic::AtomicBool::new(false),
+            logins: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn engine(&self) -> &Engine {
+        match &self.backend {
+            Backend::Real { engine, .. } => engine,
+            Backend::Demo(d) => &d.engine,
+        }
+    }
+
+    pub fn demo(&self) -> Option<&Demo> {
+        match &self.backend {
+            Backend::Demo(d) => Some(d),
+            Backend::Real { .. } => None,
+        }
+    }
+
+    pub fn set_demo_revoked(&self, revoked: bool) {
+        self.demo_revoked
+            .store(revoked, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn demo_state(&self) -> Option<DemoState> {
+        let revoked = self.demo_revoked.load(std::sync::atomic::Ordering::Relaxed);
+        self.demo().map(|d| DemoState {
+            mode: match d.issuer.mode() {
+                Mode::Healthy if revoked => "healthy, but the grant was revoked (invalid_grant)",
+                Mode::Healthy => "healthy",
+                Mode::Waf403 => "blocking refreshes (WAF 403 page)",
+                Mode::Down => "down (connections refused)",
+                _ => "misbehaving",
+            },
+            refresh_requests: d.issuer.refresh_requests(),
+            code_exchanges: d.issuer.code_exchanges(),
+        })
+    }
+
+    fn row_locked(st: &ShellState, w: &WorkloadStatus) -> Row {
+        Row {
+            plain_reason: w
+                .reason
+                .as_ref()
+                .map(|r| notify::plain_reason(Some(r.as_str()))),
+            timeline: st
+                .timeline
+                .get(&w.name)
+                .map(|t| t.iter().cloned().collect())
+                .unwrap_or_default(),
+            notifications: !st.muted.contains(&w.name),
+            status: w.clone(),
+        }
+    }
+
+    /// Replace the whole list (startup, a lagged subscriber, after a reload).
+    pub fn replace_all(&self, list: Vec<WorkloadStatus>) -> Vec<Row> {
+        let mut st = lock(&self.state);
+        st.statuses = list.into_iter().map(|w| (w.name.clone(), w)).collect();
+        let names: BTreeSet<String> = st.statuses.keys().cloned().collect();
+        st.timeline.retain(|k, _| names.contains(k));
+        st.statuses
+            .values()
+            .map(|w| Self::row_locked(&st, w))
+            .collect()
+    }
+
+    pub fn rows(&self) -> Vec<Row> {
+        let st = lock(&self.state);
+        st.statuses
+            .values()
+            .map(|w| Self::row_locked(&st, w))
+            .collect()
+    }
+
+    pub fn statuses(&self) -> Vec<WorkloadStatus> {
+        lock(&self.state).statuses.values().cloned().collect()
+    }
+
+    fn forget(&self, name: &str) {
+        let mut st = lock(&self.state);
+        st.statuses.remove(name);
+        st.timeline.remove(name);
+    }
+
+    /// Take in a status change: the new row, and whether notifications are muted.
+    fn apply(&self, ch: &StatusChange) -> (Row, bool) {
+        let mut st = lock(&self.state);
+        let w = &ch.workload;
+        let before = st.statuses.get(&w.name).cloned();
+        let entry = if ch.refreshed {
+            Some((true, "token refreshed".to_string()))
+        } else if ch.previous.is_some() && ch.previous != Some(w.status) {
+            Some((
+                w.status == Status::Running,
+                match &w.reason {
+                    Some(r) if w.status != Status::Running => format!(
+                        "now {}: {}",
+                        w.status.as_str(),
+                        notify::plain_reason(Some(r))
+                    ),
+                    _ => format!("now {}", w.status.as_str()),
+                },
+            ))
+        } else if before.as_ref().is_some_and(|b| w.attempts > b.attempts) {
+            Some((
+                false,
+                format!(
+                    "attempt failed: {}",
+                    notify::plain_reason(w.reason.as_deref())
+                ),
+            ))
+        } else {
+            None
+        };
+        if let Some((ok, what)) = entry {
+            let t = st.timeline.entry(w.name.clone()).or_default();
+            t.push_back(TimelineEntry {
+                at: OffsetDateTime::now_utc(),
+                ok,
+                status: w.status,
+                what,
+            });
+            while t.len() > TIMELINE_LEN {
+                t.pop_front();
+            }
+        }
+        st.statuses.insert(w.name.clone(), w.clone());
+        let muted = st.muted.contains(&w.name);
+        (Self::row_locked(&st, w), muted)
+    }
+
+    /// Does the tray menu need rebuilding (a status word changed)?
+    fn take_menu_change(&self) -> Option<Vec<WorkloadStatus>> {
+        let mut st = lock(&self.state);
+        let list: Vec<WorkloadStatus> = st.statuses.values().cloned().collect();
+        let key = tray::menu_key(&list);
+        if st.menu_key.as_ref() == Some(&key) {
+            return None;
+        }
+        st.menu_key = Some(key);
+        Some(list)
+    }
+
+    pub fn set_muted(&self, name: &str, muted: bool) -> std::io::Result<Option<Row>> {
+        let mut st = lock(&self.state);
+        if muted {
+            st.muted.insert(name.to_string());
+        } else {
+            st.muted.remove(name);
+        }
+        if let Some(p) = &self.prefs_file {
+            let prefs = Prefs {
+                notifications_off: st.muted.clone(),
+            };
+            let bytes = serde_json::to_vec_pretty(&prefs).unwrap_or_default();
+            crate::engine::config::write_atomic(p, &bytes, false)?;
+        }
+        Ok(st.statuses.get(name).map(|w| Self::row_locked(&st, w)))
+    }
+}
+
+/// Refresh the tray from the shell's statuses (menu only when a status word changed).
+fn refresh_tray(app: &AppHandle, shell: &Shell) {
+    let (list, rebuild) = match shell.take_menu_change() {
+        Some(list) => (list, true),
+        None => (shell.statuses(), false),
+    };
+    if rebuild {
+        if let Err(e) = tray::update(app, &list, true) {
+            tracing::warn!(error = %e, "tray update failed");
+        }
+    }
+}
+
+/// Show the window, creating it if it was closed.
+pub fn show_window(app: &AppHandle) {
+    let handle = app.clone();
+    let res = app.run_on_main_thread(move || {
+        if let Some(w) = handle.get_webview_window(MAIN_WINDOW) {
+            let _ = w.unminimize();
+            let _ = w.show();
+            let _ = w.set_focus();
+            return;
+        }
+        let built =
+            WebviewWindowBuilder::new(&handle, MAIN_WINDOW, WebviewUrl::App("index.html".into()))
+                .title("Tokenwarden")
+                .inner_size(560.0, 780.0)
+                .min_inner_size(360.0, 400.0)
+                .build();
+        if let Err(e) = built {
+            tracing::error!(error = %e, "cannot open the window");
+        }
+    });
+    if let Err(e) = res {
+        tracing::warn!(error = %e, "cannot reach the main thread");
+    }
+}
+
+/// Forward engine status changes to the window, the tray and the notifier.
+async fn forward(app: AppHandle, shell: Arc<Shell>) {
+    let mut rx = shell.engine().subscribe();
+    if let Ok(list) = shell.engine().status().await {
+        let rows = shell.replace_all(list);
+        let _ = app.emit("status-all", &rows);
+        refresh_tray(&app, &shell);
+    }
+    loop {
+        let due = lock(&shell.notifier).next_flush();
+        let sleep = async {
+            match due {
+                Some(t) => tokio::time::sleep_until(t.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            ev = rx.recv() => match ev {
+                Ok(ch) => {
+                    let (row, muted) = shell.apply(&ch);
+                    lock(&shell.notifier).observe(&ch, muted, std::time::Instant::now());
+                    let _ = app.emit("status", StatusEvent {
+                        row,
+                        previous: ch.previous,
+                        refreshed: ch.refreshed,
+                    });
+                    if let Some(d) = shell.demo_state() {
+                        let _ = app.emit("demo", d);
+                    }
+                    refresh_tray(&app, &shell);
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::debug!(skipped = n, "status events lagged; reloading the list");
+                    if let Ok(list) = shell.engine().status().await {
+                        let rows = shell.replace_all(list);
+                        let _ = app.emit("status-all", &rows);
+                        refresh_tray(&app, &shell);
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            },
+            _ = sleep => {
+                let notes = lock(&shell.notifier).flush(std::time::Instant::now());
+                for note in notes {
+                    tracing::info!(summary = %note.summary, "notification");
+                    let app2 = app.clone();
+                    notify::show(note, move |names| {
+                        for name in names {
+                            let app3 = app2.clone();
+                            tauri::async_runtime::spawn(async move {
+                                let shell = app3.state::<Arc<Shell>>().inner().clone();
+                                show_window(&app3);
+                                if let Err(e) = commands::start_reauth(app3.clone(), shell, name).await {
+                                    tracing::warn!(error = %e.message, "re-authenticate from a notification failed");
+                                }
+                            });
+                        }
+                    });
+                }
+            }
+        }
+    }
+}
+
+fn on_tray_click(app: &AppHandle, id: &str) {
+    let shell = app.state::<Arc<Shell>>().inner().clone();
+    match id {
+        "open" => show_window(app),
+        "quit" => {
+            tracing::info!("quit from the tray");
+            app.exit(0);
+        }
+        "retry-all" => {
+            tauri::async_runtime::spawn(async move {
+                if let Err(e) = shell.engine().retry(None).await {
+                    tracing::warn!(error = %e, "retry all failed");
+                }
+            });
+        }
+        other => {
+            if let Some(name) = other.strip_prefix("reauth:") {
+                let name = name.to_string();
+                let app = app.clone();
+                show_window(&app);
+                tauri::async_runtime::spawn(async move {
+                    if let Err(e) = commands::start_reauth(app.clone(), shell, name).await {
+                        let _ = app.emit("error", &e);
+                    }
+                });
+            } else if other.starts_with("workload:") {
+                show_window(app);
+            }
+        }
+    }
+}
+
+/// The D-Bus name that makes the app single-instance per config directory.
+fn instance_id(paths: &Paths) -> String {
+    use sha2::Digest;
+    let dir = std::fs::canonicalize(&paths.config_dir).unwrap_or(paths.config_dir.clone());
+    let digest = sha2::Sha256::digest(dir.to_string_lossy().as_bytes());
+    let hex: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+    format!("dev.tokenwarden.app.c{hex}")
+}
+
+fn single_instance(paths: &Paths) -> tauri::plugin::TauriPlugin<tauri::Wry> {
+    tauri_plugin_single_instance::Builder::new()
+        .dbus_id(instance_id(paths))
+        .callback(|app, _argv, _cwd| {
+            tracing::info!("another launch asked for the window");
+            show_window(app);
+        })
+        .build()
+}
+
+fn has_display() -> bool {
+    if cfg!(any(
+        target_os = "linux",
+        target_os = "freebsd",
+        target_os = "openbsd"
+    )) {
+        ["DISPLAY", "WAYLAND_DISPLAY"]
+            .iter()
+            .any(|k| std::env::var_os(k).is_some_and(|v| !v.is_empty()))
+    } else {
+        true
+    }
+}
+
+/// `tokenwarden` with no subcommand, desktop build: the app over the engine (or the
+/// demo when nothing is configured). Without a display it runs headless instead.
+pub async fn main(paths: Paths, cfg: Config) -> anyhow::Result<()> {
+    if !has_display() {
+        eprintln!("tokenwarden: no display (DISPLAY/WAYLAND_DISPLAY unset): running without the window and tray");
+        if cfg.workloads.is_empty() {
+            return crate::demo::run_headless().await;
+        }
+        return crate::daemon::run(paths).await;
+    }
+    let rt = tokio::runtime::Handle::current();
+    let lock_guard = match crate::daemon::acquire_lock(&paths) {
+        Ok(l) => l,
+        Err(e) => {
+            // Another desktop app on this config dir: the single-instance plugin
+            // focuses its window and exits this process. A headless daemon: say so.
+            let p = paths.clone();
+            tokio::task::block_in_place(|| {
+                tauri::async_runtime::set(rt);
+                let _ = tauri::Builder::default()
+                    .plugin(single_instance(&p))
+                    .build(tauri::generate_context!());
+            });
+            return Err(e);
+        }
+    };
+    let (backend, control_paths) = if cfg.workloads.is_empty() {
+        eprintln!(
+            "No workloads in {}: starting the built-in demo. Add your own with `tokenwarden add`.",
+            paths.config_file.display()
+        );
+        let demo = Demo::start().await?;
+        let p = Paths::resolve(Some(demo.dir.path().to_path_buf()))?;
+        eprintln!(
+            "Demo: watch from another shell with: tokenwarden --config-dir {} status",
+            p.config_dir.display()
+        );
+        (Backend::Demo(Box::new(demo)), p)
+    } else {
+        let store = make_store(&cfg, &paths);
+        tracing::info!(
+            config = %paths.config_file.display(),
+            workloads = cfg.workloads.len(),
+            store = %store.describe(),
+            pid = std::process::id(),
+            "desktop app starting"
+        );
+        let engine = Engine::start(EngineOptions {
+            config: cfg,
+            store: store.clone(),
+            clock: Clock::system(),
+            state_path: Some(paths.state_file.clone()),
+            sources: crate::engine::triggers::Sources::all(),
+            transport: None,
+        });
+        (Backend::Real { engine, store }, paths.clone())
+    };
+    let shell = Arc::new(Shell::new(backend, paths, control_paths.clone()));
+    let cancel = CancellationToken::new();
+    let server = match crate::control::bind(&control_paths) {
+        Ok(listener) => tokio::spawn(crate::control::serve(
+            listener,
+            shell.engine().clone(),
+            control_paths,
+            cancel.clone(),
+        )),
+        Err(e) => {
+            shell.engine().shutdown().await;
+            return Err(e);
+        }
+    };
+    let s = shell.clone();
+    let result = tokio::task::block_in_place(move || run_app(s, rt));
+    tracing::info!("stopping");
+    cancel.cancel();
+    shell.engine().shutdown().await;
+    let _ = server.await;
+    drop(lock_guard);
+    tracing::info!("stopped");
+    result
+}
+
+/// Build and run the Tauri app on this (the main) thread until "Quit".
+fn run_app(shell: Arc<Shell>, rt: tokio::runtime::Handle) -> anyhow::Result<()> {
+    tauri::async_runtime::set(rt);
+    let setup_shell = shell.clone();
+    let app = tauri::Builder::default()
+        .plugin(single_instance(&shell.paths))
+        .manage(shell)
+        .invoke_handler(tauri::generate_handler![
+            commands::app_info,
+            commands::list_status,
+            commands::retry,
+            commands::reauthenticate,
+            commands::remove_workload,
+            commands::add_workload,
+            commands::demo_control,
+            commands::set_notifications,
+        ])
+        .setup(move |app| {
+            let handle = app.handle().clone();
+            let shell = setup_shell;
+            let initial =
+                tauri::async_runtime::block_on(shell.engine().status()).unwrap_or_default();
+            shell.replace_all(initial.clone());
+            if let Err(e) = tray::create(&handle, &initial, on_tray_click) {
+                // Without a tray host the app still works through the window.
+                tracing::warn!(error = %e, "no tray icon");
+            }
+            let _ = shell.take_menu_change();
+            if std::env::var_os("TOKENWARDEN_START_HIDDEN").is_none() {
+                show_window(&handle);
+            }
+            tauri::async_runtime::spawn(forward(handle.clone(), shell));
+            let h = handle.clone();
+            tauri::async_runtime::spawn(async move {
+                stop_signal().await;
+                tracing::info!("signal: quitting");
+                h.exit(0);
+            });
+            Ok(())
+        })
+        .build(tauri::generate_context!())?;
+    let code = app.run_return(|_app, event| {
+        if let RunEvent::ExitRequested {
+            code: None, api, ..
+        } = event
+        {
+            // The last window closed: keep running in the tray.
+            api.prevent_exit();
+        }
+    });
+    if code != 0 {
+        anyhow::bail!("the desktop app exited with code {code}");
+    }
+    Ok(())
+}
+
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -1,0 +1,976 @@
+//! End-to-end tests of the REAL desktop app: the `tokenwarden` binary (desktop build)
+//! under Xvfb and the suite's private D-Bus session, driven through its real webview
+//! with tauri-driver + WebKitWebDriver, its tray menu read and clicked over D-Bus
+//! (`com.canonical.dbusmenu`), its notifications recorded by a tiny
+//! `org.freedesktop.Notifications` server (tests/desktop/notify_recorder.py).
+//!
+//! Needs: TOKENWARDEN_TEST_DESKTOP=1 (scripts/test.sh sets it), a display in
+//! TOKENWARDEN_TEST_DISPLAY (scripts/desktop-xvfb.sh) or DISPLAY, a session bus,
+//! `tauri-driver`, `WebKitWebDriver`, `/usr/bin/python3` with dbus + gi. Without
+//! TOKENWARDEN_TEST_DESKTOP the tests print SKIPPED and pass; with it, anything
+//! missing fails loudly.
+//!
+//! Screenshots of the window in its states land in `artifacts/screenshots/`.
+#![cfg(feature = "desktop")]
+
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokenwarden::sim_issuer::{IssuerOptions, SimIssuer};
+
+/// Both scenarios own the notification name on the shared bus: one at a time, also
+/// across processes (nextest runs each test in its own process): an OS file lock.
+fn serial() -> std::fs::File {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(std::env::temp_dir().join("tokenwarden-desktop-e2e.lock"))
+        .unwrap();
+    f.lock().unwrap();
+    f
+}
+
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `Some(display)` when the desktop tests must run; `None` (after printing SKIPPED)
+/// when they are not asked for. Panics when asked for but something is missing.
+fn gate(test: &str) -> Option<String> {
+    if std::env::var("TOKENWARDEN_TEST_DESKTOP").as_deref() != Ok("1") {
+        eprintln!("SKIPPED {test}: set TOKENWARDEN_TEST_DESKTOP=1 (scripts/test.sh does) to drive the real app");
+        return None;
+    }
+    let display = std::env::var("TOKENWARDEN_TEST_DISPLAY")
+        .or_else(|_| std::env::var("DISPLAY"))
+        .expect("TOKENWARDEN_TEST_DESKTOP=1 but no display: run under scripts/desktop-xvfb.sh (TOKENWARDEN_TEST_DISPLAY) or set DISPLAY");
+    assert!(
+        std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_some(),
+        "TOKENWARDEN_TEST_DESKTOP=1 but no session bus: run under scripts/session.sh"
+    );
+    assert!(
+        tauri_driver().is_file(),
+        "tauri-driver not found ({}); scripts/deps.sh installs it",
+        tauri_driver().display()
+    );
+    assert!(
+        Path::new("/usr/bin/WebKitWebDriver").is_file(),
+        "WebKitWebDriver missing: apt-get install webkit2gtk-driver (scripts/deps.sh)"
+    );
+    let ok = Command::new("/usr/bin/python3")
+        .args(["-c", "import dbus, gi"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "/usr/bin/python3 lacks dbus/gi: apt-get install python3-dbus python3-gi"
+    );
+    Some(display)
+}
+
+fn tauri_driver() -> PathBuf {
+    if let Some(p) = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|d| d.join("tauri-driver"))
+            .find(|p| p.is_file())
+    }) {
+        return p;
+    }
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo")
+        });
+    home.join("bin/tauri-driver")
+}
+
+fn log_dir(test: &str) -> PathBuf {
+    let base = std::env::var_os("TOKENWARDEN_TEST_LOG_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("artifacts/test-logs"));
+    let d = base.join(test);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child in its own process group, stopped (TERM, then KILL) on drop.
+struct Group(Child);
+
+impl Group {
+    fn spawn(mut cmd: Command) -> Group {
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0);
+        Group(cmd.spawn().expect("spawn"))
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        let pgid = format!("-{}", self.0.id());
+        let _ = Command::new("kill")
+            .args(["-TERM", "--", &pgid])
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &pgid])
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+/// The notification recorder on the private bus.
+struct Recorder {
+    _proc: Group,
+    file: PathBuf,
+}
+
+impl Recorder {
+    fn start(dir: &Path) -> Recorder {
+        let file = dir.join("notifications.jsonl");
+        let _ = std::fs::remove_file(&file);
+        let mut cmd = Command::new("/usr/bin/python3");
+        cmd.arg(root().join("tests/desktop/notify_recorder.py"))
+            .arg(&file)
+            .stdin(Stdio::null());
+        let proc = Group::spawn(cmd);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = Command::new("gdbus")
+                .args([
+                    "call",
+                    "--session",
+                    "--dest",
+                    "org.freedesktop.DBus",
+                    "--object-path",
+                    "/org/freedesktop/DBus",
+                    "--method",
+                    "org.freedesktop.DBus.NameHasOwner",
+                    "org.freedesktop.Notifications",
+                ])
+                .output()
+                .expect("gdbus");
+            if String::from_utf8_lossy(&out.stdout).contains("true") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the notification recorder did not start"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Recorder { _proc: proc, file }
+    }
+
+    fn all(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.file)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Wait for a notification whose summary contains `summary`; returns it.
+    async fn wait_for(&self, summary: &str, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(n) = self
+                .all()
+                .into_iter()
+                .find(|n| n["summary"].as_str().unwrap_or("").contains(summary))
+            {
+                return n;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no notification with summary containing {summary:?} within {timeout:?}; got {:#?}",
+                self.all()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// A tiny WebDriver client over tauri-driver.
+struct Wd {
+    http: reqwest::Client,
+    base: String,
+    session: String,
+}
+
+impl Wd {
+    async fn req(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let url = format!("{}/session/{}{}", self.base, self.session, path);
+        let mut r = self.http.request(method, &url);
+        if let Some(b) = body {
+            r = r
+                .header("content-type", "application/json")
+                .body(b.to_string());
+        }
+        let resp = r.send().await.unwrap_or_else(|e| panic!("{url}: {e}"));
+        let text = resp.text().await.unwrap();
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if v["value"]["error"].is_string() {
+            panic!("WebDriver {path}: {}", v["value"]);
+        }
+        v["value"].clone()
+    }
+
+    async fn start(port: u16) -> Wd {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "tauri:options": {"application": root().join("tests/desktop/app-under-test.sh")}
+        }}});
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let r = http
+                .post(format!("{base}/session"))
+                .header("content-type", "application/json")
+                .body(caps.to_string())
+                .send()
+                .await;
+            if let Ok(r) = r {
+                let text = r.text().await.unwrap_or_default();
+                let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                if let Some(id) = v["value"]["sessionId"].as_str() {
+                    return Wd {
+                        http,
+                        base,
+                        session: id.to_string(),
+                    };
+                }
+                panic!("new session failed: {text}");
+            }
+            assert!(Instant::now() < deadline, "tauri-driver did not come up");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn js(&self, script: &str) -> Value {
+        self.req(
+            reqwest::Method::POST,
+            "/execute/sync",
+            Some(json!({"script": script, "args": []})),
+        )
+        .await
+    }
+
+    async fn click(&self, css: &str) {
+        let el = self
+            .req(
+                reqwest::Method::POST,
+                "/element",
+                Some(json!({"using": "css selector", "value": css})),
+            )
+            .await;
+        let id = el[ELEMENT]
+            .as_str()
+            .unwrap_or_else(|| panic!("no element {css}: {el}"));
+        self.req(
+            reqwest::Method::POST,
+            &format!("/element/{id}/click"),
+            Some(json!({})),
+        )
+        .await;
+    }
+
+    async fn type_into(&self, css: &str, text: &str) {
+        let el = self
+            .req(
+                reqwest::Method::POST,
+                "/element",
+                Some(json!({"using": "css selector", "value": css})),
+            )
+            .await;
+        let id = el[ELEMENT]
+            .as_str()
+            .unwrap_or_else(|| panic!("no element {css}: {el}"));
+        self.req(
+            reqwest::Method::POST,
+            &format!("/element/{id}/clear"),
+            Some(json!({})),
+        )
+        .await;
+        self.req(
+            reqwest::Method::POST,
+            &format!("/element/{id}/value"),
+            Some(json!({"text": text})),
+        )
+        .await;
+    }
+
+    /// Poll a JS expression until it returns a truthy value.
+    async fn wait(&self, what: &str, expr: &str, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let v = self.js(&format!("return ({expr});")).await;
+            if !(v.is_null() || v == json!(false) || v == json!("")) {
+                return v;
+            }
+            if Instant::now() > deadline {
+                let dump = self
+                    .js("return [...document.querySelectorAll('li[data-workload]')].map(li => li.dataset.workload + ': ' + li.dataset.status + ' — ' + li.querySelector('.reason').textContent).join('\\n') + '\\nerror: ' + document.querySelector('#error-text').textContent;")
+                    .await;
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}; window:\n{}",
+                    dump.as_str().unwrap_or("")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn status_of(&self, name: &str) -> String {
+        self.js(&format!(
+            "const li = document.querySelector('li[data-workload=\"{name}\"]'); return li ? li.dataset.status : null;"
+        ))
+        .await
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+    }
+
+    async fn text(&self, name: &str, class: &str) -> String {
+        self.js(&format!(
+            "return document.querySelector('li[data-workload=\"{name}\"] .{class}').textContent;"
+        ))
+        .await
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+    }
+
+    async fn wait_status(&self, name: &str, status: &str, timeout: Duration) {
+        self.wait(
+            &format!("{name} to be {status}"),
+            &format!("(document.querySelector('li[data-workload=\"{name}\"]') || {{dataset: {{}}}}).dataset.status === '{status}'"),
+            timeout,
+        )
+        .await;
+    }
+
+    async fn screenshot(&self, name: &str) {
+        use base64::Engine as _;
+        let v = self.req(reqwest::Method::GET, "/screenshot", None).await;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(v.as_str().unwrap_or(""))
+            .unwrap();
+        let dir = root().join("artifacts/screenshots");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
+    }
+
+    async fn end(self) {
+        let _ = self
+            .http
+            .delete(format!("{}/session/{}", self.base, self.session))
+            .send()
+            .await;
+    }
+}
+
+/// The app under tauri-driver.
+struct App {
+    _driver: Group,
+    wd: Option<Wd>,
+}
+
+fn driver(display: &str, config_dir: &Path, log: &Path, extra: &[(&str, String)]) -> (Group, u16) {
+    let port = free_port();
+    let native = free_port();
+    let mut cmd = Command::new(tauri_driver());
+    cmd.args([
+        "--port",
+        &port.to_string(),
+        "--native-port",
+        &native.to_string(),
+    ])
+    .env("DISPLAY", display)
+    .env("TOKENWARDEN_BIN", env!("CARGO_BIN_EXE_tokenwarden"))
+    .env("TOKENWARDEN_CONFIG_DIR", config_dir)
+    .env("TOKENWARDEN_LOG_DIR", log)
+    .env("TOKENWARDEN_NOTIFY_COALESCE", "700ms")
+    .env("RUST_LOG", "debug")
+    .env("NO_AT_BRIDGE", "1")
+    .stdin(Stdio::null())
+    .stdout(std::fs::File::create(log.join("app.stdout")).unwrap())
+    .stderr(std::fs::File::create(log.join("app.stderr")).unwrap());
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    (Group::spawn(cmd), port)
+}
+
+/// The app's pid, asked over its control socket.
+async fn app_pid(control_dir: &Path) -> u32 {
+    let paths = tokenwarden::paths::Paths::resolve(Some(control_dir.to_path_buf())).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(Some(mut c)) = tokenwarden::control::Client::connect(&paths).await {
+            if let Ok(v) = c.call(&tokenwarden::control::Request::Ping).await {
+                return v["pid"].as_u64().unwrap() as u32;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the app's control socket did not answer"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn tray(pid: u32, args: &[&str]) -> Value {
+    let out = Command::new("/usr/bin/python3")
+        .arg(root().join("tests/desktop/tray.py"))
+        .arg(pid.to_string())
+        .args(args)
+        .output()
+        .expect("tray.py");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "tray.py {args:?}: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(&text).unwrap()
+}
+
+fn tray_labels(pid: u32) -> Vec<String> {
+    tray(pid, &["layout"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["label"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+async fn wait_tray(pid: u32, label: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let labels = tray_labels(pid);
+        if labels.iter().any(|l| l == label) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tray menu has no {label:?}: {labels:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+fn pid_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+async fn wait_exit(pid: u32, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while pid_alive(pid) {
+        assert!(
+            Instant::now() < deadline,
+            "pid {pid} still running after {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_degrades_notifies_recovers_and_reauthenticates() {
+    let Some(display) = gate("demo_degrades_notifies_recovers_and_reauthenticates") else {
+        return;
+    };
+    let _serial = serial();
+    let log = log_dir("desktop-demo");
+    let recorder = Recorder::start(&log);
+    let config = tempfile::tempdir().unwrap();
+    let t0 = Instant::now();
+    let (drv, port) = driver(&display, config.path(), &log, &[]);
+    let mut app = App {
+        _driver: drv,
+        wd: Some(Wd::start(port).await),
+    };
+    let wd = app.wd.as_ref().unwrap();
+    wd.wait(
+        "the window to load",
+        "document.body.dataset.ready === '1'",
+        Duration::from_secs(30),
+    )
+    .await;
+    for name in tokenwarden::demo::WORKLOADS {
+        wd.wait_status(name, "running", Duration::from_secs(30))
+            .await;
+    }
+    eprintln!(
+        "demo window up with 3 running workloads after {:?}",
+        t0.elapsed()
+    );
+    assert!(
+        wd.js("return !document.querySelector('#demo').hidden")
+            .await
+            == json!(true)
+    );
+    wd.screenshot("running").await;
+
+    // No layout that breaks at 360 px wide: nothing overflows sideways.
+    wd.req(
+        reqwest::Method::POST,
+        "/window/rect",
+        Some(json!({"width": 360, "height": 760})),
+    )
+    .await;
+    wd.wait(
+        "the window to be 360 px wide",
+        "window.innerWidth <= 380",
+        Duration::from_secs(5),
+    )
+    .await;
+    let overflow = wd
+        .js("return document.documentElement.scrollWidth - document.documentElement.clientWidth;")
+        .await;
+    assert_eq!(overflow, json!(0), "horizontal overflow at 360 px");
+    wd.screenshot("running-360px").await;
+
+    // The tray menu, read over D-Bus.
+    let footer = wd
+        .js("return document.querySelector('#footer').textContent")
+        .await;
+    let control_dir = footer
+        .as_str()
+        .unwrap()
+        .split("--config-dir ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    let pid = app_pid(Path::new(&control_dir)).await;
+    wait_tray(pid, "All 3 workloads running", Duration::from_secs(10)).await;
+    let labels = tray_labels(pid);
+    for want in [
+        "github-mcp — running",
+        "Retry all now",
+        "Open Tokenwarden",
+        "Quit",
+    ] {
+        assert!(
+            labels.iter().any(|l| l == want),
+            "{want:?} not in {labels:?}"
+        );
+    }
+
+    // Break it: the issuer answers 403 with an HTML page.
+    wd.click("#demo-waf").await;
+    wd.wait(
+        "the demo panel to show the WAF mode",
+        "document.querySelector('#demo-mode').textContent.includes('WAF')",
+        Duration::from_secs(5),
+    )
+    .await;
+    wd.wait_status("github-mcp", "retrying", Duration::from_secs(90))
+        .await;
+    let reason = wd.text("github-mcp", "reason").await;
+    assert!(
+        reason.contains("403 with a web page, probably a firewall or VPN block"),
+        "reason in plain words: {reason:?}"
+    );
+    let countdown = wd.text("github-mcp", "countdown").await;
+    assert!(
+        countdown.starts_with("in ") || countdown == "now",
+        "a live countdown: {countdown:?}"
+    );
+    let n = recorder.wait_for("retrying", Duration::from_secs(20)).await;
+    assert!(
+        n["body"]
+            .as_str()
+            .unwrap()
+            .contains("firewall or VPN block"),
+        "degraded notification names the cause: {n}"
+    );
+    wait_tray(pid, "github-mcp — retrying", Duration::from_secs(10)).await;
+    for name in tokenwarden::demo::WORKLOADS {
+        wd.wait_status(name, "retrying", Duration::from_secs(60))
+            .await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let retrying_notes: Vec<Value> = recorder
+        .all()
+        .into_iter()
+        .filter(|n| n["summary"].as_str().unwrap_or("").contains("retrying"))
+        .collect();
+    let named: String = retrying_notes
+        .iter()
+        .map(|n| format!("{} {}\n", n["summary"], n["body"]))
+        .collect();
+    for name in tokenwarden::demo::WORKLOADS {
+        assert!(
+            named.contains(name),
+            "every degraded workload is named: {named}"
+        );
+    }
+    // One note per workload at most (burst coalescing itself is unit-tested).
+    assert!(retrying_notes.len() <= 3, "no repeats: {named}");
+    wd.screenshot("retrying").await;
+
+    // Heal: every workload recovers, and a "recovered" notification arrives.
+    wd.click("#demo-heal").await;
+    for name in tokenwarden::demo::WORKLOADS {
+        wd.wait_status(name, "running", Duration::from_secs(60))
+            .await;
+    }
+    let n = recorder
+        .wait_for("recovered", Duration::from_secs(20))
+        .await;
+    assert!(n["body"].as_str().unwrap().contains("running"), "{n}");
+    wait_tray(pid, "All 3 workloads running", Duration::from_secs(10)).await;
+
+    // Revoke the grant: invalid_grant is a verdict → unauthenticated, at once.
+    wd.click("#demo-revoke").await;
+    wd.click("li[data-workload=\"github-mcp\"] [data-action=\"retry\"]")
+        .await;
+    wd.wait_status("github-mcp", "unauthenticated", Duration::from_secs(30))
+        .await;
+    let reason = wd.text("github-mcp", "reason").await;
+    assert!(
+        reason.contains("no longer accepts the saved sign-in (invalid_grant)"),
+        "{reason:?}"
+    );
+    let n = recorder
+        .wait_for("sign in again", Duration::from_secs(20))
+        .await;
+    assert!(n["body"].as_str().unwrap().contains("invalid_grant"), "{n}");
+    assert!(
+        n["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a == "Re-authenticate"),
+        "the unauthenticated note offers Re-authenticate: {n}"
+    );
+    wd.screenshot("unauthenticated").await;
+
+    // Re-authenticate from the tray menu (clicked over D-Bus) …
+    wait_tray(pid, "Re-authenticate github-mcp…", Duration::from_secs(10)).await;
+    tray(pid, &["click", "Re-authenticate github-mcp…"]);
+    wd.wait_status("github-mcp", "running", Duration::from_secs(30))
+        .await;
+    // … and from the window, for whichever others went unauthenticated meanwhile.
+    for name in ["jira-mcp", "notion-api"] {
+        if wd.status_of(name).await != "running" {
+            wd.click(&format!(
+                "li[data-workload=\"{name}\"] [data-action=\"reauth\"]"
+            ))
+            .await;
+            wd.wait_status(name, "running", Duration::from_secs(30))
+                .await;
+        }
+    }
+
+    // Quit from the tray: the process ends cleanly.
+    tray(pid, &["click", "Quit"]);
+    wait_exit(pid, Duration::from_secs(15)).await;
+    if let Some(wd) = app.wd.take() {
+        wd.end().await;
+    }
+    eprintln!("desktop demo scenario done in {:?}", t0.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_workload_login_retry_now_and_single_instance() {
+    let Some(display) = gate("real_workload_login_retry_now_and_single_instance") else {
+        return;
+    };
+    let _serial = serial();
+    let log = log_dir("desktop-real");
+    let recorder = Recorder::start(&log);
+    // Every token it issues goes to the ledger scripts/scan-secrets.sh checks all
+    // logs against (the app's logs and the recorded notifications included).
+    let issuer = SimIssuer::start(IssuerOptions {
+        ledger: std::env::var_os("TOKENWARDEN_TEST_LOG_DIR")
+            .map(|d| PathBuf::from(d).join("issued-tokens.txt")),
+        ..IssuerOptions::default()
+    })
+    .await
+    .unwrap();
+    let config = tempfile::tempdir().unwrap();
+    std::fs::write(
+        config.path().join("workloads.toml"),
+        format!(
+            "[secrets]\nstore = \"file\"\n\n[[workload]]\nname = \"api\"\nauthorization_endpoint = \"{}\"\ntoken_endpoint = \"{}\"\nclient_id = \"{}\"\nscopes = [\"read\"]\n",
+            issuer.authorization_endpoint(),
+            issuer.token_endpoint(),
+            issuer.client_id()
+        ),
+    )
+    .unwrap();
+    let browser = root().join("tests/desktop/browser.sh");
+    let (drv, port) = driver(
+        &display,
+        config.path(),
+        &log,
+        &[
+            ("TOKENWARDEN_BROWSER", browser.display().to_string()),
+            // This scenario runs in dark mode (the demo one in light mode).
+            ("GTK_THEME", "Adwaita:dark".to_string()),
+        ],
+    );
+    let mut app = App {
+        _driver: drv,
+        wd: Some(Wd::start(port).await),
+    };
+    let wd = app.wd.as_ref().unwrap();
+    wd.wait(
+        "the window to load",
+        "document.body.dataset.ready === '1'",
+        Duration::from_secs(30),
+    )
+    .await;
+    wd.wait_status("api", "unauthenticated", Duration::from_secs(20))
+        .await;
+    assert!(wd.js("return document.querySelector('#demo').hidden").await == json!(true));
+    let pid = app_pid(config.path()).await;
+    wait_tray(pid, "Re-authenticate api…", Duration::from_secs(10)).await;
+
+    // "Re-authenticate" runs the real login flow; the stand-in browser follows the URL.
+    wd.click("li[data-workload=\"api\"] [data-action=\"reauth\"]")
+        .await;
+    wd.wait_status("api", "running", Duration::from_secs(30))
+        .await;
+    assert_eq!(
+        issuer.code_exchanges(),
+        1,
+        "one authorization code exchanged"
+    );
+    let dark = wd
+        .js("return matchMedia('(prefers-color-scheme: dark)').matches && getComputedStyle(document.body).backgroundColor;")
+        .await;
+    assert_eq!(
+        dark,
+        json!("rgb(17, 20, 24)"),
+        "dark mode follows the desktop theme"
+    );
+    wd.screenshot("running-dark").await;
+
+    // The CLI works against the app's control socket.
+    let out = Command::new(env!("CARGO_BIN_EXE_tokenwarden"))
+        .args(["status", "--json"])
+        .env("TOKENWARDEN_CONFIG_DIR", config.path())
+        .env_remove("DISPLAY")
+        .output()
+        .unwrap();
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list[0]["name"], "api");
+    assert_eq!(list[0]["status"], "running");
+    assert_eq!(list[0]["live"], true, "answered by the running app");
+
+    // "Retry now" in the window: exactly one refresh request at the issuer.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = issuer.refresh_requests();
+    wd.click("li[data-workload=\"api\"] [data-action=\"retry\"]")
+        .await;
+    assert!(
+        issuer
+            .wait_for_refresh_requests(before + 1, Duration::from_secs(10))
+            .await,
+        "Retry now made no refresh request"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(issuer.refresh_requests(), before + 1, "exactly one refresh");
+    wd.wait(
+        "the timeline to show the refresh",
+        "document.querySelector('li[data-workload=\"api\"] .timeline').textContent.includes('token refreshed')",
+        Duration::from_secs(5),
+    )
+    .await;
+
+    // invalid_grant → unauthenticated → Re-authenticate → running again.
+    issuer.revoke_all();
+    wd.click("li[data-workload=\"api\"] [data-action=\"retry\"]")
+        .await;
+    wd.wait_status("api", "unauthenticated", Duration::from_secs(20))
+        .await;
+    let note = recorder
+        .wait_for("api needs you to sign in again", Duration::from_secs(20))
+        .await;
+    // This time from the notification's "Re-authenticate" action: the notification
+    // server emits ActionInvoked(id, action) as a desktop would on a click.
+    let out = Command::new("gdbus")
+        .args([
+            "emit",
+            "--session",
+            "--object-path",
+            "/org/freedesktop/Notifications",
+            "--signal",
+            "org.freedesktop.Notifications.ActionInvoked",
+            &format!("uint32 {}", note["id"]),
+            "'reauthenticate'",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "gdbus emit: {out:?}");
+    wd.wait_status("api", "running", Duration::from_secs(30))
+        .await;
+    assert_eq!(issuer.code_exchanges(), 2);
+
+    // Errors from commands are shown as {code, message}: remove an unknown name.
+    wd.js("window.__TAURI__.core.invoke('retry', {name: 'nope'}).catch(e => { document.querySelector('#error-text').textContent = e.message + ' [' + e.code + ']'; document.querySelector('#error').hidden = false; }); return true;").await;
+    wd.wait(
+        "the error banner",
+        "!document.querySelector('#error').hidden && document.querySelector('#error-text').textContent.includes('[unknown_workload]')",
+        Duration::from_secs(5),
+    )
+    .await;
+
+    // The add form: validation in the window, then add → sign-in → running; Remove.
+    wd.click("#add summary").await;
+    wd.type_into("#add-form [name=name]", "api2").await;
+    wd.type_into("#add-form [name=token_endpoint]", "ftp://nope")
+        .await;
+    wd.click("#add-form button[type=submit]").await;
+    wd.wait(
+        "a field error for the token endpoint",
+        "document.querySelector('.field-error[data-for=token_endpoint]').textContent.includes('full URL') || document.querySelector('.field-error[data-for=token_endpoint]').textContent.includes('https')",
+        Duration::from_secs(5),
+    )
+    .await;
+    wd.type_into("#add-form [name=token_endpoint]", &issuer.token_endpoint())
+        .await;
+    wd.type_into(
+        "#add-form [name=authorization_endpoint]",
+        &issuer.authorization_endpoint(),
+    )
+    .await;
+    wd.type_into("#add-form [name=client_id]", issuer.client_id())
+        .await;
+    wd.type_into("#add-form [name=scopes]", "read").await;
+    wd.click("#add-form button[type=submit]").await;
+    wd.wait_status("api2", "running", Duration::from_secs(30))
+        .await;
+    assert_eq!(issuer.code_exchanges(), 3, "the new workload signed in");
+    let toml = std::fs::read_to_string(config.path().join("workloads.toml")).unwrap();
+    assert!(toml.contains("name = \"api2\""), "{toml}");
+    // The backend validates too: a duplicate name comes back as a field error.
+    let dup = wd
+        .js("return window.__TAURI__.core.invoke('add_workload', {form: {name: 'api', token_endpoint: 'https://a.example/token', authorization_endpoint: 'https://a.example/authorize', client_id: 'x', scopes: ''}}).then(() => 'ok', e => JSON.stringify(e));")
+        .await;
+    let dup: Value = serde_json::from_str(dup.as_str().unwrap()).unwrap();
+    assert_eq!(dup["code"], "invalid", "{dup}");
+    assert_eq!(dup["field"], "name", "{dup}");
+    // Remove asks for a second click, then the card and the config entry go.
+    wd.click("li[data-workload=\"api2\"] [data-action=\"remove\"]")
+        .await;
+    wd.click("li[data-workload=\"api2\"] [data-action=\"remove\"]")
+        .await;
+    wd.wait(
+        "the api2 card to go",
+        "!document.querySelector('li[data-workload=\"api2\"]')",
+        Duration::from_secs(10),
+    )
+    .await;
+    let toml = std::fs::read_to_string(config.path().join("workloads.toml")).unwrap();
+    assert!(!toml.contains("api2"), "{toml}");
+
+    // A second launch on the same config dir focuses the first and exits 0.
+    let second = Command::new(env!("CARGO_BIN_EXE_tokenwarden"))
+        .env("DISPLAY", &display)
+        .env("TOKENWARDEN_CONFIG_DIR", config.path())
+        .env("TOKENWARDEN_LOG_DIR", &log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log.join("second.stderr")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut second = Group(second);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let code = loop {
+        if let Some(s) = second.0.try_wait().unwrap() {
+            break s.code();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the second instance did not exit"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(code, Some(0), "second launch hands over and exits 0");
+    assert!(pid_alive(pid), "the first instance keeps running");
+
+    // Closing the window (WM_DELETE_WINDOW, as a window manager's close button sends)
+    // keeps the app — tray, engine, control socket — running; the tray reopens it.
+    let xwindows = |cmd: &str| -> String {
+        let out = Command::new("/usr/bin/python3")
+            .arg(root().join("tests/desktop/xclose.py"))
+            .arg(pid.to_string())
+            .arg(cmd)
+            .env("DISPLAY", &display)
+            .output()
+            .expect("xclose.py");
+        assert!(
+            out.status.success(),
+            "xclose.py: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(xwindows("close"), "1", "one window to close");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while xwindows("count") != "0" {
+        assert!(Instant::now() < deadline, "the window did not close");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(pid_alive(pid), "closing the window does not quit");
+    let _ = app_pid(config.path()).await;
+    tray(pid, &["click", "Open Tokenwarden"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while xwindows("count") != "1" {
+        assert!(
+            Instant::now() < deadline,
+            "Open Tokenwarden did not bring the window back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    app.wd.take();
+
+    // Quit from the tray: clean stop, state written.
+    tray(pid, &["click", "Quit"]);
+    wait_exit(pid, Duration::from_secs(15)).await;
+    let state = std::fs::read_to_string(config.path().join("state.json")).unwrap_or_default();
+    assert!(
+        state.contains("\"api\""),
+        "state file written on quit: {state}"
+    );
+    let secrets = std::fs::read_to_string(log.join("app.stderr")).unwrap_or_default();
+    for t in issuer.issued_tokens() {
+        assert!(
+            !secrets.contains(&t),
+            "a token leaked into the app's stderr"
+        );
+    }
+}

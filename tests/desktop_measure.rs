@@ -1,0 +1,258 @@
+//! Footprint of the desktop app, measured on the real binary (run by
+//! `scripts/measure-desktop.sh`, which builds it in release mode and provides Xvfb and
+//! a private bus). Ignored in the normal suite: it takes over a minute by design.
+//!
+//! Prints: cold start to tray icon exported on D-Bus, idle CPU over 60 s with 10
+//! running workloads (app + WebKit child processes), resident memory (RSS and PSS,
+//! whole process tree) with the window open and after it is closed.
+#![cfg(feature = "desktop")]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use tokenwarden::engine::config::Config;
+use tokenwarden::engine::oauth;
+use tokenwarden::engine::store::{FileBackend, SecretStore};
+use tokenwarden::sim_issuer::{IssuerOptions, SimIssuer};
+
+const WORKLOADS: usize = 10;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn children(pid: u32) -> Vec<u32> {
+    let mut out = vec![pid];
+    let mut i = 0;
+    while i < out.len() {
+        let p = out[i];
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) {
+            for t in tasks.flatten() {
+                let f = t.path().join("children");
+                for c in std::fs::read_to_string(f)
+                    .unwrap_or_default()
+                    .split_whitespace()
+                {
+                    if let Ok(c) = c.parse() {
+                        if !out.contains(&c) {
+                            out.push(c);
+                        }
+                    }
+                }
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+/// utime + stime of the whole tree, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    children(pid)
+        .iter()
+        .map(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+            let f: Vec<&str> = after.split_whitespace().collect();
+            f.get(11).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0)
+                + f.get(12).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0)
+        })
+        .sum()
+}
+
+/// (RSS, PSS) of the whole tree in KiB, with the per-process breakdown.
+fn memory(pid: u32) -> (u64, u64, Vec<String>) {
+    let mut rss = 0;
+    let mut pss = 0;
+    let mut parts = Vec::new();
+    for p in children(pid) {
+        let roll = std::fs::read_to_string(format!("/proc/{p}/smaps_rollup")).unwrap_or_default();
+        let field = |k: &str| {
+            roll.lines()
+                .find(|l| l.starts_with(k))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let (r, s) = (field("Rss:"), field("Pss:"));
+        let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+        parts.push(format!("{}({p}) rss {} MiB", comm.trim(), r / 1024));
+        rss += r;
+        pss += s;
+    }
+    (rss, pss, parts)
+}
+
+fn py(script: &str, args: &[&str], display: &str) -> (bool, String) {
+    let out = Command::new("/usr/bin/python3")
+        .arg(root().join("tests/desktop").join(script))
+        .args(args)
+        .env("DISPLAY", display)
+        .stderr(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+    )
+}
+
+/// Sign a workload in the way the demo does: the real code flow, the test playing the
+/// signed-in browser.
+async fn login(cfg: &Config, name: &str, store: &SecretStore) {
+    let w = cfg.workload(name).unwrap();
+    let http = oauth::http_client(&cfg.policy, None).unwrap();
+    let pending = oauth::prepare_login(w).await.unwrap();
+    let url = pending.authorize_url.to_string();
+    let browser = tokio::spawn(async move {
+        reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::limited(3))
+            .build()
+            .unwrap()
+            .get(url)
+            .send()
+            .await
+    });
+    let tokens = pending
+        .finish(&http, &cfg.policy, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let _ = browser.await;
+    store.save_tokens(name, &tokens).await.unwrap();
+}
+
+fn kib(k: u64) -> String {
+    format!("{:.1} MB", k as f64 * 1024.0 / 1_000_000.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement; run scripts/measure-desktop.sh"]
+async fn measure_desktop_footprint() {
+    let display = std::env::var("TOKENWARDEN_TEST_DISPLAY")
+        .or_else(|_| std::env::var("DISPLAY"))
+        .expect("a display (scripts/measure-desktop.sh provides Xvfb)");
+    let idle_secs: u64 = std::env::var("MEASURE_IDLE_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60);
+    let issuer = SimIssuer::start(IssuerOptions::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = String::from("[secrets]\nstore = \"file\"\n\n");
+    for i in 0..WORKLOADS {
+        text.push_str(&format!(
+            "[[workload]]\nname = \"w{i}\"\nauthorization_endpoint = \"{}\"\ntoken_endpoint = \"{}\"\nclient_id = \"{}\"\n\n",
+            issuer.authorization_endpoint(),
+            issuer.token_endpoint(),
+            issuer.client_id()
+        ));
+    }
+    let path = dir.path().join("workloads.toml");
+    std::fs::write(&path, &text).unwrap();
+    let cfg = Config::parse(&path, &text).unwrap();
+    let store = SecretStore::new(FileBackend::new(dir.path().join("secrets")));
+    for i in 0..WORKLOADS {
+        login(&cfg, &format!("w{i}"), &store).await;
+    }
+
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tokenwarden"))
+        .env("DISPLAY", &display)
+        .env("TOKENWARDEN_CONFIG_DIR", dir.path())
+        .env("TOKENWARDEN_LOG_DIR", dir.path().join("logs"))
+        .env("RUST_LOG", "info")
+        .env("NO_AT_BRIDGE", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let tray_after = loop {
+        let (ok, out) = py("tray.py", &[&pid.to_string(), "layout"], &display);
+        if ok && out.contains("All 10 workloads running") {
+            break started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no tray icon: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let window_after = loop {
+        let (_, n) = py("xclose.py", &[&pid.to_string(), "count"], &display);
+        if n == "1" {
+            break started.elapsed();
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "no window");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    tokio::time::sleep(Duration::from_secs(5)).await; // let the webview settle
+    let (rss_open, pss_open, parts_open) = memory(pid);
+
+    let refreshes_before = issuer.refresh_requests();
+    let hz = 100.0; // USER_HZ on Linux
+    let t0 = cpu_ticks(pid);
+    let w0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs(idle_secs)).await;
+    let cpu_open = (cpu_ticks(pid) - t0) as f64 / hz / w0.elapsed().as_secs_f64() * 100.0;
+
+    let (_, closed) = py("xclose.py", &[&pid.to_string(), "close"], &display);
+    assert_eq!(closed, "1");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (rss_closed, pss_closed, parts_closed) = memory(pid);
+    let t1 = cpu_ticks(pid);
+    let w1 = Instant::now();
+    tokio::time::sleep(Duration::from_secs(idle_secs)).await;
+    let cpu_closed = (cpu_ticks(pid) - t1) as f64 / hz / w1.elapsed().as_secs_f64() * 100.0;
+    let refreshes = issuer.refresh_requests() - refreshes_before;
+
+    let _ = py("tray.py", &[&pid.to_string(), "click", "Quit"], &display);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let code = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let bin = Path::new(env!("CARGO_BIN_EXE_tokenwarden"));
+    let size = std::fs::metadata(bin).map(|m| m.len()).unwrap_or(0);
+
+    println!(
+        "\n| measurement ({WORKLOADS} workloads, {idle_secs} s idle windows) | value | target |"
+    );
+    println!("|---|---|---|");
+    println!(
+        "| cold start → tray icon on D-Bus | {:.2} s | < 1.5 s |",
+        tray_after.as_secs_f64()
+    );
+    println!(
+        "| cold start → window mapped | {:.2} s | |",
+        window_after.as_secs_f64()
+    );
+    println!("| idle CPU, window open | {cpu_open:.2} % of one core | < 0.5 % |");
+    println!("| idle CPU, window closed | {cpu_closed:.2} % of one core | < 0.5 % |");
+    println!(
+        "| memory, window open (RSS sum / PSS) | {} / {} | < 150 MB |",
+        kib(rss_open),
+        kib(pss_open)
+    );
+    println!(
+        "| memory, window closed (RSS sum / PSS) | {} / {} | < 60 MB |",
+        kib(rss_closed),
+        kib(pss_closed)
+    );
+    println!(
+        "| binary `{}` | {:.1} MB | |",
+        bin.display(),
+        size as f64 / 1e6
+    );
+    println!("| refreshes at the issuer while idle | {refreshes} | (1 h tokens: 0 expected) |");
+    println!("| exit code after tray Quit | {code:?} | Some(0) |");
+    println!("\nprocesses, window open:  {}", parts_open.join(", "));
+    println!("processes, window closed: {}", parts_closed.join(", "));
+    assert_eq!(code, Some(0), "Quit from the tray exits 0");
+}

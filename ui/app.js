@@ -1,0 +1,296 @@
+// Tokenwarden window. No build step: plain JS over window.__TAURI__.
+// Live updates come as Tauri events ("status", "status-all", "removed", "login",
+// "demo", "row"); the only timer is the 1-second countdown, computed here from
+// next_attempt_at without asking the backend anything.
+"use strict";
+
+const { invoke } = window.__TAURI__.core;
+const { listen } = window.__TAURI__.event;
+
+const rows = new Map(); // name -> row
+let isDemo = false;
+const $ = (sel, root = document) => root.querySelector(sel);
+
+// ---------- formatting ----------
+function parseTime(s) { return s ? new Date(s) : null; }
+function clock(d) {
+  if (!d) return "—";
+  const sameDay = d.toDateString() === new Date().toDateString();
+  const t = d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+  return sameDay ? t : `${d.toLocaleDateString()} ${t}`;
+}
+// Seconds only while they matter (under 2 minutes): a steady state then changes the
+// text once a minute, and an unchanged text is not written (no repaint when idle).
+function span(ms) {
+  const s = Math.max(0, Math.round(ms / 1000));
+  if (s < 120) return `${s} s`;
+  const m = Math.floor(s / 60);
+  if (m < 60) return `${m} min`;
+  const h = Math.floor(m / 60);
+  return `${h} h ${m % 60} min`;
+}
+function setText(el, text) {
+  if (el.textContent !== text) el.textContent = text;
+}
+function ago(d) {
+  if (!d) return "—";
+  const min = Math.floor((Date.now() - d) / 60000);
+  const rel = min < 1 ? "just now" : min < 120 ? `${min} min ago` : `${span(Date.now() - d)} ago`;
+  return `${clock(d)} (${rel})`;
+}
+function countdown(d) {
+  if (!d) return "none scheduled";
+  const ms = d - Date.now();
+  return ms <= 500 ? "now" : `in ${span(ms)} (${clock(d)})`;
+}
+
+// ---------- errors and notices ----------
+function showError(e) {
+  const err = normalize(e);
+  $("#error-text").textContent = `${err.message} [${err.code}]`;
+  $("#error").hidden = false;
+}
+function normalize(e) {
+  if (e && typeof e === "object" && "message" in e) return { code: e.code || "error", message: e.message, field: e.field };
+  return { code: "error", message: String(e) };
+}
+let noticeTimer = null;
+function notice(text) {
+  const n = $("#notice");
+  n.textContent = text;
+  n.hidden = false;
+  clearTimeout(noticeTimer);
+  noticeTimer = setTimeout(() => { n.hidden = true; }, 6000);
+}
+async function call(cmd, args) {
+  try {
+    return await invoke(cmd, args);
+  } catch (e) {
+    showError(e);
+    throw normalize(e);
+  }
+}
+
+// ---------- cards ----------
+function card(name) {
+  let li = document.querySelector(`li[data-workload="${CSS.escape(name)}"]`);
+  if (li) return li;
+  li = $("#card").content.firstElementChild.cloneNode(true);
+  li.dataset.workload = name;
+  $(".name", li).textContent = name;
+  const id = `w-${name.replace(/[^A-Za-z0-9_-]/g, "_")}`;
+  $(".name", li).id = id;
+  li.setAttribute("aria-labelledby", id);
+  li.querySelector('[data-action="retry"]').addEventListener("click", () => retry(name));
+  li.querySelector('[data-action="reauth"]').addEventListener("click", () => reauth(name));
+  li.querySelector('[data-action="remove"]').addEventListener("click", (ev) => remove(name, ev.currentTarget));
+  li.querySelector('[data-action="notify"]').addEventListener("change", (ev) => setNotify(name, ev.currentTarget));
+  // keep cards sorted by name
+  const list = $("#workloads");
+  const after = [...list.children].find((c) => c.dataset.workload > name);
+  list.insertBefore(li, after || null);
+  return li;
+}
+
+const WORDS = { running: "running", retrying: "retrying", unauthenticated: "unauthenticated", stopped: "stopped" };
+
+function render(row) {
+  rows.set(row.name, row);
+  const li = card(row.name);
+  li.dataset.status = row.status;
+  const badge = $(".badge", li);
+  badge.textContent = WORDS[row.status] || row.status;
+  badge.className = `badge ${row.status}`;
+  const reason = row.plain_reason || (row.status === "running" ? "Healthy: a valid access token is held and a refresh is scheduled." : "");
+  $(".reason", li).textContent = reason;
+  $(".reason", li).classList.toggle("bad", row.status !== "running" && !!row.plain_reason);
+  $(".hint", li).textContent = row.hint || "";
+  $(".hint", li).hidden = !row.hint;
+  $(".since", li).textContent = ago(parseTime(row.since));
+  $(".gives-up", li).textContent = row.gives_up_at ? clock(parseTime(row.gives_up_at)) : "—";
+  $(".f-gives", li).hidden = !row.gives_up_at;
+  const exp = parseTime(row.access_token_expires_at);
+  $(".token", li).textContent = exp
+    ? `${row.access_token_valid ? "valid until" : "expired at"} ${clock(exp)}`
+    : "none";
+  $(".detail", li).textContent = row.detail || "";
+  $(".f-detail", li).hidden = !row.detail;
+  const reauth = li.querySelector('[data-action="reauth"]');
+  reauth.classList.toggle("primary", row.status === "unauthenticated");
+  li.querySelector('[data-action="remove"]').hidden = isDemo;
+  li.querySelector('[data-action="notify"]').checked = row.notifications !== false;
+  const ol = $(".timeline ol", li);
+  ol.replaceChildren(...(row.timeline || []).slice().reverse().map((t) => {
+    const item = document.createElement("li");
+    item.className = t.ok ? "ok" : "fail";
+    const time = document.createElement("time");
+    time.dateTime = t.at;
+    time.textContent = clock(parseTime(t.at));
+    item.append(time, document.createTextNode(` ${t.what}`));
+    return item;
+  }));
+  $(".timeline", li).hidden = !(row.timeline && row.timeline.length);
+  tickOne(li, row);
+  summarize();
+}
+
+function tickOne(li, row) {
+  const next = parseTime(row.next_attempt_at);
+  setText($(".countdown", li), countdown(next));
+  const hide = !next && row.status === "unauthenticated";
+  const f = $(".f-next", li);
+  if (f.hidden !== hide) f.hidden = hide;
+}
+function tick() {
+  if (document.hidden) return;
+  for (const [name, row] of rows) {
+    const li = document.querySelector(`li[data-workload="${CSS.escape(name)}"]`);
+    if (li) {
+      tickOne(li, row);
+      setText($(".since", li), ago(parseTime(row.since)));
+    }
+  }
+}
+
+function summarize() {
+  const all = [...rows.values()];
+  const n = (s) => all.filter((r) => r.status === s).length;
+  let text;
+  if (!all.length) text = "No workloads configured.";
+  else if (n("unauthenticated")) text = `${n("unauthenticated")} of ${all.length} need you to sign in again.`;
+  else if (n("retrying")) text = `${n("retrying")} of ${all.length} retrying; Tokenwarden keeps trying.`;
+  else if (n("running") === all.length) text = `All ${all.length} workload${all.length > 1 ? "s" : ""} running.`;
+  else text = `${n("running")} of ${all.length} running.`;
+  $("#summary").textContent = text;
+  document.body.dataset.overall = n("unauthenticated") ? "unauthenticated" : n("retrying") ? "retrying" : all.length ? "running" : "idle";
+  $("#empty").hidden = all.length > 0;
+}
+
+function replaceAll(list) {
+  const names = new Set(list.map((r) => r.name));
+  for (const name of [...rows.keys()]) if (!names.has(name)) removed(name);
+  list.forEach(render);
+  summarize();
+}
+
+function removed(name) {
+  rows.delete(name);
+  const li = document.querySelector(`li[data-workload="${CSS.escape(name)}"]`);
+  if (li) li.remove();
+  summarize();
+}
+
+// ---------- actions ----------
+async function retry(name) {
+  const asked = await call("retry", { name });
+  notice(`Retrying ${asked.join(", ")} now…`);
+}
+async function reauth(name) {
+  await call("reauthenticate", { name });
+}
+async function remove(name, button) {
+  if (button.dataset.confirm !== "1") {
+    button.dataset.confirm = "1";
+    button.textContent = "Confirm remove";
+    setTimeout(() => { button.dataset.confirm = ""; button.textContent = "Remove"; }, 5000);
+    return;
+  }
+  await call("remove_workload", { name });
+  notice(`Removed ${name} and its stored tokens.`);
+}
+async function setNotify(name, box) {
+  try {
+    await call("set_notifications", { name, enabled: box.checked });
+  } catch (_) {
+    box.checked = !box.checked;
+  }
+}
+
+function setDemo(d) {
+  if (!d) return;
+  $("#demo-mode").textContent = d.mode;
+  $("#demo-refreshes").textContent = String(d.refresh_requests);
+}
+
+// ---------- add form ----------
+function clearFieldErrors(form) {
+  form.querySelectorAll(".field-error").forEach((s) => { s.textContent = ""; });
+  form.querySelectorAll("[aria-invalid]").forEach((i) => i.removeAttribute("aria-invalid"));
+}
+function fieldError(form, field, message) {
+  const slot = form.querySelector(`.field-error[data-for="${field}"]`);
+  const input = form.elements[field];
+  if (slot) slot.textContent = message;
+  if (input) { input.setAttribute("aria-invalid", "true"); input.focus(); }
+}
+function checkForm(form) {
+  const v = (k) => form.elements[k].value.trim();
+  if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(v("name"))) return ["name", "Use letters, digits, '.', '_' or '-' (starting with a letter or digit)."];
+  for (const k of ["token_endpoint", "authorization_endpoint"]) {
+    let u;
+    try { u = new URL(v(k)); } catch (_) { return [k, "Enter a full URL, like https://auth.example/token."]; }
+    const loop = ["127.0.0.1", "localhost", "[::1]"].includes(u.hostname);
+    if (u.protocol !== "https:" && !(u.protocol === "http:" && loop)) return [k, "Use https:// (plain http only for a loopback address)."];
+  }
+  if (!v("client_id")) return ["client_id", "Enter the client ID registered with the issuer."];
+  return null;
+}
+async function submitAdd(ev) {
+  ev.preventDefault();
+  const form = ev.currentTarget;
+  clearFieldErrors(form);
+  const bad = checkForm(form);
+  if (bad) { fieldError(form, bad[0], bad[1]); return; }
+  const data = Object.fromEntries(new FormData(form).entries());
+  try {
+    await invoke("add_workload", { form: data });
+    form.reset();
+    $("#add").open = false;
+    notice(`Added ${data.name}. Sign in in your browser.`);
+    replaceAll(await call("list_status"));
+  } catch (e) {
+    const err = normalize(e);
+    if (err.field) fieldError(form, err.field, err.message);
+    else showError(err);
+  }
+}
+
+// ---------- start ----------
+async function start() {
+  $("#error-close").addEventListener("click", () => { $("#error").hidden = true; });
+  $("#retry-all").addEventListener("click", async () => {
+    const asked = await call("retry", { name: null });
+    notice(asked.length ? `Retrying ${asked.length} workload${asked.length > 1 ? "s" : ""} now…` : "Nothing to retry.");
+  });
+  document.querySelectorAll("[data-demo]").forEach((b) => b.addEventListener("click", async () => {
+    setDemo(await call("demo_control", { action: b.dataset.demo }));
+    notice({ waf: "The issuer now answers 403 with a web page, like a WAF block.", down: "The issuer is down: connections are refused.", revoke: "The grant is revoked: the next refresh gets invalid_grant.", heal: "The issuer is healthy again." }[b.dataset.demo]);
+  }));
+  $("#add-form").addEventListener("submit", submitAdd);
+
+  await listen("status", (e) => render(e.payload));
+  await listen("row", (e) => render(e.payload));
+  await listen("status-all", (e) => replaceAll(e.payload));
+  await listen("removed", (e) => removed(e.payload));
+  await listen("demo", (e) => setDemo(e.payload));
+  await listen("error", (e) => showError(e.payload));
+  await listen("login", (e) => {
+    const l = e.payload;
+    if (l.state === "failed") showError({ code: "login", message: `Sign-in to ${l.name} failed: ${l.message}` });
+    else notice(l.message);
+  });
+
+  const info = await call("app_info");
+  isDemo = !!info.demo;
+  $("#demo").hidden = !isDemo;
+  $("#add").hidden = isDemo;
+  setDemo(info.demo);
+  $("#footer").textContent = isDemo
+    ? `Tokenwarden ${info.version} · demo · tokenwarden --config-dir ${info.control_dir} status`
+    : `Tokenwarden ${info.version} · ${info.config_file}`;
+  replaceAll(await call("list_status"));
+  document.body.dataset.ready = "1";
+  setInterval(tick, 1000);
+}
+
+start().catch(showError);
