@@ -100,8 +100,13 @@ pub enum Command {
     },
     /// Print a valid access token (refreshing if needed), for scripts.
     Token { name: String },
-    /// A built-in demo: an embedded issuer and three workloads you can break and heal.
-    Demo,
+    /// A built-in demo: an embedded issuer and three workloads you can break and heal,
+    /// in the desktop window (or in the terminal with --terminal or without a display).
+    Demo {
+        /// Keyboard controls in the terminal instead of the window.
+        #[arg(long)]
+        terminal: bool,
+    },
 }
 
 /// Exit codes: 0 success, 1 failure, 2 bad usage or configuration.
@@ -117,7 +122,7 @@ pub fn main() -> std::process::ExitCode {
     // The demo (also what a bare `tokenwarden` runs with nothing configured) prints
     // its own story on stdout; the daemon logs at info to stderr and its log file.
     let runs_demo = match &cli.command {
-        Some(Command::Demo) => true,
+        Some(Command::Demo { .. }) => true,
         None => Config::load(&paths.config_file).is_ok_and(|c| c.workloads.is_empty()),
         _ => false,
     };
@@ -266,7 +271,7 @@ async fn run(command: Option<Command>, paths: Paths) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Token { name } => token(&paths, &name).await,
-        Command::Demo => crate::demo::run_headless().await,
+        Command::Demo { terminal } => demo(terminal).await,
     }
 }
 
@@ -288,6 +293,22 @@ async fn run_default(paths: Paths) -> anyhow::Result<()> {
         }
         crate::daemon::run(paths).await
     }
+}
+
+/// The demo never touches the user's configuration: it runs on a throwaway config
+/// directory (its own instance lock and control socket) with an in-memory store.
+async fn demo(terminal: bool) -> anyhow::Result<()> {
+    #[cfg(feature = "desktop")]
+    if !terminal {
+        let dir = tempfile::Builder::new()
+            .prefix("tokenwarden-demo-")
+            .tempdir()?;
+        let paths = Paths::resolve(Some(dir.path().to_path_buf()))?;
+        let cfg = Config::empty(paths.config_file.clone());
+        return crate::desktop::main(paths, cfg).await;
+    }
+    let _ = terminal;
+    crate::demo::run_headless().await
 }
 
 fn workload<'a>(cfg: &'a Config, name: &str) -> anyhow::Result<&'a WorkloadConfig> {
@@ -313,6 +334,19 @@ async fn notify_daemon(paths: &Paths, req: Request) -> anyhow::Result<()> {
             .context("the daemon refused the change")?;
     }
     Ok(())
+}
+
+/// A running daemon re-reads `name`'s tokens (after a login or logout here).
+async fn reload_tokens(paths: &Paths, name: &str) -> anyhow::Result<()> {
+    let names = vec![name.to_string()];
+    notify_daemon(
+        paths,
+        Request::Reload {
+            config: false,
+            names,
+        },
+    )
+    .await
 }
 
 async fn require_daemon(paths: &Paths) -> anyhow::Result<Client> {
@@ -472,14 +506,7 @@ async fn login(
         .save_tokens(name, &tokens)
         .await
         .context("signed in, but the tokens could not be stored")?;
-    notify_daemon(
-        paths,
-        Request::Reload {
-            config: false,
-            names: vec![name.to_string()],
-        },
-    )
-    .await?;
+    reload_tokens(paths, name).await?;
     eprintln!("Signed in: `{name}` is running");
     Ok(())
 }
@@ -488,14 +515,7 @@ async fn logout(paths: &Paths, name: &str) -> anyhow::Result<()> {
     let cfg = load_config(paths)?;
     workload(&cfg, name)?;
     make_store(&cfg, paths).delete_tokens(name).await?;
-    notify_daemon(
-        paths,
-        Request::Reload {
-            config: false,
-            names: vec![name.to_string()],
-        },
-    )
-    .await?;
+    reload_tokens(paths, name).await?;
     eprintln!("Logged out of `{name}`");
     Ok(())
 }
