@@ -506,7 +506,8 @@ async fn demo_degrades_notifies_recovers_and_reauthenticates() {
         return;
     };
     let _serial = serial();
-    let log = log_dir("desktop-demo");
+    // One directory per process: a retried run keeps the failed try's logs.
+    let log = log_dir(&format!("desktop-demo-{}", std::process::id()));
     let recorder = Recorder::start(&log);
     let config = tempfile::tempdir().unwrap();
     let t0 = Instant::now();
@@ -707,7 +708,8 @@ async fn real_workload_login_retry_now_and_single_instance() {
         return;
     };
     let _serial = serial();
-    let log = log_dir("desktop-real");
+    // One directory per process: a retried run keeps the failed try's logs.
+    let log = log_dir(&format!("desktop-real-{}", std::process::id()));
     let recorder = Recorder::start(&log);
     // Every token it issues goes to the ledger scripts/scan-secrets.sh checks all
     // logs against (the app's logs and the recorded notifications included).
