@@ -211,7 +211,9 @@ impl Monitor {
     }
 
     async fn run(mut self, restored: Option<Persisted>) {
-        self.initialize(restored).await;
+        // Sub-futures that run once or rarely are boxed, so the task's resident
+        // state (kept for every idle workload) stays small.
+        Box::pin(self.initialize(restored)).await;
         self.publish(false, false);
         loop {
             self.maybe_start_attempt();
@@ -230,12 +232,12 @@ impl Monitor {
             };
             match event {
                 Event::Cancelled | Event::Command(None) => break,
-                Event::Command(Some(cmd)) => self.handle(cmd).await,
+                Event::Command(Some(cmd)) => Box::pin(self.handle(cmd)).await,
                 Event::Done(out) => {
                     self.in_flight = None;
                     self.apply(out);
                 }
-                Event::Tick => self.retry_unsaved().await,
+                Event::Tick => Box::pin(self.retry_unsaved()).await,
             }
         }
         // Let an in-flight refresh finish so a rotated refresh token gets saved.
