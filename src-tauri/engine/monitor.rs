@@ -74,7 +74,7 @@ pub struct Report {
 
 /// Shared, immutable inputs of one monitor.
 pub struct MonitorCtx {
-    pub workload: WorkloadConfig,
+    pub workload: Arc<WorkloadConfig>,
     pub transport: oauth::Transport,
     /// Shared by every workload of this token endpoint: caps concurrent refreshes there.
     pub issuer_gate: Arc<tokio::sync::Semaphore>,
@@ -87,7 +87,7 @@ pub struct MonitorCtx {
 pub struct MonitorHandle {
     pub tx: mpsc::Sender<Command>,
     pub status: watch::Receiver<WorkloadStatus>,
-    pub workload: WorkloadConfig,
+    pub workload: Arc<WorkloadConfig>,
     cancel: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
 }

@@ -312,17 +312,18 @@ impl Supervisor {
             .entry(w.token_endpoint.clone())
             .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(limit)))
             .clone();
+        let name = w.name.clone();
         let ctx = MonitorCtx {
             issuer_gate: gate,
             transport: self.transport_for(&w),
-            workload: w.clone(),
+            workload: Arc::new(w),
             store: self.store.clone(),
             policy: self.policy.clone(),
             clock: self.clock.clone(),
         };
-        let restored = self.persisted.get(&w.name).cloned();
+        let restored = self.persisted.get(&name).cloned();
         let handle = monitor::spawn(ctx, restored, self.reports_tx.clone());
-        self.monitors.insert(w.name, handle);
+        self.monitors.insert(name, handle);
     }
 
     fn on_report(&mut self, r: Report) {
@@ -443,7 +444,7 @@ impl Supervisor {
         for name in existing {
             let keep = wanted
                 .get(&name)
-                .is_some_and(|w| self.monitors[&name].workload == *w);
+                .is_some_and(|w| *self.monitors[&name].workload == *w);
             if !keep {
                 if let Some(m) = self.monitors.remove(&name) {
                     m.stop().await;
