@@ -210,14 +210,7 @@ async fn run(command: Option<Command>, paths: Paths) -> anyhow::Result<()> {
             };
             config::add_workload(&paths.config_file, &nw)?;
             eprintln!("Added `{name}` to {}", paths.config_file.display());
-            notify_daemon(
-                &paths,
-                Request::Reload {
-                    config: true,
-                    names: vec![],
-                },
-            )
-            .await?;
+            reload_config(&paths).await?;
             if no_login {
                 eprintln!("Log in with: tokenwarden login {name}");
                 Ok(())
@@ -227,14 +220,7 @@ async fn run(command: Option<Command>, paths: Paths) -> anyhow::Result<()> {
         }
         Command::Remove { name } => {
             let cfg = config::remove_workload(&paths.config_file, &name)?;
-            notify_daemon(
-                &paths,
-                Request::Reload {
-                    config: true,
-                    names: vec![],
-                },
-            )
-            .await?;
+            reload_config(&paths).await?;
             make_store(&cfg, &paths).delete_tokens(&name).await?;
             eprintln!("Removed `{name}` and its stored tokens");
             Ok(())
@@ -334,6 +320,15 @@ async fn notify_daemon(paths: &Paths, req: Request) -> anyhow::Result<()> {
             .context("the daemon refused the change")?;
     }
     Ok(())
+}
+
+/// A running daemon re-reads workloads.toml (after `add` or `remove` here).
+async fn reload_config(paths: &Paths) -> anyhow::Result<()> {
+    let req = Request::Reload {
+        config: true,
+        names: vec![],
+    };
+    notify_daemon(paths, req).await
 }
 
 /// A running daemon re-reads `name`'s tokens (after a login or logout here).

@@ -278,7 +278,8 @@ impl Wd {
         .await
     }
 
-    async fn click(&self, css: &str) {
+    /// The WebDriver id of the first element matching `css` (panics if none).
+    async fn element(&self, css: &str) -> String {
         let el = self
             .req(
                 reqwest::Method::POST,
@@ -286,9 +287,14 @@ impl Wd {
                 Some(json!({"using": "css selector", "value": css})),
             )
             .await;
-        let id = el[ELEMENT]
+        el[ELEMENT]
             .as_str()
-            .unwrap_or_else(|| panic!("no element {css}: {el}"));
+            .unwrap_or_else(|| panic!("no element {css}: {el}"))
+            .to_string()
+    }
+
+    async fn click(&self, css: &str) {
+        let id = self.element(css).await;
         self.req(
             reqwest::Method::POST,
             &format!("/element/{id}/click"),
@@ -298,16 +304,7 @@ impl Wd {
     }
 
     async fn type_into(&self, css: &str, text: &str) {
-        let el = self
-            .req(
-                reqwest::Method::POST,
-                "/element",
-                Some(json!({"using": "css selector", "value": css})),
-            )
-            .await;
-        let id = el[ELEMENT]
-            .as_str()
-            .unwrap_or_else(|| panic!("no element {css}: {el}"));
+        let id = self.element(css).await;
         self.req(
             reqwest::Method::POST,
             &format!("/element/{id}/clear"),

@@ -27,22 +27,39 @@ async fn setup(test: &str, opts: IssuerOptions) -> Setup {
     let path = dir.path().join("workloads.toml");
     let mut cfg = Config::parse(&path, &workload_toml("w", &issuer)).unwrap();
     cfg.policy = fast_policy();
-    let store = SecretStore::memory();
-    login_in_process(&cfg, "w", &store).await;
-    let engine = Engine::start(EngineOptions {
-        config: cfg,
-        store: store.clone(),
-        clock: Clock::system(),
-        state_path: Some(dir.path().join("state.json")),
-        sources: tokenwarden::engine::triggers::Sources::none(),
-        transport: None,
-    });
+    let store = login_all(&cfg).await;
+    let engine = start_engine(cfg, store.clone(), Some(dir.path().join("state.json")));
     Setup {
         engine,
         issuer,
         store,
         _dir: dir,
     }
+}
+
+/// Log every workload of `cfg` in for real; the tokens go to a fresh in-memory store.
+async fn login_all(cfg: &Config) -> SecretStore {
+    let store = SecretStore::memory();
+    for w in &cfg.workloads {
+        login_in_process(cfg, &w.name, &store).await;
+    }
+    store
+}
+
+/// An engine on the system clock with no trigger sources and HTTP to the issuer.
+fn start_engine(
+    config: Config,
+    store: SecretStore,
+    state_path: Option<std::path::PathBuf>,
+) -> Engine {
+    Engine::start(EngineOptions {
+        config,
+        store,
+        clock: Clock::system(),
+        state_path,
+        sources: tokenwarden::engine::triggers::Sources::none(),
+        transport: None,
+    })
 }
 
 async fn login_in_process(cfg: &Config, name: &str, store: &SecretStore) {
@@ -331,16 +348,8 @@ async fn ceiling_gives_up_without_a_hint_and_user_retry_recovers() {
     .unwrap();
     cfg.policy = fast_policy();
     cfg.policy.retrying_ceiling = Duration::from_millis(1500);
-    let store = SecretStore::memory();
-    login_in_process(&cfg, "w", &store).await;
-    let engine = Engine::start(EngineOptions {
-        config: cfg,
-        store,
-        clock: Clock::system(),
-        state_path: None,
-        sources: tokenwarden::engine::triggers::Sources::none(),
-        transport: None,
-    });
+    let store = login_all(&cfg).await;
+    let engine = start_engine(cfg, store, None);
     wait_for(&engine, Duration::from_secs(10), |w| {
         w.status == Status::Running
     })
@@ -478,18 +487,8 @@ async fn retrying_status_survives_a_restart_and_the_ceiling_keeps_counting() {
     )
     .unwrap();
     cfg.policy = fast_policy();
-    let store = SecretStore::memory();
-    login_in_process(&cfg, "w", &store).await;
-    let start = |cfg: Config| {
-        Engine::start(EngineOptions {
-            config: cfg,
-            store: store.clone(),
-            clock: Clock::system(),
-            state_path: Some(state.clone()),
-            sources: tokenwarden::engine::triggers::Sources::none(),
-            transport: None,
-        })
-    };
+    let store = login_all(&cfg).await;
+    let start = |cfg: Config| start_engine(cfg, store.clone(), Some(state.clone()));
     let engine = start(cfg.clone());
     wait_for(&engine, Duration::from_secs(10), |w| {
         w.status == Status::Running
@@ -545,18 +544,8 @@ async fn issuer_fan_out_brings_twenty_siblings_back_within_a_second() {
     cfg.policy = fast_policy();
     cfg.policy.retrying_interval = Duration::from_secs(600);
     cfg.policy.retrying_max_interval = Duration::from_secs(600);
-    let store = SecretStore::memory();
-    for n in &names {
-        login_in_process(&cfg, n, &store).await;
-    }
-    let engine = Engine::start(EngineOptions {
-        config: cfg,
-        store,
-        clock: Clock::system(),
-        state_path: None,
-        sources: tokenwarden::engine::triggers::Sources::none(),
-        transport: None,
-    });
+    let store = login_all(&cfg).await;
+    let engine = start_engine(cfg, store, None);
     let all = |st: Status| {
         let engine = engine.clone();
         async move {
@@ -620,9 +609,7 @@ async fn after_an_8_hour_wake_jump_expired_tokens_refresh_at_once_and_the_ceilin
     cfg.policy.wall_check_interval = Duration::from_secs(600); // only the wake trigger may act
     cfg.policy.wake_check_interval = Duration::from_millis(100);
     cfg.policy.wake_spread = Duration::from_millis(300);
-    let store = SecretStore::memory();
-    login_in_process(&cfg, "a", &store).await;
-    login_in_process(&cfg, "b", &store).await;
+    let store = login_all(&cfg).await;
     let clock = Clock::virtual_from(std::time::SystemTime::now());
     let engine = Engine::start(EngineOptions {
         config: cfg,
@@ -725,18 +712,8 @@ async fn refreshes_at_one_issuer_are_capped_after_a_mass_wake() {
     let mut cfg = Config::parse(&dir.path().join("workloads.toml"), &text).unwrap();
     cfg.policy = fast_policy();
     cfg.policy.issuer_max_concurrent = 4;
-    let store = SecretStore::memory();
-    for n in &names {
-        login_in_process(&cfg, n, &store).await;
-    }
-    let engine = Engine::start(EngineOptions {
-        config: cfg,
-        store,
-        clock: Clock::system(),
-        state_path: None,
-        sources: tokenwarden::engine::triggers::Sources::none(),
-        transport: None,
-    });
+    let store = login_all(&cfg).await;
+    let engine = start_engine(cfg, store, None);
     let mut rx = engine.subscribe();
     let before = issuer.refresh_requests();
     engine.retry(None).await.unwrap();
