@@ -100,6 +100,8 @@ pub enum Command {
     },
     /// Print a valid access token (refreshing if needed), for scripts.
     Token { name: String },
+    /// Print the JSON an MCP client needs to reach the workload's local proxy.
+    ClientConfig { name: String },
     /// A built-in demo: an embedded issuer and three workloads you can break and heal,
     /// in the desktop window (or in the terminal with --terminal or without a display).
     Demo {
@@ -257,6 +259,7 @@ async fn run(command: Option<Command>, paths: Paths) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Token { name } => token(&paths, &name).await,
+        Command::ClientConfig { name } => client_config(&paths, &name).await,
         Command::Demo { terminal } => demo(terminal).await,
     }
 }
@@ -410,6 +413,7 @@ fn offline_unknown(w: &WorkloadConfig) -> WorkloadStatus {
         attempts: 0,
         token_endpoint: w.token_endpoint.to_string(),
         local_url: None,
+        proxy_error: None,
         live: false,
     }
 }
@@ -557,5 +561,48 @@ async fn token(paths: &Paths, name: &str) -> anyhow::Result<()> {
         .await
         .context("could not store the refreshed tokens")?;
     println!("{}", tokens.access_token.expose());
+    Ok(())
+}
+
+/// The local proxy's address: the running daemon's, else from the config (a port is
+/// chosen and written to workloads.toml now if none was yet).
+async fn client_config(paths: &Paths, name: &str) -> anyhow::Result<()> {
+    let cfg = load_config(paths)?;
+    let w = workload(&cfg, name)?;
+    let Some(url) = &w.url else {
+        anyhow::bail!(
+            "`{name}` has no `url`, so it has no local proxy (only workloads with a remote URL get one)"
+        );
+    };
+    let mut live = None;
+    if let Some(mut c) = Client::connect(paths).await? {
+        let list: Vec<WorkloadStatus> =
+            serde_json::from_value(c.call(&Request::Status).await.map_err(remote)?)?;
+        if let Some(s) = list.into_iter().find(|s| s.name == name) {
+            if let Some(e) = &s.proxy_error {
+                eprintln!("warning: {e}");
+            }
+            live = s.local_url;
+        }
+    }
+    let local = match live {
+        Some(u) => u,
+        None => {
+            let port = match w.listen_port {
+                Some(p) if p != 0 => p,
+                _ => {
+                    let p = crate::proxy::bind(0)?.local_addr()?.port();
+                    config::set_listen_port(&paths.config_file, name, p)?;
+                    reload_config(paths).await?;
+                    p
+                }
+            };
+            crate::proxy::local_url(std::net::SocketAddr::from(([127, 0, 0, 1], port)), url)
+        }
+    };
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&crate::proxy::client_config(name, &local))?
+    );
     Ok(())
 }

@@ -16,4 +16,5 @@ pub mod desktop;
 pub mod engine;
 pub mod logging;
 pub mod paths;
+pub mod proxy;
 pub mod sim_issuer;

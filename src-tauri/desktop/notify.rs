@@ -386,6 +386,7 @@ mod tests {
                 attempts: 1,
                 token_endpoint: ep.into(),
                 local_url: None,
+                proxy_error: None,
                 live: true,
             },
             previous: prev,

@@ -177,6 +177,7 @@ mod tests {
             attempts: 0,
             token_endpoint: "https://a.example/token".into(),
             local_url: None,
+            proxy_error: None,
             live: true,
         }
     }

@@ -447,6 +447,28 @@ pub fn remove_workload(path: &Path, name: &str) -> Result<Config, ConfigError> {
     commit_edit(path, &doc.to_string())
 }
 
+/// Set a workload's `listen_port` (the proxy port chosen once, then kept).
+/// Refuses if the file is broken or the name is unknown.
+pub fn set_listen_port(path: &Path, name: &str, port: u16) -> Result<Config, ConfigError> {
+    let (text, cfg) = read_for_edit(path)?;
+    if cfg.workload(name).is_none() {
+        return Err(edit_error(path, format!("no workload named `{name}`")));
+    }
+    let mut doc: toml_edit::DocumentMut = text
+        .parse()
+        .map_err(|e: toml_edit::TomlError| edit_error(path, e.to_string()))?;
+    let table = doc
+        .get_mut("workload")
+        .and_then(|i| i.as_array_of_tables_mut())
+        .and_then(|arr| {
+            arr.iter_mut()
+                .find(|t| t.get("name").and_then(|v| v.as_str()) == Some(name))
+        })
+        .ok_or_else(|| edit_error(path, format!("no [[workload]] table named `{name}`")))?;
+    table["listen_port"] = toml_edit::value(i64::from(port));
+    commit_edit(path, &doc.to_string())
+}
+
 /// Write `bytes` to `path` atomically: temp file in the same directory, fsync, rename,
 /// fsync the directory. `private` makes the file 0600 from its creation on.
 pub fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> std::io::Result<()> {

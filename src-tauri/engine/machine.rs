@@ -127,6 +127,9 @@ pub enum Trigger {
     Wake,
     /// Another workload on the same token endpoint just refreshed successfully.
     IssuerRecovered,
+    /// The protected resource refused the current access token (`401` through the
+    /// local proxy): refresh before it would be due.
+    Rejected,
 }
 
 impl Trigger {
@@ -137,6 +140,7 @@ impl Trigger {
             Trigger::Network => "network changed",
             Trigger::Wake => "woke from sleep",
             Trigger::IssuerRecovered => "another workload on this issuer recovered",
+            Trigger::Rejected => "the remote rejected the access token",
         }
     }
 }
@@ -446,6 +450,8 @@ impl Machine {
                     && take_budget(&mut self.net_budget, &mut self.net_budget_at, now, policy)
             }
             Trigger::IssuerRecovered => in_episode,
+            // The token is useless now, whatever its expiry says.
+            Trigger::Rejected => true,
             // Wake also re-checks wall-clock deadlines that passed during the sleep.
             Trigger::Wake => in_episode || self.is_due(now),
         };
@@ -787,10 +793,24 @@ mod tests {
         assert!(!m.on_trigger(Trigger::Network, at(150.0, 0.0), &p, MID));
         assert!(!m.on_trigger(Trigger::IssuerRecovered, at(150.0, 0.0), &p, MID));
         assert!(!m.on_trigger(Trigger::TokenRequest, at(150.0, 0.0), &p, MID));
+        assert!(!m.on_trigger(Trigger::Rejected, at(150.0, 0.0), &p, MID));
         assert_eq!(m.due, Due::Awake(Duration::from_secs(220)));
         assert!(m.on_trigger(Trigger::User, at(150.0, 0.0), &p, MID));
         assert_eq!(m.due, Due::Now);
         assert_eq!(m.last_trigger, Some(Trigger::User));
+    }
+
+    #[test]
+    fn a_rejected_token_is_refreshed_at_once_but_not_after_a_verdict() {
+        let p = Policy::default();
+        let mut m = running(&p);
+        assert!(m.access_token_valid(at(10.0, 0.0)));
+        assert!(m.on_trigger(Trigger::Rejected, at(10.0, 0.0), &p, MID));
+        assert_eq!(m.due, Due::Now);
+        assert_eq!(m.last_trigger, Some(Trigger::Rejected));
+        m.on_failure(verdict("invalid_grant"), at(11.0, 0.0), &p, MID);
+        assert_eq!(m.status(), Status::Unauthenticated);
+        assert!(!m.on_trigger(Trigger::Rejected, at(12.0, 0.0), &p, MID));
     }
 
     #[test]

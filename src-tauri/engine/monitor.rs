@@ -56,6 +56,8 @@ pub type TokenReply = oneshot::Sender<Result<Secret, TokenError>>;
 pub enum Command {
     Trigger(Trigger),
     Token(TokenReply),
+    /// The protected resource answered `401` to this access token (local proxy).
+    Rejected(Secret, TokenReply),
     /// The stored tokens changed (a login or logout by another process).
     Reload,
 }
@@ -76,11 +78,39 @@ pub struct Report {
 pub struct MonitorCtx {
     pub workload: Arc<WorkloadConfig>,
     pub transport: oauth::Transport,
-    /// Shared by every workload of this token endpoint: caps concurrent refreshes there.
-    pub issuer_gate: Arc<tokio::sync::Semaphore>,
+    /// Shared by every workload of this token endpoint.
+    pub issuer: Arc<IssuerShared>,
     pub store: SecretStore,
     pub policy: Arc<Policy>,
     pub clock: Clock,
+}
+
+/// What the workloads of one token endpoint share.
+pub struct IssuerShared {
+    /// Caps concurrent refreshes at the endpoint (a mass wake must not flood it).
+    pub gate: tokio::sync::Semaphore,
+    /// The latest transient failure there, while no success followed it.
+    recent: std::sync::Mutex<Option<SiblingFailure>>,
+}
+
+struct SiblingFailure {
+    by: Arc<WorkloadConfig>,
+    /// Awake time it ended.
+    at: Duration,
+    failure: Failure,
+}
+
+impl IssuerShared {
+    pub fn new(max_concurrent: usize) -> Self {
+        IssuerShared {
+            gate: tokio::sync::Semaphore::new(max_concurrent),
+            recent: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn recent(&self) -> std::sync::MutexGuard<'_, Option<SiblingFailure>> {
+        self.recent.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// The supervisor's side of a monitor. Dropping it stops the task.
@@ -136,7 +166,17 @@ struct Monitor {
     unsaved: Option<StoredTokens>,
     cancel: CancellationToken,
     last_status: Option<Status>,
+    /// Awake time of the last refresh caused by a rejected access token.
+    rejected_refresh_at: Option<Duration>,
+    /// Awake time the last attempt (or borrowed result) ended.
+    last_attempt_at: Option<Duration>,
+    /// The next attempt was asked for (trigger, token request): it goes out for real.
+    triggered: bool,
 }
+
+/// A remote that refuses even a freshly refreshed token gets no second refresh for
+/// this long (it would only hammer the issuer).
+const REJECTED_REFRESH_MIN_INTERVAL: Duration = Duration::from_secs(30);
 
 fn jitter() -> f64 {
     rand::random::<f64>()
@@ -180,6 +220,9 @@ pub fn spawn(
         unsaved: None,
         cancel: cancel.clone(),
         last_status: None,
+        rejected_refresh_at: None,
+        last_attempt_at: None,
+        triggered: false,
     };
     let task = tokio::spawn(monitor.run(restored));
     MonitorHandle {
@@ -232,6 +275,8 @@ impl Monitor {
             };
             match event {
                 Event::Cancelled | Event::Command(None) => break,
+                // The proxy's hot path stays unboxed.
+                Event::Command(Some(Command::Token(reply))) => self.give_token(reply),
                 Event::Command(Some(cmd)) => Box::pin(self.handle(cmd)).await,
                 Event::Done(out) => {
                     self.in_flight = None;
@@ -345,9 +390,14 @@ impl Monitor {
                     self.answer_waiters();
                 }
             }
-            Some(t) => {
+            Some(_) => {
+                if self.borrow_sibling_failure() {
+                    return;
+                }
+                let t = self.tokens.clone().expect("matched Some above");
                 tracing::debug!(workload = %self.name(), trigger = ?self.machine.last_trigger, "refresh starting");
-                self.in_flight = Some(Box::pin(attempt(ctx, t.clone())));
+                self.triggered = false;
+                self.in_flight = Some(Box::pin(attempt(ctx, t)));
             }
         }
     }
@@ -357,45 +407,15 @@ impl Monitor {
         match cmd {
             Command::Trigger(t) => {
                 if self.machine.on_trigger(t, now, &self.ctx.policy, jitter()) {
+                    self.triggered = true;
                     tracing::info!(workload = %self.name(), "retrying now: {}", t.describe());
                     self.publish(false, false);
                 } else {
                     tracing::debug!(workload = %self.name(), trigger = ?t, "trigger ignored");
                 }
             }
-            Command::Token(reply) => {
-                // After a verdict the grant is gone: do not hand out what is left of it.
-                if self.machine.status() == Status::Unauthenticated {
-                    let _ = reply.send(Err(self.token_error()));
-                    return;
-                }
-                if let Some(t) = &self.tokens {
-                    if self.machine.access_token_valid(now) && self.in_flight.is_none() {
-                        let _ = reply.send(Ok(t.access_token.clone()));
-                        return;
-                    }
-                }
-                match self.machine.status() {
-                    Status::Stopped => {
-                        let _ = reply.send(Err(TokenError::Stopped {
-                            name: self.name().into(),
-                        }));
-                    }
-                    _ if self.in_flight.is_some() => self.waiters.push(reply),
-                    _ => {
-                        if self.machine.on_trigger(
-                            Trigger::TokenRequest,
-                            now,
-                            &self.ctx.policy,
-                            jitter(),
-                        ) {
-                            self.waiters.push(reply);
-                        } else {
-                            let _ = reply.send(Err(self.token_error()));
-                        }
-                    }
-                }
-            }
+            Command::Token(reply) => self.give_token(reply),
+            Command::Rejected(used, reply) => self.on_rejected(used, reply),
             Command::Reload => {
                 match self.ctx.store.load_tokens(self.name()).await {
                     Ok(t) => {
@@ -415,6 +435,117 @@ impl Monitor {
                 self.publish(false, false);
                 self.answer_waiters();
             }
+        }
+    }
+
+    /// During a failure episode, a scheduled attempt is not sent when another workload
+    /// of the same token endpoint failed transiently after this one's last attempt:
+    /// its result stands for this one's (one probe per issuer, not one per workload).
+    /// Asked-for attempts (triggers, "Retry now", token requests), an attempt owed
+    /// after a wake or network change, and the attempt that could end the episode at
+    /// the ceiling always go out.
+    fn borrow_sibling_failure(&mut self) -> bool {
+        let now = self.ctx.clock.now();
+        let Some(ep) = &self.machine.episode else {
+            return false;
+        };
+        if self.triggered
+            || ep.owes_attempt
+            || ep.awake_spent(now) >= self.ctx.policy.retrying_ceiling
+        {
+            return false;
+        }
+        let failure = {
+            let recent = self.ctx.issuer.recent();
+            match &*recent {
+                Some(r)
+                    if !Arc::ptr_eq(&r.by, &self.ctx.workload)
+                        && self.last_attempt_at.is_none_or(|mine| r.at > mine) =>
+                {
+                    r.failure.clone()
+                }
+                _ => return false,
+            }
+        };
+        tracing::debug!(workload = %self.name(), reason = %failure.reason(), "another workload at this token endpoint just failed; using its result instead of asking again");
+        self.last_attempt_at = Some(now.awake);
+        self.fail(failure);
+        self.answer_waiters();
+        true
+    }
+
+    /// Hand out the access token, or start a refresh (single-flight) and answer when
+    /// it ends.
+    fn give_token(&mut self, reply: TokenReply) {
+        let now = self.ctx.clock.now();
+        // After a verdict the grant is gone: do not hand out what is left of it.
+        if self.machine.status() == Status::Unauthenticated {
+            let _ = reply.send(Err(self.token_error()));
+            return;
+        }
+        if let Some(t) = &self.tokens {
+            if self.machine.access_token_valid(now) && self.in_flight.is_none() {
+                let _ = reply.send(Ok(t.access_token.clone()));
+                return;
+            }
+        }
+        match self.machine.status() {
+            Status::Stopped => {
+                let _ = reply.send(Err(TokenError::Stopped {
+                    name: self.name().into(),
+                }));
+            }
+            _ if self.in_flight.is_some() => self.waiters.push(reply),
+            _ => {
+                if self
+                    .machine
+                    .on_trigger(Trigger::TokenRequest, now, &self.ctx.policy, jitter())
+                {
+                    self.triggered = true;
+                    self.waiters.push(reply);
+                } else {
+                    let _ = reply.send(Err(self.token_error()));
+                }
+            }
+        }
+    }
+
+    /// The protected resource refused `used`. If it is still the current token,
+    /// refresh now (once: a remote that also refuses the fresh token gets no second
+    /// refresh for `REJECTED_REFRESH_MIN_INTERVAL`); otherwise hand out the newer one.
+    fn on_rejected(&mut self, used: Secret, reply: TokenReply) {
+        let current = self.tokens.as_ref().map(|t| &t.access_token);
+        if current != Some(&used)
+            || self.in_flight.is_some()
+            || self.machine.status() != Status::Running && self.machine.status() != Status::Retrying
+        {
+            return self.give_token(reply);
+        }
+        let now = self.ctx.clock.now();
+        if self
+            .rejected_refresh_at
+            .is_some_and(|at| now.awake.saturating_sub(at) < REJECTED_REFRESH_MIN_INTERVAL)
+        {
+            tracing::warn!(workload = %self.name(), "the remote rejected a freshly refreshed access token; not refreshing again yet");
+            let _ = reply.send(Err(TokenError::Unavailable {
+                name: self.name().into(),
+                reason: "the remote rejects freshly refreshed access tokens (check the workload's scopes and resource)".into(),
+            }));
+            return;
+        }
+        if self
+            .machine
+            .on_trigger(Trigger::Rejected, now, &self.ctx.policy, jitter())
+        {
+            tracing::info!(workload = %self.name(), "the remote rejected the access token; refreshing now");
+            self.rejected_refresh_at = Some(now.awake);
+            self.triggered = true;
+            // The token is useless whatever its expiry said.
+            self.machine.access_expires_at = Some(now.wall);
+            self.publish(false, false);
+            self.waiters.push(reply);
+        } else {
+            let _ = reply.send(Err(self.token_error()));
         }
     }
 
@@ -446,6 +577,22 @@ impl Monitor {
     fn apply(&mut self, out: Outcome) {
         let now = self.ctx.clock.now();
         let policy = self.ctx.policy.clone();
+        self.last_attempt_at = Some(now.awake);
+        match &out {
+            Outcome::Refreshed { .. } | Outcome::Adopted(_) => {
+                *self.ctx.issuer.recent() = None;
+            }
+            Outcome::Failed(f)
+                if !f.is_permanent() && !matches!(f.kind, FailureKind::SecretStore { .. }) =>
+            {
+                *self.ctx.issuer.recent() = Some(SiblingFailure {
+                    by: self.ctx.workload.clone(),
+                    at: now.awake,
+                    failure: f.clone(),
+                });
+            }
+            _ => {}
+        }
         match out {
             Outcome::Refreshed {
                 tokens,
@@ -480,21 +627,26 @@ impl Monitor {
                         .on_success(now, remaining.min(lifetime), &policy, jitter());
                 self.publish(true, effect.recovered);
             }
-            Outcome::Failed(f) => {
-                let effect = self.machine.on_failure(f.clone(), now, &policy, jitter());
-                if effect.status_changed {
-                    tracing::warn!(workload = %self.name(), status = self.machine.status().as_str(), reason = %f.reason(), "refresh failed");
-                } else {
-                    tracing::info!(workload = %self.name(), reason = %f.reason(), "refresh failed; will retry");
-                }
-                self.publish(false, false);
-            }
+            Outcome::Failed(f) => self.fail(f),
             Outcome::Loaded(t) => {
                 self.adopt_loaded(t);
                 self.publish(false, true);
             }
         }
         self.answer_waiters();
+    }
+
+    fn fail(&mut self, f: Failure) {
+        let now = self.ctx.clock.now();
+        let effect = self
+            .machine
+            .on_failure(f.clone(), now, &self.ctx.policy, jitter());
+        if effect.status_changed {
+            tracing::warn!(workload = %self.name(), status = self.machine.status().as_str(), reason = %f.reason(), "refresh failed");
+        } else {
+            tracing::info!(workload = %self.name(), reason = %f.reason(), "refresh failed; will retry");
+        }
+        self.publish(false, false);
     }
 
     async fn retry_unsaved(&mut self) {
@@ -542,7 +694,7 @@ fn store_failure(message: &str) -> Failure {
 /// One refresh, including the rotation re-read and the save before use. Holds a
 /// permit of the issuer's gate for its whole length.
 async fn attempt(ctx: Arc<MonitorCtx>, used: StoredTokens) -> Outcome {
-    let Ok(_permit) = ctx.issuer_gate.clone().acquire_owned().await else {
+    let Ok(_permit) = ctx.issuer.gate.acquire().await else {
         return Outcome::Failed(Failure::new(FailureKind::Network));
     };
     let Some(rt) = used.refresh_token.clone() else {

@@ -63,6 +63,12 @@ pub struct Policy {
     /// At most this many refreshes in flight at one token endpoint, across all its
     /// workloads (a mass wake of thousands of workloads must not flood the issuer).
     pub issuer_max_concurrent: u32,
+    /// Local proxy: how long to wait for the remote's response headers (a stream may
+    /// then last as long as it likes).
+    pub proxy_upstream_timeout: Duration,
+    /// Local proxy: request bodies up to this size are held so they can be sent again
+    /// after a `401` and a refresh; larger ones stream straight through.
+    pub proxy_replay_bytes: usize,
 }
 
 impl Default for Policy {
@@ -97,6 +103,8 @@ impl Default for Policy {
             wake_threshold: Duration::from_secs(5),
             wake_spread: Duration::from_secs(2),
             issuer_max_concurrent: 8,
+            proxy_upstream_timeout: Duration::from_secs(60),
+            proxy_replay_bytes: 64 * 1024,
         }
     }
 }
@@ -142,6 +150,8 @@ pub const KEYS: &[(&str, Kind)] = &[
     ("wake_threshold", Kind::Duration),
     ("wake_spread", Kind::Duration),
     ("issuer_max_concurrent", Kind::Count),
+    ("proxy_upstream_timeout", Kind::Duration),
+    ("proxy_replay_bytes", Kind::Bytes),
 ];
 
 pub fn env_name(key: &str) -> String {
@@ -204,7 +214,10 @@ impl Policy {
                 if !(1024..=64 * 1024 * 1024).contains(&n) {
                     return Err(format!("`{key}` must be between 1024 and 67108864"));
                 }
-                self.max_response_bytes = n as usize;
+                match key {
+                    "proxy_replay_bytes" => self.proxy_replay_bytes = n as usize,
+                    _ => self.max_response_bytes = n as usize,
+                }
             }
             Kind::Fraction => {
                 let f = parse_float(value)?;
@@ -251,6 +264,7 @@ impl Policy {
             "wake_check_interval" => &mut self.wake_check_interval,
             "wake_threshold" => &mut self.wake_threshold,
             "wake_spread" => &mut self.wake_spread,
+            "proxy_upstream_timeout" => &mut self.proxy_upstream_timeout,
             _ => &mut self.wall_check_interval,
         }
     }

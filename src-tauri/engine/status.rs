@@ -37,6 +37,9 @@ pub struct WorkloadStatus {
     pub token_endpoint: String,
     /// The local proxy's address, when one serves this workload.
     pub local_url: Option<String>,
+    /// Why the local proxy is not serving (its port is taken, ...), when it should.
+    #[serde(default)]
+    pub proxy_error: Option<String>,
     /// False when read from the persisted state because no daemon runs.
     pub live: bool,
 }
@@ -100,6 +103,7 @@ pub fn view(
         attempts: m.episode.as_ref().map(|e| e.attempts).unwrap_or(0),
         token_endpoint: token_endpoint.to_string(),
         local_url: None,
+        proxy_error: None,
         live: true,
     }
 }

@@ -105,6 +105,21 @@ pub struct EngineOptions {
     pub transport: Option<oauth::Transport>,
 }
 
+impl EngineOptions {
+    /// System clock, nothing persisted, no trigger sources, HTTP to the issuers.
+    /// Callers change what they need: `EngineOptions { sources, ..EngineOptions::new(c, s) }`.
+    pub fn new(config: Config, store: SecretStore) -> Self {
+        EngineOptions {
+            config,
+            store,
+            clock: Clock::system(),
+            state_path: None,
+            sources: Sources::none(),
+            transport: None,
+        }
+    }
+}
+
 impl Engine {
     pub fn start(opts: EngineOptions) -> Engine {
         let (tx, rx) = mpsc::channel(256);
@@ -138,6 +153,9 @@ impl Engine {
             clients: HashMap::new(),
             transport: opts.transport,
             gates: HashMap::new(),
+            proxies: HashMap::new(),
+            proxy_errors: HashMap::new(),
+            proxy_clients: HashMap::new(),
         };
         let task = tokio::spawn(sup.run(rx, reports_rx, signals_rx, cancel.clone()));
         Engine {
@@ -225,7 +243,11 @@ struct Supervisor {
     clients: HashMap<Option<PathBuf>, reqwest::Client>,
     transport: Option<oauth::Transport>,
     /// One concurrency gate per token endpoint.
-    gates: HashMap<url::Url, Arc<tokio::sync::Semaphore>>,
+    gates: HashMap<url::Url, Arc<monitor::IssuerShared>>,
+    /// The local proxy of each workload with a `url`, and why one is missing.
+    proxies: HashMap<String, crate::proxy::Proxy>,
+    proxy_errors: HashMap<String, String>,
+    proxy_clients: HashMap<Option<PathBuf>, reqwest::Client>,
 }
 
 impl Supervisor {
@@ -280,6 +302,9 @@ impl Supervisor {
                 }
             }
         }
+        for (_, p) in std::mem::take(&mut self.proxies) {
+            p.stop().await;
+        }
         let monitors = std::mem::take(&mut self.monitors);
         for (_, m) in monitors {
             m.stop().await;
@@ -310,11 +335,11 @@ impl Supervisor {
         let gate = self
             .gates
             .entry(w.token_endpoint.clone())
-            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(limit)))
+            .or_insert_with(|| Arc::new(monitor::IssuerShared::new(limit)))
             .clone();
         let name = w.name.clone();
         let ctx = MonitorCtx {
-            issuer_gate: gate,
+            issuer: gate,
             transport: self.transport_for(&w),
             workload: Arc::new(w),
             store: self.store.clone(),
@@ -323,10 +348,103 @@ impl Supervisor {
         };
         let restored = self.persisted.get(&name).cloned();
         let handle = monitor::spawn(ctx, restored, self.reports_tx.clone());
+        self.start_proxy(&handle);
         self.monitors.insert(name, handle);
     }
 
-    fn on_report(&mut self, r: Report) {
+    /// Start the local proxy of a workload that has a remote `url`. A port that cannot
+    /// be had is reported in the status (`proxy_error`), not fatal.
+    fn start_proxy(&mut self, m: &MonitorHandle) {
+        let w = &m.workload;
+        let (Some(url), true) = (&w.url, w.enabled) else {
+            return;
+        };
+        let http = match self.proxy_clients.get(&w.ca_file) {
+            Some(c) => c.clone(),
+            None => match crate::proxy::http_client(&self.policy, w.ca_file.as_deref()) {
+                Ok(c) => {
+                    self.proxy_clients.insert(w.ca_file.clone(), c.clone());
+                    c
+                }
+                Err(e) => {
+                    self.proxy_errors.insert(w.name.clone(), e);
+                    return;
+                }
+            },
+        };
+        let port = w.listen_port.unwrap_or(0);
+        let started = crate::proxy::bind(port).and_then(|l| {
+            crate::proxy::spawn(
+                l,
+                crate::proxy::ProxyCtx {
+                    name: w.name.clone(),
+                    upstream: url.clone(),
+                    monitor: m.tx.clone(),
+                    status: m.status.clone(),
+                    http,
+                    policy: self.policy.clone(),
+                },
+            )
+        });
+        match started {
+            Ok(p) => {
+                tracing::info!(workload = %w.name, local = %crate::proxy::local_url(p.addr, url), "local proxy listening");
+                self.proxy_errors.remove(&w.name);
+                if w.listen_port.is_none() {
+                    self.keep_port(&w.name, p.addr.port());
+                }
+                self.proxies.insert(w.name.clone(), p);
+            }
+            Err(e) => {
+                let msg = format!("the local proxy cannot listen on 127.0.0.1:{port}: {e}");
+                tracing::error!(workload = %w.name, "{msg}");
+                self.proxy_errors.insert(w.name.clone(), msg);
+            }
+        }
+    }
+
+    /// A proxy port chosen by the system is written to workloads.toml, so clients
+    /// configured with it keep working after a restart.
+    fn keep_port(&self, name: &str, port: u16) {
+        let path = self.config.path.clone();
+        if !path.exists() {
+            return;
+        }
+        let name = name.to_string();
+        tokio::task::spawn_blocking(move || {
+            match crate::engine::config::set_listen_port(&path, &name, port) {
+                Ok(_) => {
+                    tracing::info!(workload = %name, port, "kept the proxy port in workloads.toml")
+                }
+                Err(e) => {
+                    tracing::warn!(workload = %name, error = %e, "could not keep the proxy port in workloads.toml")
+                }
+            }
+        });
+    }
+
+    /// Stop a workload's monitor and its proxy.
+    async fn stop_workload(&mut self, name: &str) {
+        if let Some(p) = self.proxies.remove(name) {
+            p.stop().await;
+        }
+        self.proxy_errors.remove(name);
+        if let Some(m) = self.monitors.remove(name) {
+            m.stop().await;
+        }
+    }
+
+    /// The engine's view plus what only the supervisor knows (the proxy).
+    fn decorate(&self, s: &mut WorkloadStatus) {
+        let m = self.monitors.get(&s.name);
+        s.local_url = self.proxies.get(&s.name).and_then(|p| {
+            m.and_then(|m| m.workload.url.as_ref())
+                .map(|u| crate::proxy::local_url(p.addr, u))
+        });
+        s.proxy_error = self.proxy_errors.get(&s.name).cloned();
+    }
+
+    fn on_report(&mut self, mut r: Report) {
         let name = r.status.name.clone();
         if !self.monitors.contains_key(&name) {
             return; // a removed workload's last words
@@ -336,6 +454,7 @@ impl Supervisor {
         if r.refreshed {
             self.fan_out(&name);
         }
+        self.decorate(&mut r.status);
         let _ = self.events.send(StatusChange {
             workload: r.status,
             previous: r.previous,
@@ -377,7 +496,11 @@ impl Supervisor {
                 let list = self
                     .monitors
                     .values()
-                    .map(|m| m.status.borrow().clone())
+                    .map(|m| {
+                        let mut s = m.status.borrow().clone();
+                        self.decorate(&mut s);
+                        s
+                    })
                     .collect();
                 let _ = reply.send(list);
             }
@@ -430,9 +553,10 @@ impl Supervisor {
             self.policy = Arc::new(cfg.policy.clone());
             self.clients.clear();
             self.gates.clear();
-            let all = std::mem::take(&mut self.monitors);
-            for (_, m) in all {
-                m.stop().await;
+            self.proxy_clients.clear();
+            let all: Vec<String> = self.monitors.keys().cloned().collect();
+            for name in all {
+                self.stop_workload(&name).await;
             }
         }
         let wanted: BTreeMap<String, WorkloadConfig> = cfg
@@ -446,9 +570,7 @@ impl Supervisor {
                 .get(&name)
                 .is_some_and(|w| *self.monitors[&name].workload == *w);
             if !keep {
-                if let Some(m) = self.monitors.remove(&name) {
-                    m.stop().await;
-                }
+                self.stop_workload(&name).await;
                 if !wanted.contains_key(&name) {
                     tracing::info!(workload = %name, "workload removed");
                     self.persisted.remove(&name);
