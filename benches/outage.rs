@@ -317,7 +317,10 @@ fn toolhive_model(tr: &Trace, lifetime: f64, fixed_retry: Option<f64>) -> Metric
 }
 
 /// The real engine in virtual time.
-async fn tokenwarden(tr: &Trace, lifetime: f64, triggers: bool) -> Metrics {
+/// The real engine over `workloads` workloads sharing one token endpoint. With more
+/// than one, `recovery` is until all are running and `downtime` counts time when none
+/// had a valid token.
+async fn tokenwarden(tr: &Trace, lifetime: f64, triggers: bool, workloads: usize) -> Metrics {
     let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
     let clock = Clock::virtual_from(t0);
     let wall_s = {
@@ -375,26 +378,32 @@ async fn tokenwarden(tr: &Trace, lifetime: f64, triggers: bool) -> Metrics {
             })
         }))
     };
-    let text = "[[workload]]\nname = \"w\"\ntoken_endpoint = \"https://issuer.example/token\"\nclient_id = \"c\"\n";
-    let mut cfg = Config::parse(std::path::Path::new("/replay/workloads.toml"), text).unwrap();
+    let names: Vec<String> = (0..workloads).map(|i| format!("w{i}")).collect();
+    let text: String = names
+        .iter()
+        .map(|n| format!("[[workload]]\nname = \"{n}\"\ntoken_endpoint = \"https://issuer.example/token\"\nclient_id = \"c\"\n"))
+        .collect();
+    let mut cfg = Config::parse(std::path::Path::new("/replay/workloads.toml"), &text).unwrap();
     cfg.policy = Policy {
         triggers,
         ..Policy::default()
     };
     let store = SecretStore::memory();
-    store
-        .save_tokens(
-            "w",
-            &StoredTokens {
-                access_token: Secret::new("replay-access"),
-                refresh_token: Some(Secret::new("replay-refresh")),
-                expires_at: Some(unix_secs(t0) + lifetime as u64),
-                lifetime: Some(lifetime as u64),
-                obtained_at: unix_secs(t0),
-            },
-        )
-        .await
-        .unwrap();
+    for n in &names {
+        store
+            .save_tokens(
+                n,
+                &StoredTokens {
+                    access_token: Secret::new("replay-access"),
+                    refresh_token: Some(Secret::new("replay-refresh")),
+                    expires_at: Some(unix_secs(t0) + lifetime as u64),
+                    lifetime: Some(lifetime as u64),
+                    obtained_at: unix_secs(t0),
+                },
+            )
+            .await
+            .unwrap();
+    }
     let engine = Engine::start(EngineOptions {
         config: cfg,
         store,
@@ -418,13 +427,19 @@ async fn tokenwarden(tr: &Trace, lifetime: f64, triggers: bool) -> Metrics {
         let wall_s = wall_s.clone();
         let clear = tr.clear();
         tokio::spawn(async move {
+            let mut unhealthy = std::collections::BTreeSet::new();
             while let Ok(ev) = rx.recv().await {
                 let w = wall_s();
                 let s = &ev.workload;
                 if s.status == Status::Unauthenticated {
                     unauth_at.lock().unwrap().get_or_insert(w);
                 }
-                let healthy = s.status == Status::Running && s.attempts == 0;
+                if s.status == Status::Running && s.attempts == 0 {
+                    unhealthy.remove(&s.name);
+                } else {
+                    unhealthy.insert(s.name.clone());
+                }
+                let healthy = unhealthy.is_empty();
                 let mut h = health.lock().unwrap();
                 h.0 = healthy;
                 if healthy && w >= clear && h.1.is_none() {
@@ -457,7 +472,12 @@ async fn tokenwarden(tr: &Trace, lifetime: f64, triggers: bool) -> Metrics {
             _ => {}
         }
     }
-    let status = engine.status().await.unwrap().remove(0).status;
+    let list = engine.status().await.unwrap();
+    let status = list
+        .iter()
+        .map(|s| s.status)
+        .find(|s| *s != Status::Running)
+        .unwrap_or(Status::Running);
     engine.shutdown().await;
     let unauth = *unauth_at.lock().unwrap();
     let valid = valid.lock().unwrap().clone();
@@ -521,11 +541,11 @@ fn main() {
                 ),
                 (
                     "(3) tokenwarden",
-                    rt.block_on(tokenwarden(&tr, lifetime, false)),
+                    rt.block_on(tokenwarden(&tr, lifetime, false, 1)),
                 ),
                 (
                     "(4) tokenwarden+triggers",
-                    rt.block_on(tokenwarden(&tr, lifetime, true)),
+                    rt.block_on(tokenwarden(&tr, lifetime, true, 1)),
                 ),
             ];
             for (pname, m) in &rows {
@@ -563,13 +583,47 @@ fn main() {
             }
         }
     }
+    // Workloads sharing one issuer: ToolHive's monitors are independent (N times one
+    // workload's requests); Tokenwarden's share one probe per issuer.
+    println!("\nWorkloads sharing one token endpoint (1 h tokens): refresh requests per hour of outage.\n");
+    println!("| trace | workloads | (2) toolhive-after (model) | (4) tokenwarden+triggers | tokenwarden: all running after the cause cleared | wrongly unauthenticated |");
+    println!("|---|---|---|---|---|---|");
+    let mut shared_rate = (0.0, 0.0);
+    for tr in traces().into_iter().filter(|t| {
+        ["2 h outage", "12 h", "server-side"]
+            .iter()
+            .any(|k| t.name.contains(k))
+    }) {
+        for n in [1usize, 10] {
+            let th = toolhive_model(&tr, H, Some(10.0 * M));
+            let tw = rt.block_on(tokenwarden(&tr, H, true, n));
+            let hours = tr.len / H;
+            let rates = (
+                n as f64 * th.requests as f64 / hours,
+                tw.requests as f64 / hours,
+            );
+            if n == 10 && tr.name.starts_with("2 h") {
+                shared_rate = rates;
+            }
+            println!(
+                "| {} | {n} | {:.1}/h | {:.1}/h | {} | {} |",
+                tr.name,
+                rates.0,
+                rates.1,
+                tw.recovery.map(fmt_dur).unwrap_or_else(|| "never".into()),
+                if tw.wrong_unauth { "**yes**" } else { "no" }
+            );
+        }
+    }
     println!(
-        "\nsummary: tokenwarden+triggers: wrongly unauthenticated {wrong_tw}/20; slowest recovery after a network-up/wake event {}; slowest without a local event {} (retrying cap 5 min); max downtime for outages shorter than the refresh lead {}; refresh requests per hour in the 2 h outage: toolhive-after {:.1}, tokenwarden+triggers {:.1} (one workload); replayed in {:.1} s",
+        "\nsummary: tokenwarden+triggers: wrongly unauthenticated {wrong_tw}/20; slowest recovery after a network-up/wake event {}; slowest without a local event {} (retrying cap 5 min); max downtime for outages shorter than the refresh lead {}; refresh requests per hour in the 2 h outage: one workload toolhive-after {:.1} vs tokenwarden+triggers {:.1}, ten workloads on one issuer {:.1} vs {:.1}; replayed in {:.1} s",
         fmt_dur(max_event_recovery),
         fmt_dur(max_quiet_recovery),
         fmt_dur(short_outage_downtime),
         long_rate.0,
         long_rate.1,
+        shared_rate.0,
+        shared_rate.1,
         started.elapsed().as_secs_f64()
     );
 }

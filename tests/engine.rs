@@ -588,6 +588,66 @@ async fn issuer_fan_out_brings_twenty_siblings_back_within_a_second() {
     engine.shutdown().await;
 }
 
+/// A long outage at one token endpoint: once every workload is in its failure
+/// episode, a scheduled attempt is not sent when a sibling just failed the same way,
+/// so the issuer sees about one probe per backoff interval, not one per workload;
+/// when the probe succeeds the fan-out brings everyone back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_outage_is_probed_once_per_issuer_not_once_per_workload() {
+    init_tracing("probe_per_issuer");
+    let issuer = issuer(issuer_opts(600)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let names: Vec<String> = (0..10).map(|i| format!("w{i:02}")).collect();
+    let text: String = names.iter().map(|n| workload_toml(n, &issuer)).collect();
+    let mut cfg = Config::parse(&dir.path().join("workloads.toml"), &text).unwrap();
+    cfg.policy = fast_policy();
+    cfg.policy.retrying_interval = Duration::from_millis(200);
+    cfg.policy.retrying_max_interval = Duration::from_millis(200);
+    let store = login_all(&cfg).await;
+    let engine = start_engine(cfg, store, None);
+    let all = |st: Status| {
+        let engine = engine.clone();
+        async move {
+            let mut rx = engine.subscribe();
+            loop {
+                let list = engine.status().await.unwrap();
+                if list.iter().all(|w| w.status == st) {
+                    return;
+                }
+                let _ = rx.recv().await;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), all(Status::Running))
+        .await
+        .unwrap();
+    issuer.set_mode(Mode::Waf403);
+    engine.retry(None).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), all(Status::Retrying))
+        .await
+        .unwrap();
+
+    let before = issuer.refresh_requests();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let sent = issuer.refresh_requests() - before;
+    // Ten workloads on their own 200 ms schedules would send about 100.
+    eprintln!("10 workloads, 2 s of retrying at 200 ms: {sent} refresh requests");
+    assert!((5..=25).contains(&sent), "{sent} requests");
+    let list = engine.status().await.unwrap();
+    assert!(list.iter().all(|w| w.status == Status::Retrying));
+    assert!(
+        list.iter()
+            .all(|w| w.reason.as_deref().unwrap_or("").contains("403")),
+        "every workload shows the cause: {list:#?}"
+    );
+
+    issuer.set_mode(Mode::Healthy);
+    tokio::time::timeout(Duration::from_secs(3), all(Status::Running))
+        .await
+        .expect("the next probe succeeds and the fan-out brings the rest back");
+    engine.shutdown().await;
+}
+
 /// An injected 8-hour sleep (the wall clock jumps, the awake clock does not): the
 /// token that expired "during sleep" is refreshed at once, the retrying workload is
 /// tried at once, and its ceiling has not advanced by 8 hours.
