@@ -207,6 +207,7 @@ async fn run(command: Option<Command>, paths: Paths) -> anyhow::Result<()> {
                 scopes,
                 ca_file,
                 allow_http,
+                ..Default::default()
             };
             config::add_workload(&paths.config_file, &nw)?;
             eprintln!("Added `{name}` to {}", paths.config_file.display());
