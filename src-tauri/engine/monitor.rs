@@ -548,7 +548,20 @@ async fn attempt(ctx: Arc<MonitorCtx>, used: StoredTokens) -> Outcome {
     let Some(rt) = used.refresh_token.clone() else {
         return Outcome::Failed(Failure::new(FailureKind::Network));
     };
-    match oauth::refresh(&ctx.transport, &ctx.workload, &rt, &ctx.policy).await {
+    let client_secret = match client_secret(&ctx).await {
+        Ok(s) => s,
+        Err(f) => return Outcome::Failed(f),
+    };
+    let client_secret = client_secret.as_ref();
+    match oauth::refresh(
+        &ctx.transport,
+        &ctx.workload,
+        &rt,
+        client_secret,
+        &ctx.policy,
+    )
+    .await
+    {
         Ok(resp) => save_new(&ctx, resp, Some(rt)).await,
         Err(f) if f.oauth_code() == Some("invalid_grant") => {
             // Rotated by another writer meanwhile? Read the store once before giving up.
@@ -565,7 +578,9 @@ async fn attempt(ctx: Arc<MonitorCtx>, used: StoredTokens) -> Outcome {
                         return Outcome::Failed(f);
                     };
                     tracing::info!(workload = %ctx.workload.name, "refresh token was rotated elsewhere; retrying with it");
-                    match oauth::refresh(&ctx.transport, &ctx.workload, &new_rt, &ctx.policy).await
+                    let w = &ctx.workload;
+                    match oauth::refresh(&ctx.transport, w, &new_rt, client_secret, &ctx.policy)
+                        .await
                     {
                         Ok(resp) => save_new(&ctx, resp, Some(new_rt)).await,
                         Err(f2) => Outcome::Failed(f2),
@@ -576,6 +591,18 @@ async fn attempt(ctx: Arc<MonitorCtx>, used: StoredTokens) -> Outcome {
         }
         Err(f) => Outcome::Failed(f),
     }
+}
+
+/// A confidential client's secret (`client_auth` other than `none`), read from the
+/// store for each attempt; public clients have none.
+async fn client_secret(ctx: &MonitorCtx) -> Result<Option<Secret>, Failure> {
+    if !ctx.workload.client_auth.needs_secret() {
+        return Ok(None);
+    }
+    ctx.store
+        .load_client_secret(&ctx.workload.name)
+        .await
+        .map_err(|e| store_failure(&e.to_string()))
 }
 
 async fn save_new(
