@@ -1071,3 +1071,381 @@ pub async fn register(
         auth,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim_issuer::{IssuerOptions, MetadataMode, RegistrationAuth, SimIssuer};
+    use crate::sim_remote::{PrmMode, RemoteOptions, SimRemote};
+
+    fn one(header: &str) -> Vec<Challenge> {
+        parse_www_authenticate(&[header])
+    }
+
+    fn ch(scheme: &str, params: &[(&str, &str)]) -> Challenge {
+        Challenge {
+            scheme: scheme.into(),
+            token68: None,
+            params: params
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn www_authenticate_mcp_challenge() {
+        let c = one(
+            r#"Bearer resource_metadata="https://r.example/.well-known/oauth-protected-resource/mcp", scope="files:read files:write""#,
+        );
+        assert_eq!(
+            c,
+            vec![ch(
+                "Bearer",
+                &[
+                    (
+                        "resource_metadata",
+                        "https://r.example/.well-known/oauth-protected-resource/mcp"
+                    ),
+                    ("scope", "files:read files:write"),
+                ]
+            )]
+        );
+        assert_eq!(c[0].param("SCOPE"), Some("files:read files:write"));
+    }
+
+    #[test]
+    fn www_authenticate_several_challenges_quoted_commas_and_escapes() {
+        let c = one(
+            r#"Basic realm="a, b", Bearer error="invalid_token", error_description="say \"hi\", then go", resource_metadata="https://r/m""#,
+        );
+        assert_eq!(c.len(), 2, "{c:?}");
+        assert_eq!(c[0], ch("Basic", &[("realm", "a, b")]));
+        assert_eq!(c[1].scheme, "Bearer");
+        assert_eq!(c[1].param("error"), Some("invalid_token"));
+        assert_eq!(
+            c[1].param("error_description"),
+            Some(r#"say "hi", then go"#)
+        );
+        assert_eq!(c[1].param("resource_metadata"), Some("https://r/m"));
+    }
+
+    #[test]
+    fn www_authenticate_token68_bare_schemes_tokens_and_whitespace() {
+        let c =
+            one("Negotiate abc+/==, Bearer realm=x ,  , NTLM,bearer   Resource_Metadata = \"u\"");
+        assert_eq!(c.len(), 4, "{c:?}");
+        assert_eq!(c[0].scheme, "Negotiate");
+        assert_eq!(c[0].token68.as_deref(), Some("abc+/=="));
+        assert!(c[0].params.is_empty());
+        assert_eq!(c[1], ch("Bearer", &[("realm", "x")]));
+        assert_eq!(c[2], ch("NTLM", &[]));
+        // Scheme and parameter names are case-insensitive; BWS around `=`.
+        assert_eq!(c[3], ch("bearer", &[("resource_metadata", "u")]));
+    }
+
+    #[test]
+    fn www_authenticate_several_fields_and_broken_input() {
+        let c = parse_www_authenticate(&["Basic realm=\"x\"", "Bearer scope=\"a\""]);
+        assert_eq!(c.len(), 2);
+        assert_eq!(c[1].param("scope"), Some("a"));
+        // An unterminated quote: the complete challenges before it are kept.
+        let c = one("Basic realm=\"x\", Bearer realm=\"never closed");
+        assert_eq!(c, vec![ch("Basic", &[("realm", "x")])]);
+        for junk in ["", "   ", ",,,", "=", "\"", "Bearer =x", "Bearer a=\"\\"] {
+            let _ = one(junk); // no panic
+        }
+        assert_eq!(one("Bearer"), vec![ch("Bearer", &[])]);
+        assert_eq!(one("Bearer a=\"\""), vec![ch("Bearer", &[("a", "")])]);
+    }
+
+    fn u(s: &str) -> Url {
+        Url::parse(s).unwrap()
+    }
+
+    #[test]
+    fn well_known_urls_insert_the_suffix_between_host_and_path() {
+        let cases = [
+            (
+                "https://r.example/mcp",
+                "https://r.example/.well-known/oauth-protected-resource/mcp",
+            ),
+            (
+                "https://r.example/",
+                "https://r.example/.well-known/oauth-protected-resource",
+            ),
+            (
+                "https://r.example",
+                "https://r.example/.well-known/oauth-protected-resource",
+            ),
+            (
+                "https://r.example/a/b/",
+                "https://r.example/.well-known/oauth-protected-resource/a/b",
+            ),
+            (
+                "https://r.example:8443/t1/mcp?x=1#frag",
+                "https://r.example:8443/.well-known/oauth-protected-resource/t1/mcp?x=1",
+            ),
+        ];
+        for (base, want) in cases {
+            assert_eq!(
+                well_known_url(&u(base), PRM_SUFFIX).as_str(),
+                want,
+                "{base}"
+            );
+        }
+        assert_eq!(
+            resource_metadata_urls(&u("https://r.example/mcp?x=1")),
+            vec![
+                u("https://r.example/.well-known/oauth-protected-resource/mcp?x=1"),
+                u("https://r.example/.well-known/oauth-protected-resource"),
+            ]
+        );
+        // No path: one candidate, not two equal ones.
+        assert_eq!(resource_metadata_urls(&u("https://r.example")).len(), 1);
+    }
+
+    #[test]
+    fn server_metadata_urls_rfc8414_then_oidc_inserted_then_appended() {
+        assert_eq!(
+            server_metadata_urls(&u("https://as.example/tenant1/")),
+            vec![
+                u("https://as.example/.well-known/oauth-authorization-server/tenant1"),
+                u("https://as.example/.well-known/openid-configuration/tenant1"),
+                u("https://as.example/tenant1/.well-known/openid-configuration"),
+            ]
+        );
+        assert_eq!(
+            server_metadata_urls(&u("https://as.example")),
+            vec![
+                u("https://as.example/.well-known/oauth-authorization-server"),
+                u("https://as.example/.well-known/openid-configuration"),
+            ]
+        );
+    }
+
+    #[test]
+    fn resource_must_be_the_url_or_its_origin() {
+        let url = u("https://R.example:443/mcp/?q=1");
+        for ok in [
+            "https://r.example/mcp",
+            "https://r.example/mcp/",
+            "https://r.example:443/mcp",
+            "https://r.example",
+            "https://r.example/",
+            "HTTPS://R.EXAMPLE/mcp",
+        ] {
+            assert!(resource_matches(ok, &url), "{ok}");
+        }
+        for bad in [
+            "https://r.example/other",
+            "https://r.example/mcp/sub",
+            "https://r.example/mc",
+            "http://r.example/mcp",
+            "https://r.example:8443/mcp",
+            "https://evil.example/mcp",
+            "https://r.example/mcp#x",
+            "mcp",
+            "",
+        ] {
+            assert!(!resource_matches(bad, &url), "{bad}");
+        }
+    }
+
+    // ---- against the loopback simulators -------------------------------------
+
+    fn opts() -> DiscoveryOptions {
+        let policy = Policy {
+            http_timeout: std::time::Duration::from_secs(5),
+            connect_timeout: std::time::Duration::from_secs(2),
+            ..Default::default()
+        };
+        DiscoveryOptions {
+            policy,
+            ..Default::default()
+        }
+    }
+
+    async fn sims(
+        issuer_opts: IssuerOptions,
+        remote_opts: RemoteOptions,
+    ) -> (SimIssuer, SimRemote) {
+        let issuer = SimIssuer::start(issuer_opts).await.unwrap();
+        let remote = SimRemote::start(issuer.clone(), remote_opts).await.unwrap();
+        (issuer, remote)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn discovers_the_sim_remote_and_its_issuer() {
+        let (issuer, remote) = sims(
+            IssuerOptions::default(),
+            RemoteOptions {
+                challenge_scope: Some("mcp:read offline".into()),
+                ..Default::default()
+            },
+        )
+        .await;
+        let d = discover(&u(&remote.url()), &opts()).await.unwrap();
+        assert_eq!(d.resource, u(&remote.url()));
+        assert_eq!(d.resource_indicator.as_deref(), Some(remote.url().as_str()));
+        assert_eq!(d.issuer, u(&issuer.base_url()));
+        assert_eq!(d.token_endpoint, u(&issuer.token_endpoint()));
+        assert_eq!(
+            d.authorization_endpoint,
+            u(&issuer.authorization_endpoint())
+        );
+        assert_eq!(
+            d.registration_endpoint,
+            Some(u(&issuer.registration_endpoint()))
+        );
+        // The challenge's scope wins over scopes_supported.
+        assert_eq!(d.scopes, vec!["mcp:read", "offline"]);
+        assert_eq!(remote.unauthorized_responses(), 1, "one probe");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn falls_back_to_well_known_get_probe_and_openid_configuration() {
+        let (issuer, remote) = sims(
+            IssuerOptions::default(),
+            RemoteOptions {
+                advertise_metadata: false,
+                get_only: true,
+                ..Default::default()
+            },
+        )
+        .await;
+        issuer.set_metadata_mode(MetadataMode::OidcOnly);
+        let d = discover(&u(&remote.url()), &opts()).await.unwrap();
+        assert_eq!(d.token_endpoint, u(&issuer.token_endpoint()));
+        assert_eq!(d.scopes, vec!["mcp:read", "mcp:write"], "scopes_supported");
+        assert_eq!(remote.requests(), 1, "the GET probe after the 405");
+
+        // Nothing at the path-specific location: the root document (resource = origin).
+        remote.set_prm_mode(PrmMode::RootOnly);
+        let d = discover(&u(&remote.url()), &opts()).await.unwrap();
+        assert_eq!(d.resource_indicator, Some(remote.base_url()));
+        remote.set_prm_mode(PrmMode::Missing);
+        let e = discover(&u(&remote.url()), &opts()).await.unwrap_err();
+        assert!(
+            matches!(e, DiscoveryError::NoResourceMetadata { .. }),
+            "{e}"
+        );
+        let msg = e.to_string();
+        assert!(
+            msg.contains("oauth-protected-resource/mcp") && msg.contains("without a Bearer"),
+            "{msg}"
+        );
+        issuer.set_metadata_mode(MetadataMode::Missing);
+        remote.set_prm_mode(PrmMode::Good);
+        let e = discover(&u(&remote.url()), &opts()).await.unwrap_err();
+        assert!(matches!(e, DiscoveryError::NoServerMetadata { .. }), "{e}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn same_origin_redirects_are_followed_up_to_three() {
+        let (_issuer, remote) = sims(IssuerOptions::default(), RemoteOptions::default()).await;
+        remote.set_prm_mode(PrmMode::RedirectSameOrigin { hops: 3 });
+        discover(&u(&remote.url()), &opts()).await.unwrap();
+        remote.set_prm_mode(PrmMode::RedirectSameOrigin { hops: 4 });
+        let e = discover(&u(&remote.url()), &opts()).await.unwrap_err();
+        assert!(matches!(e, DiscoveryError::TooManyRedirects { .. }), "{e}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bad_documents_are_refused_with_the_url_and_the_problem() {
+        let (issuer, remote) = sims(IssuerOptions::default(), RemoteOptions::default()).await;
+        let mut small = opts();
+        small.policy.max_response_bytes = 64 * 1024;
+        enum Break {
+            As(MetadataMode),
+            Prm(PrmMode),
+        }
+        let cases = [
+            (Break::As(MetadataMode::WrongIssuer), "issuer mismatch"),
+            (Break::As(MetadataMode::NoS256), "PKCE S256"),
+            (Break::As(MetadataMode::NotJson), "not JSON"),
+            (
+                Break::As(MetadataMode::Huge { bytes: 4 << 20 }),
+                "larger than 65536 bytes",
+            ),
+            (
+                Break::As(MetadataMode::RedirectToOtherHost),
+                "another origin",
+            ),
+            (
+                Break::Prm(PrmMode::NoAuthorizationServers),
+                "names no authorization server",
+            ),
+            (Break::Prm(PrmMode::WrongResource), "wrong resource"),
+            (Break::Prm(PrmMode::NotJson), "text/html"),
+            (Break::Prm(PrmMode::Huge { bytes: 1 << 20 }), "larger than"),
+            (Break::Prm(PrmMode::RedirectToOtherHost), "another origin"),
+            (
+                Break::Prm(PrmMode::AuthorizationServer("http://as.example".into())),
+                "plain http://",
+            ),
+        ];
+        for (break_it, needle) in cases {
+            issuer.set_metadata_mode(MetadataMode::Good);
+            remote.set_prm_mode(PrmMode::Good);
+            match break_it {
+                Break::As(m) => issuer.set_metadata_mode(m),
+                Break::Prm(m) => remote.set_prm_mode(m),
+            }
+            let e = discover(&u(&remote.url()), &small).await.unwrap_err();
+            let msg = e.to_string();
+            assert!(msg.contains(needle), "{msg} should contain {needle}");
+            assert!(msg.contains("http://"), "names a URL: {msg}");
+        }
+        // Plain http to a non-loopback host: refused before any request.
+        let e = discover(&u("http://remote.example/mcp"), &opts())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, DiscoveryError::UnsafeUrl { .. }), "{e}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn registers_public_and_confidential_clients() {
+        for (auth, want) in [
+            (RegistrationAuth::Public, ClientAuth::None),
+            (RegistrationAuth::SecretPost, ClientAuth::ClientSecretPost),
+            (RegistrationAuth::SecretBasic, ClientAuth::ClientSecretBasic),
+        ] {
+            let issuer = SimIssuer::start(IssuerOptions {
+                registration_auth: auth,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+            let o = opts();
+            let http = discovery_client(&o).unwrap();
+            let reg = register(
+                &http,
+                &u(&issuer.registration_endpoint()),
+                &u("http://127.0.0.1:45678/callback"),
+                &["mcp:read".to_string()],
+                &o.policy,
+            )
+            .await
+            .unwrap();
+            assert_eq!(reg.auth, want);
+            assert_eq!(issuer.registered_client_ids(), vec![reg.client_id.clone()]);
+            assert_eq!(reg.client_secret.is_some(), want.needs_secret());
+            let shown = format!("{reg:?}");
+            for s in issuer.issued_client_secrets() {
+                assert!(!shown.contains(&s), "Debug shows no secret");
+            }
+            // A redirect URI the issuer refuses: a clear error with its code.
+            let e = register(
+                &http,
+                &u(&issuer.registration_endpoint()),
+                &u("https://app.example/callback"),
+                &[],
+                &o.policy,
+            )
+            .await
+            .unwrap_err();
+            assert!(e.to_string().contains("invalid_redirect_uri"), "{e}");
+        }
+    }
+}
