@@ -93,7 +93,7 @@ pub struct Registration {
 /// says what is wrong in plain words; none carries a secret.
 #[derive(Debug, thiserror::Error)]
 pub enum DiscoveryError {
-    #[error("{message} (found in {found_in})")]
+    #[error("{message} (`tokenwarden add --allow-http` sets that; found in {found_in})")]
     UnsafeUrl { found_in: String, message: String },
     #[error("cannot reach {url}: {reason}")]
     Unreachable { url: String, reason: String },
@@ -880,7 +880,7 @@ fn check_server_metadata(
 /// Discover the OAuth configuration of the protected resource at `url`. See the
 /// module documentation for the steps and what is refused.
 pub async fn discover(url: &Url, opts: &DiscoveryOptions) -> Result<Discovered, DiscoveryError> {
-    let url = safe_url("--url", "url", url.as_str(), opts.allow_http)?;
+    let url = safe_url("the URL given", "url", url.as_str(), opts.allow_http)?;
     let policy = &opts.policy;
     let http = discovery_client(opts)?;
 
