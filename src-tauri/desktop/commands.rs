@@ -155,19 +155,9 @@ pub async fn start_reauth(app: AppHandle, shell: Arc<Shell>, name: String) -> Re
                 .ok_or_else(|| EngineError::UnknownWorkload(name.clone()))?;
             let http = oauth::http_client(&cfg.policy, w.ca_file.as_deref())
                 .map_err(|m| CmdError::new("config", m))?;
-            // A confidential (dynamically registered) client's secret, from the store.
-            let client_secret = if w.client_auth.needs_secret() {
-                store
-                    .load_client_secret(&name)
-                    .await
-                    .map_err(|e| CmdError::new("store", e.to_string()))?
-            } else {
-                None
-            };
             let pending = oauth::prepare_login(&w)
                 .await
-                .map_err(|e| CmdError::new("login", e.to_string()))?
-                .with_client_secret(client_secret);
+                .map_err(|e| CmdError::new("login", e.to_string()))?;
             let url = pending.authorize_url.to_string();
             let cancel = CancellationToken::new();
             let id = LOGIN_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -251,12 +241,6 @@ pub async fn remove_workload(
         CmdError::new(
             "store",
             format!("removed, but deleting its tokens failed: {e}"),
-        )
-    })?;
-    store.delete_client_secret(&name).await.map_err(|e| {
-        CmdError::new(
-            "store",
-            format!("removed, but deleting its client secret failed: {e}"),
         )
     })?;
     shell.forget(&name);

@@ -514,3 +514,99 @@ async fn respond(sock: &mut tokio::net::TcpStream, status: u16, body: &str) {
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::config::Config;
+
+    fn workload(extra: &str) -> WorkloadConfig {
+        let text = format!(
+            "[[workload]]\nname = \"w\"\nauthorization_endpoint = \"http://127.0.0.1:9/authorize\"\ntoken_endpoint = \"http://127.0.0.1:9/token\"\nclient_id = \"my client\"\n{extra}\n"
+        );
+        Config::parse(std::path::Path::new("/x/workloads.toml"), &text)
+            .unwrap()
+            .workloads
+            .remove(0)
+    }
+
+    #[test]
+    fn basic_credentials_are_form_urlencoded_then_base64() {
+        use base64::Engine as _;
+        let v = basic_authorization("my client", &Secret::new("p:w&d+"));
+        assert!(v.is_sensitive());
+        let b64 = v.to_str().unwrap().strip_prefix("Basic ").unwrap();
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap();
+        assert_eq!(String::from_utf8(raw).unwrap(), "my+client:p%3Aw%26d%2B");
+    }
+
+    #[test]
+    fn client_part_follows_client_auth_and_adds_the_resource() {
+        let secret = Secret::new("s3cret");
+        fn names(form: &[(&'static str, &str)]) -> Vec<&'static str> {
+            form.iter().map(|(n, _)| *n).collect()
+        }
+
+        let public = workload("resource = \"https://r.example/mcp\"");
+        let mut form = vec![];
+        assert!(client_part(&public, None, &mut form).is_none());
+        assert_eq!(
+            form,
+            vec![
+                ("resource", "https://r.example/mcp"),
+                ("client_id", "my client")
+            ]
+        );
+
+        let post = workload("client_auth = \"client_secret_post\"");
+        let mut form = vec![];
+        assert!(client_part(&post, Some(&secret), &mut form).is_none());
+        assert_eq!(
+            form,
+            vec![("client_id", "my client"), ("client_secret", "s3cret")]
+        );
+
+        let basic = workload("client_auth = \"client_secret_basic\"");
+        let mut form = vec![];
+        assert!(client_part(&basic, Some(&secret), &mut form).is_some());
+        assert!(
+            names(&form).is_empty(),
+            "no client_id or secret in the form"
+        );
+
+        // A missing secret goes out as a public client (the issuer decides).
+        let mut form = vec![];
+        assert!(client_part(&basic, None, &mut form).is_none());
+        assert_eq!(names(&form), vec!["client_id"]);
+    }
+
+    #[tokio::test]
+    async fn login_binds_the_registered_port_and_says_when_it_is_busy() {
+        let busy = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let port = busy.local_addr().unwrap().port();
+        let w = workload(&format!(
+            "redirect_port = {port}\nresource = \"https://r.example/mcp\""
+        ));
+        let e = prepare_login(&w).await.unwrap_err();
+        assert!(
+            matches!(e, LoginError::RedirectPortBusy { port: p, .. } if p == port),
+            "{e}"
+        );
+        assert!(e.to_string().contains(&format!("127.0.0.1:{port}")), "{e}");
+        drop(busy);
+        let pending = prepare_login(&w).await.unwrap();
+        let url = pending.authorize_url.to_string();
+        assert!(
+            url.contains(&format!(
+                "redirect_uri=http%3A%2F%2F127.0.0.1%3A{port}%2Fcallback"
+            )),
+            "{url}"
+        );
+        assert!(
+            url.contains("resource=https%3A%2F%2Fr.example%2Fmcp"),
+            "{url}"
+        );
+    }
+}
