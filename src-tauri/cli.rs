@@ -5,8 +5,10 @@
 use crate::control::{Client, RemoteError, Request};
 use crate::daemon::{load_config, make_store};
 use crate::engine::config::{self, Config, WorkloadConfig};
+use crate::engine::discovery::{self, DiscoveryError, DiscoveryOptions};
 use crate::engine::oauth;
 use crate::engine::status::WorkloadStatus;
+use crate::engine::Secret;
 use crate::paths::Paths;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -62,10 +64,13 @@ pub enum Command {
     },
     /// Forget a workload's tokens.
     Logout { name: String },
-    /// Add a workload to workloads.toml, then log in.
+    /// Add a workload to workloads.toml, then log in. With --url alone, everything
+    /// else is discovered (RFC 9728, RFC 8414) and a client is registered (RFC 7591).
     Add {
         name: String,
-        /// The protected resource (discovery from it is not supported yet).
+        /// The protected resource (a remote MCP server's URL). Without
+        /// --token-endpoint the authorization server is discovered from it; without
+        /// --client-id a client is registered there.
         #[arg(long)]
         url: Option<String>,
         #[arg(long)]
@@ -74,7 +79,7 @@ pub enum Command {
         authorization_endpoint: Option<String>,
         #[arg(long)]
         client_id: Option<String>,
-        /// A scope to request (repeatable).
+        /// A scope to request (repeatable; default with --url: what the server asks for).
         #[arg(long = "scope")]
         scopes: Vec<String>,
         /// An extra trust root (PEM) for TLS-inspecting corporate proxies.
@@ -185,34 +190,17 @@ async fn run(command: Option<Command>, paths: Paths) -> anyhow::Result<()> {
             no_browser,
             timeout,
         } => {
-            let Some(token_endpoint) = token_endpoint else {
-                anyhow::bail!(
-                    "--token-endpoint is required{}",
-                    if url.is_some() {
-                        " (discovery from --url is not supported yet)"
-                    } else {
-                        ""
-                    }
-                );
-            };
-            let Some(client_id) = client_id else {
-                anyhow::bail!(
-                    "--client-id is required (dynamic client registration is not supported yet)"
-                );
-            };
-            let nw = config::NewWorkload {
+            let args = AddArgs {
                 name: name.clone(),
                 url,
-                authorization_endpoint,
                 token_endpoint,
+                authorization_endpoint,
                 client_id,
                 scopes,
                 ca_file,
                 allow_http,
             };
-            config::add_workload(&paths.config_file, &nw)?;
-            eprintln!("Added `{name}` to {}", paths.config_file.display());
-            reload_config(&paths).await?;
+            add(&paths, args).await?;
             if no_login {
                 eprintln!("Log in with: tokenwarden login {name}");
                 Ok(())
@@ -223,7 +211,9 @@ async fn run(command: Option<Command>, paths: Paths) -> anyhow::Result<()> {
         Command::Remove { name } => {
             let cfg = config::remove_workload(&paths.config_file, &name)?;
             reload_config(&paths).await?;
-            make_store(&cfg, &paths).delete_tokens(&name).await?;
+            let store = make_store(&cfg, &paths);
+            store.delete_tokens(&name).await?;
+            store.delete_client_secret(&name).await?;
             eprintln!("Removed `{name}` and its stored tokens");
             Ok(())
         }
@@ -262,6 +252,163 @@ async fn run(command: Option<Command>, paths: Paths) -> anyhow::Result<()> {
         Command::ClientConfig { name } => client_config(&paths, &name).await,
         Command::Demo { terminal } => demo(terminal).await,
     }
+}
+
+/// What `add` was given.
+struct AddArgs {
+    name: String,
+    url: Option<String>,
+    token_endpoint: Option<String>,
+    authorization_endpoint: Option<String>,
+    client_id: Option<String>,
+    scopes: Vec<String>,
+    ca_file: Option<String>,
+    allow_http: bool,
+}
+
+/// A free port on 127.0.0.1 that no workload in `cfg` uses, with its listener (held
+/// by the caller until the port is written, so two picks never collide).
+fn free_loopback_port(cfg: &Config) -> anyhow::Result<(std::net::TcpListener, u16)> {
+    let taken: std::collections::HashSet<u16> = cfg
+        .workloads
+        .iter()
+        .flat_map(|w| [w.listen_port, w.redirect_port])
+        .flatten()
+        .collect();
+    for _ in 0..16 {
+        let l = std::net::TcpListener::bind(("127.0.0.1", 0))
+            .context("cannot pick a free port on 127.0.0.1")?;
+        let port = l.local_addr()?.port();
+        if !taken.contains(&port) {
+            return Ok((l, port));
+        }
+    }
+    anyhow::bail!("cannot pick a free port on 127.0.0.1 that no workload uses")
+}
+
+/// `add`: write the workload (discovering and registering what was not given), and
+/// keep a registered client's secret in the secret store. On any failure nothing is
+/// written: not the config file, not the store.
+async fn add(paths: &Paths, a: AddArgs) -> anyhow::Result<()> {
+    let cfg = load_config(paths)?;
+    let usage = |message: String| config::ConfigError {
+        path: paths.config_file.clone(),
+        line: None,
+        message,
+    };
+    // What add_workload would refuse anyway, refused before any client is registered.
+    config::validate_name(&a.name).map_err(usage)?;
+    if cfg.workload(&a.name).is_some() {
+        return Err(usage(format!("a workload named `{}` already exists", a.name)).into());
+    }
+    let name = a.name.clone();
+    let mut nw = config::NewWorkload {
+        name: a.name,
+        url: a.url.clone(),
+        authorization_endpoint: a.authorization_endpoint.clone(),
+        token_endpoint: a.token_endpoint.clone().unwrap_or_default(),
+        client_id: a.client_id.clone().unwrap_or_default(),
+        scopes: a.scopes.clone(),
+        ca_file: a.ca_file.clone(),
+        allow_http: a.allow_http,
+        ..Default::default()
+    };
+    let mut client_secret: Option<Secret> = None;
+    let mut held_ports = Vec::new();
+    if a.token_endpoint.is_none() || a.client_id.is_none() {
+        let Some(raw) = a.url.as_deref() else {
+            anyhow::bail!(
+                "give --url URL to discover the rest, or both --token-endpoint and --client-id"
+            );
+        };
+        let url = url::Url::parse(raw.trim())
+            .map_err(|e| anyhow::anyhow!("--url is not a valid URL ({e}): `{raw}`"))?;
+        let opts = DiscoveryOptions {
+            policy: cfg.policy.clone(),
+            allow_http: a.allow_http,
+            // Relative to the config dir, as the config file's `ca_file` is.
+            ca_file: a.ca_file.as_ref().map(|c| paths.config_dir.join(c)),
+        };
+        eprintln!("Discovering how {url} signs in...");
+        let d = discovery::discover(&url, &opts).await?;
+        eprintln!("  authorization server:   {}", d.issuer);
+        eprintln!("  authorization endpoint: {}", d.authorization_endpoint);
+        eprintln!("  token endpoint:         {}", d.token_endpoint);
+        if let Some(r) = &d.resource_indicator {
+            eprintln!("  resource indicator:     {r}");
+        }
+        eprintln!(
+            "  scopes it asks for:     {}",
+            if d.scopes.is_empty() {
+                "none named".to_string()
+            } else {
+                d.scopes.join(" ")
+            }
+        );
+        nw.url = Some(d.resource.to_string());
+        nw.resource = d.resource_indicator.clone();
+        if nw.authorization_endpoint.is_none() {
+            nw.authorization_endpoint = Some(d.authorization_endpoint.to_string());
+        }
+        if nw.token_endpoint.is_empty() {
+            nw.token_endpoint = d.token_endpoint.to_string();
+        }
+        if nw.scopes.is_empty() {
+            nw.scopes = d.scopes.clone();
+        }
+        if nw.client_id.is_empty() {
+            let endpoint = d.registration_endpoint.clone().ok_or_else(|| {
+                DiscoveryError::NoRegistrationEndpoint {
+                    issuer: d.issuer.to_string(),
+                }
+            })?;
+            // The callback port the client is registered with; logins bind it again.
+            let (callback, port) = free_loopback_port(&cfg)?;
+            let redirect_uri = url::Url::parse(&format!("http://127.0.0.1:{port}/callback"))?;
+            let http = discovery::discovery_client(&opts)?;
+            let reg = discovery::register(&http, &endpoint, &redirect_uri, &nw.scopes, &cfg.policy)
+                .await?;
+            held_ports.push(callback);
+            eprintln!(
+                "Registered a new {} client at {endpoint} (client id {}; sign-in callback {redirect_uri}{})",
+                if reg.client_secret.is_some() { "confidential" } else { "public" },
+                reg.client_id,
+                if reg.client_secret.is_some() {
+                    format!("; its client secret goes to the secret store, sent as {}", reg.auth.as_str())
+                } else {
+                    String::new()
+                }
+            );
+            nw.client_id = reg.client_id;
+            nw.redirect_port = Some(port);
+            nw.client_auth = reg.auth;
+            client_secret = reg.client_secret;
+        } else {
+            eprintln!("Using the client id given with --client-id (no registration).");
+        }
+    }
+    if nw.url.is_some() {
+        // The local proxy's port, chosen once and then kept.
+        let (l, port) = free_loopback_port(&cfg)?;
+        held_ports.push(l);
+        nw.listen_port = Some(port);
+    }
+    drop(held_ports);
+
+    let store = make_store(&cfg, paths);
+    if let Some(secret) = &client_secret {
+        store.save_client_secret(&name, secret).await.context(
+            "registered a client, but its secret could not be stored; nothing was written",
+        )?;
+    }
+    if let Err(e) = config::add_workload(&paths.config_file, &nw) {
+        if client_secret.is_some() {
+            let _ = store.delete_client_secret(&name).await;
+        }
+        return Err(e.into());
+    }
+    eprintln!("Added `{name}` to {}", paths.config_file.display());
+    reload_config(paths).await
 }
 
 /// `tokenwarden` with no subcommand: the demo when nothing is configured, otherwise
@@ -482,7 +629,10 @@ async fn login(
     let store = make_store(&cfg, paths);
     let http =
         oauth::http_client(&cfg.policy, w.ca_file.as_deref()).map_err(|e| anyhow::anyhow!(e))?;
-    let pending = oauth::prepare_login(&w).await?;
+    let client_secret = client_secret(&store, &w).await?;
+    let pending = oauth::prepare_login(&w)
+        .await?
+        .with_client_secret(client_secret);
     let url = pending.authorize_url.to_string();
     if no_browser {
         println!("{url}");
@@ -508,6 +658,24 @@ async fn login(
     reload_tokens(paths, name).await?;
     eprintln!("Signed in: `{name}` is running");
     Ok(())
+}
+
+/// A confidential client's secret from the store (`None` for a public client).
+async fn client_secret(
+    store: &crate::engine::SecretStore,
+    w: &WorkloadConfig,
+) -> anyhow::Result<Option<Secret>> {
+    if !w.client_auth.needs_secret() {
+        return Ok(None);
+    }
+    let name = &w.name;
+    let secret = store.load_client_secret(name).await?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "`{name}` authenticates with {} but its client secret is not in the secret store; register again with `tokenwarden remove {name}` and `tokenwarden add {name} --url URL`",
+            w.client_auth.as_str()
+        )
+    })?;
+    Ok(Some(secret))
 }
 
 async fn logout(paths: &Paths, name: &str) -> anyhow::Result<()> {
@@ -552,7 +720,9 @@ async fn token(paths: &Paths, name: &str) -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("the access token expired and there is no refresh token; run `tokenwarden login {name}`"))?;
     let http =
         oauth::http_client(&cfg.policy, w.ca_file.as_deref()).map_err(|e| anyhow::anyhow!(e))?;
-    let resp = oauth::refresh(&oauth::Transport::Http(http), w, &rt, &cfg.policy)
+    let client_secret = client_secret(&store, w).await?;
+    let transport = oauth::Transport::Http(http);
+    let resp = oauth::refresh(&transport, w, &rt, client_secret.as_ref(), &cfg.policy)
         .await
         .map_err(|f| anyhow::anyhow!("refresh failed: {}", f.reason()))?;
     let (tokens, _) = oauth::to_stored(resp, Some(rt), SystemTime::now(), &cfg.policy);

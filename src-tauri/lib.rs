@@ -5,7 +5,9 @@
 //!   (no GUI; builds with `--no-default-features`);
 //! * [`daemon`], [`control`], [`cli`]: the headless daemon, its local control socket,
 //!   and the command line;
-//! * [`sim_issuer`]: a loopback OAuth issuer for the demo and the tests.
+//! * [`sim_issuer`]: a loopback OAuth issuer for the demo and the tests;
+//! * [`sim_remote`]: a loopback OAuth-protected resource (a fake remote MCP server)
+//!   in front of a `sim_issuer`, for discovery and proxy tests.
 
 pub mod cli;
 pub mod control;
@@ -18,3 +20,4 @@ pub mod logging;
 pub mod paths;
 pub mod proxy;
 pub mod sim_issuer;
+pub mod sim_remote;

@@ -18,7 +18,24 @@
 //!   `redirect_uri` with a single-use `code` (bound to the client, the redirect
 //!   URI and the PKCE challenge, valid for five minutes).
 //! * `POST /token` – `authorization_code` and `refresh_token` grants, public
-//!   client authenticated by `client_id` in the form or by HTTP Basic.
+//!   client authenticated by `client_id` in the form or by HTTP Basic; a
+//!   dynamically registered confidential client must authenticate exactly as it
+//!   was registered (`client_secret_post` or `client_secret_basic`).
+//! * `GET /.well-known/oauth-authorization-server` (RFC 8414) and
+//!   `GET /.well-known/openid-configuration` – the metadata: `issuer` =
+//!   [`SimIssuer::base_url`], the endpoints, `code_challenge_methods_supported:
+//!   ["S256"]`, `registration_endpoint`. [`MetadataMode`] breaks it on purpose
+//!   (wrong issuer, no S256, not JSON, huge, a redirect to another host, only at
+//!   the OpenID location, missing).
+//! * `POST /register` – RFC 7591 dynamic client registration. A registered client
+//!   is valid alongside the configured `client_id`; its redirect URIs are checked
+//!   exactly at `/authorize`. [`IssuerOptions::registration_auth`] makes it a
+//!   confidential client (a `sim_cs_` secret, sent back once and appended to the
+//!   ledger) whose `/token` requests must carry the secret.
+//!
+//! The RFC 8707 `resource` parameter is accepted on `/authorize` and `/token` and
+//! recorded per request ([`SimIssuer::resources_seen`]); a value that is not an
+//! absolute URI without a fragment gets `invalid_target`.
 //!
 //! Tokens are random, URL-safe, carry the prefixes `sim_at_` (access),
 //! `sim_rt_` (refresh) and `sim_code_` (authorization codes) so that logs can be
@@ -129,6 +146,68 @@ pub struct IssuerOptions {
     pub ledger: Option<PathBuf>,
     /// Port on 127.0.0.1; 0 picks a free one.
     pub port: u16,
+    /// What `POST /register` makes: public clients (default) or confidential ones.
+    pub registration_auth: RegistrationAuth,
+}
+
+/// The kind of client `POST /register` creates, whatever the request asked for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RegistrationAuth {
+    /// `token_endpoint_auth_method: "none"`, no secret.
+    #[default]
+    Public,
+    /// A `client_secret`, to be sent in the `/token` form.
+    SecretPost,
+    /// A `client_secret`, to be sent with HTTP Basic.
+    SecretBasic,
+}
+
+impl RegistrationAuth {
+    fn method(self) -> &'static str {
+        match self {
+            RegistrationAuth::Public => "none",
+            RegistrationAuth::SecretPost => "client_secret_post",
+            RegistrationAuth::SecretBasic => "client_secret_basic",
+        }
+    }
+}
+
+/// How the authorization server metadata is served (both well-known locations).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum MetadataMode {
+    /// Correct metadata at both locations.
+    #[default]
+    Good,
+    /// `issuer` names another server.
+    WrongIssuer,
+    /// `code_challenge_methods_supported: ["plain"]`.
+    NoS256,
+    /// `200 text/html`.
+    NotJson,
+    /// `200 application/json`, chunked (no `Content-Length`), `bytes` long.
+    Huge { bytes: usize },
+    /// `302` to the same document at `http://localhost:PORT` (another origin).
+    /// That other origin serves the good document, so following it would "work".
+    RedirectToOtherHost,
+    /// Only at `/.well-known/openid-configuration`; `404` at the RFC 8414 location.
+    OidcOnly,
+    /// `404` at both.
+    Missing,
+}
+
+/// Which request carried a `resource` parameter (or did not).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResourceRequest {
+    Authorize,
+    CodeExchange,
+    Refresh,
+}
+
+/// One request's `resource` parameter, as received.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResourceSeen {
+    pub request: ResourceRequest,
+    pub resource: Option<String>,
 }
 
 impl Default for IssuerOptions {
@@ -142,6 +221,7 @@ impl Default for IssuerOptions {
             refresh_delay: Duration::ZERO,
             ledger: None,
             port: 0,
+            registration_auth: RegistrationAuth::Public,
         }
     }
 }
@@ -254,6 +334,11 @@ impl SimIssuer {
         let inner = Arc::new(Inner {
             addr,
             client_id: opts.client_id,
+            registration_auth: opts.registration_auth,
+            registered: Mutex::new(HashMap::new()),
+            registration_count: AtomicU64::new(0),
+            resources: Mutex::new(Vec::new()),
+            metadata_mode: Mutex::new(MetadataMode::Good),
             rotate: opts.rotate_refresh_tokens,
             strict: opts.strict_rotation,
             revoke_grant_on_reuse: opts.revoke_grant_on_reuse,
@@ -289,6 +374,12 @@ impl SimIssuer {
             .route("/", get(index_page))
             .route("/authorize", get(authorize))
             .route("/token", post(token))
+            .route(
+                "/.well-known/oauth-authorization-server",
+                get(metadata_rfc8414),
+            )
+            .route("/.well-known/openid-configuration", get(metadata_oidc))
+            .route("/register", post(register))
             .with_state(inner.clone());
         let make_service = app.into_make_service_with_connect_info::<ConnHandle>();
         let listener = SimListener {
@@ -335,9 +426,53 @@ impl SimIssuer {
         self.inner.addr.port()
     }
 
-    /// The only client id the issuer accepts.
+    /// The configured client id (registered clients are valid alongside it).
     pub fn client_id(&self) -> &str {
         &self.inner.client_id
+    }
+
+    /// `base_url() + "/register"` (RFC 7591).
+    pub fn registration_endpoint(&self) -> String {
+        format!("{}/register", self.base_url())
+    }
+
+    /// `base_url() + "/.well-known/oauth-authorization-server"` (RFC 8414).
+    pub fn metadata_url(&self) -> String {
+        format!("{}/.well-known/oauth-authorization-server", self.base_url())
+    }
+
+    /// Switches how the authorization server metadata is served.
+    pub fn set_metadata_mode(&self, mode: MetadataMode) {
+        *lock(&self.inner.metadata_mode) = mode;
+    }
+
+    /// `POST /register` requests received (valid or not).
+    pub fn registrations(&self) -> u64 {
+        self.inner.registration_count.load(Ordering::SeqCst)
+    }
+
+    /// The client ids `POST /register` created, in order.
+    pub fn registered_client_ids(&self) -> Vec<String> {
+        let mut v: Vec<(u64, String)> = lock(&self.inner.registered)
+            .iter()
+            .map(|(id, c)| (c.seq, id.clone()))
+            .collect();
+        v.sort();
+        v.into_iter().map(|(_, id)| id).collect()
+    }
+
+    /// The client secrets `POST /register` handed out (confidential registrations).
+    pub fn issued_client_secrets(&self) -> Vec<String> {
+        lock(&self.inner.registered)
+            .values()
+            .filter_map(|c| c.secret.clone())
+            .collect()
+    }
+
+    /// The `resource` parameter of every `/authorize`, code exchange and refresh
+    /// request, in order of arrival (counted whatever the mode).
+    pub fn resources_seen(&self) -> Vec<ResourceSeen> {
+        lock(&self.inner.resources).clone()
     }
 
     /// Switches how `POST /token` answers (both grants). Entering `Down`
@@ -461,6 +596,11 @@ async fn wait_for_count(counter: &watch::Sender<u64>, n: u64, timeout: Duration)
 struct Inner {
     addr: SocketAddr,
     client_id: String,
+    registration_auth: RegistrationAuth,
+    registered: Mutex<HashMap<String, RegisteredClient>>,
+    registration_count: AtomicU64,
+    resources: Mutex<Vec<ResourceSeen>>,
+    metadata_mode: Mutex<MetadataMode>,
     rotate: bool,
     strict: bool,
     revoke_grant_on_reuse: bool,
@@ -477,6 +617,14 @@ struct Inner {
     in_flight_refreshes: AtomicU64,
     max_in_flight_refreshes: AtomicU64,
     tokens: Mutex<TokenState>,
+}
+
+/// A client made by `POST /register`.
+struct RegisteredClient {
+    seq: u64,
+    redirect_uris: Vec<String>,
+    secret: Option<String>,
+    auth: RegistrationAuth,
 }
 
 struct NetState {
@@ -859,6 +1007,11 @@ impl TokenState {
 
     fn record(&mut self, token: &str) {
         self.issued.push(token.to_string());
+        self.append_ledger(token);
+    }
+
+    /// Only the ledger (client secrets: the leak scan checks them too).
+    fn append_ledger(&mut self, token: &str) {
         if let Some(file) = self.ledger.as_mut() {
             let written = file
                 .write_all(format!("{token}\n").as_bytes())
@@ -1034,13 +1187,13 @@ impl Inner {
             |description: &'static str, basic: bool| ClientAuthFailure { description, basic };
         let basic = match headers.get(header::AUTHORIZATION) {
             Some(value) => match parse_basic(value) {
-                Some(id) => Some(id),
+                Some(credentials) => Some(credentials),
                 None => return Err(fail("malformed Authorization header", true)),
             },
             None => None,
         };
         let form_id = form.get("client_id");
-        let client_id = match (basic.as_deref(), form_id) {
+        let client_id = match (basic.as_ref().map(|(id, _)| id.as_str()), form_id) {
             (Some(b), Some(f)) if b != f => {
                 return Err(fail("client_id differs from the Basic credentials", true))
             }
@@ -1048,8 +1201,35 @@ impl Inner {
             (None, Some(f)) => f.to_string(),
             (None, None) => return Err(fail("client authentication missing", false)),
         };
-        if client_id != self.client_id {
+        if client_id == self.client_id {
+            return Ok(client_id);
+        }
+        let registered = lock(&self.registered);
+        let Some(client) = registered.get(&client_id) else {
             return Err(fail("unknown client", basic.is_some()));
+        };
+        // A confidential client must authenticate exactly as it was registered.
+        let expected = client.secret.as_deref().map(str::as_bytes);
+        match client.auth {
+            RegistrationAuth::Public => {}
+            RegistrationAuth::SecretPost => {
+                if basic.is_some() {
+                    return Err(fail("this client must use client_secret_post", true));
+                }
+                let sent = form.get("client_secret").map(str::as_bytes);
+                if sent.is_none() || sent != expected {
+                    return Err(fail("missing or wrong client_secret", false));
+                }
+            }
+            RegistrationAuth::SecretBasic => {
+                if form.get("client_secret").is_some() {
+                    return Err(fail("this client must use client_secret_basic", false));
+                }
+                let sent = basic.as_ref().map(|(_, s)| s.as_bytes());
+                if sent.is_none() || sent != expected {
+                    return Err(fail("missing or wrong Basic credentials", true));
+                }
+            }
         }
         Ok(client_id)
     }
@@ -1075,8 +1255,8 @@ impl ClientAuthFailure {
     }
 }
 
-/// `Basic base64(urlencode(id) ":" urlencode(secret))` -> decoded id.
-fn parse_basic(value: &HeaderValue) -> Option<String> {
+/// `Basic base64(urlencode(id) ":" urlencode(secret))` -> decoded (id, secret).
+fn parse_basic(value: &HeaderValue) -> Option<(String, String)> {
     let value = value.to_str().ok()?.trim();
     let (scheme, credentials) = value.split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("basic") {
@@ -1084,12 +1264,21 @@ fn parse_basic(value: &HeaderValue) -> Option<String> {
     }
     let decoded = base64_std_decode(credentials.trim())?;
     let decoded = String::from_utf8(decoded).ok()?;
-    let (id, _secret) = decoded.split_once(':')?;
-    // RFC 6749 2.3.1: the id is application/x-www-form-urlencoded.
-    let wrapped = format!("i={id}");
-    url::form_urlencoded::parse(wrapped.as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
+    let (id, secret) = decoded.split_once(':')?;
+    // RFC 6749 2.3.1: both are application/x-www-form-urlencoded.
+    let unescape = |s: &str| {
+        let wrapped = format!("v={s}");
+        url::form_urlencoded::parse(wrapped.as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default()
+    };
+    Some((unescape(id), unescape(secret)))
+}
+
+/// RFC 8707 §2: an absolute URI without a fragment.
+fn is_resource_indicator(raw: &str) -> bool {
+    Url::parse(raw).is_ok_and(|u| u.fragment().is_none())
 }
 
 /// RFC 7636: 43..=128 characters of `[A-Za-z0-9-._~]`.
@@ -1159,6 +1348,8 @@ async fn index_page(State(inner): State<Arc<Inner>>) -> Response {
          \n\
          authorization endpoint: {base}/authorize  (GET, code flow, PKCE S256 required)\n\
          token endpoint:         {base}/token      (POST, authorization_code and refresh_token)\n\
+         metadata:               {base}/.well-known/oauth-authorization-server\n\
+         registration endpoint:  {base}/register   (POST, RFC 7591)\n\
          client_id:              {client}\n\
          redirect URIs:          http://127.0.0.1:PORT/..., http://localhost:PORT/..., http://[::1]:PORT/...\n\
          token mode:             {mode}\n",
@@ -1166,6 +1357,206 @@ async fn index_page(State(inner): State<Arc<Inner>>) -> Response {
         mode = inner.mode().name(),
     );
     ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+}
+
+impl Inner {
+    fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn record_resource(&self, request: ResourceRequest, resource: Option<&str>) {
+        lock(&self.resources).push(ResourceSeen {
+            request,
+            resource: resource.map(str::to_string),
+        });
+    }
+
+    /// The RFC 8414 document.
+    fn metadata_json(&self) -> serde_json::Value {
+        let base = self.base_url();
+        serde_json::json!({
+            "issuer": base,
+            "authorization_endpoint": format!("{base}/authorize"),
+            "token_endpoint": format!("{base}/token"),
+            "registration_endpoint": format!("{base}/register"),
+            "response_types_supported": ["code"],
+            "grant_types_supported": ["authorization_code", "refresh_token"],
+            "code_challenge_methods_supported": ["S256"],
+            "token_endpoint_auth_methods_supported": ["none", "client_secret_post", "client_secret_basic"],
+        })
+    }
+}
+
+/// `200 application/json`, chunked (no `Content-Length`), exactly `bytes` long
+/// (at least the 14 bytes of `{"padding":""}`): a document a client must cap
+/// while streaming. Never held in memory.
+pub(crate) fn huge_json_response(bytes: usize) -> Response {
+    let prefix: &'static [u8] = b"{\"padding\":\"";
+    let suffix: &'static [u8] = b"\"}";
+    let mut remaining = bytes.saturating_sub(prefix.len() + suffix.len());
+    let mut chunks = vec![Bytes::from_static(prefix)];
+    while remaining > 0 {
+        let n = remaining.min(FILL.len());
+        chunks.push(Bytes::from_static(&FILL[..n]));
+        remaining -= n;
+    }
+    chunks.push(Bytes::from_static(suffix));
+    let stream = futures::stream::iter(chunks.into_iter().map(Ok::<_, io::Error>));
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+async fn metadata_rfc8414(State(inner): State<Arc<Inner>>, headers: HeaderMap) -> Response {
+    serve_metadata(&inner, &headers, "oauth-authorization-server")
+}
+
+async fn metadata_oidc(State(inner): State<Arc<Inner>>, headers: HeaderMap) -> Response {
+    serve_metadata(&inner, &headers, "openid-configuration")
+}
+
+fn serve_metadata(inner: &Inner, headers: &HeaderMap, suffix: &str) -> Response {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    // `RedirectToOtherHost` sends clients to `localhost`, which serves the good
+    // document: a client that followed would not notice anything wrong.
+    let mode = if host.starts_with("localhost") {
+        MetadataMode::Good
+    } else {
+        lock(&inner.metadata_mode).clone()
+    };
+    tracing::debug!("sim issuer: GET /.well-known/{suffix} mode={mode:?}");
+    let json = |v: serde_json::Value| (StatusCode::OK, Json(v)).into_response();
+    match mode {
+        MetadataMode::Good => json(inner.metadata_json()),
+        MetadataMode::WrongIssuer => {
+            let mut v = inner.metadata_json();
+            v["issuer"] = serde_json::Value::String("https://impostor.example".into());
+            json(v)
+        }
+        MetadataMode::NoS256 => {
+            let mut v = inner.metadata_json();
+            v["code_challenge_methods_supported"] = serde_json::json!(["plain"]);
+            json(v)
+        }
+        MetadataMode::NotJson => html_page(
+            StatusCode::OK,
+            "Sign in",
+            "Sign in to the corporate network to continue.",
+        ),
+        MetadataMode::Huge { bytes } => huge_json_response(bytes),
+        MetadataMode::RedirectToOtherHost => {
+            let to = format!(
+                "http://localhost:{}/.well-known/{suffix}",
+                inner.addr.port()
+            );
+            (StatusCode::FOUND, [(header::LOCATION, to)]).into_response()
+        }
+        MetadataMode::OidcOnly if suffix == "openid-configuration" => json(inner.metadata_json()),
+        MetadataMode::OidcOnly | MetadataMode::Missing => {
+            html_page(StatusCode::NOT_FOUND, "Not found", "no metadata here")
+        }
+    }
+}
+
+/// RFC 7591 §3.2.2 error.
+fn registration_error(error: &str, description: &str) -> Response {
+    no_store(
+        (
+            StatusCode::BAD_REQUEST,
+            Json(serde_json::json!({"error": error, "error_description": description})),
+        )
+            .into_response(),
+    )
+}
+
+async fn register(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> Response {
+    let seq = inner.registration_count.fetch_add(1, Ordering::SeqCst);
+    tracing::debug!("sim issuer: POST /register");
+    let json_body = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !json_body {
+        return registration_error(
+            "invalid_client_metadata",
+            "the body must be application/json",
+        );
+    }
+    let Ok(serde_json::Value::Object(req)) = serde_json::from_slice::<serde_json::Value>(&body)
+    else {
+        return registration_error("invalid_client_metadata", "the body must be a JSON object");
+    };
+    let redirect_uris: Vec<String> = req
+        .get("redirect_uris")
+        .and_then(|v| v.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|u| u.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    if redirect_uris.is_empty() || redirect_uris.iter().any(|u| loopback_redirect(u).is_none()) {
+        return registration_error(
+            "invalid_redirect_uri",
+            "redirect_uris must be http loopback URIs (127.0.0.1, localhost or [::1])",
+        );
+    }
+    let grant_types = req
+        .get("grant_types")
+        .cloned()
+        .unwrap_or_else(|| serde_json::json!(["authorization_code"]));
+    if !grant_types
+        .as_array()
+        .is_some_and(|a| a.iter().any(|g| g == "authorization_code"))
+    {
+        return registration_error(
+            "invalid_client_metadata",
+            "grant_types must include authorization_code",
+        );
+    }
+    let auth = inner.registration_auth;
+    let client_id = random_token("sim_client_");
+    let secret = (auth != RegistrationAuth::Public).then(|| random_token("sim_cs_"));
+    if let Some(secret) = &secret {
+        lock(&inner.tokens).append_ledger(secret);
+    }
+    lock(&inner.registered).insert(
+        client_id.clone(),
+        RegisteredClient {
+            seq,
+            redirect_uris: redirect_uris.clone(),
+            secret: secret.clone(),
+            auth,
+        },
+    );
+    let issued_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut answer = serde_json::json!({
+        "client_id": client_id,
+        "client_id_issued_at": issued_at,
+        "client_name": req.get("client_name").cloned().unwrap_or(serde_json::Value::Null),
+        "redirect_uris": redirect_uris,
+        "grant_types": grant_types,
+        "response_types": ["code"],
+        "token_endpoint_auth_method": auth.method(),
+    });
+    if let Some(scope) = req.get("scope").and_then(|s| s.as_str()) {
+        answer["scope"] = serde_json::Value::String(scope.to_string());
+    }
+    if let Some(secret) = secret {
+        answer["client_secret"] = serde_json::Value::String(secret);
+        answer["client_secret_expires_at"] = serde_json::json!(0);
+    }
+    no_store((StatusCode::CREATED, Json(answer)).into_response())
 }
 
 fn html_page(status: StatusCode, title: &str, message: &str) -> Response {
@@ -1216,8 +1607,25 @@ async fn authorize(State(inner): State<Arc<Inner>>, RawQuery(query): RawQuery) -
     let params = Params::parse(query.unwrap_or_default().as_bytes());
     let dup = |name: &str| params.duplicates.iter().any(|d| d == name);
 
+    inner.record_resource(ResourceRequest::Authorize, params.get("resource"));
+
     // Errors about the client or the redirect URI are shown, never redirected.
-    if dup("client_id") || params.get("client_id") != Some(inner.client_id.as_str()) {
+    let client_id = match params.get("client_id") {
+        Some(id) if !dup("client_id") => id.to_string(),
+        _ => {
+            return html_page(
+                StatusCode::BAD_REQUEST,
+                "Invalid request",
+                "unknown or missing client_id",
+            )
+        }
+    };
+    // A registered client's redirect URIs, compared exactly; the configured
+    // client may use any loopback redirect URI.
+    let registered_uris = lock(&inner.registered)
+        .get(&client_id)
+        .map(|c| c.redirect_uris.clone());
+    if client_id != inner.client_id && registered_uris.is_none() {
         return html_page(
             StatusCode::BAD_REQUEST,
             "Invalid request",
@@ -1234,6 +1642,15 @@ async fn authorize(State(inner): State<Arc<Inner>>, RawQuery(query): RawQuery) -
             )
         }
     };
+    if let Some(uris) = &registered_uris {
+        if !uris.iter().any(|u| u == redirect_raw) {
+            return html_page(
+                StatusCode::BAD_REQUEST,
+                "Invalid request",
+                "redirect_uri is not one this client registered",
+            );
+        }
+    }
     let Some(redirect) = loopback_redirect(redirect_raw) else {
         return html_page(
             StatusCode::BAD_REQUEST,
@@ -1271,6 +1688,15 @@ async fn authorize(State(inner): State<Arc<Inner>>, RawQuery(query): RawQuery) -
     if params.get("code_challenge_method") != Some("S256") {
         return redirect_error("invalid_request", "code_challenge_method must be S256");
     }
+    if params
+        .get("resource")
+        .is_some_and(|r| !is_resource_indicator(r))
+    {
+        return redirect_error(
+            "invalid_target",
+            "resource must be an absolute URI without a fragment",
+        );
+    }
     let challenge = match params.get("code_challenge") {
         Some(c) if is_valid_challenge(c) => c.to_string(),
         _ => return redirect_error("invalid_request", "missing or malformed code_challenge"),
@@ -1283,7 +1709,7 @@ async fn authorize(State(inner): State<Arc<Inner>>, RawQuery(query): RawQuery) -
         tokens.codes.insert(
             code.clone(),
             CodeEntry {
-                client_id: inner.client_id.clone(),
+                client_id,
                 redirect_uri: redirect_raw.to_string(),
                 challenge,
                 scope: params.get("scope").map(str::to_string),
@@ -1359,6 +1785,14 @@ async fn token(
         inner.mode().name()
     );
 
+    match grant_type.as_str() {
+        "authorization_code" => {
+            inner.record_resource(ResourceRequest::CodeExchange, form.get("resource"))
+        }
+        "refresh_token" => inner.record_resource(ResourceRequest::Refresh, form.get("resource")),
+        _ => {}
+    }
+
     let _in_flight = if grant_type == "refresh_token" {
         inner.refresh_count.send_modify(|count| *count += 1);
         Some(InFlight::new(&inner))
@@ -1409,6 +1843,16 @@ async fn token(
         Ok(id) => id,
         Err(failure) => return failure.into_response(),
     };
+    if form
+        .get("resource")
+        .is_some_and(|r| !is_resource_indicator(r))
+    {
+        return oauth_error_response(
+            StatusCode::BAD_REQUEST,
+            "invalid_target",
+            "resource must be an absolute URI without a fragment",
+        );
+    }
     let outcome = match grant_type.as_str() {
         "authorization_code" => inner.exchange_code(&client_id, &form),
         "refresh_token" => inner.refresh(&client_id, &form),

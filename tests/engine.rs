@@ -309,6 +309,7 @@ async fn invalid_grant_after_another_writer_rotated_adopts_the_new_token() {
         &oauth::Transport::Http(http),
         &cfg.workloads[0],
         stored.refresh_token.as_ref().unwrap(),
+        None,
         &fast_policy(),
     )
     .await

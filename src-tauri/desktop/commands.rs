@@ -298,6 +298,7 @@ fn validate(form: &AddForm) -> Result<NewWorkload, CmdError> {
             .collect(),
         ca_file: None,
         allow_http: false,
+        ..Default::default()
     })
 }
 

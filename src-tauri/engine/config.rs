@@ -54,6 +54,52 @@ pub struct WorkloadConfig {
     pub ca_file: Option<PathBuf>,
     pub allow_http: bool,
     pub enabled: bool,
+    /// RFC 8707 resource indicator sent on the authorization request, the code
+    /// exchange and every refresh (the protected resource metadata's `resource`).
+    pub resource: Option<String>,
+    /// The fixed loopback port of the redirect URI a dynamically registered client
+    /// was registered with (`http://127.0.0.1:PORT/callback`); `None` = any port.
+    pub redirect_port: Option<u16>,
+    /// How the client authenticates at the token endpoint. Anything but `None`
+    /// means a client secret lives in the secret store (never in this file).
+    pub client_auth: ClientAuth,
+}
+
+/// Client authentication at the token endpoint (RFC 6749 §2.3.1, RFC 7591 §2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ClientAuth {
+    /// A public client: `client_id` in the form, no secret.
+    #[default]
+    None,
+    /// `client_id` and `client_secret` in the form body.
+    ClientSecretPost,
+    /// HTTP Basic with the form-urlencoded id and secret.
+    ClientSecretBasic,
+}
+
+impl ClientAuth {
+    /// The RFC 7591 `token_endpoint_auth_method` name (also the config value).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientAuth::None => "none",
+            ClientAuth::ClientSecretPost => "client_secret_post",
+            ClientAuth::ClientSecretBasic => "client_secret_basic",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ClientAuth> {
+        match s {
+            "none" => Some(ClientAuth::None),
+            "client_secret_post" => Some(ClientAuth::ClientSecretPost),
+            "client_secret_basic" => Some(ClientAuth::ClientSecretBasic),
+            _ => None,
+        }
+    }
+
+    /// Whether a client secret is needed (and kept in the secret store).
+    pub fn needs_secret(self) -> bool {
+        self != ClientAuth::None
+    }
 }
 
 #[derive(Deserialize)]
@@ -90,6 +136,9 @@ struct RawWorkload {
     allow_http: bool,
     #[serde(default = "yes")]
     enabled: bool,
+    resource: Option<Spanned<String>>,
+    redirect_port: Option<Spanned<u16>>,
+    client_auth: Option<Spanned<String>>,
 }
 
 fn yes() -> bool {
@@ -248,7 +297,7 @@ impl Config {
             let token_endpoint = endpoint("token_endpoint", &w.token_endpoint)?.ok_or_else(|| {
                 err(
                     Some(w.name.span()),
-                    format!("workload `{name}` has no `token_endpoint` (discovery from `url` is not supported yet)"),
+                    format!("workload `{name}` has no `token_endpoint` (`tokenwarden add {name} --url URL` discovers it and writes it here)"),
                 )
             })?;
             let client_id = match &w.client_id {
@@ -257,9 +306,50 @@ impl Config {
                 None => {
                     return Err(err(
                         Some(w.name.span()),
-                        format!("workload `{name}` has no `client_id`"),
+                        format!("workload `{name}` has no `client_id` (`tokenwarden add {name} --url URL` registers one when the issuer allows it)"),
                     ))
                 }
+            };
+            let resource = match &w.resource {
+                Some(r) => {
+                    let v = r.get_ref().trim();
+                    let parsed = Url::parse(v).map_err(|e| {
+                        err(
+                            Some(r.span()),
+                            format!("`resource` is not an absolute URI ({e}): `{v}`"),
+                        )
+                    })?;
+                    if parsed.fragment().is_some() {
+                        return Err(err(
+                            Some(r.span()),
+                            "`resource` must not have a #fragment (RFC 8707)".into(),
+                        ));
+                    }
+                    Some(v.to_string())
+                }
+                None => None,
+            };
+            let redirect_port = match &w.redirect_port {
+                Some(p) if *p.get_ref() == 0 => {
+                    return Err(err(
+                        Some(p.span()),
+                        "`redirect_port` must be a fixed port (1-65535), not 0; remove the key to use any free port".into(),
+                    ))
+                }
+                Some(p) => Some(*p.get_ref()),
+                None => None,
+            };
+            let client_auth = match &w.client_auth {
+                Some(c) => ClientAuth::parse(c.get_ref().trim()).ok_or_else(|| {
+                    err(
+                        Some(c.span()),
+                        format!(
+                            "`client_auth` must be \"none\", \"client_secret_post\" or \"client_secret_basic\", not \"{}\"",
+                            c.get_ref()
+                        ),
+                    )
+                })?,
+                None => ClientAuth::None,
             };
             if let Some(p) = w.listen_port {
                 if p != 0 && !ports.insert(p) {
@@ -302,6 +392,9 @@ impl Config {
                 ca_file,
                 allow_http: w.allow_http,
                 enabled: w.enabled,
+                resource,
+                redirect_port,
+                client_auth,
             });
         }
         Ok(cfg)
@@ -323,6 +416,14 @@ pub struct NewWorkload {
     pub scopes: Vec<String>,
     pub ca_file: Option<String>,
     pub allow_http: bool,
+    /// Local proxy port (written when given).
+    pub listen_port: Option<u16>,
+    /// RFC 8707 resource indicator.
+    pub resource: Option<String>,
+    /// Fixed loopback callback port of a dynamically registered client.
+    pub redirect_port: Option<u16>,
+    /// Written only when not `None`; the secret itself goes to the secret store.
+    pub client_auth: ClientAuth,
 }
 
 fn read_for_edit(path: &Path) -> Result<(String, Config), ConfigError> {
@@ -403,6 +504,18 @@ pub fn add_workload(path: &Path, w: &NewWorkload) -> Result<Config, ConfigError>
     if w.allow_http {
         t["allow_http"] = toml_edit::value(true);
     }
+    if let Some(r) = &w.resource {
+        t["resource"] = toml_edit::value(r);
+    }
+    if let Some(p) = w.redirect_port {
+        t["redirect_port"] = toml_edit::value(i64::from(p));
+    }
+    if w.client_auth.needs_secret() {
+        t["client_auth"] = toml_edit::value(w.client_auth.as_str());
+    }
+    if let Some(p) = w.listen_port {
+        t["listen_port"] = toml_edit::value(i64::from(p));
+    }
     match doc.get_mut("workload") {
         None => {
             let mut arr = toml_edit::ArrayOfTables::new();
@@ -447,8 +560,8 @@ pub fn remove_workload(path: &Path, name: &str) -> Result<Config, ConfigError> {
     commit_edit(path, &doc.to_string())
 }
 
-/// Set a workload's `listen_port` (the proxy port chosen once, then kept).
-/// Refuses if the file is broken or the name is unknown.
+/// Set (or replace) `listen_port` of workload `name`, keeping everything else of the
+/// file. Refuses a broken file, an unknown name, and a port another workload uses.
 pub fn set_listen_port(path: &Path, name: &str, port: u16) -> Result<Config, ConfigError> {
     let (text, cfg) = read_for_edit(path)?;
     if cfg.workload(name).is_none() {
@@ -457,15 +570,33 @@ pub fn set_listen_port(path: &Path, name: &str, port: u16) -> Result<Config, Con
     let mut doc: toml_edit::DocumentMut = text
         .parse()
         .map_err(|e: toml_edit::TomlError| edit_error(path, e.to_string()))?;
-    let table = doc
+    let arr = doc
         .get_mut("workload")
         .and_then(|i| i.as_array_of_tables_mut())
-        .and_then(|arr| {
-            arr.iter_mut()
-                .find(|t| t.get("name").and_then(|v| v.as_str()) == Some(name))
-        })
-        .ok_or_else(|| edit_error(path, format!("no [[workload]] table named `{name}`")))?;
-    table["listen_port"] = toml_edit::value(i64::from(port));
+        .ok_or_else(|| {
+            edit_error(
+                path,
+                "`workload` must be written as [[workload]] tables".into(),
+            )
+        })?;
+    let table = arr
+        .iter_mut()
+        .find(|t| t.get("name").and_then(|v| v.as_str()) == Some(name))
+        .ok_or_else(|| edit_error(path, format!("no workload named `{name}`")))?;
+    match table.get_mut("listen_port") {
+        // Replace the value only, so a comment after it survives.
+        Some(item) if item.is_value() => {
+            let decor = item.as_value().map(|v| v.decor().clone());
+            let mut v = toml_edit::Value::from(i64::from(port));
+            if let Some(d) = decor {
+                *v.decor_mut() = d;
+            }
+            *item = toml_edit::Item::Value(v);
+        }
+        _ => {
+            table["listen_port"] = toml_edit::value(i64::from(port));
+        }
+    }
     commit_edit(path, &doc.to_string())
 }
 
@@ -602,6 +733,23 @@ listen_port = 8765
                 2,
                 "invalid workload name",
             ),
+            (
+                wl(&format!("{ok_ep}\nclient_auth = \"private_key_jwt\"")),
+                8,
+                "`client_auth` must be",
+            ),
+            (wl(&format!("{ok_ep}\nredirect_port = 0")), 8, "not 0"),
+            (wl(&format!("{ok_ep}\nredirect_port = 70000")), 8, ""),
+            (
+                wl(&format!("{ok_ep}\nresource = \"not a uri\"")),
+                8,
+                "not an absolute URI",
+            ),
+            (
+                wl(&format!("{ok_ep}\nresource = \"https://r.example/mcp#x\"")),
+                8,
+                "fragment",
+            ),
         ];
         for (text, line, needle) in cases {
             let (l, m) = line_and_message(&text);
@@ -657,6 +805,99 @@ listen_port = 8765
             "left untouched"
         );
         assert!(remove_workload(&path, "x").is_err());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), broken);
+    }
+
+    #[test]
+    fn discovery_keys_load_and_default() {
+        let text = format!(
+            "{GOOD}\n[[workload]]\nname = \"dcr\"\ntoken_endpoint = \"https://as.example/token\"\nclient_id = \"reg-1\"\nresource = \"https://remote.example/mcp\"\nredirect_port = 49152\nclient_auth = \"client_secret_basic\"\n"
+        );
+        let c = parse(&text).unwrap();
+        let plain = &c.workloads[0];
+        assert_eq!(plain.resource, None);
+        assert_eq!(plain.redirect_port, None);
+        assert_eq!(plain.client_auth, ClientAuth::None);
+        let w = &c.workloads[1];
+        assert_eq!(w.resource.as_deref(), Some("https://remote.example/mcp"));
+        assert_eq!(w.redirect_port, Some(49152));
+        assert_eq!(w.client_auth, ClientAuth::ClientSecretBasic);
+        for a in [
+            ClientAuth::None,
+            ClientAuth::ClientSecretPost,
+            ClientAuth::ClientSecretBasic,
+        ] {
+            assert_eq!(ClientAuth::parse(a.as_str()), Some(a));
+        }
+    }
+
+    #[test]
+    fn add_writes_the_discovery_keys_and_nothing_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        let nw = NewWorkload {
+            name: "remote".into(),
+            url: Some("https://remote.example/mcp".into()),
+            authorization_endpoint: Some("https://as.example/authorize".into()),
+            token_endpoint: "https://as.example/token".into(),
+            client_id: "reg-1".into(),
+            listen_port: Some(40001),
+            resource: Some("https://remote.example/mcp".into()),
+            redirect_port: Some(40002),
+            client_auth: ClientAuth::ClientSecretPost,
+            ..Default::default()
+        };
+        let cfg = add_workload(&path, &nw).unwrap();
+        let w = cfg.workload("remote").unwrap();
+        assert_eq!(w.listen_port, Some(40001));
+        assert_eq!(w.redirect_port, Some(40002));
+        assert_eq!(w.client_auth, ClientAuth::ClientSecretPost);
+        assert_eq!(w.resource.as_deref(), Some("https://remote.example/mcp"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains("secret ="), "{text}");
+        // A public client writes no client_auth line.
+        let public = NewWorkload {
+            name: "public".into(),
+            token_endpoint: "https://as.example/token".into(),
+            client_id: "p".into(),
+            ..Default::default()
+        };
+        add_workload(&path, &public).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.matches("client_auth").count(), 1, "{text}");
+    }
+
+    #[test]
+    fn set_listen_port_edits_in_place_and_refuses_what_it_should() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        let text = GOOD.replace("listen_port = 8765", "listen_port = 8765 # the proxy");
+        let text = format!(
+            "{text}\n[[workload]]\nname = \"second\"\ntoken_endpoint = \"https://auth.example/token\"\nclient_id = \"c\"\n"
+        );
+        std::fs::write(&path, &text).unwrap();
+        // Replace an existing value: the trailing comment survives.
+        let cfg = set_listen_port(&path, "github-mcp", 9000).unwrap();
+        assert_eq!(cfg.workload("github-mcp").unwrap().listen_port, Some(9000));
+        let now = std::fs::read_to_string(&path).unwrap();
+        assert!(now.contains("listen_port = 9000 # the proxy"), "{now}");
+        assert!(now.starts_with("# my workloads"));
+        // Add one where there was none.
+        let cfg = set_listen_port(&path, "second", 9001).unwrap();
+        assert_eq!(cfg.workload("second").unwrap().listen_port, Some(9001));
+        // A port another workload has, an unknown name: refused, file unchanged.
+        let before = std::fs::read_to_string(&path).unwrap();
+        let e = set_listen_port(&path, "second", 9000).unwrap_err();
+        assert!(e.message.contains("used by two workloads"), "{e}");
+        assert!(set_listen_port(&path, "nope", 9002)
+            .unwrap_err()
+            .message
+            .contains("no workload named"));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), before);
+        // A broken file is never rewritten.
+        let broken = "[[workload]]\nname = \"x\"\ntoken_endpoint = \n";
+        std::fs::write(&path, broken).unwrap();
+        assert_eq!(set_listen_port(&path, "x", 1).unwrap_err().line, Some(3));
         assert_eq!(std::fs::read_to_string(&path).unwrap(), broken);
     }
 

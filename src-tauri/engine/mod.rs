@@ -4,6 +4,7 @@
 pub mod classify;
 pub mod clock;
 pub mod config;
+pub mod discovery;
 pub mod machine;
 pub mod monitor;
 pub mod oauth;

@@ -166,17 +166,19 @@ struct Monitor {
     unsaved: Option<StoredTokens>,
     cancel: CancellationToken,
     last_status: Option<Status>,
-    /// Awake time of the last refresh caused by a rejected access token.
-    rejected_refresh_at: Option<Duration>,
+    /// Refreshes caused by rejected access tokens in the current window, and the
+    /// window's start (awake time).
+    rejected_refreshes: (u8, Duration),
     /// Awake time the last attempt (or borrowed result) ended.
     last_attempt_at: Option<Duration>,
     /// The next attempt was asked for (trigger, token request): it goes out for real.
     triggered: bool,
 }
 
-/// A remote that refuses even a freshly refreshed token gets no second refresh for
-/// this long (it would only hammer the issuer).
-const REJECTED_REFRESH_MIN_INTERVAL: Duration = Duration::from_secs(30);
+/// At most this many refreshes caused by rejected tokens per window: a remote that
+/// refuses every token must not turn each request into a refresh at the issuer.
+const REJECTED_REFRESH_BURST: u8 = 3;
+const REJECTED_REFRESH_WINDOW: Duration = Duration::from_secs(30);
 
 fn jitter() -> f64 {
     rand::random::<f64>()
@@ -220,7 +222,7 @@ pub fn spawn(
         unsaved: None,
         cancel: cancel.clone(),
         last_status: None,
-        rejected_refresh_at: None,
+        rejected_refreshes: (0, Duration::ZERO),
         last_attempt_at: None,
         triggered: false,
     };
@@ -511,8 +513,8 @@ impl Monitor {
     }
 
     /// The protected resource refused `used`. If it is still the current token,
-    /// refresh now (once: a remote that also refuses the fresh token gets no second
-    /// refresh for `REJECTED_REFRESH_MIN_INTERVAL`); otherwise hand out the newer one.
+    /// refresh now (at most `REJECTED_REFRESH_BURST` times per
+    /// `REJECTED_REFRESH_WINDOW`); otherwise hand out the newer one.
     fn on_rejected(&mut self, used: Secret, reply: TokenReply) {
         let current = self.tokens.as_ref().map(|t| &t.access_token);
         if current != Some(&used)
@@ -522,14 +524,17 @@ impl Monitor {
             return self.give_token(reply);
         }
         let now = self.ctx.clock.now();
-        if self
-            .rejected_refresh_at
-            .is_some_and(|at| now.awake.saturating_sub(at) < REJECTED_REFRESH_MIN_INTERVAL)
-        {
-            tracing::warn!(workload = %self.name(), "the remote rejected a freshly refreshed access token; not refreshing again yet");
+        let (count, since) = self.rejected_refreshes;
+        let (count, since) = if now.awake.saturating_sub(since) >= REJECTED_REFRESH_WINDOW {
+            (0, now.awake)
+        } else {
+            (count, since)
+        };
+        if count >= REJECTED_REFRESH_BURST {
+            tracing::warn!(workload = %self.name(), "the remote keeps rejecting access tokens; not refreshing again yet");
             let _ = reply.send(Err(TokenError::Unavailable {
                 name: self.name().into(),
-                reason: "the remote rejects freshly refreshed access tokens (check the workload's scopes and resource)".into(),
+                reason: "the remote keeps rejecting freshly refreshed access tokens (check the workload's scopes and resource)".into(),
             }));
             return;
         }
@@ -538,7 +543,7 @@ impl Monitor {
             .on_trigger(Trigger::Rejected, now, &self.ctx.policy, jitter())
         {
             tracing::info!(workload = %self.name(), "the remote rejected the access token; refreshing now");
-            self.rejected_refresh_at = Some(now.awake);
+            self.rejected_refreshes = (count + 1, since);
             self.triggered = true;
             // The token is useless whatever its expiry said.
             self.machine.access_expires_at = Some(now.wall);
@@ -700,7 +705,20 @@ async fn attempt(ctx: Arc<MonitorCtx>, used: StoredTokens) -> Outcome {
     let Some(rt) = used.refresh_token.clone() else {
         return Outcome::Failed(Failure::new(FailureKind::Network));
     };
-    match oauth::refresh(&ctx.transport, &ctx.workload, &rt, &ctx.policy).await {
+    let client_secret = match client_secret(&ctx).await {
+        Ok(s) => s,
+        Err(f) => return Outcome::Failed(f),
+    };
+    let client_secret = client_secret.as_ref();
+    match oauth::refresh(
+        &ctx.transport,
+        &ctx.workload,
+        &rt,
+        client_secret,
+        &ctx.policy,
+    )
+    .await
+    {
         Ok(resp) => save_new(&ctx, resp, Some(rt)).await,
         Err(f) if f.oauth_code() == Some("invalid_grant") => {
             // Rotated by another writer meanwhile? Read the store once before giving up.
@@ -717,7 +735,9 @@ async fn attempt(ctx: Arc<MonitorCtx>, used: StoredTokens) -> Outcome {
                         return Outcome::Failed(f);
                     };
                     tracing::info!(workload = %ctx.workload.name, "refresh token was rotated elsewhere; retrying with it");
-                    match oauth::refresh(&ctx.transport, &ctx.workload, &new_rt, &ctx.policy).await
+                    let w = &ctx.workload;
+                    match oauth::refresh(&ctx.transport, w, &new_rt, client_secret, &ctx.policy)
+                        .await
                     {
                         Ok(resp) => save_new(&ctx, resp, Some(new_rt)).await,
                         Err(f2) => Outcome::Failed(f2),
@@ -728,6 +748,18 @@ async fn attempt(ctx: Arc<MonitorCtx>, used: StoredTokens) -> Outcome {
         }
         Err(f) => Outcome::Failed(f),
     }
+}
+
+/// A confidential client's secret (`client_auth` other than `none`), read from the
+/// store for each attempt; public clients have none.
+async fn client_secret(ctx: &MonitorCtx) -> Result<Option<Secret>, Failure> {
+    if !ctx.workload.client_auth.needs_secret() {
+        return Ok(None);
+    }
+    ctx.store
+        .load_client_secret(&ctx.workload.name)
+        .await
+        .map_err(|e| store_failure(&e.to_string()))
 }
 
 async fn save_new(

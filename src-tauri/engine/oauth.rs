@@ -2,6 +2,13 @@
 //! the interactive login (authorization code + PKCE S256 + `state`, RFC 8252 loopback
 //! redirect).
 //!
+//! Every request carries the workload's RFC 8707 `resource` indicator when it has one
+//! (authorization URL, code exchange, refresh), and authenticates the client as
+//! `client_auth` says: `client_id` in the form (public client), plus `client_secret`
+//! (`client_secret_post`), or HTTP Basic over the form-urlencoded id and secret
+//! (`client_secret_basic`, RFC 6749 §2.3.1). The secret comes from the secret store
+//! and is passed in by the caller; it never reaches a log or an error message.
+//!
 //! The token endpoint is called with reqwest directly rather than through oauth2's
 //! `exchange_*` helpers, because classification needs what those hide: the status,
 //! `Retry-After`, and a body read under a size cap. oauth2 builds the authorization
@@ -14,7 +21,7 @@
 use crate::engine::classify::{
     classify_response, classify_transport, Failure, FailureKind, TokenResponse,
 };
-use crate::engine::config::WorkloadConfig;
+use crate::engine::config::{ClientAuth, WorkloadConfig};
 use crate::engine::policy::Policy;
 use crate::engine::secret::Secret;
 use crate::engine::store::{unix_secs, StoredTokens};
@@ -27,6 +34,17 @@ pub fn http_client(
     policy: &Policy,
     ca_file: Option<&std::path::Path>,
 ) -> Result<reqwest::Client, String> {
+    client_builder(policy, ca_file)?
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+}
+
+/// What every client shares: the policy's timeouts, no redirects (callers that follow
+/// some override it), the user agent, system roots + optional `ca_file`.
+pub fn client_builder(
+    policy: &Policy,
+    ca_file: Option<&std::path::Path>,
+) -> Result<reqwest::ClientBuilder, String> {
     let mut b = reqwest::Client::builder()
         .timeout(policy.http_timeout)
         .connect_timeout(policy.connect_timeout)
@@ -41,8 +59,7 @@ pub fn http_client(
             b = b.add_root_certificate(cert);
         }
     }
-    b.build()
-        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+    Ok(b)
 }
 
 /// POST a form to the token endpoint and classify the answer.
@@ -52,8 +69,20 @@ pub async fn token_request(
     form: &[(&str, &str)],
     policy: &Policy,
 ) -> Result<TokenResponse, Failure> {
+    token_request_as(http, endpoint, form, None, policy).await
+}
+
+/// [`token_request`] with an optional `Authorization` header (client_secret_basic).
+async fn token_request_as(
+    http: &reqwest::Client,
+    endpoint: &Url,
+    form: &[(&str, &str)],
+    authorization: Option<reqwest::header::HeaderValue>,
+    policy: &Policy,
+) -> Result<TokenResponse, Failure> {
     let deadline = policy.http_timeout + Duration::from_secs(1);
-    match tokio::time::timeout(deadline, token_request_inner(http, endpoint, form, policy)).await {
+    let inner = token_request_inner(http, endpoint, form, authorization, policy);
+    match tokio::time::timeout(deadline, inner).await {
         Ok(r) => r,
         Err(_) => Err(Failure::new(FailureKind::Timeout)),
     }
@@ -63,15 +92,17 @@ async fn token_request_inner(
     http: &reqwest::Client,
     endpoint: &Url,
     form: &[(&str, &str)],
+    authorization: Option<reqwest::header::HeaderValue>,
     policy: &Policy,
 ) -> Result<TokenResponse, Failure> {
-    let resp = http
+    let mut req = http
         .post(endpoint.clone())
         .header(reqwest::header::ACCEPT, "application/json")
-        .form(form)
-        .send()
-        .await
-        .map_err(|e| classify_transport(&e))?;
+        .form(form);
+    if let Some(value) = authorization {
+        req = req.header(reqwest::header::AUTHORIZATION, value);
+    }
+    let resp = req.send().await.map_err(|e| classify_transport(&e))?;
     let status = resp.status().as_u16();
     let header = |name: reqwest::header::HeaderName| {
         resp.headers()
@@ -135,11 +166,56 @@ impl std::fmt::Debug for Transport {
     }
 }
 
-/// `grant_type=refresh_token`.
+/// `Basic base64(urlencode(client_id) ":" urlencode(secret))` (RFC 6749 §2.3.1), marked
+/// sensitive so reqwest never shows it.
+pub fn basic_authorization(client_id: &str, secret: &Secret) -> reqwest::header::HeaderValue {
+    use base64::Engine as _;
+    let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    let raw = format!("{}:{}", enc(client_id), enc(secret.expose()));
+    let b64 = base64::engine::general_purpose::STANDARD.encode(raw);
+    let mut value = reqwest::header::HeaderValue::from_str(&format!("Basic {b64}"))
+        .expect("base64 is a valid header value");
+    value.set_sensitive(true);
+    value
+}
+
+/// Add the client's authentication to a token request's form (or return the Basic
+/// header), and the RFC 8707 `resource` indicator when the workload has one.
+/// A confidential client whose secret is missing goes out without it: the issuer's
+/// `invalid_client` is then the verdict, with its re-register hint.
+fn client_part<'a>(
+    w: &'a WorkloadConfig,
+    client_secret: Option<&'a Secret>,
+    form: &mut Vec<(&'static str, &'a str)>,
+) -> Option<reqwest::header::HeaderValue> {
+    if let Some(r) = &w.resource {
+        form.push(("resource", r.as_str()));
+    }
+    match (w.client_auth, client_secret) {
+        (ClientAuth::ClientSecretBasic, Some(secret)) => {
+            return Some(basic_authorization(&w.client_id, secret));
+        }
+        (ClientAuth::ClientSecretPost, Some(secret)) => {
+            form.push(("client_id", w.client_id.as_str()));
+            form.push(("client_secret", secret.expose()));
+            return None;
+        }
+        (auth, None) if auth.needs_secret() => {
+            tracing::warn!(workload = %w.name, client_auth = auth.as_str(), "the client secret is missing from the secret store; sending the request without it");
+        }
+        _ => {}
+    }
+    form.push(("client_id", w.client_id.as_str()));
+    None
+}
+
+/// `grant_type=refresh_token`. `client_secret` is the workload's client secret from
+/// the secret store when `client_auth` is not `none` (ignored otherwise).
 pub async fn refresh(
     transport: &Transport,
     w: &WorkloadConfig,
     refresh_token: &Secret,
+    client_secret: Option<&Secret>,
     policy: &Policy,
 ) -> Result<TokenResponse, Failure> {
     let http = match transport {
@@ -152,12 +228,12 @@ pub async fn refresh(
             .await
         }
     };
-    let form = [
+    let mut form = vec![
         ("grant_type", "refresh_token"),
         ("refresh_token", refresh_token.expose()),
-        ("client_id", w.client_id.as_str()),
     ];
-    token_request(http, &w.token_endpoint, &form, policy).await
+    let authorization = client_part(w, client_secret, &mut form);
+    token_request_as(http, &w.token_endpoint, &form, authorization, policy).await
 }
 
 /// Turn a token response into what is stored. A response without `refresh_token`
@@ -202,6 +278,8 @@ pub enum LoginError {
     NoRefreshToken,
     #[error("cannot listen for the browser callback on 127.0.0.1: {0}")]
     Listen(std::io::Error),
+    #[error("the callback port 127.0.0.1:{port} that `{workload}`'s client was registered with is in use (another sign-in still waiting, or another program); close it and try again, or register a new client with `tokenwarden remove {workload}` and `tokenwarden add {workload} --url URL`")]
+    RedirectPortBusy { workload: String, port: u16 },
 }
 
 /// A prepared login: the loopback listener is bound, the URL is ready to open.
@@ -212,6 +290,7 @@ pub struct PendingLogin {
     csrf: oauth2::CsrfToken,
     verifier: oauth2::PkceCodeVerifier,
     workload: WorkloadConfig,
+    client_secret: Option<Secret>,
 }
 
 impl std::fmt::Debug for PendingLogin {
@@ -223,16 +302,27 @@ impl std::fmt::Debug for PendingLogin {
     }
 }
 
-/// Bind the loopback redirect listener (127.0.0.1, any port: RFC 8252 §7.3) and build
-/// the authorization URL with PKCE S256 and a fresh `state`.
+/// Bind the loopback redirect listener (127.0.0.1, any port: RFC 8252 §7.3, or the
+/// workload's `redirect_port` when its client was registered with a fixed one) and
+/// build the authorization URL with PKCE S256, a fresh `state` and the `resource`
+/// indicator. A confidential client's secret is added with
+/// [`PendingLogin::with_client_secret`] before [`PendingLogin::finish`].
 pub async fn prepare_login(w: &WorkloadConfig) -> Result<PendingLogin, LoginError> {
     let auth = w
         .authorization_endpoint
         .clone()
         .ok_or_else(|| LoginError::NoAuthorizationEndpoint(w.name.clone()))?;
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
-        .await
-        .map_err(LoginError::Listen)?;
+    let listener =
+        match tokio::net::TcpListener::bind(("127.0.0.1", w.redirect_port.unwrap_or(0))).await {
+            Ok(l) => l,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                return Err(LoginError::RedirectPortBusy {
+                    workload: w.name.clone(),
+                    port: w.redirect_port.unwrap_or(0),
+                })
+            }
+            Err(e) => return Err(LoginError::Listen(e)),
+        };
     let port = listener.local_addr().map_err(LoginError::Listen)?.port();
     let redirect_uri =
         Url::parse(&format!("http://127.0.0.1:{port}/callback")).expect("static URL shape");
@@ -240,11 +330,14 @@ pub async fn prepare_login(w: &WorkloadConfig) -> Result<PendingLogin, LoginErro
         .set_auth_uri(oauth2::AuthUrl::from_url(auth))
         .set_redirect_uri(oauth2::RedirectUrl::from_url(redirect_uri.clone()));
     let (challenge, verifier) = oauth2::PkceCodeChallenge::new_random_sha256();
-    let (authorize_url, csrf) = client
+    let mut request = client
         .authorize_url(oauth2::CsrfToken::new_random)
         .add_scopes(w.scopes.iter().cloned().map(oauth2::Scope::new))
-        .set_pkce_challenge(challenge)
-        .url();
+        .set_pkce_challenge(challenge);
+    if let Some(r) = &w.resource {
+        request = request.add_extra_param("resource", r.as_str());
+    }
+    let (authorize_url, csrf) = request.url();
     Ok(PendingLogin {
         listener,
         authorize_url,
@@ -252,10 +345,18 @@ pub async fn prepare_login(w: &WorkloadConfig) -> Result<PendingLogin, LoginErro
         csrf,
         verifier,
         workload: w.clone(),
+        client_secret: None,
     })
 }
 
 impl PendingLogin {
+    /// The client secret to authenticate the code exchange with (for `client_auth`
+    /// other than `none`; the CLI and the desktop app load it from the secret store).
+    pub fn with_client_secret(mut self, client_secret: Option<Secret>) -> Self {
+        self.client_secret = client_secret;
+        self
+    }
+
     /// Wait for the browser's callback, check `state`, exchange the code. Returns the
     /// tokens to store.
     pub async fn finish(
@@ -267,16 +368,22 @@ impl PendingLogin {
         let code = tokio::time::timeout(timeout, wait_for_code(&self.listener, self.csrf.secret()))
             .await
             .map_err(|_| LoginError::Timeout(timeout))??;
-        let form = [
+        let mut form = vec![
             ("grant_type", "authorization_code"),
             ("code", code.expose()),
             ("redirect_uri", self.redirect_uri.as_str()),
-            ("client_id", self.workload.client_id.as_str()),
             ("code_verifier", self.verifier.secret().as_str()),
         ];
-        let resp = token_request(http, &self.workload.token_endpoint, &form, policy)
-            .await
-            .map_err(LoginError::Exchange)?;
+        let authorization = client_part(&self.workload, self.client_secret.as_ref(), &mut form);
+        let resp = token_request_as(
+            http,
+            &self.workload.token_endpoint,
+            &form,
+            authorization,
+            policy,
+        )
+        .await
+        .map_err(LoginError::Exchange)?;
         if resp.refresh_token.is_none() {
             return Err(LoginError::NoRefreshToken);
         }
@@ -406,4 +513,100 @@ async fn respond(sock: &mut tokio::net::TcpStream, status: u16, body: &str) {
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::config::Config;
+
+    fn workload(extra: &str) -> WorkloadConfig {
+        let text = format!(
+            "[[workload]]\nname = \"w\"\nauthorization_endpoint = \"http://127.0.0.1:9/authorize\"\ntoken_endpoint = \"http://127.0.0.1:9/token\"\nclient_id = \"my client\"\n{extra}\n"
+        );
+        Config::parse(std::path::Path::new("/x/workloads.toml"), &text)
+            .unwrap()
+            .workloads
+            .remove(0)
+    }
+
+    #[test]
+    fn basic_credentials_are_form_urlencoded_then_base64() {
+        use base64::Engine as _;
+        let v = basic_authorization("my client", &Secret::new("p:w&d+"));
+        assert!(v.is_sensitive());
+        let b64 = v.to_str().unwrap().strip_prefix("Basic ").unwrap();
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap();
+        assert_eq!(String::from_utf8(raw).unwrap(), "my+client:p%3Aw%26d%2B");
+    }
+
+    #[test]
+    fn client_part_follows_client_auth_and_adds_the_resource() {
+        let secret = Secret::new("s3cret");
+        fn names(form: &[(&'static str, &str)]) -> Vec<&'static str> {
+            form.iter().map(|(n, _)| *n).collect()
+        }
+
+        let public = workload("resource = \"https://r.example/mcp\"");
+        let mut form = vec![];
+        assert!(client_part(&public, None, &mut form).is_none());
+        assert_eq!(
+            form,
+            vec![
+                ("resource", "https://r.example/mcp"),
+                ("client_id", "my client")
+            ]
+        );
+
+        let post = workload("client_auth = \"client_secret_post\"");
+        let mut form = vec![];
+        assert!(client_part(&post, Some(&secret), &mut form).is_none());
+        assert_eq!(
+            form,
+            vec![("client_id", "my client"), ("client_secret", "s3cret")]
+        );
+
+        let basic = workload("client_auth = \"client_secret_basic\"");
+        let mut form = vec![];
+        assert!(client_part(&basic, Some(&secret), &mut form).is_some());
+        assert!(
+            names(&form).is_empty(),
+            "no client_id or secret in the form"
+        );
+
+        // A missing secret goes out as a public client (the issuer decides).
+        let mut form = vec![];
+        assert!(client_part(&basic, None, &mut form).is_none());
+        assert_eq!(names(&form), vec!["client_id"]);
+    }
+
+    #[tokio::test]
+    async fn login_binds_the_registered_port_and_says_when_it_is_busy() {
+        let busy = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let port = busy.local_addr().unwrap().port();
+        let w = workload(&format!(
+            "redirect_port = {port}\nresource = \"https://r.example/mcp\""
+        ));
+        let e = prepare_login(&w).await.unwrap_err();
+        assert!(
+            matches!(e, LoginError::RedirectPortBusy { port: p, .. } if p == port),
+            "{e}"
+        );
+        assert!(e.to_string().contains(&format!("127.0.0.1:{port}")), "{e}");
+        drop(busy);
+        let pending = prepare_login(&w).await.unwrap();
+        let url = pending.authorize_url.to_string();
+        assert!(
+            url.contains(&format!(
+                "redirect_uri=http%3A%2F%2F127.0.0.1%3A{port}%2Fcallback"
+            )),
+            "{url}"
+        );
+        assert!(
+            url.contains("resource=https%3A%2F%2Fr.example%2Fmcp"),
+            "{url}"
+        );
+    }
 }

@@ -95,6 +95,18 @@ fn tokens_account(workload: &str) -> String {
     format!("{workload}/tokens")
 }
 
+/// A dynamically registered client's secret: its own entry, so `logout` (which
+/// forgets the tokens) keeps the registration, and `remove` deletes both.
+fn client_account(workload: &str) -> String {
+    format!("{workload}/client")
+}
+
+/// What the client entry holds (JSON, room for more registration data later).
+#[derive(Serialize, Deserialize)]
+struct StoredClient {
+    client_secret: Secret,
+}
+
 impl SecretStore {
     pub fn new(backend: impl Backend) -> Self {
         SecretStore {
@@ -151,6 +163,43 @@ impl SecretStore {
 
     pub async fn delete_tokens(&self, workload: &str) -> Result<(), StoreError> {
         let account = tokens_account(workload);
+        self.run(move |b| b.delete(&account)).await
+    }
+
+    /// The client secret of a confidential client (`client_auth` other than `none`).
+    pub async fn load_client_secret(&self, workload: &str) -> Result<Option<Secret>, StoreError> {
+        let account = client_account(workload);
+        let name = workload.to_string();
+        self.run(move |b| {
+            b.get(&account)?
+                .map(|s| {
+                    serde_json::from_str::<StoredClient>(s.expose())
+                        .map(|c| c.client_secret)
+                        .map_err(|_| StoreError::Corrupt(name.clone()))
+                })
+                .transpose()
+        })
+        .await
+    }
+
+    pub async fn save_client_secret(
+        &self,
+        workload: &str,
+        secret: &Secret,
+    ) -> Result<(), StoreError> {
+        let account = client_account(workload);
+        let value = Secret::new(
+            serde_json::to_string(&StoredClient {
+                client_secret: secret.clone(),
+            })
+            .map_err(|e| StoreError::Failed(e.to_string()))?,
+        );
+        self.run(move |b| b.set(&account, &value)).await
+    }
+
+    /// Idempotent, like every delete.
+    pub async fn delete_client_secret(&self, workload: &str) -> Result<(), StoreError> {
+        let account = client_account(workload);
         self.run(move |b| b.delete(&account)).await
     }
 }
@@ -341,6 +390,29 @@ mod tests {
     #[tokio::test]
     async fn memory_backend_contract() {
         contract(SecretStore::memory()).await;
+        client_secret_contract(SecretStore::memory()).await;
+    }
+
+    async fn client_secret_contract(store: SecretStore) {
+        assert_eq!(store.load_client_secret("w").await.unwrap(), None);
+        store.save_tokens("w", &sample()).await.unwrap();
+        store
+            .save_client_secret("w", &Secret::new("cs"))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.load_client_secret("w").await.unwrap(),
+            Some(Secret::new("cs"))
+        );
+        // Separate entries: forgetting the tokens keeps the registration.
+        store.delete_tokens("w").await.unwrap();
+        assert_eq!(
+            store.load_client_secret("w").await.unwrap(),
+            Some(Secret::new("cs"))
+        );
+        store.delete_client_secret("w").await.unwrap();
+        store.delete_client_secret("w").await.unwrap();
+        assert_eq!(store.load_client_secret("w").await.unwrap(), None);
     }
 
     #[tokio::test]
@@ -348,6 +420,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let secrets = dir.path().join("secrets");
         contract(SecretStore::new(FileBackend::new(&secrets))).await;
+        client_secret_contract(SecretStore::new(FileBackend::new(&secrets))).await;
         let store = SecretStore::new(FileBackend::new(&secrets));
         store.save_tokens("w", &sample()).await.unwrap();
         #[cfg(unix)]

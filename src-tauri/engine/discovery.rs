@@ -1,0 +1,1451 @@
+//! From a protected resource's URL to everything a login needs: OAuth discovery
+//! (RFC 9728 protected resource metadata, RFC 8414 authorization server metadata with
+//! the OpenID Connect discovery fallback) and dynamic client registration (RFC 7591).
+//!
+//! The walk, as the MCP authorization spec describes it:
+//! 1. probe the URL without a token (an MCP `initialize` POST; GET if that gets `405`)
+//!    and read `WWW-Authenticate: Bearer resource_metadata="…", scope="…"`;
+//! 2. fetch the protected resource metadata: the `resource_metadata` URL when given,
+//!    else `/.well-known/oauth-protected-resource/<path>`, then the root one; its
+//!    `resource` must identify the URL (origin + path, or the origin);
+//! 3. fetch the metadata of `authorization_servers[0]`: RFC 8414 `/.well-known/
+//!    oauth-authorization-server/<path>`, then OpenID discovery (inserted, then
+//!    appended); its `issuer` must be that authorization server; it must have an
+//!    authorization and a token endpoint and support PKCE `S256`.
+//!
+//! Invariants:
+//! * every URL met (the resource, metadata URLs, endpoints) is `https://`, or
+//!   `http://` to a loopback host, unless `allow_http` ([`check_endpoint`]);
+//! * redirects: at most [`MAX_REDIRECTS`], all within the origin of the request;
+//!   a redirect to another origin is refused, never followed;
+//! * documents are JSON (by `Content-Type`), read under `policy.max_response_bytes`
+//!   (streamed and abandoned past it) and the policy's timeouts;
+//! * nothing here is written anywhere: discovery only reads, registration only
+//!   returns what the server made. A registered client secret is a [`Secret`] and
+//!   never appears in a log line, a `Debug` output or an error message.
+//!
+//! A `4xx` at a metadata location means "not here": the next candidate is tried.
+//! Anything else that is wrong (a `5xx`, a non-JSON or oversized document, a foreign
+//! redirect, a document that contradicts the URL) stops discovery with a
+//! [`DiscoveryError`] naming the URL and the problem.
+
+use crate::engine::classify::sanitize;
+use crate::engine::config::{check_endpoint, ClientAuth};
+use crate::engine::policy::Policy;
+use crate::engine::secret::Secret;
+use reqwest::header::{HeaderValue, ACCEPT, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
+use serde_json::Value;
+use std::path::PathBuf;
+use url::Url;
+
+/// Same-origin redirects followed per request.
+pub const MAX_REDIRECTS: usize = 3;
+/// The MCP protocol version named in the probe's `initialize`.
+pub const MCP_PROTOCOL_VERSION: &str = "2025-06-18";
+
+const PRM_SUFFIX: &str = "oauth-protected-resource";
+const AS_SUFFIX: &str = "oauth-authorization-server";
+const OIDC_SUFFIX: &str = "openid-configuration";
+
+/// How to discover.
+#[derive(Clone, Debug, Default)]
+pub struct DiscoveryOptions {
+    /// Timeouts (`http_timeout`, `connect_timeout`) and the document size cap
+    /// (`max_response_bytes`).
+    pub policy: Policy,
+    /// Allow plain `http://` to a non-loopback host (the workload's `allow_http`).
+    pub allow_http: bool,
+    /// An extra trust root (the workload's `ca_file`).
+    pub ca_file: Option<PathBuf>,
+}
+
+/// What discovery found: everything `add` writes for a workload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Discovered {
+    /// The protected resource (the URL discovery started from).
+    pub resource: Url,
+    /// The protected resource metadata's `resource` value, sent as the RFC 8707
+    /// `resource` parameter.
+    pub resource_indicator: Option<String>,
+    /// The authorization server (`authorization_servers[0]`, checked against the
+    /// metadata's `issuer`).
+    pub issuer: Url,
+    pub authorization_endpoint: Url,
+    pub token_endpoint: Url,
+    /// Present when the authorization server supports dynamic client registration.
+    pub registration_endpoint: Option<Url>,
+    /// The challenge's `scope`, else the resource's `scopes_supported`, else empty.
+    pub scopes: Vec<String>,
+}
+
+/// A client registered by [`register`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Registration {
+    pub client_id: String,
+    /// Only when the server made a confidential client despite the request for a
+    /// public one; goes to the secret store, never to the config file.
+    pub client_secret: Option<Secret>,
+    /// How the token endpoint wants the client to authenticate.
+    pub auth: ClientAuth,
+}
+
+/// Why discovery or registration failed. Every message names the URL at fault and
+/// says what is wrong in plain words; none carries a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    #[error("{message} (`tokenwarden add --allow-http` sets that; found in {found_in})")]
+    UnsafeUrl { found_in: String, message: String },
+    #[error("cannot reach {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("no answer from {url} within {}", humantime::format_duration(*.timeout))]
+    Timeout {
+        url: String,
+        timeout: std::time::Duration,
+    },
+    #[error("{what} at {url} answered HTTP {status}")]
+    Status {
+        what: &'static str,
+        url: String,
+        status: u16,
+    },
+    #[error("{url} redirected to another origin ({location}); discovery follows redirects only within the same origin, so it stopped there")]
+    CrossOriginRedirect { url: String, location: String },
+    #[error("{url} redirected more than {MAX_REDIRECTS} times; discovery stopped there")]
+    TooManyRedirects { url: String },
+    #[error("the document at {url} is larger than {limit} bytes; refusing it")]
+    TooLarge { url: String, limit: usize },
+    #[error("{url} answered with {content_type}, not JSON; expected OAuth metadata there")]
+    NotJson { url: String, content_type: String },
+    #[error("the document at {url} is not usable metadata: {reason}")]
+    InvalidMetadata { url: String, reason: String },
+    #[error("{url} publishes no OAuth protected resource metadata (RFC 9728); tried {}{}. Is it an OAuth-protected MCP server? Otherwise give --token-endpoint and --authorization-endpoint", list(.tried), .probe.as_ref().map(|p| format!(" ({p})")).unwrap_or_default())]
+    NoResourceMetadata {
+        url: String,
+        tried: Vec<String>,
+        probe: Option<String>,
+    },
+    #[error("wrong resource: the protected resource metadata at {metadata_url} is for `{resource}`, not for {expected}; refusing it (RFC 9728 §3.3)")]
+    ResourceMismatch {
+        metadata_url: String,
+        resource: String,
+        expected: String,
+    },
+    #[error("the protected resource metadata at {metadata_url} names no authorization server (`authorization_servers` is missing or empty)")]
+    NoAuthorizationServer { metadata_url: String },
+    #[error("the authorization server {issuer} publishes no metadata (RFC 8414 or OpenID discovery); tried {}", list(.tried))]
+    NoServerMetadata { issuer: String, tried: Vec<String> },
+    #[error("issuer mismatch: the metadata at {metadata_url} says its issuer is `{found}`, but it was fetched for {expected}; refusing it (RFC 8414 §3.3)")]
+    IssuerMismatch {
+        metadata_url: String,
+        expected: String,
+        found: String,
+    },
+    #[error("the authorization server metadata at {metadata_url} has no `{field}`")]
+    MissingEndpoint {
+        metadata_url: String,
+        field: &'static str,
+    },
+    #[error("the authorization server {issuer} does not support PKCE with S256 (code_challenge_methods_supported: {methods}, at {metadata_url}); Tokenwarden requires PKCE S256 and will not sign in without it")]
+    PkceS256Required {
+        issuer: String,
+        metadata_url: String,
+        methods: String,
+    },
+    #[error("the authorization server {issuer} does not offer dynamic client registration (no `registration_endpoint`); register a client there yourself and pass --client-id")]
+    NoRegistrationEndpoint { issuer: String },
+    #[error("the authorization server refused to register a client at {endpoint}: HTTP {status}{}{}", .error.as_ref().map(|e| format!(" {e}")).unwrap_or_default(), .description.as_ref().map(|d| format!(" ({d})")).unwrap_or_default())]
+    RegistrationRefused {
+        endpoint: String,
+        status: u16,
+        error: Option<String>,
+        description: Option<String>,
+    },
+    #[error("the client registration answer from {endpoint} is not usable: {reason}")]
+    BadRegistration { endpoint: String, reason: String },
+    #[error("cannot build the HTTP client: {0}")]
+    Client(String),
+}
+
+fn list(urls: &[String]) -> String {
+    urls.join(", ")
+}
+
+// ---------------------------------------------------------------------------
+// WWW-Authenticate
+// ---------------------------------------------------------------------------
+
+/// One challenge of a `WWW-Authenticate` header (RFC 9110 §11.6.1).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Challenge {
+    /// As sent; compare case-insensitively.
+    pub scheme: String,
+    pub token68: Option<String>,
+    /// Names lower-cased, values unquoted; in order, duplicates kept.
+    pub params: Vec<(String, String)>,
+}
+
+impl Challenge {
+    /// The first value of `name` (case-insensitive).
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn is_tchar(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c)
+}
+
+fn is_token68_char(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || b"-._~+/".contains(&c)
+}
+
+struct Cursor<'a> {
+    s: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.s.get(self.pos).copied()
+    }
+    fn skip_ws(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t')) {
+            self.pos += 1;
+        }
+    }
+    fn token(&mut self) -> Option<&'a str> {
+        let start = self.pos;
+        while self.peek().is_some_and(is_tchar) {
+            self.pos += 1;
+        }
+        (self.pos > start).then(|| std::str::from_utf8(&self.s[start..self.pos]).unwrap_or(""))
+    }
+    /// A quoted-string with quoted-pairs; `None` when unterminated.
+    fn quoted(&mut self) -> Option<String> {
+        debug_assert_eq!(self.peek(), Some(b'"'));
+        self.pos += 1;
+        let mut out = Vec::new();
+        loop {
+            match self.peek()? {
+                b'"' => {
+                    self.pos += 1;
+                    return Some(String::from_utf8_lossy(&out).into_owned());
+                }
+                b'\\' => {
+                    self.pos += 1;
+                    out.push(self.peek()?);
+                    self.pos += 1;
+                }
+                c => {
+                    out.push(c);
+                    self.pos += 1;
+                }
+            }
+        }
+    }
+    /// At `pos`: `token68` followed by optional whitespace and then `,` or the end?
+    /// Returns its length.
+    fn token68_len(&self) -> Option<usize> {
+        let mut i = self.pos;
+        while self.s.get(i).copied().is_some_and(is_token68_char) {
+            i += 1;
+        }
+        if i == self.pos {
+            return None;
+        }
+        while self.s.get(i) == Some(&b'=') {
+            i += 1;
+        }
+        let len = i - self.pos;
+        while matches!(self.s.get(i), Some(b' ' | b'\t')) {
+            i += 1;
+        }
+        matches!(self.s.get(i), None | Some(b',')).then_some(len)
+    }
+    /// At `pos` (after optional whitespace): `token BWS "="`, i.e. an auth-param?
+    fn at_param(&self) -> bool {
+        let mut i = self.pos;
+        while matches!(self.s.get(i), Some(b' ' | b'\t')) {
+            i += 1;
+        }
+        let start = i;
+        while self.s.get(i).copied().is_some_and(is_tchar) {
+            i += 1;
+        }
+        if i == start {
+            return false;
+        }
+        while matches!(self.s.get(i), Some(b' ' | b'\t')) {
+            i += 1;
+        }
+        self.s.get(i) == Some(&b'=')
+    }
+}
+
+/// Parse `WWW-Authenticate` field values (several fields are one comma list) into
+/// challenges: `scheme [ token68 | #auth-param ]`, quoted strings with escapes,
+/// several challenges per field. Parsing stops at the first malformed part; the
+/// challenges complete before it are returned.
+pub fn parse_www_authenticate<S: AsRef<str>>(values: &[S]) -> Vec<Challenge> {
+    let joined = values
+        .iter()
+        .map(|v| v.as_ref())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut c = Cursor {
+        s: joined.as_bytes(),
+        pos: 0,
+    };
+    let mut out = Vec::new();
+    'challenges: loop {
+        // Empty list elements are allowed.
+        loop {
+            c.skip_ws();
+            if c.peek() == Some(b',') {
+                c.pos += 1;
+            } else {
+                break;
+            }
+        }
+        if c.peek().is_none() {
+            break;
+        }
+        let Some(scheme) = c.token() else { break };
+        let mut ch = Challenge {
+            scheme: scheme.to_string(),
+            ..Default::default()
+        };
+        match c.peek() {
+            None => {
+                out.push(ch);
+                break;
+            }
+            Some(b',') => {
+                out.push(ch);
+                continue;
+            }
+            Some(b' ' | b'\t') => c.skip_ws(),
+            Some(_) => break,
+        }
+        if c.peek().is_none() || c.peek() == Some(b',') {
+            out.push(ch);
+            continue;
+        }
+        if !c.at_param() {
+            if let Some(len) = c.token68_len() {
+                let v = &joined[c.pos..c.pos + len];
+                ch.token68 = Some(v.to_string());
+                c.pos += len;
+                out.push(ch);
+                continue;
+            }
+            break;
+        }
+        // auth-param list; a list element that is not `name=` starts a new challenge.
+        loop {
+            c.skip_ws();
+            let Some(name) = c.token() else {
+                break 'challenges;
+            };
+            c.skip_ws();
+            if c.peek() != Some(b'=') {
+                break 'challenges;
+            }
+            c.pos += 1;
+            c.skip_ws();
+            let value = match c.peek() {
+                Some(b'"') => match c.quoted() {
+                    Some(v) => v,
+                    None => break 'challenges,
+                },
+                _ => match c.token() {
+                    Some(v) => v.to_string(),
+                    None => break 'challenges,
+                },
+            };
+            ch.params.push((name.to_ascii_lowercase(), value));
+            c.skip_ws();
+            match c.peek() {
+                None => {
+                    out.push(ch);
+                    break 'challenges;
+                }
+                Some(b',') => {
+                    while matches!(c.peek(), Some(b',' | b' ' | b'\t')) {
+                        c.pos += 1;
+                    }
+                    if c.peek().is_none() {
+                        out.push(ch);
+                        break 'challenges;
+                    }
+                    if !c.at_param() {
+                        out.push(ch);
+                        continue 'challenges;
+                    }
+                }
+                Some(_) => break 'challenges,
+            }
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
+// Well-known locations
+// ---------------------------------------------------------------------------
+
+/// RFC 8414 §3.1 / RFC 9728 §3.1: `/.well-known/<suffix>` inserted between the host
+/// and the path, with a terminating `/` of the path removed; the query is kept, the
+/// fragment dropped. `https://h/mcp` -> `https://h/.well-known/<suffix>/mcp`;
+/// `https://h/` -> `https://h/.well-known/<suffix>`.
+pub fn well_known_url(base: &Url, suffix: &str) -> Url {
+    let mut u = base.clone();
+    u.set_fragment(None);
+    let path = base.path().trim_end_matches('/');
+    u.set_path(&format!("/.well-known/{suffix}{path}"));
+    u
+}
+
+/// `/.well-known/<suffix>` at the root of `base`'s origin.
+pub fn root_well_known_url(base: &Url, suffix: &str) -> Url {
+    let mut u = base.clone();
+    u.set_fragment(None);
+    u.set_query(None);
+    u.set_path(&format!("/.well-known/{suffix}"));
+    u
+}
+
+/// OpenID Connect Discovery 1.0 §4: `<issuer>/.well-known/openid-configuration`
+/// appended to the issuer's path.
+pub fn appended_well_known_url(base: &Url, suffix: &str) -> Url {
+    let mut u = base.clone();
+    u.set_fragment(None);
+    u.set_query(None);
+    let path = base.path().trim_end_matches('/');
+    u.set_path(&format!("{path}/.well-known/{suffix}"));
+    u
+}
+
+fn dedup(urls: Vec<Url>) -> Vec<Url> {
+    let mut out: Vec<Url> = Vec::new();
+    for u in urls {
+        if !out.contains(&u) {
+            out.push(u);
+        }
+    }
+    out
+}
+
+/// Where to look for a resource's metadata, in order (after the challenge's
+/// `resource_metadata`): path-specific, then root.
+pub fn resource_metadata_urls(resource: &Url) -> Vec<Url> {
+    dedup(vec![
+        well_known_url(resource, PRM_SUFFIX),
+        root_well_known_url(resource, PRM_SUFFIX),
+    ])
+}
+
+/// Where to look for an authorization server's metadata, in order: RFC 8414, OpenID
+/// discovery with the path inserted (RFC 8414 §5), OpenID discovery appended.
+pub fn server_metadata_urls(issuer: &Url) -> Vec<Url> {
+    dedup(vec![
+        well_known_url(issuer, AS_SUFFIX),
+        well_known_url(issuer, OIDC_SUFFIX),
+        appended_well_known_url(issuer, OIDC_SUFFIX),
+    ])
+}
+
+/// Origin + path without a terminating `/` (scheme and host are lower-cased and the
+/// default port dropped by URL parsing).
+fn resource_key(u: &Url) -> String {
+    format!(
+        "{}{}",
+        u.origin().ascii_serialization(),
+        u.path().trim_end_matches('/')
+    )
+}
+
+/// RFC 9728 §3.3 / §7.3: the metadata's `resource` must identify the URL: its origin
+/// and path, or its origin alone (compared after normalisation; query and fragment
+/// are not part of the comparison).
+pub fn resource_matches(resource: &str, url: &Url) -> bool {
+    let Ok(r) = Url::parse(resource) else {
+        return false;
+    };
+    if r.fragment().is_some() {
+        return false;
+    }
+    let key = resource_key(&r);
+    key == resource_key(url) || key == url.origin().ascii_serialization()
+}
+
+// ---------------------------------------------------------------------------
+// Fetching
+// ---------------------------------------------------------------------------
+
+/// The HTTP client for discovery and registration: the policy's timeouts, `ca_file`,
+/// and at most [`MAX_REDIRECTS`] redirects, all within the origin of the request
+/// (anything else stops, and [`DiscoveryError::CrossOriginRedirect`] or
+/// [`DiscoveryError::TooManyRedirects`] says so).
+pub fn discovery_client(opts: &DiscoveryOptions) -> Result<reqwest::Client, DiscoveryError> {
+    let redirects = reqwest::redirect::Policy::custom(|attempt| {
+        let same_origin = attempt
+            .previous()
+            .first()
+            .is_some_and(|first| first.origin() == attempt.url().origin());
+        if same_origin && attempt.previous().len() <= MAX_REDIRECTS {
+            attempt.follow()
+        } else {
+            attempt.stop()
+        }
+    });
+    crate::engine::oauth::client_builder(&opts.policy, opts.ca_file.as_deref())
+        .map_err(DiscoveryError::Client)?
+        .redirect(redirects)
+        .build()
+        .map_err(|e| DiscoveryError::Client(e.to_string()))
+}
+
+fn safe_url(
+    found_in: &str,
+    what: &str,
+    raw: &str,
+    allow_http: bool,
+) -> Result<Url, DiscoveryError> {
+    check_endpoint(what, raw, allow_http).map_err(|message| DiscoveryError::UnsafeUrl {
+        found_in: found_in.to_string(),
+        message,
+    })
+}
+
+/// The innermost cause of a transport error, in the operating system's words.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    sanitize(&cur.to_string(), 200)
+}
+
+async fn send(
+    req: reqwest::RequestBuilder,
+    url: &Url,
+    policy: &Policy,
+) -> Result<reqwest::Response, DiscoveryError> {
+    let resp = req.send().await.map_err(|e| {
+        if e.is_timeout() {
+            DiscoveryError::Timeout {
+                url: url.to_string(),
+                timeout: policy.http_timeout,
+            }
+        } else {
+            DiscoveryError::Unreachable {
+                url: url.to_string(),
+                reason: root_cause(&e),
+            }
+        }
+    })?;
+    if resp.status().is_redirection() {
+        if let Some(location) = resp.headers().get(LOCATION) {
+            // The redirect policy stopped here: another origin, or too many.
+            let raw = location.to_str().unwrap_or("?");
+            let from = resp.url().clone();
+            let foreign = from
+                .join(raw)
+                .map(|to| to.origin() != from.origin())
+                .unwrap_or(true);
+            return Err(if foreign {
+                DiscoveryError::CrossOriginRedirect {
+                    url: from.to_string(),
+                    location: sanitize(raw, 200),
+                }
+            } else {
+                DiscoveryError::TooManyRedirects {
+                    url: from.to_string(),
+                }
+            });
+        }
+    }
+    Ok(resp)
+}
+
+fn is_json(content_type: Option<&HeaderValue>) -> bool {
+    let Some(v) = content_type.and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = v
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// The body of `resp` as a JSON object: JSON by `Content-Type`, at most
+/// `max_response_bytes` (streamed, abandoned past the cap).
+async fn read_json(
+    resp: reqwest::Response,
+    policy: &Policy,
+) -> Result<serde_json::Map<String, Value>, DiscoveryError> {
+    let url = resp.url().to_string();
+    let content_type = resp.headers().get(CONTENT_TYPE);
+    if !is_json(content_type) {
+        let content_type = content_type
+            .map(|v| format!("`{}`", sanitize(v.to_str().unwrap_or("?"), 100)))
+            .unwrap_or_else(|| "no Content-Type".into());
+        return Err(DiscoveryError::NotJson { url, content_type });
+    }
+    let limit = policy.max_response_bytes;
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(DiscoveryError::TooLarge { url, limit });
+    }
+    let mut resp = resp;
+    let mut body = Vec::new();
+    loop {
+        let chunk = resp.chunk().await.map_err(|e| {
+            if e.is_timeout() {
+                DiscoveryError::Timeout {
+                    url: url.to_string(),
+                    timeout: policy.http_timeout,
+                }
+            } else {
+                DiscoveryError::Unreachable {
+                    url: url.to_string(),
+                    reason: format!("the answer broke off: {}", root_cause(&e)),
+                }
+            }
+        })?;
+        let Some(chunk) = chunk else { break };
+        if body.len() + chunk.len() > limit {
+            return Err(DiscoveryError::TooLarge { url, limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(DiscoveryError::InvalidMetadata {
+            url,
+            reason: "it is JSON but not an object".into(),
+        }),
+        Err(e) => Err(DiscoveryError::InvalidMetadata {
+            url,
+            reason: format!("invalid JSON ({e})"),
+        }),
+    }
+}
+
+/// GET a metadata document. `Ok(None)` for a `4xx` (not published here).
+async fn fetch_metadata(
+    http: &reqwest::Client,
+    url: &Url,
+    what: &'static str,
+    policy: &Policy,
+) -> Result<Option<serde_json::Map<String, Value>>, DiscoveryError> {
+    tracing::debug!(%url, what, "discovery: fetching");
+    let req = http.get(url.clone()).header(ACCEPT, "application/json");
+    let resp = send(req, url, policy).await?;
+    let status = resp.status();
+    if status.is_client_error() {
+        tracing::debug!(%url, status = status.as_u16(), "discovery: not here");
+        return Ok(None);
+    }
+    if !status.is_success() {
+        return Err(DiscoveryError::Status {
+            what,
+            url: resp.url().to_string(),
+            status: status.as_u16(),
+        });
+    }
+    read_json(resp, policy).await.map(Some)
+}
+
+/// What the unauthenticated probe learnt.
+#[derive(Debug, Default)]
+struct Probe {
+    status: u16,
+    resource_metadata: Option<String>,
+    scope: Option<String>,
+}
+
+async fn probe(
+    http: &reqwest::Client,
+    url: &Url,
+    policy: &Policy,
+) -> Result<Probe, DiscoveryError> {
+    let initialize = serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": MCP_PROTOCOL_VERSION,
+            "capabilities": {},
+            "clientInfo": {"name": "tokenwarden", "version": env!("CARGO_PKG_VERSION")},
+        },
+    });
+    let accept = "application/json, text/event-stream";
+    let post = http
+        .post(url.clone())
+        .header(ACCEPT, accept)
+        .header(CONTENT_TYPE, "application/json")
+        .body(initialize.to_string());
+    let mut resp = send(post, url, policy).await?;
+    if resp.status() == reqwest::StatusCode::METHOD_NOT_ALLOWED {
+        tracing::debug!(%url, "discovery: POST not allowed; probing with GET");
+        resp = send(http.get(url.clone()).header(ACCEPT, accept), url, policy).await?;
+    }
+    let status = resp.status().as_u16();
+    let values: Vec<&str> = resp
+        .headers()
+        .get_all(WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let challenges = parse_www_authenticate(&values);
+    let bearer = challenges
+        .iter()
+        .find(|c| c.scheme.eq_ignore_ascii_case("bearer"));
+    let probe = Probe {
+        status,
+        resource_metadata: bearer
+            .and_then(|b| b.param("resource_metadata"))
+            .map(str::to_string),
+        scope: bearer.and_then(|b| b.param("scope")).map(str::to_string),
+    };
+    tracing::debug!(%url, status, challenge = bearer.is_some(), resource_metadata = probe.resource_metadata.is_some(), "discovery: probe answered");
+    // The body (possibly an endless event stream) is not read.
+    Ok(probe)
+}
+
+fn string_list(
+    map: &serde_json::Map<String, Value>,
+    key: &str,
+    url: &Url,
+) -> Result<Option<Vec<String>>, DiscoveryError> {
+    match map.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| v.as_str().map(str::to_string))
+            .collect::<Option<Vec<_>>>()
+            .map(Some)
+            .ok_or_else(|| DiscoveryError::InvalidMetadata {
+                url: url.to_string(),
+                reason: format!("`{key}` must be an array of strings"),
+            }),
+        Some(_) => Err(DiscoveryError::InvalidMetadata {
+            url: url.to_string(),
+            reason: format!("`{key}` must be an array of strings"),
+        }),
+    }
+}
+
+fn string_field<'a>(
+    map: &'a serde_json::Map<String, Value>,
+    key: &str,
+    url: &Url,
+) -> Result<Option<&'a str>, DiscoveryError> {
+    match map.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.as_str())),
+        Some(_) => Err(DiscoveryError::InvalidMetadata {
+            url: url.to_string(),
+            reason: format!("`{key}` must be a string"),
+        }),
+    }
+}
+
+/// The protected resource metadata, validated against `url`.
+struct ResourceMetadata {
+    resource: String,
+    authorization_server: Url,
+    scopes_supported: Vec<String>,
+}
+
+fn check_resource_metadata(
+    map: &serde_json::Map<String, Value>,
+    metadata_url: &Url,
+    url: &Url,
+    allow_http: bool,
+) -> Result<ResourceMetadata, DiscoveryError> {
+    let resource = string_field(map, "resource", metadata_url)?.ok_or_else(|| {
+        DiscoveryError::InvalidMetadata {
+            url: metadata_url.to_string(),
+            reason: "it has no `resource` (RFC 9728 §2 requires it)".into(),
+        }
+    })?;
+    if !resource_matches(resource, url) {
+        return Err(DiscoveryError::ResourceMismatch {
+            metadata_url: metadata_url.to_string(),
+            resource: sanitize(resource, 200),
+            expected: url.to_string(),
+        });
+    }
+    let servers = string_list(map, "authorization_servers", metadata_url)?.unwrap_or_default();
+    let Some(first) = servers.first() else {
+        return Err(DiscoveryError::NoAuthorizationServer {
+            metadata_url: metadata_url.to_string(),
+        });
+    };
+    let authorization_server = safe_url(
+        metadata_url.as_str(),
+        "authorization_servers[0]",
+        first,
+        allow_http,
+    )?;
+    if authorization_server.query().is_some() || authorization_server.fragment().is_some() {
+        return Err(DiscoveryError::InvalidMetadata {
+            url: metadata_url.to_string(),
+            reason: format!(
+                "authorization server `{}` has a query or fragment, which an issuer identifier cannot have (RFC 8414 §2)",
+                sanitize(first, 200)
+            ),
+        });
+    }
+    Ok(ResourceMetadata {
+        resource: resource.to_string(),
+        authorization_server,
+        scopes_supported: string_list(map, "scopes_supported", metadata_url)?.unwrap_or_default(),
+    })
+}
+
+/// The endpoints of an authorization server's metadata, validated.
+struct ServerMetadata {
+    authorization_endpoint: Url,
+    token_endpoint: Url,
+    registration_endpoint: Option<Url>,
+}
+
+fn check_server_metadata(
+    map: &serde_json::Map<String, Value>,
+    metadata_url: &Url,
+    issuer: &Url,
+    allow_http: bool,
+) -> Result<ServerMetadata, DiscoveryError> {
+    // RFC 8414 §3.3: identical to the identifier the location was made from. Compared
+    // as parsed URLs, so only scheme/host case, a default port and the `/` of an
+    // empty path may differ.
+    let found = map.get("issuer").and_then(Value::as_str);
+    if found.and_then(|f| Url::parse(f).ok()).as_ref() != Some(issuer) {
+        return Err(DiscoveryError::IssuerMismatch {
+            metadata_url: metadata_url.to_string(),
+            expected: issuer.to_string(),
+            found: found
+                .map(|f| sanitize(f, 200))
+                .unwrap_or_else(|| "(none)".into()),
+        });
+    }
+    let endpoint = |field: &'static str| -> Result<Option<Url>, DiscoveryError> {
+        string_field(map, field, metadata_url)?
+            .map(|raw| safe_url(metadata_url.as_str(), field, raw, allow_http))
+            .transpose()
+    };
+    let authorization_endpoint =
+        endpoint("authorization_endpoint")?.ok_or_else(|| DiscoveryError::MissingEndpoint {
+            metadata_url: metadata_url.to_string(),
+            field: "authorization_endpoint",
+        })?;
+    let token_endpoint =
+        endpoint("token_endpoint")?.ok_or_else(|| DiscoveryError::MissingEndpoint {
+            metadata_url: metadata_url.to_string(),
+            field: "token_endpoint",
+        })?;
+    let registration_endpoint = endpoint("registration_endpoint")?;
+    let methods = string_list(map, "code_challenge_methods_supported", metadata_url)?;
+    if !methods
+        .as_ref()
+        .is_some_and(|m| m.iter().any(|x| x == "S256"))
+    {
+        return Err(DiscoveryError::PkceS256Required {
+            issuer: issuer.to_string(),
+            metadata_url: metadata_url.to_string(),
+            methods: match methods {
+                None => "absent".into(),
+                Some(m) if m.is_empty() => "empty".into(),
+                Some(m) => sanitize(&m.join(", "), 200),
+            },
+        });
+    }
+    Ok(ServerMetadata {
+        authorization_endpoint,
+        token_endpoint,
+        registration_endpoint,
+    })
+}
+
+/// Discover the OAuth configuration of the protected resource at `url`. See the
+/// module documentation for the steps and what is refused.
+pub async fn discover(url: &Url, opts: &DiscoveryOptions) -> Result<Discovered, DiscoveryError> {
+    let url = safe_url("the URL given", "url", url.as_str(), opts.allow_http)?;
+    let policy = &opts.policy;
+    let http = discovery_client(opts)?;
+
+    // 1. Probe.
+    let probe = probe(&http, &url, policy).await?;
+
+    // 2. Protected resource metadata.
+    let mut candidates = Vec::new();
+    if let Some(raw) = &probe.resource_metadata {
+        let found_in = format!("the WWW-Authenticate header of {url}");
+        candidates.push(safe_url(
+            &found_in,
+            "resource_metadata",
+            raw,
+            opts.allow_http,
+        )?);
+    }
+    candidates.extend(resource_metadata_urls(&url));
+    let candidates = dedup(candidates);
+    let mut prm = None;
+    for candidate in &candidates {
+        if let Some(map) =
+            fetch_metadata(&http, candidate, "the protected resource metadata", policy).await?
+        {
+            prm = Some((candidate.clone(), map));
+            break;
+        }
+    }
+    let Some((prm_url, prm)) = prm else {
+        return Err(DiscoveryError::NoResourceMetadata {
+            url: url.to_string(),
+            tried: candidates.iter().map(Url::to_string).collect(),
+            probe: (probe.resource_metadata.is_none()).then(|| {
+                format!(
+                    "the URL answered HTTP {} without a Bearer resource_metadata challenge",
+                    probe.status
+                )
+            }),
+        });
+    };
+    let rm = check_resource_metadata(&prm, &prm_url, &url, opts.allow_http)?;
+    tracing::debug!(metadata = %prm_url, issuer = %rm.authorization_server, "discovery: protected resource metadata accepted");
+
+    // 3. Authorization server metadata.
+    let issuer = rm.authorization_server;
+    let tried = server_metadata_urls(&issuer);
+    let mut found = None;
+    for candidate in &tried {
+        if let Some(map) = fetch_metadata(
+            &http,
+            candidate,
+            "the authorization server metadata",
+            policy,
+        )
+        .await?
+        {
+            found = Some((candidate.clone(), map));
+            break;
+        }
+    }
+    let Some((as_url, as_meta)) = found else {
+        return Err(DiscoveryError::NoServerMetadata {
+            issuer: issuer.to_string(),
+            tried: tried.iter().map(Url::to_string).collect(),
+        });
+    };
+    let sm = check_server_metadata(&as_meta, &as_url, &issuer, opts.allow_http)?;
+    tracing::debug!(metadata = %as_url, "discovery: authorization server metadata accepted");
+
+    let scopes = match probe.scope.as_deref().map(str::trim) {
+        Some(s) if !s.is_empty() => s.split_whitespace().map(str::to_string).collect(),
+        _ => rm.scopes_supported,
+    };
+    Ok(Discovered {
+        resource: url,
+        resource_indicator: Some(rm.resource),
+        issuer,
+        authorization_endpoint: sm.authorization_endpoint,
+        token_endpoint: sm.token_endpoint,
+        registration_endpoint: sm.registration_endpoint,
+        scopes,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Dynamic client registration
+// ---------------------------------------------------------------------------
+
+/// Register a public client (RFC 7591) for the authorization code grant with
+/// `redirect_uri`. A server that makes a confidential client anyway is accepted when
+/// it says how the secret is to be sent (`client_secret_post` or
+/// `client_secret_basic`, the RFC 7591 default when it says nothing).
+pub async fn register(
+    http: &reqwest::Client,
+    endpoint: &Url,
+    redirect_uri: &Url,
+    scopes: &[String],
+    policy: &Policy,
+) -> Result<Registration, DiscoveryError> {
+    let mut body = serde_json::json!({
+        "client_name": "Tokenwarden",
+        "redirect_uris": [redirect_uri.as_str()],
+        "grant_types": ["authorization_code", "refresh_token"],
+        "response_types": ["code"],
+        "token_endpoint_auth_method": "none",
+    });
+    if !scopes.is_empty() {
+        body["scope"] = Value::String(scopes.join(" "));
+    }
+    let req = http
+        .post(endpoint.clone())
+        .header(ACCEPT, "application/json")
+        .header(CONTENT_TYPE, "application/json")
+        .body(body.to_string());
+    let resp = send(req, endpoint, policy).await?;
+    let status = resp.status().as_u16();
+    if !matches!(status, 200 | 201) {
+        // RFC 7591 §3.2.2: `error` and `error_description` in a JSON body.
+        let (error, description) = match read_json(resp, policy).await {
+            Ok(map) => (
+                map.get("error")
+                    .and_then(Value::as_str)
+                    .map(|e| sanitize(e, 64)),
+                map.get("error_description")
+                    .and_then(Value::as_str)
+                    .map(|d| sanitize(d, 200)),
+            ),
+            Err(_) => (None, None),
+        };
+        return Err(DiscoveryError::RegistrationRefused {
+            endpoint: endpoint.to_string(),
+            status,
+            error,
+            description,
+        });
+    }
+    let bad = |reason: &str| DiscoveryError::BadRegistration {
+        endpoint: endpoint.to_string(),
+        reason: reason.to_string(),
+    };
+    let map = read_json(resp, policy).await?;
+    let client_id = match map.get("client_id").and_then(Value::as_str) {
+        Some(id) if !id.trim().is_empty() => id.trim().to_string(),
+        _ => return Err(bad("it has no `client_id`")),
+    };
+    let client_secret = map
+        .get("client_secret")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(Secret::new);
+    let method = map
+        .get("token_endpoint_auth_method")
+        .and_then(Value::as_str);
+    let auth = match (&client_secret, method) {
+        (None, None | Some("none")) => ClientAuth::None,
+        (None, Some(m)) => {
+            return Err(bad(&format!(
+                "it asks for `{}` client authentication but gave no client secret",
+                sanitize(m, 64)
+            )))
+        }
+        (Some(_), None | Some("client_secret_basic")) => ClientAuth::ClientSecretBasic,
+        (Some(_), Some("client_secret_post")) => ClientAuth::ClientSecretPost,
+        (Some(_), Some("none")) => {
+            tracing::warn!(%endpoint, "registration returned a client secret for a public client; ignoring the secret");
+            return Ok(Registration {
+                client_id,
+                client_secret: None,
+                auth: ClientAuth::None,
+            });
+        }
+        (Some(_), Some(m)) => {
+            return Err(bad(&format!(
+                "it registered a client with `{}` authentication, which Tokenwarden does not support (only none, client_secret_post, client_secret_basic)",
+                sanitize(m, 64)
+            )))
+        }
+    };
+    if let Some(exp) = map.get("client_secret_expires_at").and_then(Value::as_u64) {
+        if exp != 0 && client_secret.is_some() {
+            tracing::warn!(%endpoint, expires_at = exp, "the registered client secret expires; the workload will need a new registration then");
+        }
+    }
+    tracing::info!(%endpoint, client_auth = auth.as_str(), "client registered");
+    Ok(Registration {
+        client_id,
+        client_secret,
+        auth,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim_issuer::{IssuerOptions, MetadataMode, RegistrationAuth, SimIssuer};
+    use crate::sim_remote::{PrmMode, RemoteOptions, SimRemote};
+
+    fn one(header: &str) -> Vec<Challenge> {
+        parse_www_authenticate(&[header])
+    }
+
+    fn ch(scheme: &str, params: &[(&str, &str)]) -> Challenge {
+        Challenge {
+            scheme: scheme.into(),
+            token68: None,
+            params: params
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn www_authenticate_mcp_challenge() {
+        let c = one(
+            r#"Bearer resource_metadata="https://r.example/.well-known/oauth-protected-resource/mcp", scope="files:read files:write""#,
+        );
+        assert_eq!(
+            c,
+            vec![ch(
+                "Bearer",
+                &[
+                    (
+                        "resource_metadata",
+                        "https://r.example/.well-known/oauth-protected-resource/mcp"
+                    ),
+                    ("scope", "files:read files:write"),
+                ]
+            )]
+        );
+        assert_eq!(c[0].param("SCOPE"), Some("files:read files:write"));
+    }
+
+    #[test]
+    fn www_authenticate_several_challenges_quoted_commas_and_escapes() {
+        let c = one(
+            r#"Basic realm="a, b", Bearer error="invalid_token", error_description="say \"hi\", then go", resource_metadata="https://r/m""#,
+        );
+        assert_eq!(c.len(), 2, "{c:?}");
+        assert_eq!(c[0], ch("Basic", &[("realm", "a, b")]));
+        assert_eq!(c[1].scheme, "Bearer");
+        assert_eq!(c[1].param("error"), Some("invalid_token"));
+        assert_eq!(
+            c[1].param("error_description"),
+            Some(r#"say "hi", then go"#)
+        );
+        assert_eq!(c[1].param("resource_metadata"), Some("https://r/m"));
+    }
+
+    #[test]
+    fn www_authenticate_token68_bare_schemes_tokens_and_whitespace() {
+        let c =
+            one("Negotiate abc+/==, Bearer realm=x ,  , NTLM,bearer   Resource_Metadata = \"u\"");
+        assert_eq!(c.len(), 4, "{c:?}");
+        assert_eq!(c[0].scheme, "Negotiate");
+        assert_eq!(c[0].token68.as_deref(), Some("abc+/=="));
+        assert!(c[0].params.is_empty());
+        assert_eq!(c[1], ch("Bearer", &[("realm", "x")]));
+        assert_eq!(c[2], ch("NTLM", &[]));
+        // Scheme and parameter names are case-insensitive; BWS around `=`.
+        assert_eq!(c[3], ch("bearer", &[("resource_metadata", "u")]));
+    }
+
+    #[test]
+    fn www_authenticate_several_fields_and_broken_input() {
+        let c = parse_www_authenticate(&["Basic realm=\"x\"", "Bearer scope=\"a\""]);
+        assert_eq!(c.len(), 2);
+        assert_eq!(c[1].param("scope"), Some("a"));
+        // An unterminated quote: the complete challenges before it are kept.
+        let c = one("Basic realm=\"x\", Bearer realm=\"never closed");
+        assert_eq!(c, vec![ch("Basic", &[("realm", "x")])]);
+        for junk in ["", "   ", ",,,", "=", "\"", "Bearer =x", "Bearer a=\"\\"] {
+            let _ = one(junk); // no panic
+        }
+        assert_eq!(one("Bearer"), vec![ch("Bearer", &[])]);
+        assert_eq!(one("Bearer a=\"\""), vec![ch("Bearer", &[("a", "")])]);
+    }
+
+    fn u(s: &str) -> Url {
+        Url::parse(s).unwrap()
+    }
+
+    #[test]
+    fn well_known_urls_insert_the_suffix_between_host_and_path() {
+        let cases = [
+            (
+                "https://r.example/mcp",
+                "https://r.example/.well-known/oauth-protected-resource/mcp",
+            ),
+            (
+                "https://r.example/",
+                "https://r.example/.well-known/oauth-protected-resource",
+            ),
+            (
+                "https://r.example",
+                "https://r.example/.well-known/oauth-protected-resource",
+            ),
+            (
+                "https://r.example/a/b/",
+                "https://r.example/.well-known/oauth-protected-resource/a/b",
+            ),
+            (
+                "https://r.example:8443/t1/mcp?x=1#frag",
+                "https://r.example:8443/.well-known/oauth-protected-resource/t1/mcp?x=1",
+            ),
+        ];
+        for (base, want) in cases {
+            assert_eq!(
+                well_known_url(&u(base), PRM_SUFFIX).as_str(),
+                want,
+                "{base}"
+            );
+        }
+        assert_eq!(
+            resource_metadata_urls(&u("https://r.example/mcp?x=1")),
+            vec![
+                u("https://r.example/.well-known/oauth-protected-resource/mcp?x=1"),
+                u("https://r.example/.well-known/oauth-protected-resource"),
+            ]
+        );
+        // No path: one candidate, not two equal ones.
+        assert_eq!(resource_metadata_urls(&u("https://r.example")).len(), 1);
+    }
+
+    #[test]
+    fn server_metadata_urls_rfc8414_then_oidc_inserted_then_appended() {
+        assert_eq!(
+            server_metadata_urls(&u("https://as.example/tenant1/")),
+            vec![
+                u("https://as.example/.well-known/oauth-authorization-server/tenant1"),
+                u("https://as.example/.well-known/openid-configuration/tenant1"),
+                u("https://as.example/tenant1/.well-known/openid-configuration"),
+            ]
+        );
+        assert_eq!(
+            server_metadata_urls(&u("https://as.example")),
+            vec![
+                u("https://as.example/.well-known/oauth-authorization-server"),
+                u("https://as.example/.well-known/openid-configuration"),
+            ]
+        );
+    }
+
+    #[test]
+    fn resource_must_be_the_url_or_its_origin() {
+        let url = u("https://R.example:443/mcp/?q=1");
+        for ok in [
+            "https://r.example/mcp",
+            "https://r.example/mcp/",
+            "https://r.example:443/mcp",
+            "https://r.example",
+            "https://r.example/",
+            "HTTPS://R.EXAMPLE/mcp",
+        ] {
+            assert!(resource_matches(ok, &url), "{ok}");
+        }
+        for bad in [
+            "https://r.example/other",
+            "https://r.example/mcp/sub",
+            "https://r.example/mc",
+            "http://r.example/mcp",
+            "https://r.example:8443/mcp",
+            "https://evil.example/mcp",
+            "https://r.example/mcp#x",
+            "mcp",
+            "",
+        ] {
+            assert!(!resource_matches(bad, &url), "{bad}");
+        }
+    }
+
+    // ---- against the loopback simulators -------------------------------------
+
+    fn opts() -> DiscoveryOptions {
+        let policy = Policy {
+            http_timeout: std::time::Duration::from_secs(5),
+            connect_timeout: std::time::Duration::from_secs(2),
+            ..Default::default()
+        };
+        DiscoveryOptions {
+            policy,
+            ..Default::default()
+        }
+    }
+
+    async fn sims(
+        issuer_opts: IssuerOptions,
+        remote_opts: RemoteOptions,
+    ) -> (SimIssuer, SimRemote) {
+        let issuer = SimIssuer::start(issuer_opts).await.unwrap();
+        let remote = SimRemote::start(issuer.clone(), remote_opts).await.unwrap();
+        (issuer, remote)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn discovers_the_sim_remote_and_its_issuer() {
+        let (issuer, remote) = sims(
+            IssuerOptions::default(),
+            RemoteOptions {
+                challenge_scope: Some("mcp:read offline".into()),
+                ..Default::default()
+            },
+        )
+        .await;
+        let d = discover(&u(&remote.url()), &opts()).await.unwrap();
+        assert_eq!(d.resource, u(&remote.url()));
+        assert_eq!(d.resource_indicator.as_deref(), Some(remote.url().as_str()));
+        assert_eq!(d.issuer, u(&issuer.base_url()));
+        assert_eq!(d.token_endpoint, u(&issuer.token_endpoint()));
+        assert_eq!(
+            d.authorization_endpoint,
+            u(&issuer.authorization_endpoint())
+        );
+        assert_eq!(
+            d.registration_endpoint,
+            Some(u(&issuer.registration_endpoint()))
+        );
+        // The challenge's scope wins over scopes_supported.
+        assert_eq!(d.scopes, vec!["mcp:read", "offline"]);
+        assert_eq!(remote.unauthorized_responses(), 1, "one probe");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn falls_back_to_well_known_get_probe_and_openid_configuration() {
+        let (issuer, remote) = sims(
+            IssuerOptions::default(),
+            RemoteOptions {
+                advertise_metadata: false,
+                get_only: true,
+                ..Default::default()
+            },
+        )
+        .await;
+        issuer.set_metadata_mode(MetadataMode::OidcOnly);
+        let d = discover(&u(&remote.url()), &opts()).await.unwrap();
+        assert_eq!(d.token_endpoint, u(&issuer.token_endpoint()));
+        assert_eq!(d.scopes, vec!["mcp:read", "mcp:write"], "scopes_supported");
+        assert_eq!(remote.requests(), 1, "the GET probe after the 405");
+
+        // Nothing at the path-specific location: the root document (resource = origin).
+        remote.set_prm_mode(PrmMode::RootOnly);
+        let d = discover(&u(&remote.url()), &opts()).await.unwrap();
+        assert_eq!(d.resource_indicator, Some(remote.base_url()));
+        remote.set_prm_mode(PrmMode::Missing);
+        let e = discover(&u(&remote.url()), &opts()).await.unwrap_err();
+        assert!(
+            matches!(e, DiscoveryError::NoResourceMetadata { .. }),
+            "{e}"
+        );
+        let msg = e.to_string();
+        assert!(
+            msg.contains("oauth-protected-resource/mcp") && msg.contains("without a Bearer"),
+            "{msg}"
+        );
+        issuer.set_metadata_mode(MetadataMode::Missing);
+        remote.set_prm_mode(PrmMode::Good);
+        let e = discover(&u(&remote.url()), &opts()).await.unwrap_err();
+        assert!(matches!(e, DiscoveryError::NoServerMetadata { .. }), "{e}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn same_origin_redirects_are_followed_up_to_three() {
+        let (_issuer, remote) = sims(IssuerOptions::default(), RemoteOptions::default()).await;
+        remote.set_prm_mode(PrmMode::RedirectSameOrigin { hops: 3 });
+        discover(&u(&remote.url()), &opts()).await.unwrap();
+        remote.set_prm_mode(PrmMode::RedirectSameOrigin { hops: 4 });
+        let e = discover(&u(&remote.url()), &opts()).await.unwrap_err();
+        assert!(matches!(e, DiscoveryError::TooManyRedirects { .. }), "{e}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bad_documents_are_refused_with_the_url_and_the_problem() {
+        let (issuer, remote) = sims(IssuerOptions::default(), RemoteOptions::default()).await;
+        let mut small = opts();
+        small.policy.max_response_bytes = 64 * 1024;
+        enum Break {
+            As(MetadataMode),
+            Prm(PrmMode),
+        }
+        let cases = [
+            (Break::As(MetadataMode::WrongIssuer), "issuer mismatch"),
+            (Break::As(MetadataMode::NoS256), "PKCE S256"),
+            (Break::As(MetadataMode::NotJson), "not JSON"),
+            (
+                Break::As(MetadataMode::Huge { bytes: 4 << 20 }),
+                "larger than 65536 bytes",
+            ),
+            (
+                Break::As(MetadataMode::RedirectToOtherHost),
+                "another origin",
+            ),
+            (
+                Break::Prm(PrmMode::NoAuthorizationServers),
+                "names no authorization server",
+            ),
+            (Break::Prm(PrmMode::WrongResource), "wrong resource"),
+            (Break::Prm(PrmMode::NotJson), "text/html"),
+            (Break::Prm(PrmMode::Huge { bytes: 1 << 20 }), "larger than"),
+            (Break::Prm(PrmMode::RedirectToOtherHost), "another origin"),
+            (
+                Break::Prm(PrmMode::AuthorizationServer("http://as.example".into())),
+                "plain http://",
+            ),
+        ];
+        for (break_it, needle) in cases {
+            issuer.set_metadata_mode(MetadataMode::Good);
+            remote.set_prm_mode(PrmMode::Good);
+            match break_it {
+                Break::As(m) => issuer.set_metadata_mode(m),
+                Break::Prm(m) => remote.set_prm_mode(m),
+            }
+            let e = discover(&u(&remote.url()), &small).await.unwrap_err();
+            let msg = e.to_string();
+            assert!(msg.contains(needle), "{msg} should contain {needle}");
+            assert!(msg.contains("http://"), "names a URL: {msg}");
+        }
+        // Plain http to a non-loopback host: refused before any request.
+        let e = discover(&u("http://remote.example/mcp"), &opts())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, DiscoveryError::UnsafeUrl { .. }), "{e}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn registers_public_and_confidential_clients() {
+        for (auth, want) in [
+            (RegistrationAuth::Public, ClientAuth::None),
+            (RegistrationAuth::SecretPost, ClientAuth::ClientSecretPost),
+            (RegistrationAuth::SecretBasic, ClientAuth::ClientSecretBasic),
+        ] {
+            let issuer = SimIssuer::start(IssuerOptions {
+                registration_auth: auth,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+            let o = opts();
+            let http = discovery_client(&o).unwrap();
+            let reg = register(
+                &http,
+                &u(&issuer.registration_endpoint()),
+                &u("http://127.0.0.1:45678/callback"),
+                &["mcp:read".to_string()],
+                &o.policy,
+            )
+            .await
+            .unwrap();
+            assert_eq!(reg.auth, want);
+            assert_eq!(issuer.registered_client_ids(), vec![reg.client_id.clone()]);
+            assert_eq!(reg.client_secret.is_some(), want.needs_secret());
+            let shown = format!("{reg:?}");
+            for s in issuer.issued_client_secrets() {
+                assert!(!shown.contains(&s), "Debug shows no secret");
+            }
+            // A redirect URI the issuer refuses: a clear error with its code.
+            let e = register(
+                &http,
+                &u(&issuer.registration_endpoint()),
+                &u("https://app.example/callback"),
+                &[],
+                &o.policy,
+            )
+            .await
+            .unwrap_err();
+            assert!(e.to_string().contains("invalid_redirect_uri"), "{e}");
+        }
+    }
+}

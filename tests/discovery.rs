@@ -1,0 +1,393 @@
+//! `tokenwarden add NAME --url URL` as a user runs it: the real binary discovers the
+//! authorization server of a loopback protected resource (`SimRemote`), registers a
+//! client at the `SimIssuer` (RFC 7591), signs in (the test follows the printed
+//! authorization URL as a browser would), and the daemon keeps it running. Bad
+//! metadata of every kind is refused with a clear message and nothing written.
+//! Secret store: the opt-in file store, so the store's content can be checked.
+
+mod support;
+
+use std::time::Duration;
+use support::*;
+use tokenwarden::engine::config::{ClientAuth, Config};
+use tokenwarden::engine::Status;
+use tokenwarden::sim_issuer::{MetadataMode, RegistrationAuth, ResourceRequest};
+use tokenwarden::sim_remote::{PrmMode, RemoteOptions, SimRemote};
+
+async fn remote(issuer: &SimIssuer) -> SimRemote {
+    SimRemote::start(issuer.clone(), RemoteOptions::default())
+        .await
+        .expect("remote starts")
+}
+
+/// Run `add ARGS --no-browser` to completion; when it prints an authorization URL,
+/// follow it as a signed-in user's browser would.
+async fn add(env: &TestEnv, args: &[&str]) -> Output {
+    use std::io::BufRead;
+    let err_path = log_dir(&env.test).join(format!("add-{}.stderr", rand::random::<u32>()));
+    let mut all = vec!["add"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--no-browser", "--timeout", "20s"]);
+    let mut child = env
+        .command(&all)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .expect("spawn add");
+    let stdout = child.stdout.take().unwrap();
+    let url = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+        line.trim().to_string()
+    })
+    .await
+    .unwrap();
+    if url.starts_with("http") {
+        assert_eq!(browse(&url).await, 200, "callback page");
+    }
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    Output {
+        code: status.code(),
+        stdout: url,
+        stderr: read(&err_path),
+    }
+}
+
+fn env_with_file_store(test: &str) -> TestEnv {
+    let env = TestEnv::new(test);
+    env.write_config(&file_store_header());
+    env
+}
+
+/// Files of the file store that belong to `name`.
+fn stored_files(env: &TestEnv, name: &str) -> Vec<String> {
+    let dir = env.paths().secrets_dir;
+    let mut v: Vec<String> = std::fs::read_dir(&dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|f| f.starts_with(&format!("{name}.")))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn resources(issuer: &SimIssuer, request: ResourceRequest) -> Vec<Option<String>> {
+    issuer
+        .resources_seen()
+        .into_iter()
+        .filter(|r| r.request == request)
+        .map(|r| r.resource)
+        .collect()
+}
+
+/// Wait until the issuer saw more than `n` refresh requests and the workload is
+/// `running` again with no failure.
+async fn refreshed_after(env: &TestEnv, issuer: &SimIssuer, name: &str, n: u64) {
+    assert!(
+        issuer
+            .wait_for_refresh_requests(n + 1, Duration::from_secs(10))
+            .await,
+        "a refresh reached the issuer"
+    );
+    env.wait_for(name, Duration::from_secs(10), |w| {
+        w.status == Status::Running && w.reason.is_none() && w.attempts == 0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_url_discovers_registers_logs_in_and_runs() {
+    let issuer = issuer(issuer_opts(30)).await;
+    let remote = remote(&issuer).await;
+    let env = env_with_file_store("discovery_public");
+    env.start_daemon().await;
+
+    let out = add(&env, &["w", "--url", &remote.url()]).await;
+    assert!(out.ok(), "{out:?}");
+    for said in [
+        "authorization server:   http://127.0.0.1:",
+        "token endpoint:",
+        "Registered a new public client",
+        "Signed in",
+    ] {
+        assert!(out.stderr.contains(said), "{said}: {}", out.stderr);
+    }
+
+    // What was written: the discovered endpoints, the registered client, the ports.
+    let text = read(&env.config_file());
+    let cfg = Config::load(&env.config_file()).unwrap();
+    let w = cfg.workload("w").unwrap();
+    assert_eq!(w.url.as_ref().unwrap().as_str(), remote.url());
+    assert_eq!(w.token_endpoint.as_str(), issuer.token_endpoint());
+    assert_eq!(
+        w.authorization_endpoint.as_ref().unwrap().as_str(),
+        issuer.authorization_endpoint()
+    );
+    assert_eq!(issuer.registered_client_ids(), vec![w.client_id.clone()]);
+    assert_eq!(w.resource.as_deref(), Some(remote.url().as_str()));
+    assert_eq!(w.client_auth, ClientAuth::None);
+    assert_eq!(w.scopes, vec!["mcp:read", "mcp:write"], "scopes_supported");
+    let redirect_port = w.redirect_port.expect("redirect_port written");
+    let listen_port = w.listen_port.expect("listen_port written");
+    assert_ne!(redirect_port, listen_port);
+    assert!(
+        !text.contains("client_secret") && !text.contains("sim_cs_"),
+        "{text}"
+    );
+    // The login used the registered redirect URI and sent the resource indicator.
+    assert!(
+        out.stdout.contains(&format!(
+            "redirect_uri=http%3A%2F%2F127.0.0.1%3A{redirect_port}%2Fcallback"
+        )),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("resource="), "{}", out.stdout);
+    assert_eq!(
+        stored_files(&env, "w"),
+        vec!["w.tokens.json"],
+        "no client entry"
+    );
+
+    // The daemon runs it; the CLI says so.
+    env.wait_status("w", Status::Running, Duration::from_secs(10))
+        .await;
+    let st = env.run(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&st.stdout).unwrap();
+    assert_eq!(v[0]["name"], "w");
+    assert_eq!(v[0]["status"], "running", "{v}");
+
+    // A refresh sends the resource too; so did the authorization and the exchange.
+    let n = issuer.refresh_requests();
+    assert!(env.run(&["retry", "w"]).ok());
+    refreshed_after(&env, &issuer, "w", n).await;
+    let want = Some(remote.url());
+    for request in [
+        ResourceRequest::Authorize,
+        ResourceRequest::CodeExchange,
+        ResourceRequest::Refresh,
+    ] {
+        let seen = resources(&issuer, request);
+        assert!(
+            !seen.is_empty() && seen.iter().all(|r| *r == want),
+            "{request:?}: {seen:?}"
+        );
+    }
+
+    // The token opens the resource.
+    let tok = env.run(&["token", "w"]);
+    assert!(tok.ok(), "{tok:?}");
+    let r = reqwest::Client::new()
+        .post(remote.url())
+        .bearer_auth(tok.stdout.trim())
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confidential_registration_keeps_the_secret_in_the_store_and_refreshes() {
+    for (auth, written) in [
+        (RegistrationAuth::SecretPost, ClientAuth::ClientSecretPost),
+        (RegistrationAuth::SecretBasic, ClientAuth::ClientSecretBasic),
+    ] {
+        let issuer = issuer(IssuerOptions {
+            registration_auth: auth,
+            ..issuer_opts(1)
+        })
+        .await;
+        let remote = remote(&issuer).await;
+        let env = env_with_file_store(&format!("discovery_{}", written.as_str()));
+
+        let out = add(&env, &["w", "--url", &remote.url()]).await;
+        assert!(out.ok(), "{out:?}");
+        assert!(
+            out.stderr.contains("Registered a new confidential client")
+                && out.stderr.contains(written.as_str()),
+            "{}",
+            out.stderr
+        );
+        let secrets = issuer.issued_client_secrets();
+        assert_eq!(secrets.len(), 1);
+        let text = read(&env.config_file());
+        assert!(!text.contains(&secrets[0]), "no secret in the config");
+        assert!(
+            text.contains(&format!("client_auth = \"{}\"", written.as_str())),
+            "{text}"
+        );
+        assert_eq!(
+            stored_files(&env, "w"),
+            vec!["w.client.json", "w.tokens.json"]
+        );
+
+        // `token` without a daemon refreshes the expired 1 s token with the secret.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let n = issuer.refresh_requests();
+        let t = env.run(&["token", "w"]);
+        assert!(t.ok(), "{t:?}");
+        assert_eq!(issuer.refresh_requests(), n + 1);
+        assert!(issuer.is_valid_access_token(t.stdout.trim()));
+
+        // The daemon keeps refreshing it (1 s tokens: several refreshes).
+        env.start_daemon().await;
+        env.wait_status("w", Status::Running, Duration::from_secs(10))
+            .await;
+        let n = issuer.refresh_requests();
+        refreshed_after(&env, &issuer, "w", n + 1).await;
+        assert!(resources(&issuer, ResourceRequest::Refresh)
+            .iter()
+            .all(|r| *r == Some(remote.url())));
+
+        // Logout keeps the registration: a plain login works again.
+        assert!(env.run(&["logout", "w"]).ok());
+        assert_eq!(stored_files(&env, "w"), vec!["w.client.json"]);
+        let again = env.login("w").await;
+        assert!(again.ok(), "{again:?}");
+        env.wait_status("w", Status::Running, Duration::from_secs(10))
+            .await;
+
+        // Remove deletes both entries.
+        assert!(env.run(&["remove", "w"]).ok());
+        assert!(stored_files(&env, "w").is_empty());
+        env.stop_daemons();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explicit_endpoints_skip_discovery_and_registration() {
+    let issuer = issuer(issuer_opts(30)).await;
+    let remote = remote(&issuer).await;
+    let env = env_with_file_store("discovery_explicit");
+    let out = env.run(&[
+        "add",
+        "w",
+        "--url",
+        &remote.url(),
+        "--token-endpoint",
+        &issuer.token_endpoint(),
+        "--authorization-endpoint",
+        &issuer.authorization_endpoint(),
+        "--client-id",
+        issuer.client_id(),
+        "--no-login",
+    ]);
+    assert!(out.ok(), "{out:?}");
+    assert_eq!(remote.requests() + remote.unauthorized_responses(), 0);
+    assert_eq!(issuer.registrations(), 0);
+    let cfg = Config::load(&env.config_file()).unwrap();
+    let w = cfg.workload("w").unwrap();
+    assert_eq!(w.client_id, issuer.client_id());
+    assert!(
+        w.listen_port.is_some(),
+        "a proxy port is chosen for a --url"
+    );
+    assert_eq!((w.redirect_port, w.resource.as_deref()), (None, None));
+
+    // --url with a client id but no token endpoint: discovery, no registration.
+    let out = add(
+        &env,
+        &[
+            "v",
+            "--url",
+            &remote.url(),
+            "--client-id",
+            issuer.client_id(),
+        ],
+    )
+    .await;
+    assert!(out.ok(), "{out:?}");
+    assert!(out.stderr.contains("--client-id"), "{}", out.stderr);
+    assert_eq!(issuer.registrations(), 0);
+    let cfg = Config::load(&env.config_file()).unwrap();
+    let v = cfg.workload("v").unwrap();
+    assert_eq!(v.token_endpoint.as_str(), issuer.token_endpoint());
+    assert_eq!(v.redirect_port, None);
+    assert_ne!(v.listen_port, w.listen_port);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_metadata_is_refused_clearly_and_nothing_is_written() {
+    let issuer = issuer(issuer_opts(30)).await;
+    let remote = remote(&issuer).await;
+    let env = TestEnv::new("discovery_bad");
+    let before = format!(
+        "# kept byte for byte\n{}{}",
+        file_store_header(),
+        workload_toml("existing", &issuer)
+    );
+    env.write_config(&before);
+
+    enum Break {
+        As(MetadataMode),
+        Prm(PrmMode),
+        Url(&'static str),
+    }
+    let cases = [
+        (Break::As(MetadataMode::WrongIssuer), "issuer mismatch"),
+        (Break::As(MetadataMode::NoS256), "requires PKCE S256"),
+        (Break::As(MetadataMode::NotJson), "not JSON"),
+        (
+            Break::As(MetadataMode::Huge { bytes: 4 << 20 }),
+            "larger than 262144 bytes",
+        ),
+        (
+            Break::As(MetadataMode::RedirectToOtherHost),
+            "another origin",
+        ),
+        (
+            Break::Prm(PrmMode::NoAuthorizationServers),
+            "names no authorization server",
+        ),
+        (Break::Prm(PrmMode::WrongResource), "wrong resource"),
+        (Break::Prm(PrmMode::NotJson), "text/html"),
+        (Break::Prm(PrmMode::Huge { bytes: 4 << 20 }), "larger than"),
+        (Break::Prm(PrmMode::RedirectToOtherHost), "another origin"),
+        (
+            Break::Prm(PrmMode::AuthorizationServer("http://as.example".into())),
+            "plain http://",
+        ),
+        (Break::Url("http://remote.example/mcp"), "plain http://"),
+    ];
+    for (break_it, needle) in cases {
+        issuer.set_metadata_mode(MetadataMode::Good);
+        remote.set_prm_mode(PrmMode::Good);
+        let mut url = remote.url();
+        let what = match break_it {
+            Break::As(m) => {
+                let w = format!("{m:?}");
+                issuer.set_metadata_mode(m);
+                w
+            }
+            Break::Prm(m) => {
+                let w = format!("{m:?}");
+                remote.set_prm_mode(m);
+                w
+            }
+            Break::Url(u) => {
+                url = u.to_string();
+                u.to_string()
+            }
+        };
+        let out = add(&env, &["bad", "--url", &url]).await;
+        assert_eq!(out.code, Some(1), "{what}: {out:?}");
+        assert!(out.stdout.is_empty(), "{what}: no login started");
+        assert!(
+            out.stderr.contains(needle) && out.stderr.contains("http://"),
+            "{what}: {} should say {needle} and name the URL",
+            out.stderr
+        );
+        assert_eq!(read(&env.config_file()), before, "{what}: config untouched");
+        assert!(
+            stored_files(&env, "bad").is_empty(),
+            "{what}: store untouched"
+        );
+        assert_eq!(issuer.registrations(), 0, "{what}: no client registered");
+    }
+}
