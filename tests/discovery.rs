@@ -161,6 +161,26 @@ async fn add_url_discovers_registers_logs_in_and_runs() {
     let v: serde_json::Value = serde_json::from_str(&st.stdout).unwrap();
     assert_eq!(v[0]["name"], "w");
     assert_eq!(v[0]["status"], "running", "{v}");
+    let local = format!("http://127.0.0.1:{listen_port}/mcp");
+    assert_eq!(v[0]["local_url"], local.as_str(), "{v}");
+
+    // The daemon's local proxy reaches the remote with the workload's bearer.
+    let r = reqwest::Client::new()
+        .post(&local)
+        .body(r#"{"jsonrpc":"2.0","id":1,"method":"initialize"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let answer: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(answer["ok"], true, "{answer}");
+    let seen = remote.last_authorization().unwrap();
+    assert!(issuer.is_valid_access_token(seen.trim_start_matches("Bearer ")));
+    // One paste switches an MCP client over.
+    let cc = env.run(&["client-config", "w"]);
+    assert!(cc.ok(), "{cc:?}");
+    let cc: serde_json::Value = serde_json::from_str(&cc.stdout).unwrap();
+    assert_eq!(cc, serde_json::json!({"mcpServers": {"w": {"url": local}}}));
 
     // A refresh sends the resource too; so did the authorization and the exchange.
     let n = issuer.refresh_requests();
