@@ -8,10 +8,10 @@
 
 use std::time::{Duration, Instant, SystemTime};
 use tokenwarden::engine::config::Config;
-use tokenwarden::engine::store::{SecretStore, StoredTokens};
+use tokenwarden::engine::store::SecretStore;
 use tokenwarden::engine::triggers::Sources;
-use tokenwarden::engine::{Clock, Engine, EngineOptions, Secret};
-use tokenwarden::sim_issuer::{pkce_s256_challenge, IssuerOptions, SimIssuer};
+use tokenwarden::engine::{Clock, Engine, EngineOptions};
+use tokenwarden::sim_issuer::{IssuerOptions, SimIssuer};
 
 const ISSUERS: usize = 4;
 
@@ -32,51 +32,6 @@ fn cpu_secs() -> f64 {
     let ticks: f64 = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
         + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     ticks / 100.0 // USER_HZ
-}
-
-/// A code + PKCE login done directly against the issuer (fast enough for 10,000).
-async fn tokens_for(http: &reqwest::Client, issuer: &SimIssuer) -> StoredTokens {
-    let verifier = format!("{:064x}", rand::random::<u128>());
-    let redirect = "http://127.0.0.1:9/cb";
-    let url = format!(
-        "{}?response_type=code&client_id={}&redirect_uri={}&state=s&code_challenge={}&code_challenge_method=S256",
-        issuer.authorization_endpoint(),
-        issuer.client_id(),
-        redirect,
-        pkce_s256_challenge(&verifier)
-    );
-    let r = http.get(url).send().await.unwrap();
-    let loc = url::Url::parse(r.headers()["location"].to_str().unwrap()).unwrap();
-    let code = loc
-        .query_pairs()
-        .find(|(k, _)| k == "code")
-        .unwrap()
-        .1
-        .into_owned();
-    let body = http
-        .post(issuer.token_endpoint())
-        .form(&[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("redirect_uri", redirect),
-            ("client_id", issuer.client_id()),
-            ("code_verifier", &verifier),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    let now = tokenwarden::engine::store::unix_secs(SystemTime::now());
-    StoredTokens {
-        access_token: Secret::new(body["access_token"].as_str().unwrap()),
-        refresh_token: Some(Secret::new(body["refresh_token"].as_str().unwrap())),
-        expires_at: Some(now + 3600),
-        lifetime: Some(3600),
-        obtained_at: now,
-    }
 }
 
 struct Row {
@@ -107,7 +62,7 @@ async fn measure(n: usize, idle: Duration) -> Row {
             iss.client_id()
         ));
         store
-            .save_tokens(&format!("w{i}"), &tokens_for(&http, iss).await)
+            .save_tokens(&format!("w{i}"), &iss.direct_login(&http).await.unwrap())
             .await
             .unwrap();
     }

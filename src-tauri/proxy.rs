@@ -45,6 +45,8 @@ pub struct ProxyCtx {
     pub upstream: Url,
     pub monitor: mpsc::Sender<Command>,
     pub status: watch::Receiver<WorkloadStatus>,
+    /// The monitor's usable access token (fast path: no round trip to the monitor).
+    pub token: watch::Receiver<Option<(Secret, SystemTime)>>,
     pub http: reqwest::Client,
     pub policy: Arc<Policy>,
 }
@@ -293,10 +295,18 @@ fn check_origin(headers: &HeaderMap, port: u16) -> Result<(), &'static str> {
 }
 
 impl Shared {
-    /// A valid access token, or the `503` to answer. During a failure episode with
+    /// A valid access token, or the `503` to answer. The monitor publishes its usable
+    /// token, so most requests never wait for it. During a failure episode with
     /// an expired token the monitor is not asked: a busy client must not turn into
     /// a refresh per request.
     async fn token(&self, rejected: Option<Secret>) -> Result<Secret, Response> {
+        if rejected.is_none() {
+            if let Some((t, exp)) = &*self.ctx.token.borrow() {
+                if *exp > SystemTime::now() + Duration::from_secs(1) {
+                    return Ok(t.clone());
+                }
+            }
+        }
         {
             let st = self.ctx.status.borrow();
             let expired = st

@@ -535,6 +535,68 @@ impl SimIssuer {
         lock(&self.inner.tokens).issued.clone()
     }
 
+    /// A code + PKCE login done straight against this issuer's endpoints, without a
+    /// loopback callback listener (benchmarks that need thousands of logins fast).
+    /// `http` must not follow redirects (`reqwest::redirect::Policy::none()`).
+    pub async fn direct_login(
+        &self,
+        http: &reqwest::Client,
+    ) -> io::Result<crate::engine::store::StoredTokens> {
+        use crate::engine::Secret;
+        let verifier = format!("{:064x}", rand::random::<u128>());
+        let redirect = "http://127.0.0.1:9/cb";
+        let url = format!(
+            "{}?response_type=code&client_id={}&redirect_uri={}&state=s&code_challenge={}&code_challenge_method=S256",
+            self.authorization_endpoint(),
+            self.client_id(),
+            redirect,
+            pkce_s256_challenge(&verifier)
+        );
+        let r = http.get(url).send().await.map_err(io::Error::other)?;
+        let code = r
+            .headers()
+            .get(header::LOCATION)
+            .and_then(|l| l.to_str().ok())
+            .and_then(|l| Url::parse(l).ok())
+            .and_then(|l| {
+                l.query_pairs()
+                    .find(|(k, _)| k == "code")
+                    .map(|(_, v)| v.into_owned())
+            })
+            .ok_or_else(|| io::Error::other("the issuer sent no code"))?;
+        let bytes = http
+            .post(self.token_endpoint())
+            .form(&[
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("redirect_uri", redirect),
+                ("client_id", self.client_id()),
+                ("code_verifier", &verifier),
+            ])
+            .send()
+            .await
+            .map_err(io::Error::other)?
+            .bytes()
+            .await
+            .map_err(io::Error::other)?;
+        let body: serde_json::Value = serde_json::from_slice(&bytes)?;
+        let field = |k: &str| {
+            body[k]
+                .as_str()
+                .map(Secret::new)
+                .ok_or_else(|| io::Error::other(format!("no {k} in the token response")))
+        };
+        let lifetime = self.access_token_lifetime().as_secs().max(1);
+        let now = crate::engine::store::unix_secs(std::time::SystemTime::now());
+        Ok(crate::engine::store::StoredTokens {
+            access_token: field("access_token")?,
+            refresh_token: Some(field("refresh_token")?),
+            expires_at: Some(now + lifetime),
+            lifetime: Some(lifetime),
+            obtained_at: now,
+        })
+    }
+
     /// Issued by this issuer, not expired by its lifetime, not revoked.
     pub fn is_valid_access_token(&self, token: &str) -> bool {
         let tokens = lock(&self.inner.tokens);

@@ -117,6 +117,9 @@ impl IssuerShared {
 pub struct MonitorHandle {
     pub tx: mpsc::Sender<Command>,
     pub status: watch::Receiver<WorkloadStatus>,
+    /// The access token while it may be handed out (running or retrying, not
+    /// expired when published), with its expiry: the local proxy's fast path.
+    pub token: watch::Receiver<Option<(Secret, std::time::SystemTime)>>,
     pub workload: Arc<WorkloadConfig>,
     cancel: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -159,6 +162,7 @@ struct Monitor {
     tokens: Option<StoredTokens>,
     rx: mpsc::Receiver<Command>,
     status_tx: watch::Sender<WorkloadStatus>,
+    token_tx: watch::Sender<Option<(Secret, std::time::SystemTime)>>,
     reports: mpsc::UnboundedSender<Report>,
     waiters: Vec<TokenReply>,
     in_flight: Option<InFlight>,
@@ -207,6 +211,7 @@ pub fn spawn(
         &ctx.policy,
     );
     let (status_tx, status_rx) = watch::channel(initial);
+    let (token_tx, token_rx) = watch::channel(None);
     let (tx, rx) = mpsc::channel(64);
     let cancel = CancellationToken::new();
     let workload = ctx.workload.clone();
@@ -216,6 +221,7 @@ pub fn spawn(
         tokens: None,
         rx,
         status_tx,
+        token_tx,
         reports,
         waiters: Vec::new(),
         in_flight: None,
@@ -230,6 +236,7 @@ pub fn spawn(
     MonitorHandle {
         tx,
         status: status_rx,
+        token: token_rx,
         workload,
         cancel,
         task: Some(task),
@@ -680,6 +687,26 @@ impl Monitor {
         );
         let previous = self.last_status.replace(status.status);
         self.status_tx.send_replace(status.clone());
+        let usable = match (&self.tokens, self.machine.access_expires_at) {
+            (Some(t), Some(exp))
+                if matches!(status.status, Status::Running | Status::Retrying)
+                    && self.machine.access_token_valid(now) =>
+            {
+                Some((t.access_token.clone(), exp))
+            }
+            _ => None,
+        };
+        self.token_tx.send_if_modified(|held| {
+            let same = match (&*held, &usable) {
+                (Some((a, x)), Some((b, y))) => a == b && x == y,
+                (None, None) => true,
+                _ => false,
+            };
+            if !same {
+                *held = usable;
+            }
+            !same
+        });
         let _ = self.reports.send(Report {
             status,
             previous,

@@ -381,6 +381,7 @@ impl Supervisor {
                     upstream: url.clone(),
                     monitor: m.tx.clone(),
                     status: m.status.clone(),
+                    token: m.token.clone(),
                     http,
                     policy: self.policy.clone(),
                 },
