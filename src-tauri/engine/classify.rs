@@ -257,19 +257,26 @@ pub fn classify_response(
     } else {
         None
     };
+    // JSON that is not valid UTF-8 (a Latin-1 `error_description`, say) is read once
+    // more, lossily, for its `error` code only: an accented description must not turn
+    // a verdict into 24 hours of retries. Tokens are never taken from this reading.
+    let lossy: Option<serde_json::Value> = if shape == BodyShape::Binary {
+        serde_json::from_str(&String::from_utf8_lossy(body)).ok()
+    } else {
+        None
+    };
+    let error_doc = json.as_ref().or(lossy.as_ref());
     let retry_after = retry_after
         .and_then(|v| parse_retry_after(v, now))
         .map(|d| d.min(retry_after_max));
     let fail = |kind| Failure { kind, retry_after };
 
     // An RFC 6749 error code wins wherever it appears (some servers send it with 200).
-    if let Some(err) = json
-        .as_ref()
+    if let Some(err) = error_doc
         .and_then(|j| j.get("error"))
         .and_then(|e| e.as_str())
     {
-        let description = json
-            .as_ref()
+        let description = error_doc
             .and_then(|j| j.get("error_description"))
             .and_then(|d| d.as_str())
             .map(|d| sanitize(d, 300));
@@ -371,13 +378,14 @@ pub fn body_shape(content_type: Option<&str>, body: &[u8]) -> BodyShape {
     if ct.contains("html") || looks_html {
         return BodyShape::Html;
     }
-    if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() {
-        return BodyShape::Json;
+    // JSON is UTF-8 (RFC 8259 §8.1); skipping with `IgnoredAny` does not check that.
+    if std::str::from_utf8(body).is_err() {
+        return BodyShape::Binary;
     }
-    if std::str::from_utf8(body).is_ok() {
-        BodyShape::Text
+    if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() {
+        BodyShape::Json
     } else {
-        BodyShape::Binary
+        BodyShape::Text
     }
 }
 
@@ -625,6 +633,48 @@ mod tests {
             }
         ));
         let f = classify_response(400, None, None, &[0xff, 0xfe], now(), MAX).unwrap_err();
+        assert_eq!(f.class(), Class::Transient);
+        // JSON-looking but not UTF-8: not a token, whatever it says.
+        let f = classify_response(
+            200,
+            Some("application/json"),
+            None,
+            b"{\"access_token\":\"ab\xff\xfecd\",\"expires_in\":60}",
+            now(),
+            MAX,
+        )
+        .unwrap_err();
+        assert_eq!(
+            f.kind,
+            FailureKind::NotTokenResponse {
+                status: 200,
+                body: BodyShape::Binary
+            }
+        );
+    }
+
+    /// Found by the fault matrix: a verdict whose `error_description` is Latin-1 (not
+    /// UTF-8) was classed as a 400 without an error code, so transient, and the workload
+    /// would have retried a revoked grant for 24 hours.
+    #[test]
+    fn an_error_code_in_json_that_is_not_utf8_still_counts() {
+        let body = b"{\"error\":\"invalid_grant\",\"error_description\":\"Jeton expir\xe9\"}";
+        let f =
+            classify_response(400, Some("application/json"), None, body, now(), MAX).unwrap_err();
+        assert!(f.is_permanent(), "{f:?}");
+        assert_eq!(f.reason(), "invalid_grant");
+        assert!(
+            f.describe().contains("Jeton expir\u{fffd}"),
+            "{}",
+            f.describe()
+        );
+        let body = b"{\"error\":\"server_error\",\"error_description\":\"\xe9chec\"}";
+        let f = classify_response(503, None, None, body, now(), MAX).unwrap_err();
+        assert_eq!(f.class(), Class::Transient);
+        assert_eq!(f.oauth_code(), Some("server_error"));
+        // 5xx still wins over a verdict read this way.
+        let body = b"{\"error\":\"invalid_grant\",\"error_description\":\"\xe9\"}";
+        let f = classify_response(503, None, None, body, now(), MAX).unwrap_err();
         assert_eq!(f.class(), Class::Transient);
     }
 
