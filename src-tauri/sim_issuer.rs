@@ -54,7 +54,13 @@
 //! * `Down` – the listening socket is closed and every open connection is
 //!   dropped, so new connections are refused. Leaving `Down` binds the same
 //!   port again and serves.
-//! * `Status` – an arbitrary status, content type and body.
+//! * `Status` – an arbitrary status, content type and (UTF-8) body.
+//! * `Raw` – an arbitrary status, headers (`Content-Type`, `Retry-After`,
+//!   `Location`, ...) and body *bytes*, which need not be UTF-8. Still a
+//!   well-formed HTTP answer (with a `Content-Length`; no `Content-Type` unless
+//!   one is given). It exists for the shapes `Status` cannot express: invalid
+//!   UTF-8 bodies, a `5xx` with `Retry-After`, a redirect with a `Location`.
+//!   Header names or values that are not valid HTTP are skipped.
 //! * `OAuthError` – a JSON OAuth error with the given status.
 //! * `RateLimited` – `429` with the given `Retry-After` value verbatim and a
 //!   JSON `temporarily_unavailable` body.
@@ -67,6 +73,9 @@
 //! * `Trickle` – `200` with a `Content-Length` and a token-looking JSON body
 //!   sent a few bytes at a time at roughly `bytes_per_second` (0 = headers and
 //!   then nothing). Its tokens were never issued and are not valid.
+//!   [`SimIssuer::raw_bytes_sent`] counts the body bytes the byte-level modes
+//!   (`Huge`, `Trickle`) managed to write, so a test can show a client stopped
+//!   reading early.
 //! * `ResetMidBody` – headers with a `Content-Length`, about half of the body,
 //!   then the TCP connection is reset.
 //!
@@ -243,6 +252,12 @@ pub enum Mode {
         content_type: String,
         body: String,
     },
+    /// An arbitrary answer with extra headers and a body that need not be UTF-8.
+    Raw {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    },
     /// JSON `{"error": error, "error_description": ...}` with `status`.
     OAuthError { status: u16, error: String },
     /// `429` with `Retry-After: retry_after` verbatim and a JSON
@@ -266,6 +281,7 @@ impl Mode {
             Mode::LoginPage200 => "login-page-200",
             Mode::Down => "down",
             Mode::Status { .. } => "status",
+            Mode::Raw { .. } => "raw",
             Mode::OAuthError { .. } => "oauth-error",
             Mode::RateLimited { .. } => "rate-limited",
             Mode::Hang => "hang",
@@ -357,6 +373,7 @@ impl SimIssuer {
             code_count,
             in_flight_refreshes: AtomicU64::new(0),
             max_in_flight_refreshes: AtomicU64::new(0),
+            raw_bytes_sent: Arc::new(AtomicU64::new(0)),
             tokens: Mutex::new(TokenState {
                 access_lifetime: opts.access_token_lifetime,
                 codes: HashMap::new(),
@@ -525,6 +542,14 @@ impl SimIssuer {
         self.inner.max_in_flight_refreshes.load(Ordering::SeqCst)
     }
 
+    /// Body bytes the byte-level modes (`Huge`, `Trickle`) have written to
+    /// sockets so far, over all connections. A client that abandons a huge body
+    /// at its cap stops this count far below the body's size (what is left in
+    /// flight is bounded by the kernel's socket buffers).
+    pub fn raw_bytes_sent(&self) -> u64 {
+        self.inner.raw_bytes_sent.load(Ordering::SeqCst)
+    }
+
     /// Refresh requests in flight right now.
     pub fn refreshes_in_flight(&self) -> u64 {
         self.inner.in_flight_refreshes.load(Ordering::SeqCst)
@@ -678,6 +703,8 @@ struct Inner {
     code_count: watch::Sender<u64>,
     in_flight_refreshes: AtomicU64,
     max_in_flight_refreshes: AtomicU64,
+    /// Body bytes written by the byte-level modes (`Huge`, `Trickle`).
+    raw_bytes_sent: Arc<AtomicU64>,
     tokens: Mutex<TokenState>,
 }
 
@@ -2044,6 +2071,27 @@ async fn answer_in_mode(inner: &Arc<Inner>, mode: Mode, conn: &ConnHandle) -> Re
             raw_answer(inner, conn, RawScript::Trickle { bytes_per_second })
         }
         Mode::ResetMidBody => raw_answer(inner, conn, RawScript::ResetMidBody),
+        Mode::Raw {
+            status,
+            headers,
+            body,
+        } => {
+            let mut response = (status_code(status), body).into_response();
+            // Exactly the headers given: no default `application/octet-stream`.
+            response.headers_mut().remove(header::CONTENT_TYPE);
+            for (name, value) in headers {
+                match (
+                    header::HeaderName::from_bytes(name.as_bytes()),
+                    HeaderValue::from_str(&value),
+                ) {
+                    (Ok(name), Ok(value)) => {
+                        response.headers_mut().append(name, value);
+                    }
+                    _ => tracing::warn!("sim issuer: skipped a header that is not valid HTTP"),
+                }
+            }
+            response
+        }
     }
 }
 
@@ -2060,10 +2108,11 @@ enum RawScript {
 fn raw_answer(inner: &Arc<Inner>, conn: &ConnHandle, script: RawScript) -> Response {
     let generation = inner.generation();
     let lifetime = expires_in_secs(lock(&inner.tokens).access_lifetime);
+    let sent = inner.raw_bytes_sent.clone();
     if let Some(stream) = conn.0.take() {
         tokio::spawn(async move {
             tokio::select! {
-                result = run_script(stream, script, lifetime) => {
+                result = run_script(stream, script, lifetime, &sent) => {
                     if let Err(err) = result {
                         tracing::debug!("sim issuer: raw answer ended: {err}");
                     }
@@ -2098,7 +2147,12 @@ fn raw_head(extra: &str) -> String {
 
 static FILL: [u8; 64 * 1024] = [b' '; 64 * 1024];
 
-async fn run_script(mut stream: TcpStream, script: RawScript, lifetime: u64) -> io::Result<()> {
+async fn run_script(
+    mut stream: TcpStream,
+    script: RawScript,
+    lifetime: u64,
+    sent: &AtomicU64,
+) -> io::Result<()> {
     match script {
         RawScript::Huge { bytes } => {
             stream
@@ -2111,13 +2165,16 @@ async fn run_script(mut stream: TcpStream, script: RawScript, lifetime: u64) -> 
                 (b"", b"")
             };
             write_chunk(&mut stream, prefix).await?;
+            sent.fetch_add(prefix.len() as u64, Ordering::SeqCst);
             let mut remaining = bytes - prefix.len() - suffix.len();
             while remaining > 0 {
                 let n = remaining.min(FILL.len());
                 write_chunk(&mut stream, &FILL[..n]).await?;
+                sent.fetch_add(n as u64, Ordering::SeqCst);
                 remaining -= n;
             }
             write_chunk(&mut stream, suffix).await?;
+            sent.fetch_add(suffix.len() as u64, Ordering::SeqCst);
             stream.write_all(b"0\r\n\r\n").await?;
             stream.flush().await?;
             stream.shutdown().await
@@ -2137,6 +2194,7 @@ async fn run_script(mut stream: TcpStream, script: RawScript, lifetime: u64) -> 
                 tokio::time::sleep(pause).await;
                 stream.write_all(piece).await?;
                 stream.flush().await?;
+                sent.fetch_add(piece.len() as u64, Ordering::SeqCst);
             }
             stream.shutdown().await
         }

@@ -18,6 +18,10 @@
 //! transient: a workload is never killed on a guess. Transport errors are classified
 //! by error variant (`reqwest::Error` kinds, `std::io::Error` kinds, `rustls::Error`
 //! in the source chain), never by matching message text.
+//!
+//! Server-provided text (`error`, `error_description`) reaches `reason()` only
+//! printable, bounded, and never repeating a token value of the same body. The fuzz
+//! target `token_response` (fuzz/) checks these invariants on arbitrary answers.
 
 use crate::engine::secret::Secret;
 use serde::{Deserialize, Serialize};
@@ -257,25 +261,46 @@ pub fn classify_response(
     } else {
         None
     };
+    // JSON that is not valid UTF-8 (a Latin-1 `error_description`, say) is read once
+    // more, lossily, for its `error` code only: an accented description must not turn
+    // a verdict into 24 hours of retries. Tokens are never taken from this reading.
+    let lossy: Option<serde_json::Value> = if shape == BodyShape::Binary {
+        serde_json::from_str(&String::from_utf8_lossy(body)).ok()
+    } else {
+        None
+    };
+    let error_doc = json.as_ref().or(lossy.as_ref());
     let retry_after = retry_after
         .and_then(|v| parse_retry_after(v, now))
         .map(|d| d.min(retry_after_max));
     let fail = |kind| Failure { kind, retry_after };
 
     // An RFC 6749 error code wins wherever it appears (some servers send it with 200).
-    if let Some(err) = json
-        .as_ref()
+    if let Some(err) = error_doc
         .and_then(|j| j.get("error"))
         .and_then(|e| e.as_str())
     {
-        let description = json
-            .as_ref()
+        // Server text that repeats a token of the same body (an echoing or broken
+        // issuer) is not shown: the description is dropped, an unknown code replaced.
+        let secrets = body_secrets(error_doc);
+        let description = error_doc
             .and_then(|j| j.get("error_description"))
             .and_then(|d| d.as_str())
-            .map(|d| sanitize(d, 300));
+            .map(|d| sanitize(d, usize::MAX))
+            .filter(|d| !shows_secret(d, &secrets))
+            .map(|d| sanitize(&d, 300));
+        let code = sanitize(err, usize::MAX);
+        let known = PERMANENT_CODES.contains(&code.as_str())
+            || code == "temporarily_unavailable"
+            || code == "server_error";
+        let error = if known || !shows_secret(&code, &secrets) {
+            sanitize(&code, 64)
+        } else {
+            "unknown".to_string()
+        };
         let f = fail(FailureKind::OAuth {
             status,
-            error: sanitize(err, 64),
+            error,
             description,
         });
         // 5xx, 408 and 429 are transient whatever the body says.
@@ -330,6 +355,20 @@ pub fn classify_response(
     })
 }
 
+/// The token values a body carries (printable form), to keep them out of `reason()`.
+fn body_secrets(doc: Option<&serde_json::Value>) -> Vec<String> {
+    ["access_token", "refresh_token", "id_token"]
+        .iter()
+        .filter_map(|k| doc?.get(*k)?.as_str())
+        .map(|v| sanitize(v, usize::MAX))
+        .filter(|v| !v.is_empty())
+        .collect()
+}
+
+fn shows_secret(text: &str, secrets: &[String]) -> bool {
+    secrets.iter().any(|s| text.contains(s.as_str()))
+}
+
 fn parse_expires_in(v: &serde_json::Value) -> Option<Duration> {
     let secs: f64 = match v {
         serde_json::Value::Number(n) => n.as_f64()?,
@@ -371,13 +410,14 @@ pub fn body_shape(content_type: Option<&str>, body: &[u8]) -> BodyShape {
     if ct.contains("html") || looks_html {
         return BodyShape::Html;
     }
-    if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() {
-        return BodyShape::Json;
+    // JSON is UTF-8 (RFC 8259 §8.1); skipping with `IgnoredAny` does not check that.
+    if std::str::from_utf8(body).is_err() {
+        return BodyShape::Binary;
     }
-    if std::str::from_utf8(body).is_ok() {
-        BodyShape::Text
+    if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() {
+        BodyShape::Json
     } else {
-        BodyShape::Binary
+        BodyShape::Text
     }
 }
 
@@ -626,6 +666,95 @@ mod tests {
         ));
         let f = classify_response(400, None, None, &[0xff, 0xfe], now(), MAX).unwrap_err();
         assert_eq!(f.class(), Class::Transient);
+        // JSON-looking but not UTF-8: not a token, whatever it says.
+        let f = classify_response(
+            200,
+            Some("application/json"),
+            None,
+            b"{\"access_token\":\"ab\xff\xfecd\",\"expires_in\":60}",
+            now(),
+            MAX,
+        )
+        .unwrap_err();
+        assert_eq!(
+            f.kind,
+            FailureKind::NotTokenResponse {
+                status: 200,
+                body: BodyShape::Binary
+            }
+        );
+    }
+
+    /// Found by the fault matrix: a verdict whose `error_description` is Latin-1 (not
+    /// UTF-8) was classed as a 400 without an error code, so transient, and the workload
+    /// would have retried a revoked grant for 24 hours.
+    #[test]
+    fn an_error_code_in_json_that_is_not_utf8_still_counts() {
+        let body = b"{\"error\":\"invalid_grant\",\"error_description\":\"Jeton expir\xe9\"}";
+        let f =
+            classify_response(400, Some("application/json"), None, body, now(), MAX).unwrap_err();
+        assert!(f.is_permanent(), "{f:?}");
+        assert_eq!(f.reason(), "invalid_grant");
+        assert!(
+            f.describe().contains("Jeton expir\u{fffd}"),
+            "{}",
+            f.describe()
+        );
+        let body = b"{\"error\":\"server_error\",\"error_description\":\"\xe9chec\"}";
+        let f = classify_response(503, None, None, body, now(), MAX).unwrap_err();
+        assert_eq!(f.class(), Class::Transient);
+        assert_eq!(f.oauth_code(), Some("server_error"));
+        // 5xx still wins over a verdict read this way.
+        let body = b"{\"error\":\"invalid_grant\",\"error_description\":\"\xe9\"}";
+        let f = classify_response(503, None, None, body, now(), MAX).unwrap_err();
+        assert_eq!(f.class(), Class::Transient);
+    }
+
+    /// Found by the fuzz target `token_response` (fuzz/, about 1.1 million runs in):
+    /// an unknown `error` code that repeated the body's `refresh_token` showed the
+    /// token in `reason()`, which goes to `status`, the UI and logs. The input as found
+    /// (a 400 whose JSON is not UTF-8, so read lossily):
+    #[test]
+    fn fuzz_crash_token_value_in_error_code_is_not_shown() {
+        let body: &[u8] = b"{\"error\":\"ser\xff\xff\xff\xff\x8a\x8e\xa6zGMT_0246-159\x9d\x8c2\xa1\x9c\x9be \",\"refresh_token\":\"MT_0246-159\x9d\x8c2\xa1\x9c\x9be \",\"oken\":\"\"}";
+        let f =
+            classify_response(400, Some("application/json"), None, body, now(), MAX).unwrap_err();
+        assert_eq!(f.class(), Class::Transient);
+        assert!(!f.reason().contains("MT_0246-159"), "{}", f.reason());
+        assert_eq!(f.oauth_code(), Some("unknown"));
+    }
+
+    #[test]
+    fn token_values_of_the_body_never_reach_the_reason() {
+        let secret = "sim_rt_0123456789abcdef";
+        for body in [
+            // echoed in the description (dropped), or as the code (replaced)
+            format!(
+                r#"{{"error":"server_error","error_description":"bad {secret}","refresh_token":"{secret}"}}"#
+            ),
+            format!(
+                r#"{{"error":"invalid_grant","error_description":"{secret}","access_token":"{secret}"}}"#
+            ),
+            format!(r#"{{"error":"x{secret}","refresh_token":"{secret}"}}"#),
+            // only visible once control characters are removed
+            format!(
+                r#"{{"error":"server_error","error_description":"sim_rt_{}","refresh_token":"{secret}"}}"#,
+                &secret[7..]
+            ),
+            // longer than the shown part of a code: no prefix of it either
+            format!(
+                r#"{{"error":"{0}{0}{0}{0}","refresh_token":"{0}{0}{0}{0}"}}"#,
+                secret
+            ),
+        ] {
+            let f = run(400, None, None, &body).unwrap_err();
+            assert!(!f.reason().contains("0123456789"), "{}", f.reason());
+        }
+        // A verdict stays a verdict, and text without tokens is still shown.
+        let f = run(400, None, None, &format!(r#"{{"error":"invalid_grant","error_description":"{secret}","refresh_token":"{secret}"}}"#)).unwrap_err();
+        assert!(f.is_permanent());
+        let f = run(400, None, None, r#"{"error":"server_error","error_description":"try later","refresh_token":"sim_rt_x"}"#).unwrap_err();
+        assert!(f.describe().contains("(try later)"), "{}", f.describe());
     }
 
     #[test]
