@@ -200,7 +200,8 @@ async fn run(command: Option<Command>, paths: Paths) -> anyhow::Result<()> {
                 ca_file,
                 allow_http,
             };
-            add(&paths, args).await?;
+            add_workload(&paths, args, &|line| eprintln!("{line}")).await?;
+            reload_config(&paths).await?;
             if no_login {
                 eprintln!("Log in with: tokenwarden login {name}");
                 Ok(())
@@ -254,16 +255,17 @@ async fn run(command: Option<Command>, paths: Paths) -> anyhow::Result<()> {
     }
 }
 
-/// What `add` was given.
-struct AddArgs {
-    name: String,
-    url: Option<String>,
-    token_endpoint: Option<String>,
-    authorization_endpoint: Option<String>,
-    client_id: Option<String>,
-    scopes: Vec<String>,
-    ca_file: Option<String>,
-    allow_http: bool,
+/// What `add` was given (the CLI flags, or the window's add form).
+#[derive(Clone, Debug, Default)]
+pub struct AddArgs {
+    pub name: String,
+    pub url: Option<String>,
+    pub token_endpoint: Option<String>,
+    pub authorization_endpoint: Option<String>,
+    pub client_id: Option<String>,
+    pub scopes: Vec<String>,
+    pub ca_file: Option<String>,
+    pub allow_http: bool,
 }
 
 /// A free port on 127.0.0.1 that no workload in `cfg` uses, with its listener (held
@@ -288,8 +290,13 @@ fn free_loopback_port(cfg: &Config) -> anyhow::Result<(std::net::TcpListener, u1
 
 /// `add`: write the workload (discovering and registering what was not given), and
 /// keep a registered client's secret in the secret store. On any failure nothing is
-/// written: not the config file, not the store.
-async fn add(paths: &Paths, a: AddArgs) -> anyhow::Result<()> {
+/// written: not the config file, not the store. Progress goes to `say` (the CLI's
+/// stderr, the window's notices). Returns the configuration as written.
+pub async fn add_workload(
+    paths: &Paths,
+    a: AddArgs,
+    say: &(dyn Fn(String) + Send + Sync),
+) -> anyhow::Result<Config> {
     let cfg = load_config(paths)?;
     let usage = |message: String| config::ConfigError {
         path: paths.config_file.clone(),
@@ -329,22 +336,25 @@ async fn add(paths: &Paths, a: AddArgs) -> anyhow::Result<()> {
             // Relative to the config dir, as the config file's `ca_file` is.
             ca_file: a.ca_file.as_ref().map(|c| paths.config_dir.join(c)),
         };
-        eprintln!("Discovering how {url} signs in...");
+        say(format!("Discovering how {url} signs in..."));
         let d = discovery::discover(&url, &opts).await?;
-        eprintln!("  authorization server:   {}", d.issuer);
-        eprintln!("  authorization endpoint: {}", d.authorization_endpoint);
-        eprintln!("  token endpoint:         {}", d.token_endpoint);
+        say(format!("  authorization server:   {}", d.issuer));
+        say(format!(
+            "  authorization endpoint: {}",
+            d.authorization_endpoint
+        ));
+        say(format!("  token endpoint:         {}", d.token_endpoint));
         if let Some(r) = &d.resource_indicator {
-            eprintln!("  resource indicator:     {r}");
+            say(format!("  resource indicator:     {r}"));
         }
-        eprintln!(
+        say(format!(
             "  scopes it asks for:     {}",
             if d.scopes.is_empty() {
                 "none named".to_string()
             } else {
                 d.scopes.join(" ")
             }
-        );
+        ));
         nw.url = Some(d.resource.to_string());
         nw.resource = d.resource_indicator.clone();
         if nw.authorization_endpoint.is_none() {
@@ -369,7 +379,7 @@ async fn add(paths: &Paths, a: AddArgs) -> anyhow::Result<()> {
             let reg = discovery::register(&http, &endpoint, &redirect_uri, &nw.scopes, &cfg.policy)
                 .await?;
             held_ports.push(callback);
-            eprintln!(
+            say(format!(
                 "Registered a new {} client at {endpoint} (client id {}; sign-in callback {redirect_uri}{})",
                 if reg.client_secret.is_some() { "confidential" } else { "public" },
                 reg.client_id,
@@ -378,13 +388,13 @@ async fn add(paths: &Paths, a: AddArgs) -> anyhow::Result<()> {
                 } else {
                     String::new()
                 }
-            );
+            ));
             nw.client_id = reg.client_id;
             nw.redirect_port = Some(port);
             nw.client_auth = reg.auth;
             client_secret = reg.client_secret;
         } else {
-            eprintln!("Using the client id given with --client-id (no registration).");
+            say("Using the client id given with --client-id (no registration).".into());
         }
     }
     if nw.url.is_some() {
@@ -407,8 +417,9 @@ async fn add(paths: &Paths, a: AddArgs) -> anyhow::Result<()> {
         }
         return Err(e.into());
     }
-    eprintln!("Added `{name}` to {}", paths.config_file.display());
-    reload_config(paths).await
+    let cfg = load_config(paths)?;
+    say(format!("Added `{name}` to {}", paths.config_file.display()));
+    Ok(cfg)
 }
 
 /// `tokenwarden` with no subcommand: the demo when nothing is configured, otherwise
