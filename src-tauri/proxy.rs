@@ -328,7 +328,7 @@ impl Shared {
         }
         let (tx, rx) = oneshot::channel();
         let cmd = match rejected {
-            Some(t) => Command::Rejected(t, tx),
+            Some(t) => Command::Rejected(Box::new((t, tx))),
             None => Command::Token(tx),
         };
         let stopped = || TokenError::Stopped {

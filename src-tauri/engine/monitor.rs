@@ -57,7 +57,8 @@ pub enum Command {
     Trigger(Trigger),
     Token(TokenReply),
     /// The protected resource answered `401` to this access token (local proxy).
-    Rejected(Secret, TokenReply),
+    /// (Boxed: every monitor's channel holds a block of 32 commands.)
+    Rejected(Box<(Secret, TokenReply)>),
     /// The stored tokens changed (a login or logout by another process).
     Reload,
 }
@@ -424,7 +425,10 @@ impl Monitor {
                 }
             }
             Command::Token(reply) => self.give_token(reply),
-            Command::Rejected(used, reply) => self.on_rejected(used, reply),
+            Command::Rejected(r) => {
+                let (used, reply) = *r;
+                self.on_rejected(used, reply)
+            }
             Command::Reload => {
                 match self.ctx.store.load_tokens(self.name()).await {
                     Ok(t) => {

@@ -258,7 +258,8 @@ impl Supervisor {
         mut signals: mpsc::Receiver<Signal>,
         cancel: CancellationToken,
     ) {
-        let initial: Vec<WorkloadConfig> = self.config.workloads.clone();
+        // Each monitor keeps the one shared copy of its configuration.
+        let initial: Vec<WorkloadConfig> = std::mem::take(&mut self.config.workloads);
         for w in initial {
             self.spawn_monitor(w);
         }
@@ -585,7 +586,10 @@ impl Supervisor {
                 self.spawn_monitor(w);
             }
         }
-        self.config = cfg;
+        self.config = Config {
+            workloads: Vec::new(),
+            ..cfg
+        };
         self.flush().await;
     }
 
