@@ -371,6 +371,8 @@ impl Wd {
 
     async fn screenshot(&self, name: &str) {
         use base64::Engine as _;
+        // Let the webview paint what the DOM already holds (a resize, new cards).
+        tokio::time::sleep(Duration::from_millis(400)).await;
         let v = self.req(reqwest::Method::GET, "/screenshot", None).await;
         let png = base64::engine::general_purpose::STANDARD
             .decode(v.as_str().unwrap_or(""))
@@ -419,6 +421,54 @@ fn driver(display: &str, config_dir: &Path, log: &Path, extra: &[(&str, String)]
         cmd.env(k, v);
     }
     (Group::spawn(cmd), port)
+}
+
+/// A tiny remote resource on 127.0.0.1: answers every request `200 {"ok":true}` and
+/// counts the requests that arrived with a bearer token (the token itself is never
+/// looked at or kept).
+fn upstream() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let bearer = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = bearer.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+            if head.contains("\r\nauthorization: bearer ") {
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            let body = "{\"ok\":true}";
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (port, bearer)
+}
+
+/// The text on the X display's CLIPBOARD, as another application would paste it.
+fn clipboard_text(display: &str) -> Option<String> {
+    let out = Command::new("/usr/bin/python3")
+        .arg(root().join("tests/desktop/clipboard.py"))
+        .env("DISPLAY", display)
+        .output()
+        .expect("clipboard.py");
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// The app's pid, asked over its control socket.
@@ -532,6 +582,16 @@ async fn demo_degrades_notifies_recovers_and_reauthenticates() {
         wd.js("return !document.querySelector('#demo').hidden")
             .await
             == json!(true)
+    );
+    // The demo's workloads have no remote url, so no local proxy: no address, no
+    // "Copy client config", no proxy error.
+    let proxy_ui = wd
+        .js("return [...document.querySelectorAll('li[data-workload]')].map(li => [li.querySelector('.local').hidden, li.querySelector('.proxy-error').hidden, li.querySelector('.local').offsetParent === null]);")
+        .await;
+    assert_eq!(
+        proxy_ui,
+        json!([[true, true, true], [true, true, true], [true, true, true]]),
+        "no local proxy in the demo"
     );
     wd.screenshot("running").await;
 
@@ -718,13 +778,18 @@ async fn real_workload_login_retry_now_and_single_instance() {
     .await
     .unwrap();
     let config = tempfile::tempdir().unwrap();
+    // `api` reaches a remote resource through its local proxy; `blocked` would too, but
+    // its listen_port is held by another program (this test).
+    let (remote_port, bearer_seen) = upstream();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
     std::fs::write(
         config.path().join("workloads.toml"),
         format!(
-            "[secrets]\nstore = \"file\"\n\n[[workload]]\nname = \"api\"\nauthorization_endpoint = \"{}\"\ntoken_endpoint = \"{}\"\nclient_id = \"{}\"\nscopes = [\"read\"]\n",
-            issuer.authorization_endpoint(),
-            issuer.token_endpoint(),
-            issuer.client_id()
+            "[secrets]\nstore = \"file\"\n\n[[workload]]\nname = \"api\"\nurl = \"http://127.0.0.1:{remote_port}/mcp\"\nauthorization_endpoint = \"{auth}\"\ntoken_endpoint = \"{token}\"\nclient_id = \"{client}\"\nscopes = [\"read\"]\n\n[[workload]]\nname = \"blocked\"\nurl = \"http://127.0.0.1:{remote_port}/other\"\nlisten_port = {taken_port}\nauthorization_endpoint = \"{auth}\"\ntoken_endpoint = \"{token}\"\nclient_id = \"{client}\"\n",
+            auth = issuer.authorization_endpoint(),
+            token = issuer.token_endpoint(),
+            client = issuer.client_id()
         ),
     )
     .unwrap();
@@ -756,6 +821,57 @@ async fn real_workload_login_retry_now_and_single_instance() {
     let pid = app_pid(config.path()).await;
     wait_tray(pid, "Re-authenticate api…", Duration::from_secs(10)).await;
 
+    // The local proxy: `api`'s card shows its local address; `blocked`'s says in plain
+    // words why it has none.
+    let local_url = wd
+        .wait(
+            "api's local address",
+            "(() => { const li = document.querySelector('li[data-workload=\"api\"]'); return li && !li.querySelector('.local').hidden && li.querySelector('.local-url').value; })()",
+            Duration::from_secs(10),
+        )
+        .await
+        .as_str()
+        .unwrap()
+        .to_string();
+    let local_port: u16 = local_url
+        .strip_prefix("http://127.0.0.1:")
+        .and_then(|r| r.strip_suffix("/mcp"))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("local address {local_url:?}"));
+    assert_ne!(
+        local_port, remote_port,
+        "the local proxy has a port of its own"
+    );
+    let blocked = wd
+        .wait(
+            "blocked's proxy error",
+            "(() => { const li = document.querySelector('li[data-workload=\"blocked\"]'); const p = li && li.querySelector('.proxy-error'); return p && !p.hidden && li.querySelector('.local').hidden && p.textContent; })()",
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(
+        blocked,
+        json!(format!("The local proxy is not running: another program already uses 127.0.0.1:{taken_port}. Close that program, or give this workload another listen_port in workloads.toml.")),
+    );
+    assert!(
+        wd.js("return document.querySelector('li[data-workload=\"api\"] .proxy-error').hidden")
+            .await
+            == json!(true)
+    );
+    wd.screenshot("local-proxy-dark").await;
+    drop(taken);
+    // Out of the way for the rest of the scenario (Remove asks twice).
+    wd.click("li[data-workload=\"blocked\"] [data-action=\"remove\"]")
+        .await;
+    wd.click("li[data-workload=\"blocked\"] [data-action=\"remove\"]")
+        .await;
+    wd.wait(
+        "the blocked card to go",
+        "!document.querySelector('li[data-workload=\"blocked\"]')",
+        Duration::from_secs(10),
+    )
+    .await;
+
     // "Re-authenticate" runs the real login flow; the stand-in browser follows the URL.
     wd.click("li[data-workload=\"api\"] [data-action=\"reauth\"]")
         .await;
@@ -775,6 +891,92 @@ async fn real_workload_login_retry_now_and_single_instance() {
         "dark mode follows the desktop theme"
     );
     wd.screenshot("running-dark").await;
+
+    // "Copy client config" puts exactly what `tokenwarden client-config api` prints on
+    // the clipboard, and says so.
+    let expected =
+        serde_json::to_string_pretty(&tokenwarden::proxy::client_config("api", &local_url))
+            .unwrap();
+    wd.click("li[data-workload=\"api\"] [data-action=\"copy-config\"]")
+        .await;
+    wd.wait(
+        "the Copied confirmation",
+        "document.querySelector('li[data-workload=\"api\"] .copied').textContent === 'Copied'",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(
+        clipboard_text(&display).as_deref(),
+        Some(expected.as_str()),
+        "the clipboard holds the client config"
+    );
+    assert!(
+        wd.js("return document.querySelector('li[data-workload=\"api\"] .client-config').hidden")
+            .await
+            == json!(true)
+    );
+    let cli = Command::new(env!("CARGO_BIN_EXE_tokenwarden"))
+        .args(["client-config", "api"])
+        .env("TOKENWARDEN_CONFIG_DIR", config.path())
+        .env_remove("DISPLAY")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&cli.stdout).trim_end(),
+        expected,
+        "the window and the CLI give the same config"
+    );
+    // Without any clipboard the config is shown, selected, to copy by hand — and the
+    // card still fits 360 px.
+    wd.js("Object.defineProperty(navigator, 'clipboard', {value: undefined, configurable: true}); document.execCommand = () => false; return true;").await;
+    wd.click("li[data-workload=\"api\"] [data-action=\"copy-config\"]")
+        .await;
+    let shown = wd
+        .wait(
+            "the client config shown as a fallback",
+            "(() => { const li = document.querySelector('li[data-workload=\"api\"]'); const pre = li.querySelector('.client-config'); return !pre.hidden && !li.querySelector('.copy-fallback').hidden && li.querySelector('.copied').textContent === '' && pre.textContent; })()",
+            Duration::from_secs(5),
+        )
+        .await;
+    assert_eq!(shown, json!(expected));
+    assert_eq!(
+        wd.js("return String(window.getSelection());").await,
+        json!(expected),
+        "the shown config is selected, ready for Ctrl+C"
+    );
+    wd.req(
+        reqwest::Method::POST,
+        "/window/rect",
+        Some(json!({"width": 360, "height": 760})),
+    )
+    .await;
+    wd.wait(
+        "the window to be 360 px wide",
+        "window.innerWidth <= 380",
+        Duration::from_secs(5),
+    )
+    .await;
+    let overflow = wd
+        .js("return document.documentElement.scrollWidth - document.documentElement.clientWidth;")
+        .await;
+    assert_eq!(overflow, json!(0), "horizontal overflow at 360 px");
+    wd.screenshot("client-config-360px-dark").await;
+    wd.req(
+        reqwest::Method::POST,
+        "/window/rect",
+        Some(json!({"width": 560, "height": 780})),
+    )
+    .await;
+
+    // The local address really serves: the request reaches the remote with a token.
+    let resp = reqwest::get(&local_url).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "{\"ok\":true}");
+    assert_eq!(
+        bearer_seen.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the proxy added the bearer token"
+    );
 
     // The CLI works against the app's control socket.
     let out = Command::new(env!("CARGO_BIN_EXE_tokenwarden"))

@@ -85,6 +85,9 @@ function card(name) {
   li.querySelector('[data-action="reauth"]').addEventListener("click", () => reauth(name));
   li.querySelector('[data-action="remove"]').addEventListener("click", (ev) => remove(name, ev.currentTarget));
   li.querySelector('[data-action="notify"]').addEventListener("change", (ev) => setNotify(name, ev.currentTarget));
+  li.querySelector('[data-action="copy-config"]').addEventListener("click", (ev) => copyConfig(name, li, ev.currentTarget));
+  // One click (or focus) selects the whole local address, ready for Ctrl+C.
+  $(".local-url", li).addEventListener("focus", (ev) => ev.currentTarget.select());
   // keep cards sorted by name
   const list = $("#workloads");
   const after = [...list.children].find((c) => c.dataset.workload > name);
@@ -115,6 +118,14 @@ function render(row) {
     : "none";
   $(".detail", li).textContent = row.detail || "";
   $(".f-detail", li).hidden = !row.detail;
+  // The local proxy: its address and client config, or why it is not serving.
+  $(".local", li).hidden = !row.local_url;
+  const url = $(".local-url", li);
+  if (url.value !== (row.local_url || "")) url.value = row.local_url || "";
+  const pre = $(".client-config", li);
+  if (!pre.hidden) setText(pre, row.client_config || "");
+  $(".proxy-error", li).textContent = row.plain_proxy_error || "";
+  $(".proxy-error", li).hidden = !row.plain_proxy_error;
   const reauth = li.querySelector('[data-action="reauth"]');
   reauth.classList.toggle("primary", row.status === "unauthenticated");
   li.querySelector('[data-action="remove"]').hidden = isDemo;
@@ -204,6 +215,57 @@ async function setNotify(name, box) {
   } catch (_) {
     box.checked = !box.checked;
   }
+}
+
+// The clipboard: the async API where the webview has it, else the classic copy
+// command; false when neither worked (the caller then shows the text to copy by hand).
+async function writeClipboard(text) {
+  try {
+    if (navigator.clipboard && navigator.clipboard.writeText) {
+      await navigator.clipboard.writeText(text);
+      return true;
+    }
+  } catch (_) { /* try the copy command */ }
+  const ta = document.createElement("textarea");
+  ta.value = text;
+  ta.readOnly = true;
+  ta.className = "offscreen";
+  ta.setAttribute("aria-hidden", "true");
+  document.body.append(ta);
+  try {
+    ta.select();
+    return document.execCommand("copy") === true;
+  } catch (_) {
+    return false;
+  } finally {
+    ta.remove();
+  }
+}
+async function copyConfig(name, li, button) {
+  const row = rows.get(name);
+  const text = row && row.client_config;
+  if (!text) return;
+  const status = $(".copied", li);
+  const pre = $(".client-config", li);
+  const ok = await writeClipboard(text);
+  if (document.activeElement !== button) button.focus();
+  clearTimeout(li.copiedTimer);
+  if (ok) {
+    pre.hidden = true;
+    $(".copy-fallback", li).hidden = true;
+    status.textContent = "Copied";
+    li.copiedTimer = setTimeout(() => { status.textContent = ""; }, 4000);
+    return;
+  }
+  status.textContent = "";
+  setText(pre, text);
+  pre.hidden = false;
+  $(".copy-fallback", li).hidden = false;
+  const range = document.createRange();
+  range.selectNodeContents(pre);
+  const sel = window.getSelection();
+  sel.removeAllRanges();
+  sel.addRange(range);
 }
 
 function setDemo(d) {

@@ -68,6 +68,11 @@ pub struct Row {
     pub plain_reason: Option<String>,
     pub timeline: Vec<TimelineEntry>,
     pub notifications: bool,
+    /// What an MCP client needs to reach the local proxy (`local_url`), pretty-printed
+    /// exactly as `tokenwarden client-config NAME` prints it; `null` without a proxy.
+    pub client_config: Option<String>,
+    /// Why the local proxy is not serving (`proxy_error`), in plain words.
+    pub plain_proxy_error: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -202,6 +207,11 @@ impl Shell {
                 .map(|t| t.iter().cloned().collect())
                 .unwrap_or_default(),
             notifications: !st.muted.contains(&w.name),
+            client_config: w.local_url.as_deref().map(|u| {
+                serde_json::to_string_pretty(&crate::proxy::client_config(&w.name, u))
+                    .unwrap_or_default()
+            }),
+            plain_proxy_error: w.proxy_error.as_deref().map(plain_proxy_error),
             status: w.clone(),
         }
     }
@@ -310,6 +320,28 @@ impl Shell {
             crate::engine::config::write_atomic(p, &bytes, false)?;
         }
         Ok(st.statuses.get(name).map(|w| Self::row_locked(&st, w)))
+    }
+}
+
+/// The local proxy's problem in plain words, with what to do about it.
+pub fn plain_proxy_error(e: &str) -> String {
+    let lower = e.to_ascii_lowercase();
+    let port = e
+        .split("127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .filter(|p| !p.is_empty());
+    let at = port.map(|p| format!(" 127.0.0.1:{p}")).unwrap_or_default();
+    if lower.contains("address already in use") || lower.contains("os error 98") {
+        format!(
+            "The local proxy is not running: another program already uses{at}. Close that program, or give this workload another listen_port in workloads.toml."
+        )
+    } else if lower.contains("permission denied") || lower.contains("os error 13") {
+        format!(
+            "The local proxy is not running: it is not allowed to listen on{at}. Give this workload a listen_port above 1024 in workloads.toml."
+        )
+    } else {
+        format!("The local proxy is not running: {e}")
     }
 }
 
@@ -631,4 +663,54 @@ async fn stop_signal() {
         }
     }
     let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_errors_in_plain_words() {
+        let taken = plain_proxy_error(
+            "the local proxy cannot listen on 127.0.0.1:8765: Address already in use (os error 98)",
+        );
+        assert_eq!(
+            taken,
+            "The local proxy is not running: another program already uses 127.0.0.1:8765. Close that program, or give this workload another listen_port in workloads.toml."
+        );
+        let denied = plain_proxy_error(
+            "the local proxy cannot listen on 127.0.0.1:80: Permission denied (os error 13)",
+        );
+        assert!(
+            denied.contains("not allowed to listen on 127.0.0.1:80"),
+            "{denied}"
+        );
+        assert_eq!(
+            plain_proxy_error("bad CA file"),
+            "The local proxy is not running: bad CA file"
+        );
+    }
+
+    #[test]
+    fn a_row_carries_the_client_config_of_its_local_proxy() {
+        let mut w: WorkloadStatus = serde_json::from_value(serde_json::json!({
+            "name": "gh", "status": "running", "reason": null, "detail": null, "hint": null,
+            "since": null, "next_attempt_at": null, "access_token_expires_at": null,
+            "gives_up_at": null, "access_token_valid": true, "attempts": 0,
+            "token_endpoint": "https://auth.example/token", "local_url": null, "live": true
+        }))
+        .unwrap();
+        let st = ShellState::default();
+        let row = Shell::row_locked(&st, &w);
+        assert_eq!(row.client_config, None);
+        assert_eq!(row.plain_proxy_error, None);
+        w.local_url = Some("http://127.0.0.1:8765/mcp".into());
+        let row = Shell::row_locked(&st, &w);
+        assert_eq!(
+            row.client_config.as_deref(),
+            Some("{\n  \"mcpServers\": {\n    \"gh\": {\n      \"url\": \"http://127.0.0.1:8765/mcp\"\n    }\n  }\n}")
+        );
+        let v = serde_json::to_value(&row).unwrap();
+        assert_eq!(v["local_url"], "http://127.0.0.1:8765/mcp");
+    }
 }
