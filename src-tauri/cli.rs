@@ -23,6 +23,10 @@ pub struct Cli {
     /// Configuration directory (workloads.toml, state, control socket).
     #[arg(long, env = "TOKENWARDEN_CONFIG_DIR", global = true)]
     pub config_dir: Option<PathBuf>,
+    /// The desktop app (no subcommand): start in the tray without opening the window,
+    /// as the start-at-login entry does.
+    #[arg(long)]
+    pub hidden: bool,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -147,7 +151,7 @@ pub fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(1);
         }
     };
-    match rt.block_on(run(cli.command, paths)) {
+    match rt.block_on(run(cli.command, paths, cli.hidden)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tokenwarden: {e:#}");
@@ -157,10 +161,15 @@ pub fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(command: Option<Command>, paths: Paths) -> anyhow::Result<()> {
+async fn run(command: Option<Command>, paths: Paths, hidden: bool) -> anyhow::Result<()> {
     let Some(command) = command else {
-        return run_default(paths).await;
+        return run_default(paths, hidden).await;
     };
+    if hidden {
+        anyhow::bail!(
+            "--hidden is for the desktop app (`tokenwarden --hidden`), not for subcommands"
+        );
+    }
     match command {
         Command::Daemon => crate::daemon::run(paths).await,
         Command::Status { json } => status(&paths, json).await,
@@ -266,13 +275,14 @@ async fn run(command: Option<Command>, paths: Paths) -> anyhow::Result<()> {
 
 /// `tokenwarden` with no subcommand: the demo when nothing is configured, otherwise
 /// the engine. (The desktop shell, when built, takes this over.)
-async fn run_default(paths: Paths) -> anyhow::Result<()> {
+async fn run_default(paths: Paths, hidden: bool) -> anyhow::Result<()> {
     let cfg = load_config(&paths)?;
     // The desktop app runs over the demo itself when nothing is configured.
     #[cfg(feature = "desktop")]
-    return crate::desktop::main(paths, cfg).await;
+    return crate::desktop::main(paths, cfg, hidden).await;
     #[cfg(not(feature = "desktop"))]
     {
+        let _ = hidden;
         if cfg.workloads.is_empty() {
             eprintln!(
                 "No workloads in {}: starting the built-in demo. Add your own with `tokenwarden add`.",
@@ -294,7 +304,7 @@ async fn demo(terminal: bool) -> anyhow::Result<()> {
             .tempdir()?;
         let paths = Paths::resolve(Some(dir.path().to_path_buf()))?;
         let cfg = Config::empty(paths.config_file.clone());
-        return crate::desktop::main(paths, cfg).await;
+        return crate::desktop::main(paths, cfg, false).await;
     }
     let _ = terminal;
     crate::demo::run_headless().await

@@ -593,6 +593,12 @@ async fn demo_degrades_notifies_recovers_and_reauthenticates() {
         json!([[true, true, true], [true, true, true], [true, true, true]]),
         "no local proxy in the demo"
     );
+    assert!(
+        wd.js("return document.querySelector('#settings').hidden")
+            .await
+            == json!(true),
+        "the demo does not offer start at login"
+    );
     wd.screenshot("running").await;
 
     // No layout that breaks at 360 px wide: nothing overflows sideways.
@@ -794,6 +800,9 @@ async fn real_workload_login_retry_now_and_single_instance() {
     )
     .unwrap();
     let browser = root().join("tests/desktop/browser.sh");
+    // A home of its own, so the start-at-login entry lands where the test looks.
+    let home = tempfile::tempdir().unwrap();
+    let xdg_config = home.path().join("config");
     let (drv, port) = driver(
         &display,
         config.path(),
@@ -802,6 +811,8 @@ async fn real_workload_login_retry_now_and_single_instance() {
             ("TOKENWARDEN_BROWSER", browser.display().to_string()),
             // This scenario runs in dark mode (the demo one in light mode).
             ("GTK_THEME", "Adwaita:dark".to_string()),
+            ("HOME", home.path().display().to_string()),
+            ("XDG_CONFIG_HOME", xdg_config.display().to_string()),
         ],
     );
     let mut app = App {
@@ -1097,6 +1108,68 @@ async fn real_workload_login_retry_now_and_single_instance() {
     let toml = std::fs::read_to_string(config.path().join("workloads.toml")).unwrap();
     assert!(!toml.contains("api2"), "{toml}");
 
+    // Start at login: off by default; the checkbox writes the XDG autostart entry (it
+    // starts this binary on this config dir, hidden in the tray) and removes it again.
+    let autostart_dir = xdg_config.join("autostart");
+    let entries = || -> Vec<PathBuf> {
+        std::fs::read_dir(&autostart_dir)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        wd.js("return [document.querySelector('#settings').hidden, document.querySelector('#autostart').checked];")
+            .await,
+        json!([false, false]),
+        "the setting is shown, and off"
+    );
+    assert!(entries().is_empty(), "no entry by default: {:?}", entries());
+    wd.click("#autostart").await;
+    wd.wait(
+        "the start-at-login box to be on",
+        "document.querySelector('#autostart').checked && !document.querySelector('#autostart').disabled",
+        Duration::from_secs(5),
+    )
+    .await;
+    let found = entries();
+    assert_eq!(found.len(), 1, "one entry: {found:?}");
+    let name = found[0].file_name().unwrap().to_string_lossy().to_string();
+    assert!(
+        name.starts_with("tokenwarden-") && name.ends_with(".desktop"),
+        "{name}"
+    );
+    let entry = std::fs::read_to_string(&found[0]).unwrap();
+    let exe = std::fs::canonicalize(env!("CARGO_BIN_EXE_tokenwarden")).unwrap();
+    let exec = format!(
+        "{} --config-dir {} --hidden",
+        exe.display(),
+        config.path().display()
+    );
+    assert!(
+        entry.lines().any(|l| l == format!("Exec={exec}")),
+        "Exec line {exec:?} in:\n{entry}"
+    );
+    assert!(
+        entry.starts_with("# Written by Tokenwarden")
+            && entry.contains("\n[Desktop Entry]\nType=Application\n"),
+        "{entry}"
+    );
+    // The window shows the real state: a reload reads it back.
+    wd.js("location.reload(); return true;").await;
+    wd.wait(
+        "the window to reload",
+        "document.body.dataset.ready === '1' && document.querySelector('#autostart').checked",
+        Duration::from_secs(20),
+    )
+    .await;
+    wd.click("#autostart").await;
+    wd.wait(
+        "the start-at-login box to be off",
+        "!document.querySelector('#autostart').checked && !document.querySelector('#autostart').disabled",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(entries().is_empty(), "entry removed: {:?}", entries());
+
     // A second launch on the same config dir focuses the first and exits 0.
     let second = Command::new(env!("CARGO_BIN_EXE_tokenwarden"))
         .env("DISPLAY", &display)
@@ -1167,6 +1240,41 @@ async fn real_workload_login_retry_now_and_single_instance() {
         state.contains("\"api\""),
         "state file written on quit: {state}"
     );
+
+    // What the login entry runs starts the app in the tray, with no window.
+    let mut words = exec.split(' ');
+    let mut cmd = Command::new(words.next().unwrap());
+    cmd.args(words)
+        .env("DISPLAY", &display)
+        .env("HOME", home.path())
+        .env("XDG_CONFIG_HOME", &xdg_config)
+        .env_remove("TOKENWARDEN_CONFIG_DIR")
+        .env("TOKENWARDEN_LOG_DIR", &log)
+        .env("NO_AT_BRIDGE", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log.join("at-login.stderr")).unwrap());
+    let at_login = Group::spawn(cmd);
+    let pid2 = at_login.0.id();
+    assert_eq!(app_pid(config.path()).await, pid2, "the app started at login");
+    wait_tray(pid2, "api — running", Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let out = Command::new("/usr/bin/python3")
+        .arg(root().join("tests/desktop/xclose.py"))
+        .arg(pid2.to_string())
+        .arg("count")
+        .env("DISPLAY", &display)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "0",
+        "started at login: no window"
+    );
+    tray(pid2, &["click", "Quit"]);
+    wait_exit(pid2, Duration::from_secs(15)).await;
+    drop(at_login);
+
     let secrets = std::fs::read_to_string(log.join("app.stderr")).unwrap_or_default();
     for t in issuer.issued_tokens() {
         assert!(

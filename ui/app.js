@@ -317,6 +317,28 @@ async function submitAdd(ev) {
   }
 }
 
+// ---------- settings ----------
+// "Start Tokenwarden when I log in": shows the real state (null: not offered, as in
+// the demo); each change asks the backend, which answers with the state afterwards.
+function setupAutostart(state) {
+  const box = $("#autostart");
+  $("#settings").hidden = state === null || state === undefined;
+  box.checked = !!state;
+  box.addEventListener("change", async () => {
+    const want = box.checked;
+    box.disabled = true;
+    try {
+      box.checked = await call("set_autostart", { enabled: want });
+      notice(box.checked ? "Tokenwarden will start in the tray when you log in." : "Tokenwarden will not start when you log in.");
+    } catch (_) {
+      box.checked = !want;
+    } finally {
+      box.disabled = false;
+      box.focus();
+    }
+  });
+}
+
 // ---------- start ----------
 async function start() {
   $("#error-close").addEventListener("click", () => { $("#error").hidden = true; });
@@ -350,6 +372,7 @@ async function start() {
   $("#footer").textContent = isDemo
     ? `Tokenwarden ${info.version} · demo · tokenwarden --config-dir ${info.control_dir} status`
     : `Tokenwarden ${info.version} · ${info.config_file}`;
+  setupAutostart(info.autostart);
   replaceAll(await call("list_status"));
   document.body.dataset.ready = "1";
   setInterval(tick, 1000);

@@ -15,6 +15,7 @@
 //!   returned); "Quit" (or SIGTERM) stops the engine cleanly — in-flight refreshes
 //!   finish and save, the state file is written — before the process exits.
 
+pub mod autostart;
 mod commands;
 pub mod notify;
 pub mod tray;
@@ -491,7 +492,12 @@ fn instance_id(paths: &Paths) -> String {
 fn single_instance(paths: &Paths) -> tauri::plugin::TauriPlugin<tauri::Wry> {
     tauri_plugin_single_instance::Builder::new()
         .dbus_id(instance_id(paths))
-        .callback(|app, _argv, _cwd| {
+        .callback(|app, argv, _cwd| {
+            // A start at login (`--hidden`) while the app already runs: nothing to show.
+            if argv.iter().any(|a| a == "--hidden") {
+                tracing::info!("another launch (hidden) found this one running");
+                return;
+            }
             tracing::info!("another launch asked for the window");
             show_window(app);
         })
@@ -514,7 +520,8 @@ fn has_display() -> bool {
 
 /// `tokenwarden` with no subcommand, desktop build: the app over the engine (or the
 /// demo when nothing is configured). Without a display it runs headless instead.
-pub async fn main(paths: Paths, cfg: Config) -> anyhow::Result<()> {
+/// `start_hidden` (`--hidden`, or `TOKENWARDEN_START_HIDDEN` set): tray only, no window.
+pub async fn main(paths: Paths, cfg: Config, start_hidden: bool) -> anyhow::Result<()> {
     if !has_display() {
         eprintln!("tokenwarden: no display (DISPLAY/WAYLAND_DISPLAY unset): running without the window and tray");
         if cfg.workloads.is_empty() {
@@ -584,7 +591,8 @@ pub async fn main(paths: Paths, cfg: Config) -> anyhow::Result<()> {
         }
     };
     let s = shell.clone();
-    let result = tokio::task::block_in_place(move || run_app(s, rt));
+    let start_hidden = start_hidden || std::env::var_os("TOKENWARDEN_START_HIDDEN").is_some();
+    let result = tokio::task::block_in_place(move || run_app(s, rt, start_hidden));
     tracing::info!("stopping");
     cancel.cancel();
     shell.engine().shutdown().await;
@@ -595,11 +603,17 @@ pub async fn main(paths: Paths, cfg: Config) -> anyhow::Result<()> {
 }
 
 /// Build and run the Tauri app on this (the main) thread until "Quit".
-fn run_app(shell: Arc<Shell>, rt: tokio::runtime::Handle) -> anyhow::Result<()> {
+fn run_app(
+    shell: Arc<Shell>,
+    rt: tokio::runtime::Handle,
+    start_hidden: bool,
+) -> anyhow::Result<()> {
     tauri::async_runtime::set(rt);
     let setup_shell = shell.clone();
-    let app = tauri::Builder::default()
-        .plugin(single_instance(&shell.paths))
+    let builder = tauri::Builder::default().plugin(single_instance(&shell.paths));
+    #[cfg(any(target_os = "macos", windows))]
+    let builder = builder.plugin(autostart::plugin(&shell.paths));
+    let app = builder
         .manage(shell)
         .invoke_handler(tauri::generate_handler![
             commands::app_info,
@@ -610,6 +624,7 @@ fn run_app(shell: Arc<Shell>, rt: tokio::runtime::Handle) -> anyhow::Result<()> 
             commands::add_workload,
             commands::demo_control,
             commands::set_notifications,
+            commands::set_autostart,
         ])
         .setup(move |app| {
             let handle = app.handle().clone();
@@ -622,7 +637,9 @@ fn run_app(shell: Arc<Shell>, rt: tokio::runtime::Handle) -> anyhow::Result<()> 
                 tracing::warn!(error = %e, "no tray icon");
             }
             let _ = shell.take_menu_change();
-            if std::env::var_os("TOKENWARDEN_START_HIDDEN").is_none() {
+            if start_hidden {
+                tracing::info!("started hidden: the window opens from the tray");
+            } else {
                 show_window(&handle);
             }
             tauri::async_runtime::spawn(forward(handle.clone(), shell));
