@@ -118,6 +118,11 @@ pub enum Command {
 /// Exit codes: 0 success, 1 failure, 2 bad usage or configuration.
 pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // Still one thread: the desktop app's environment for WebKitGTK goes in now.
+    #[cfg(feature = "desktop")]
+    if matches!(cli.command, None | Some(Command::Demo { terminal: false })) {
+        crate::desktop::memory::prepare_env();
+    }
     let paths = match Paths::resolve(cli.config_dir.clone()) {
         Ok(p) => p,
         Err(e) => {

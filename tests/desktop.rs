@@ -489,7 +489,8 @@ async fn app_pid(control_dir: &Path) -> u32 {
     }
 }
 
-fn tray(pid: u32, args: &[&str]) -> Value {
+/// tray.py's answer, or its complaint (no tray item yet, ...).
+fn try_tray(pid: u32, args: &[&str]) -> Result<Value, String> {
     let out = Command::new("/usr/bin/python3")
         .arg(root().join("tests/desktop/tray.py"))
         .arg(pid.to_string())
@@ -497,16 +498,21 @@ fn tray(pid: u32, args: &[&str]) -> Value {
         .output()
         .expect("tray.py");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "tray.py {args:?}: {text} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(&text).unwrap()
+    if !out.status.success() {
+        return Err(format!(
+            "tray.py {args:?}: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    serde_json::from_str(&text).map_err(|e| format!("tray.py {args:?}: {e}: {text}"))
 }
 
-fn tray_labels(pid: u32) -> Vec<String> {
-    tray(pid, &["layout"])
+fn tray(pid: u32, args: &[&str]) -> Value {
+    try_tray(pid, args).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn labels_of(layout: &Value) -> Vec<String> {
+    layout
         .as_array()
         .unwrap()
         .iter()
@@ -514,10 +520,18 @@ fn tray_labels(pid: u32) -> Vec<String> {
         .collect()
 }
 
+fn tray_labels(pid: u32) -> Vec<String> {
+    labels_of(&tray(pid, &["layout"]))
+}
+
+/// Wait for a tray menu line (the tray may not be there yet).
 async fn wait_tray(pid: u32, label: &str, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     loop {
-        let labels = tray_labels(pid);
+        let labels = match try_tray(pid, &["layout"]) {
+            Ok(layout) => labels_of(&layout),
+            Err(e) => vec![e],
+        };
         if labels.iter().any(|l| l == label) {
             return;
         }
@@ -527,6 +541,32 @@ async fn wait_tray(pid: u32, label: &str, timeout: Duration) {
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+}
+
+/// The executable names of `pid`'s WebKit child processes.
+fn webkit_children(pid: u32) -> Vec<String> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let list = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+        for c in list.split_whitespace() {
+            if !pid_alive(c.parse().unwrap_or(0)) {
+                continue;
+            }
+            let exe = std::fs::read_link(format!("/proc/{c}/exe")).unwrap_or_default();
+            let name = exe
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if name.starts_with("WebKit") {
+                out.push(name);
+            }
+        }
+    }
+    out
 }
 
 fn pid_alive(pid: u32) -> bool {
@@ -1221,6 +1261,17 @@ async fn real_workload_login_retry_now_and_single_instance() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(pid_alive(pid), "closing the window does not quit");
     let _ = app_pid(config.path()).await;
+    // With the window gone, WebKit's processes go too (its network process is ended
+    // by the app); only the app itself is left.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !webkit_children(pid).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "WebKit processes left after the window closed: {:?}",
+            webkit_children(pid)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     tray(pid, &["click", "Open Tokenwarden"]);
     let deadline = Instant::now() + Duration::from_secs(10);
     while xwindows("count") != "1" {
@@ -1229,6 +1280,21 @@ async fn real_workload_login_retry_now_and_single_instance() {
             "Open Tokenwarden did not bring the window back"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // … and WebKit starts afresh for the new window.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let kids = webkit_children(pid);
+        if kids.iter().any(|k| k == "WebKitWebProcess")
+            && kids.iter().any(|k| k == "WebKitNetworkProcess")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no WebKit processes for the reopened window: {kids:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     app.wd.take();
 
@@ -1256,7 +1322,11 @@ async fn real_workload_login_retry_now_and_single_instance() {
         .stderr(std::fs::File::create(log.join("at-login.stderr")).unwrap());
     let at_login = Group::spawn(cmd);
     let pid2 = at_login.0.id();
-    assert_eq!(app_pid(config.path()).await, pid2, "the app started at login");
+    assert_eq!(
+        app_pid(config.path()).await,
+        pid2,
+        "the app started at login"
+    );
     wait_tray(pid2, "api — running", Duration::from_secs(30)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let out = Command::new("/usr/bin/python3")

@@ -17,6 +17,7 @@
 
 pub mod autostart;
 mod commands;
+pub mod memory;
 pub mod notify;
 pub mod tray;
 
@@ -652,14 +653,33 @@ fn run_app(
             Ok(())
         })
         .build(tauri::generate_context!())?;
-    let code = app.run_return(|_app, event| {
-        if let RunEvent::ExitRequested {
+    let code = app.run_return(|app, event| match event {
+        RunEvent::ExitRequested {
             code: None, api, ..
-        } = event
-        {
+        } => {
             // The last window closed: keep running in the tray.
             api.prevent_exit();
         }
+        RunEvent::WindowEvent {
+            label,
+            event: tauri::WindowEvent::Destroyed,
+            ..
+        } if label == MAIN_WINDOW => {
+            // Give WebKit a moment to wind the page down, then end its network process
+            // unless the window came back meanwhile (both checked on the main thread,
+            // where windows are made).
+            let app = app.clone();
+            tauri::async_runtime::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                let h = app.clone();
+                let _ = app.run_on_main_thread(move || {
+                    if h.get_webview_window(MAIN_WINDOW).is_none() {
+                        memory::end_network_process();
+                    }
+                });
+            });
+        }
+        _ => {}
     });
     if code != 0 {
         anyhow::bail!("the desktop app exited with code {code}");
