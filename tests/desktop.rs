@@ -33,6 +33,9 @@ fn serial() -> std::fs::File {
 }
 
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+/// WebDriver key codes.
+const TAB: &str = "\u{E004}";
+const ENTER: &str = "\u{E007}";
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -299,6 +302,26 @@ impl Wd {
             reqwest::Method::POST,
             &format!("/element/{id}/click"),
             Some(json!({})),
+        )
+        .await;
+    }
+
+    /// Press and release each key of `keys` (WebDriver key codes such as [`TAB`]) on
+    /// whatever has the focus, as a keyboard would.
+    async fn keys(&self, keys: &str) {
+        let actions: Vec<Value> = keys
+            .chars()
+            .flat_map(|k| {
+                [
+                    json!({"type": "keyDown", "value": k.to_string()}),
+                    json!({"type": "keyUp", "value": k.to_string()}),
+                ]
+            })
+            .collect();
+        self.req(
+            reqwest::Method::POST,
+            "/actions",
+            Some(json!({"actions": [{"type": "key", "id": "keyboard", "actions": actions}]})),
         )
         .await;
     }
@@ -1060,6 +1083,56 @@ async fn real_workload_login_retry_now_and_single_instance() {
         Duration::from_secs(5),
     )
     .await;
+
+    // The same by keyboard only: from a freshly loaded window, Tab to api's "Retry now"
+    // and press Enter: exactly one refresh again.
+    wd.js("location.reload(); return true;").await;
+    wd.wait(
+        "the window to reload",
+        "document.body.dataset.ready === '1' && !!document.querySelector('li[data-workload=\"api\"]')",
+        Duration::from_secs(20),
+    )
+    .await;
+    let target = "li[data-workload=\"api\"] [data-action=\"retry\"]";
+    let mut path = Vec::new();
+    loop {
+        wd.keys(TAB).await;
+        let at = wd
+            .js("const e = document.activeElement; return e === document.body ? 'body' : (e.closest('li[data-workload]') ? e.closest('li[data-workload]').dataset.workload + ' ' : '') + (e.dataset.action || e.id || e.className || e.tagName);")
+            .await;
+        path.push(at.as_str().unwrap_or("?").to_string());
+        if wd
+            .js(&format!(
+                "return document.activeElement.matches('{target}');"
+            ))
+            .await
+            == json!(true)
+        {
+            break;
+        }
+        assert!(path.len() < 30, "Tab never reached Retry now: {path:?}");
+    }
+    assert_eq!(
+        path.first().map(String::as_str),
+        Some("retry-all"),
+        "the first Tab stop is the header's Retry all now: {path:?}"
+    );
+    eprintln!("Tab stops to api's Retry now: {path:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = issuer.refresh_requests();
+    wd.keys(ENTER).await;
+    assert!(
+        issuer
+            .wait_for_refresh_requests(before + 1, Duration::from_secs(10))
+            .await,
+        "Enter on Retry now made no refresh request (Tab path {path:?})"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        issuer.refresh_requests(),
+        before + 1,
+        "exactly one refresh by keyboard"
+    );
 
     // invalid_grant → unauthenticated → Re-authenticate → running again.
     issuer.revoke_all();
