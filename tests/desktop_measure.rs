@@ -242,7 +242,10 @@ async fn measure_desktop_footprint() {
         if ok && out.contains("All 10 workloads running") {
             break;
         }
-        assert!(t2.elapsed() < Duration::from_secs(30), "no tray icon: {out}");
+        assert!(
+            t2.elapsed() < Duration::from_secs(30),
+            "no tray icon: {out}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -302,5 +305,9 @@ async fn measure_desktop_footprint() {
     println!("processes, started hidden: {}", parts_hidden.join(", "));
     assert_eq!(code, Some(0), "Quit from the tray exits 0");
     assert_eq!(windows, "0", "--hidden opens no window");
-    assert_eq!(hidden_code, Some(0), "Quit from the tray exits 0 (hidden start)");
+    assert_eq!(
+        hidden_code,
+        Some(0),
+        "Quit from the tray exits 0 (hidden start)"
+    );
 }
