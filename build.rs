@@ -19,6 +19,7 @@ const COMMANDS: &[&str] = &[
     "add_workload",
     "demo_control",
     "set_notifications",
+    "set_autostart",
 ];
 
 #[cfg(feature = "desktop")]

@@ -25,6 +25,10 @@ pub struct Cli {
     /// Configuration directory (workloads.toml, state, control socket).
     #[arg(long, env = "TOKENWARDEN_CONFIG_DIR", global = true)]
     pub config_dir: Option<PathBuf>,
+    /// The desktop app (no subcommand): start in the tray without opening the window,
+    /// as the start-at-login entry does.
+    #[arg(long)]
+    pub hidden: bool,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -119,6 +123,11 @@ pub enum Command {
 /// Exit codes: 0 success, 1 failure, 2 bad usage or configuration.
 pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // Still one thread: the desktop app's environment for WebKitGTK goes in now.
+    #[cfg(feature = "desktop")]
+    if matches!(cli.command, None | Some(Command::Demo { terminal: false })) {
+        crate::desktop::memory::prepare_env();
+    }
     let paths = match Paths::resolve(cli.config_dir.clone()) {
         Ok(p) => p,
         Err(e) => {
@@ -152,7 +161,7 @@ pub fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(1);
         }
     };
-    match rt.block_on(run(cli.command, paths)) {
+    match rt.block_on(run(cli.command, paths, cli.hidden)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tokenwarden: {e:#}");
@@ -162,10 +171,15 @@ pub fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(command: Option<Command>, paths: Paths) -> anyhow::Result<()> {
+async fn run(command: Option<Command>, paths: Paths, hidden: bool) -> anyhow::Result<()> {
     let Some(command) = command else {
-        return run_default(paths).await;
+        return run_default(paths, hidden).await;
     };
+    if hidden {
+        anyhow::bail!(
+            "--hidden is for the desktop app (`tokenwarden --hidden`), not for subcommands"
+        );
+    }
     match command {
         Command::Daemon => crate::daemon::run(paths).await,
         Command::Status { json } => status(&paths, json).await,
@@ -424,13 +438,14 @@ pub async fn add_workload(
 
 /// `tokenwarden` with no subcommand: the demo when nothing is configured, otherwise
 /// the engine. (The desktop shell, when built, takes this over.)
-async fn run_default(paths: Paths) -> anyhow::Result<()> {
+async fn run_default(paths: Paths, hidden: bool) -> anyhow::Result<()> {
     let cfg = load_config(&paths)?;
     // The desktop app runs over the demo itself when nothing is configured.
     #[cfg(feature = "desktop")]
-    return crate::desktop::main(paths, cfg).await;
+    return crate::desktop::main(paths, cfg, hidden).await;
     #[cfg(not(feature = "desktop"))]
     {
+        let _ = hidden;
         if cfg.workloads.is_empty() {
             eprintln!(
                 "No workloads in {}: starting the built-in demo. Add your own with `tokenwarden add`.",
@@ -452,7 +467,7 @@ async fn demo(terminal: bool) -> anyhow::Result<()> {
             .tempdir()?;
         let paths = Paths::resolve(Some(dir.path().to_path_buf()))?;
         let cfg = Config::empty(paths.config_file.clone());
-        return crate::desktop::main(paths, cfg).await;
+        return crate::desktop::main(paths, cfg, false).await;
     }
     let _ = terminal;
     crate::demo::run_headless().await

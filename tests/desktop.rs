@@ -33,6 +33,9 @@ fn serial() -> std::fs::File {
 }
 
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+/// WebDriver key codes.
+const TAB: &str = "\u{E004}";
+const ENTER: &str = "\u{E007}";
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -303,6 +306,26 @@ impl Wd {
         .await;
     }
 
+    /// Press and release each key of `keys` (WebDriver key codes such as [`TAB`]) on
+    /// whatever has the focus, as a keyboard would.
+    async fn keys(&self, keys: &str) {
+        let actions: Vec<Value> = keys
+            .chars()
+            .flat_map(|k| {
+                [
+                    json!({"type": "keyDown", "value": k.to_string()}),
+                    json!({"type": "keyUp", "value": k.to_string()}),
+                ]
+            })
+            .collect();
+        self.req(
+            reqwest::Method::POST,
+            "/actions",
+            Some(json!({"actions": [{"type": "key", "id": "keyboard", "actions": actions}]})),
+        )
+        .await;
+    }
+
     async fn type_into(&self, css: &str, text: &str) {
         let id = self.element(css).await;
         self.req(
@@ -371,6 +394,8 @@ impl Wd {
 
     async fn screenshot(&self, name: &str) {
         use base64::Engine as _;
+        // Let the webview paint what the DOM already holds (a resize, new cards).
+        tokio::time::sleep(Duration::from_millis(400)).await;
         let v = self.req(reqwest::Method::GET, "/screenshot", None).await;
         let png = base64::engine::general_purpose::STANDARD
             .decode(v.as_str().unwrap_or(""))
@@ -421,6 +446,54 @@ fn driver(display: &str, config_dir: &Path, log: &Path, extra: &[(&str, String)]
     (Group::spawn(cmd), port)
 }
 
+/// A tiny remote resource on 127.0.0.1: answers every request `200 {"ok":true}` and
+/// counts the requests that arrived with a bearer token (the token itself is never
+/// looked at or kept).
+fn upstream() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let bearer = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = bearer.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+            if head.contains("\r\nauthorization: bearer ") {
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            let body = "{\"ok\":true}";
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (port, bearer)
+}
+
+/// The text on the X display's CLIPBOARD, as another application would paste it.
+fn clipboard_text(display: &str) -> Option<String> {
+    let out = Command::new("/usr/bin/python3")
+        .arg(root().join("tests/desktop/clipboard.py"))
+        .env("DISPLAY", display)
+        .output()
+        .expect("clipboard.py");
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// The app's pid, asked over its control socket.
 async fn app_pid(control_dir: &Path) -> u32 {
     let paths = tokenwarden::paths::Paths::resolve(Some(control_dir.to_path_buf())).unwrap();
@@ -439,7 +512,8 @@ async fn app_pid(control_dir: &Path) -> u32 {
     }
 }
 
-fn tray(pid: u32, args: &[&str]) -> Value {
+/// tray.py's answer, or its complaint (no tray item yet, ...).
+fn try_tray(pid: u32, args: &[&str]) -> Result<Value, String> {
     let out = Command::new("/usr/bin/python3")
         .arg(root().join("tests/desktop/tray.py"))
         .arg(pid.to_string())
@@ -447,16 +521,21 @@ fn tray(pid: u32, args: &[&str]) -> Value {
         .output()
         .expect("tray.py");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "tray.py {args:?}: {text} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(&text).unwrap()
+    if !out.status.success() {
+        return Err(format!(
+            "tray.py {args:?}: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    serde_json::from_str(&text).map_err(|e| format!("tray.py {args:?}: {e}: {text}"))
 }
 
-fn tray_labels(pid: u32) -> Vec<String> {
-    tray(pid, &["layout"])
+fn tray(pid: u32, args: &[&str]) -> Value {
+    try_tray(pid, args).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn labels_of(layout: &Value) -> Vec<String> {
+    layout
         .as_array()
         .unwrap()
         .iter()
@@ -464,10 +543,18 @@ fn tray_labels(pid: u32) -> Vec<String> {
         .collect()
 }
 
+fn tray_labels(pid: u32) -> Vec<String> {
+    labels_of(&tray(pid, &["layout"]))
+}
+
+/// Wait for a tray menu line (the tray may not be there yet).
 async fn wait_tray(pid: u32, label: &str, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     loop {
-        let labels = tray_labels(pid);
+        let labels = match try_tray(pid, &["layout"]) {
+            Ok(layout) => labels_of(&layout),
+            Err(e) => vec![e],
+        };
         if labels.iter().any(|l| l == label) {
             return;
         }
@@ -477,6 +564,32 @@ async fn wait_tray(pid: u32, label: &str, timeout: Duration) {
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+}
+
+/// The executable names of `pid`'s WebKit child processes.
+fn webkit_children(pid: u32) -> Vec<String> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let list = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+        for c in list.split_whitespace() {
+            if !pid_alive(c.parse().unwrap_or(0)) {
+                continue;
+            }
+            let exe = std::fs::read_link(format!("/proc/{c}/exe")).unwrap_or_default();
+            let name = exe
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if name.starts_with("WebKit") {
+                out.push(name);
+            }
+        }
+    }
+    out
 }
 
 fn pid_alive(pid: u32) -> bool {
@@ -532,6 +645,22 @@ async fn demo_degrades_notifies_recovers_and_reauthenticates() {
         wd.js("return !document.querySelector('#demo').hidden")
             .await
             == json!(true)
+    );
+    // The demo's workloads have no remote url, so no local proxy: no address, no
+    // "Copy client config", no proxy error.
+    let proxy_ui = wd
+        .js("return [...document.querySelectorAll('li[data-workload]')].map(li => [li.querySelector('.local').hidden, li.querySelector('.proxy-error').hidden, li.querySelector('.local').offsetParent === null]);")
+        .await;
+    assert_eq!(
+        proxy_ui,
+        json!([[true, true, true], [true, true, true], [true, true, true]]),
+        "no local proxy in the demo"
+    );
+    assert!(
+        wd.js("return document.querySelector('#settings').hidden")
+            .await
+            == json!(true),
+        "the demo does not offer start at login"
     );
     wd.screenshot("running").await;
 
@@ -718,17 +847,25 @@ async fn real_workload_login_retry_now_and_single_instance() {
     .await
     .unwrap();
     let config = tempfile::tempdir().unwrap();
+    // `api` reaches a remote resource through its local proxy; `blocked` would too, but
+    // its listen_port is held by another program (this test).
+    let (remote_port, bearer_seen) = upstream();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
     std::fs::write(
         config.path().join("workloads.toml"),
         format!(
-            "[secrets]\nstore = \"file\"\n\n[[workload]]\nname = \"api\"\nauthorization_endpoint = \"{}\"\ntoken_endpoint = \"{}\"\nclient_id = \"{}\"\nscopes = [\"read\"]\n",
-            issuer.authorization_endpoint(),
-            issuer.token_endpoint(),
-            issuer.client_id()
+            "[secrets]\nstore = \"file\"\n\n[[workload]]\nname = \"api\"\nurl = \"http://127.0.0.1:{remote_port}/mcp\"\nauthorization_endpoint = \"{auth}\"\ntoken_endpoint = \"{token}\"\nclient_id = \"{client}\"\nscopes = [\"read\"]\n\n[[workload]]\nname = \"blocked\"\nurl = \"http://127.0.0.1:{remote_port}/other\"\nlisten_port = {taken_port}\nauthorization_endpoint = \"{auth}\"\ntoken_endpoint = \"{token}\"\nclient_id = \"{client}\"\n",
+            auth = issuer.authorization_endpoint(),
+            token = issuer.token_endpoint(),
+            client = issuer.client_id()
         ),
     )
     .unwrap();
     let browser = root().join("tests/desktop/browser.sh");
+    // A home of its own, so the start-at-login entry lands where the test looks.
+    let home = tempfile::tempdir().unwrap();
+    let xdg_config = home.path().join("config");
     let (drv, port) = driver(
         &display,
         config.path(),
@@ -737,6 +874,8 @@ async fn real_workload_login_retry_now_and_single_instance() {
             ("TOKENWARDEN_BROWSER", browser.display().to_string()),
             // This scenario runs in dark mode (the demo one in light mode).
             ("GTK_THEME", "Adwaita:dark".to_string()),
+            ("HOME", home.path().display().to_string()),
+            ("XDG_CONFIG_HOME", xdg_config.display().to_string()),
         ],
     );
     let mut app = App {
@@ -755,6 +894,57 @@ async fn real_workload_login_retry_now_and_single_instance() {
     assert!(wd.js("return document.querySelector('#demo').hidden").await == json!(true));
     let pid = app_pid(config.path()).await;
     wait_tray(pid, "Re-authenticate api…", Duration::from_secs(10)).await;
+
+    // The local proxy: `api`'s card shows its local address; `blocked`'s says in plain
+    // words why it has none.
+    let local_url = wd
+        .wait(
+            "api's local address",
+            "(() => { const li = document.querySelector('li[data-workload=\"api\"]'); return li && !li.querySelector('.local').hidden && li.querySelector('.local-url').value; })()",
+            Duration::from_secs(10),
+        )
+        .await
+        .as_str()
+        .unwrap()
+        .to_string();
+    let local_port: u16 = local_url
+        .strip_prefix("http://127.0.0.1:")
+        .and_then(|r| r.strip_suffix("/mcp"))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("local address {local_url:?}"));
+    assert_ne!(
+        local_port, remote_port,
+        "the local proxy has a port of its own"
+    );
+    let blocked = wd
+        .wait(
+            "blocked's proxy error",
+            "(() => { const li = document.querySelector('li[data-workload=\"blocked\"]'); const p = li && li.querySelector('.proxy-error'); return p && !p.hidden && li.querySelector('.local').hidden && p.textContent; })()",
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(
+        blocked,
+        json!(format!("The local proxy is not running: another program already uses 127.0.0.1:{taken_port}. Close that program, or give this workload another listen_port in workloads.toml.")),
+    );
+    assert!(
+        wd.js("return document.querySelector('li[data-workload=\"api\"] .proxy-error').hidden")
+            .await
+            == json!(true)
+    );
+    wd.screenshot("local-proxy-dark").await;
+    drop(taken);
+    // Out of the way for the rest of the scenario (Remove asks twice).
+    wd.click("li[data-workload=\"blocked\"] [data-action=\"remove\"]")
+        .await;
+    wd.click("li[data-workload=\"blocked\"] [data-action=\"remove\"]")
+        .await;
+    wd.wait(
+        "the blocked card to go",
+        "!document.querySelector('li[data-workload=\"blocked\"]')",
+        Duration::from_secs(10),
+    )
+    .await;
 
     // "Re-authenticate" runs the real login flow; the stand-in browser follows the URL.
     wd.click("li[data-workload=\"api\"] [data-action=\"reauth\"]")
@@ -775,6 +965,92 @@ async fn real_workload_login_retry_now_and_single_instance() {
         "dark mode follows the desktop theme"
     );
     wd.screenshot("running-dark").await;
+
+    // "Copy client config" puts exactly what `tokenwarden client-config api` prints on
+    // the clipboard, and says so.
+    let expected =
+        serde_json::to_string_pretty(&tokenwarden::proxy::client_config("api", &local_url))
+            .unwrap();
+    wd.click("li[data-workload=\"api\"] [data-action=\"copy-config\"]")
+        .await;
+    wd.wait(
+        "the Copied confirmation",
+        "document.querySelector('li[data-workload=\"api\"] .copied').textContent === 'Copied'",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(
+        clipboard_text(&display).as_deref(),
+        Some(expected.as_str()),
+        "the clipboard holds the client config"
+    );
+    assert!(
+        wd.js("return document.querySelector('li[data-workload=\"api\"] .client-config').hidden")
+            .await
+            == json!(true)
+    );
+    let cli = Command::new(env!("CARGO_BIN_EXE_tokenwarden"))
+        .args(["client-config", "api"])
+        .env("TOKENWARDEN_CONFIG_DIR", config.path())
+        .env_remove("DISPLAY")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&cli.stdout).trim_end(),
+        expected,
+        "the window and the CLI give the same config"
+    );
+    // Without any clipboard the config is shown, selected, to copy by hand — and the
+    // card still fits 360 px.
+    wd.js("Object.defineProperty(navigator, 'clipboard', {value: undefined, configurable: true}); document.execCommand = () => false; return true;").await;
+    wd.click("li[data-workload=\"api\"] [data-action=\"copy-config\"]")
+        .await;
+    let shown = wd
+        .wait(
+            "the client config shown as a fallback",
+            "(() => { const li = document.querySelector('li[data-workload=\"api\"]'); const pre = li.querySelector('.client-config'); return !pre.hidden && !li.querySelector('.copy-fallback').hidden && li.querySelector('.copied').textContent === '' && pre.textContent; })()",
+            Duration::from_secs(5),
+        )
+        .await;
+    assert_eq!(shown, json!(expected));
+    assert_eq!(
+        wd.js("return String(window.getSelection());").await,
+        json!(expected),
+        "the shown config is selected, ready for Ctrl+C"
+    );
+    wd.req(
+        reqwest::Method::POST,
+        "/window/rect",
+        Some(json!({"width": 360, "height": 760})),
+    )
+    .await;
+    wd.wait(
+        "the window to be 360 px wide",
+        "window.innerWidth <= 380",
+        Duration::from_secs(5),
+    )
+    .await;
+    let overflow = wd
+        .js("return document.documentElement.scrollWidth - document.documentElement.clientWidth;")
+        .await;
+    assert_eq!(overflow, json!(0), "horizontal overflow at 360 px");
+    wd.screenshot("client-config-360px-dark").await;
+    wd.req(
+        reqwest::Method::POST,
+        "/window/rect",
+        Some(json!({"width": 560, "height": 780})),
+    )
+    .await;
+
+    // The local address really serves: the request reaches the remote with a token.
+    let resp = reqwest::get(&local_url).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "{\"ok\":true}");
+    assert_eq!(
+        bearer_seen.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the proxy added the bearer token"
+    );
 
     // The CLI works against the app's control socket.
     let out = Command::new(env!("CARGO_BIN_EXE_tokenwarden"))
@@ -807,6 +1083,56 @@ async fn real_workload_login_retry_now_and_single_instance() {
         Duration::from_secs(5),
     )
     .await;
+
+    // The same by keyboard only: from a freshly loaded window, Tab to api's "Retry now"
+    // and press Enter: exactly one refresh again.
+    wd.js("location.reload(); return true;").await;
+    wd.wait(
+        "the window to reload",
+        "document.body.dataset.ready === '1' && !!document.querySelector('li[data-workload=\"api\"]')",
+        Duration::from_secs(20),
+    )
+    .await;
+    let target = "li[data-workload=\"api\"] [data-action=\"retry\"]";
+    let mut path = Vec::new();
+    loop {
+        wd.keys(TAB).await;
+        let at = wd
+            .js("const e = document.activeElement; return e === document.body ? 'body' : (e.closest('li[data-workload]') ? e.closest('li[data-workload]').dataset.workload + ' ' : '') + (e.dataset.action || e.id || e.className || e.tagName);")
+            .await;
+        path.push(at.as_str().unwrap_or("?").to_string());
+        if wd
+            .js(&format!(
+                "return document.activeElement.matches('{target}');"
+            ))
+            .await
+            == json!(true)
+        {
+            break;
+        }
+        assert!(path.len() < 30, "Tab never reached Retry now: {path:?}");
+    }
+    assert_eq!(
+        path.first().map(String::as_str),
+        Some("retry-all"),
+        "the first Tab stop is the header's Retry all now: {path:?}"
+    );
+    eprintln!("Tab stops to api's Retry now: {path:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = issuer.refresh_requests();
+    wd.keys(ENTER).await;
+    assert!(
+        issuer
+            .wait_for_refresh_requests(before + 1, Duration::from_secs(10))
+            .await,
+        "Enter on Retry now made no refresh request (Tab path {path:?})"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        issuer.refresh_requests(),
+        before + 1,
+        "exactly one refresh by keyboard"
+    );
 
     // invalid_grant → unauthenticated → Re-authenticate → running again.
     issuer.revoke_all();
@@ -895,6 +1221,68 @@ async fn real_workload_login_retry_now_and_single_instance() {
     let toml = std::fs::read_to_string(config.path().join("workloads.toml")).unwrap();
     assert!(!toml.contains("api2"), "{toml}");
 
+    // Start at login: off by default; the checkbox writes the XDG autostart entry (it
+    // starts this binary on this config dir, hidden in the tray) and removes it again.
+    let autostart_dir = xdg_config.join("autostart");
+    let entries = || -> Vec<PathBuf> {
+        std::fs::read_dir(&autostart_dir)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        wd.js("return [document.querySelector('#settings').hidden, document.querySelector('#autostart').checked];")
+            .await,
+        json!([false, false]),
+        "the setting is shown, and off"
+    );
+    assert!(entries().is_empty(), "no entry by default: {:?}", entries());
+    wd.click("#autostart").await;
+    wd.wait(
+        "the start-at-login box to be on",
+        "document.querySelector('#autostart').checked && !document.querySelector('#autostart').disabled",
+        Duration::from_secs(5),
+    )
+    .await;
+    let found = entries();
+    assert_eq!(found.len(), 1, "one entry: {found:?}");
+    let name = found[0].file_name().unwrap().to_string_lossy().to_string();
+    assert!(
+        name.starts_with("tokenwarden-") && name.ends_with(".desktop"),
+        "{name}"
+    );
+    let entry = std::fs::read_to_string(&found[0]).unwrap();
+    let exe = std::fs::canonicalize(env!("CARGO_BIN_EXE_tokenwarden")).unwrap();
+    let exec = format!(
+        "{} --config-dir {} --hidden",
+        exe.display(),
+        config.path().display()
+    );
+    assert!(
+        entry.lines().any(|l| l == format!("Exec={exec}")),
+        "Exec line {exec:?} in:\n{entry}"
+    );
+    assert!(
+        entry.starts_with("# Written by Tokenwarden")
+            && entry.contains("\n[Desktop Entry]\nType=Application\n"),
+        "{entry}"
+    );
+    // The window shows the real state: a reload reads it back.
+    wd.js("location.reload(); return true;").await;
+    wd.wait(
+        "the window to reload",
+        "document.body.dataset.ready === '1' && document.querySelector('#autostart').checked",
+        Duration::from_secs(20),
+    )
+    .await;
+    wd.click("#autostart").await;
+    wd.wait(
+        "the start-at-login box to be off",
+        "!document.querySelector('#autostart').checked && !document.querySelector('#autostart').disabled",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(entries().is_empty(), "entry removed: {:?}", entries());
+
     // A second launch on the same config dir focuses the first and exits 0.
     let second = Command::new(env!("CARGO_BIN_EXE_tokenwarden"))
         .env("DISPLAY", &display)
@@ -946,6 +1334,17 @@ async fn real_workload_login_retry_now_and_single_instance() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(pid_alive(pid), "closing the window does not quit");
     let _ = app_pid(config.path()).await;
+    // With the window gone, WebKit's processes go too (its network process is ended
+    // by the app); only the app itself is left.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !webkit_children(pid).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "WebKit processes left after the window closed: {:?}",
+            webkit_children(pid)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     tray(pid, &["click", "Open Tokenwarden"]);
     let deadline = Instant::now() + Duration::from_secs(10);
     while xwindows("count") != "1" {
@@ -954,6 +1353,21 @@ async fn real_workload_login_retry_now_and_single_instance() {
             "Open Tokenwarden did not bring the window back"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // … and WebKit starts afresh for the new window.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let kids = webkit_children(pid);
+        if kids.iter().any(|k| k == "WebKitWebProcess")
+            && kids.iter().any(|k| k == "WebKitNetworkProcess")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no WebKit processes for the reopened window: {kids:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     app.wd.take();
 
@@ -965,6 +1379,45 @@ async fn real_workload_login_retry_now_and_single_instance() {
         state.contains("\"api\""),
         "state file written on quit: {state}"
     );
+
+    // What the login entry runs starts the app in the tray, with no window.
+    let mut words = exec.split(' ');
+    let mut cmd = Command::new(words.next().unwrap());
+    cmd.args(words)
+        .env("DISPLAY", &display)
+        .env("HOME", home.path())
+        .env("XDG_CONFIG_HOME", &xdg_config)
+        .env_remove("TOKENWARDEN_CONFIG_DIR")
+        .env("TOKENWARDEN_LOG_DIR", &log)
+        .env("NO_AT_BRIDGE", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log.join("at-login.stderr")).unwrap());
+    let at_login = Group::spawn(cmd);
+    let pid2 = at_login.0.id();
+    assert_eq!(
+        app_pid(config.path()).await,
+        pid2,
+        "the app started at login"
+    );
+    wait_tray(pid2, "api — running", Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let out = Command::new("/usr/bin/python3")
+        .arg(root().join("tests/desktop/xclose.py"))
+        .arg(pid2.to_string())
+        .arg("count")
+        .env("DISPLAY", &display)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "0",
+        "started at login: no window"
+    );
+    tray(pid2, &["click", "Quit"]);
+    wait_exit(pid2, Duration::from_secs(15)).await;
+    drop(at_login);
+
     let secrets = std::fs::read_to_string(log.join("app.stderr")).unwrap_or_default();
     for t in issuer.issued_tokens() {
         assert!(

@@ -4,7 +4,8 @@
 //!
 //! Prints: cold start to tray icon exported on D-Bus, idle CPU over 60 s with 10
 //! running workloads (app + WebKit child processes), resident memory (RSS and PSS,
-//! whole process tree) with the window open and after it is closed.
+//! whole process tree) with the window open, after it is closed, and when started
+//! hidden as the start-at-login entry does (the window never opened).
 #![cfg(feature = "desktop")]
 
 use std::path::{Path, PathBuf};
@@ -221,6 +222,48 @@ async fn measure_desktop_footprint() {
     let bin = Path::new(env!("CARGO_BIN_EXE_tokenwarden"));
     let size = std::fs::metadata(bin).map(|m| m.len()).unwrap_or(0);
 
+    // As the start-at-login entry starts it: `--hidden`, the window never opened.
+    let mut hidden = Command::new(bin)
+        .arg("--hidden")
+        .env("DISPLAY", &display)
+        .env("TOKENWARDEN_CONFIG_DIR", dir.path())
+        .env("TOKENWARDEN_LOG_DIR", dir.path().join("logs"))
+        .env("RUST_LOG", "info")
+        .env("NO_AT_BRIDGE", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let hpid = hidden.id();
+    let t2 = Instant::now();
+    loop {
+        let (ok, out) = py("tray.py", &[&hpid.to_string(), "layout"], &display);
+        if ok && out.contains("All 10 workloads running") {
+            break;
+        }
+        assert!(
+            t2.elapsed() < Duration::from_secs(30),
+            "no tray icon: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (rss_hidden, pss_hidden, parts_hidden) = memory(hpid);
+    let (_, windows) = py("xclose.py", &[&hpid.to_string(), "count"], &display);
+    let _ = py("tray.py", &[&hpid.to_string(), "click", "Quit"], &display);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let hidden_code = loop {
+        if let Some(s) = hidden.try_wait().unwrap() {
+            break s.code();
+        }
+        if Instant::now() > deadline {
+            let _ = hidden.kill();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+
     println!(
         "\n| measurement ({WORKLOADS} workloads, {idle_secs} s idle windows) | value | target |"
     );
@@ -246,6 +289,11 @@ async fn measure_desktop_footprint() {
         kib(pss_closed)
     );
     println!(
+        "| memory, started hidden (at login), window never opened (RSS sum / PSS) | {} / {} | < 60 MB |",
+        kib(rss_hidden),
+        kib(pss_hidden)
+    );
+    println!(
         "| binary `{}` | {:.1} MB | |",
         bin.display(),
         size as f64 / 1e6
@@ -254,5 +302,12 @@ async fn measure_desktop_footprint() {
     println!("| exit code after tray Quit | {code:?} | Some(0) |");
     println!("\nprocesses, window open:  {}", parts_open.join(", "));
     println!("processes, window closed: {}", parts_closed.join(", "));
+    println!("processes, started hidden: {}", parts_hidden.join(", "));
     assert_eq!(code, Some(0), "Quit from the tray exits 0");
+    assert_eq!(windows, "0", "--hidden opens no window");
+    assert_eq!(
+        hidden_code,
+        Some(0),
+        "Quit from the tray exits 0 (hidden start)"
+    );
 }

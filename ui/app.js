@@ -85,6 +85,9 @@ function card(name) {
   li.querySelector('[data-action="reauth"]').addEventListener("click", () => reauth(name));
   li.querySelector('[data-action="remove"]').addEventListener("click", (ev) => remove(name, ev.currentTarget));
   li.querySelector('[data-action="notify"]').addEventListener("change", (ev) => setNotify(name, ev.currentTarget));
+  li.querySelector('[data-action="copy-config"]').addEventListener("click", (ev) => copyConfig(name, li, ev.currentTarget));
+  // One click (or focus) selects the whole local address, ready for Ctrl+C.
+  $(".local-url", li).addEventListener("focus", (ev) => ev.currentTarget.select());
   // keep cards sorted by name
   const list = $("#workloads");
   const after = [...list.children].find((c) => c.dataset.workload > name);
@@ -115,6 +118,14 @@ function render(row) {
     : "none";
   $(".detail", li).textContent = row.detail || "";
   $(".f-detail", li).hidden = !row.detail;
+  // The local proxy: its address and client config, or why it is not serving.
+  $(".local", li).hidden = !row.local_url;
+  const url = $(".local-url", li);
+  if (url.value !== (row.local_url || "")) url.value = row.local_url || "";
+  const pre = $(".client-config", li);
+  if (!pre.hidden) setText(pre, row.client_config || "");
+  $(".proxy-error", li).textContent = row.plain_proxy_error || "";
+  $(".proxy-error", li).hidden = !row.plain_proxy_error;
   const reauth = li.querySelector('[data-action="reauth"]');
   reauth.classList.toggle("primary", row.status === "unauthenticated");
   li.querySelector('[data-action="remove"]').hidden = isDemo;
@@ -206,6 +217,57 @@ async function setNotify(name, box) {
   }
 }
 
+// The clipboard: the async API where the webview has it, else the classic copy
+// command; false when neither worked (the caller then shows the text to copy by hand).
+async function writeClipboard(text) {
+  try {
+    if (navigator.clipboard && navigator.clipboard.writeText) {
+      await navigator.clipboard.writeText(text);
+      return true;
+    }
+  } catch (_) { /* try the copy command */ }
+  const ta = document.createElement("textarea");
+  ta.value = text;
+  ta.readOnly = true;
+  ta.className = "offscreen";
+  ta.setAttribute("aria-hidden", "true");
+  document.body.append(ta);
+  try {
+    ta.select();
+    return document.execCommand("copy") === true;
+  } catch (_) {
+    return false;
+  } finally {
+    ta.remove();
+  }
+}
+async function copyConfig(name, li, button) {
+  const row = rows.get(name);
+  const text = row && row.client_config;
+  if (!text) return;
+  const status = $(".copied", li);
+  const pre = $(".client-config", li);
+  const ok = await writeClipboard(text);
+  if (document.activeElement !== button) button.focus();
+  clearTimeout(li.copiedTimer);
+  if (ok) {
+    pre.hidden = true;
+    $(".copy-fallback", li).hidden = true;
+    status.textContent = "Copied";
+    li.copiedTimer = setTimeout(() => { status.textContent = ""; }, 4000);
+    return;
+  }
+  status.textContent = "";
+  setText(pre, text);
+  pre.hidden = false;
+  $(".copy-fallback", li).hidden = false;
+  const range = document.createRange();
+  range.selectNodeContents(pre);
+  const sel = window.getSelection();
+  sel.removeAllRanges();
+  sel.addRange(range);
+}
+
 function setDemo(d) {
   if (!d) return;
   $("#demo-mode").textContent = d.mode;
@@ -255,6 +317,28 @@ async function submitAdd(ev) {
   }
 }
 
+// ---------- settings ----------
+// "Start Tokenwarden when I log in": shows the real state (null: not offered, as in
+// the demo); each change asks the backend, which answers with the state afterwards.
+function setupAutostart(state) {
+  const box = $("#autostart");
+  $("#settings").hidden = state === null || state === undefined;
+  box.checked = !!state;
+  box.addEventListener("change", async () => {
+    const want = box.checked;
+    box.disabled = true;
+    try {
+      box.checked = await call("set_autostart", { enabled: want });
+      notice(box.checked ? "Tokenwarden will start in the tray when you log in." : "Tokenwarden will not start when you log in.");
+    } catch (_) {
+      box.checked = !want;
+    } finally {
+      box.disabled = false;
+      box.focus();
+    }
+  });
+}
+
 // ---------- start ----------
 async function start() {
   $("#error-close").addEventListener("click", () => { $("#error").hidden = true; });
@@ -288,6 +372,7 @@ async function start() {
   $("#footer").textContent = isDemo
     ? `Tokenwarden ${info.version} · demo · tokenwarden --config-dir ${info.control_dir} status`
     : `Tokenwarden ${info.version} · ${info.config_file}`;
+  setupAutostart(info.autostart);
   replaceAll(await call("list_status"));
   document.body.dataset.ready = "1";
   setInterval(tick, 1000);

@@ -69,16 +69,39 @@ pub struct AppInfo {
     /// The config dir whose control socket this app serves (for `--config-dir`).
     control_dir: String,
     config_file: String,
+    /// Start at login: on/off as it is now; `null` where it cannot be offered (the demo)
+    /// or read (the reason is logged).
+    autostart: Option<bool>,
 }
 
 #[tauri::command]
-pub fn app_info(shell: Shared<'_>) -> AppInfo {
+pub fn app_info(app: AppHandle, shell: Shared<'_>) -> AppInfo {
+    let autostart = if shell.demo().is_some() {
+        None
+    } else {
+        super::autostart::is_enabled(&app, &shell.paths)
+            .inspect_err(|e| tracing::warn!(error = %e, "cannot read the start-at-login state"))
+            .ok()
+    };
     AppInfo {
         version: env!("CARGO_PKG_VERSION"),
         demo: shell.demo_state(),
         control_dir: shell.control_paths.config_dir.display().to_string(),
         config_file: shell.paths.config_file.display().to_string(),
+        autostart,
     }
+}
+
+/// "Start Tokenwarden when I log in": returns the state afterwards.
+#[tauri::command]
+pub fn set_autostart(app: AppHandle, shell: Shared<'_>, enabled: bool) -> Result<bool, CmdError> {
+    if shell.demo().is_some() {
+        return Err(CmdError::new(
+            "demo",
+            "The demo does not start at login. Add your own workloads with `tokenwarden add`, then switch it on.",
+        ));
+    }
+    super::autostart::set(&app, &shell.paths, enabled).map_err(|m| CmdError::new("autostart", m))
 }
 
 #[tauri::command]

@@ -15,7 +15,9 @@
 //!   returned); "Quit" (or SIGTERM) stops the engine cleanly — in-flight refreshes
 //!   finish and save, the state file is written — before the process exits.
 
+pub mod autostart;
 mod commands;
+pub mod memory;
 pub mod notify;
 pub mod tray;
 
@@ -68,6 +70,11 @@ pub struct Row {
     pub plain_reason: Option<String>,
     pub timeline: Vec<TimelineEntry>,
     pub notifications: bool,
+    /// What an MCP client needs to reach the local proxy (`local_url`), pretty-printed
+    /// exactly as `tokenwarden client-config NAME` prints it; `null` without a proxy.
+    pub client_config: Option<String>,
+    /// Why the local proxy is not serving (`proxy_error`), in plain words.
+    pub plain_proxy_error: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -202,6 +209,11 @@ impl Shell {
                 .map(|t| t.iter().cloned().collect())
                 .unwrap_or_default(),
             notifications: !st.muted.contains(&w.name),
+            client_config: w.local_url.as_deref().map(|u| {
+                serde_json::to_string_pretty(&crate::proxy::client_config(&w.name, u))
+                    .unwrap_or_default()
+            }),
+            plain_proxy_error: w.proxy_error.as_deref().map(plain_proxy_error),
             status: w.clone(),
         }
     }
@@ -310,6 +322,28 @@ impl Shell {
             crate::engine::config::write_atomic(p, &bytes, false)?;
         }
         Ok(st.statuses.get(name).map(|w| Self::row_locked(&st, w)))
+    }
+}
+
+/// The local proxy's problem in plain words, with what to do about it.
+pub fn plain_proxy_error(e: &str) -> String {
+    let lower = e.to_ascii_lowercase();
+    let port = e
+        .split("127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .filter(|p| !p.is_empty());
+    let at = port.map(|p| format!(" 127.0.0.1:{p}")).unwrap_or_default();
+    if lower.contains("address already in use") || lower.contains("os error 98") {
+        format!(
+            "The local proxy is not running: another program already uses{at}. Close that program, or give this workload another listen_port in workloads.toml."
+        )
+    } else if lower.contains("permission denied") || lower.contains("os error 13") {
+        format!(
+            "The local proxy is not running: it is not allowed to listen on{at}. Give this workload a listen_port above 1024 in workloads.toml."
+        )
+    } else {
+        format!("The local proxy is not running: {e}")
     }
 }
 
@@ -459,7 +493,12 @@ fn instance_id(paths: &Paths) -> String {
 fn single_instance(paths: &Paths) -> tauri::plugin::TauriPlugin<tauri::Wry> {
     tauri_plugin_single_instance::Builder::new()
         .dbus_id(instance_id(paths))
-        .callback(|app, _argv, _cwd| {
+        .callback(|app, argv, _cwd| {
+            // A start at login (`--hidden`) while the app already runs: nothing to show.
+            if argv.iter().any(|a| a == "--hidden") {
+                tracing::info!("another launch (hidden) found this one running");
+                return;
+            }
             tracing::info!("another launch asked for the window");
             show_window(app);
         })
@@ -482,7 +521,8 @@ fn has_display() -> bool {
 
 /// `tokenwarden` with no subcommand, desktop build: the app over the engine (or the
 /// demo when nothing is configured). Without a display it runs headless instead.
-pub async fn main(paths: Paths, cfg: Config) -> anyhow::Result<()> {
+/// `start_hidden` (`--hidden`, or `TOKENWARDEN_START_HIDDEN` set): tray only, no window.
+pub async fn main(paths: Paths, cfg: Config, start_hidden: bool) -> anyhow::Result<()> {
     if !has_display() {
         eprintln!("tokenwarden: no display (DISPLAY/WAYLAND_DISPLAY unset): running without the window and tray");
         if cfg.workloads.is_empty() {
@@ -552,7 +592,8 @@ pub async fn main(paths: Paths, cfg: Config) -> anyhow::Result<()> {
         }
     };
     let s = shell.clone();
-    let result = tokio::task::block_in_place(move || run_app(s, rt));
+    let start_hidden = start_hidden || std::env::var_os("TOKENWARDEN_START_HIDDEN").is_some();
+    let result = tokio::task::block_in_place(move || run_app(s, rt, start_hidden));
     tracing::info!("stopping");
     cancel.cancel();
     shell.engine().shutdown().await;
@@ -563,11 +604,17 @@ pub async fn main(paths: Paths, cfg: Config) -> anyhow::Result<()> {
 }
 
 /// Build and run the Tauri app on this (the main) thread until "Quit".
-fn run_app(shell: Arc<Shell>, rt: tokio::runtime::Handle) -> anyhow::Result<()> {
+fn run_app(
+    shell: Arc<Shell>,
+    rt: tokio::runtime::Handle,
+    start_hidden: bool,
+) -> anyhow::Result<()> {
     tauri::async_runtime::set(rt);
     let setup_shell = shell.clone();
-    let app = tauri::Builder::default()
-        .plugin(single_instance(&shell.paths))
+    let builder = tauri::Builder::default().plugin(single_instance(&shell.paths));
+    #[cfg(any(target_os = "macos", windows))]
+    let builder = builder.plugin(autostart::plugin(&shell.paths));
+    let app = builder
         .manage(shell)
         .invoke_handler(tauri::generate_handler![
             commands::app_info,
@@ -578,6 +625,7 @@ fn run_app(shell: Arc<Shell>, rt: tokio::runtime::Handle) -> anyhow::Result<()> 
             commands::add_workload,
             commands::demo_control,
             commands::set_notifications,
+            commands::set_autostart,
         ])
         .setup(move |app| {
             let handle = app.handle().clone();
@@ -590,7 +638,9 @@ fn run_app(shell: Arc<Shell>, rt: tokio::runtime::Handle) -> anyhow::Result<()> 
                 tracing::warn!(error = %e, "no tray icon");
             }
             let _ = shell.take_menu_change();
-            if std::env::var_os("TOKENWARDEN_START_HIDDEN").is_none() {
+            if start_hidden {
+                tracing::info!("started hidden: the window opens from the tray");
+            } else {
                 show_window(&handle);
             }
             tauri::async_runtime::spawn(forward(handle.clone(), shell));
@@ -603,14 +653,33 @@ fn run_app(shell: Arc<Shell>, rt: tokio::runtime::Handle) -> anyhow::Result<()> 
             Ok(())
         })
         .build(tauri::generate_context!())?;
-    let code = app.run_return(|_app, event| {
-        if let RunEvent::ExitRequested {
+    let code = app.run_return(|app, event| match event {
+        RunEvent::ExitRequested {
             code: None, api, ..
-        } = event
-        {
+        } => {
             // The last window closed: keep running in the tray.
             api.prevent_exit();
         }
+        RunEvent::WindowEvent {
+            label,
+            event: tauri::WindowEvent::Destroyed,
+            ..
+        } if label == MAIN_WINDOW => {
+            // Give WebKit a moment to wind the page down, then end its network process
+            // unless the window came back meanwhile (both checked on the main thread,
+            // where windows are made).
+            let app = app.clone();
+            tauri::async_runtime::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                let h = app.clone();
+                let _ = app.run_on_main_thread(move || {
+                    if h.get_webview_window(MAIN_WINDOW).is_none() {
+                        memory::end_network_process();
+                    }
+                });
+            });
+        }
+        _ => {}
     });
     if code != 0 {
         anyhow::bail!("the desktop app exited with code {code}");
@@ -631,4 +700,54 @@ async fn stop_signal() {
         }
     }
     let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_errors_in_plain_words() {
+        let taken = plain_proxy_error(
+            "the local proxy cannot listen on 127.0.0.1:8765: Address already in use (os error 98)",
+        );
+        assert_eq!(
+            taken,
+            "The local proxy is not running: another program already uses 127.0.0.1:8765. Close that program, or give this workload another listen_port in workloads.toml."
+        );
+        let denied = plain_proxy_error(
+            "the local proxy cannot listen on 127.0.0.1:80: Permission denied (os error 13)",
+        );
+        assert!(
+            denied.contains("not allowed to listen on 127.0.0.1:80"),
+            "{denied}"
+        );
+        assert_eq!(
+            plain_proxy_error("bad CA file"),
+            "The local proxy is not running: bad CA file"
+        );
+    }
+
+    #[test]
+    fn a_row_carries_the_client_config_of_its_local_proxy() {
+        let mut w: WorkloadStatus = serde_json::from_value(serde_json::json!({
+            "name": "gh", "status": "running", "reason": null, "detail": null, "hint": null,
+            "since": null, "next_attempt_at": null, "access_token_expires_at": null,
+            "gives_up_at": null, "access_token_valid": true, "attempts": 0,
+            "token_endpoint": "https://auth.example/token", "local_url": null, "live": true
+        }))
+        .unwrap();
+        let st = ShellState::default();
+        let row = Shell::row_locked(&st, &w);
+        assert_eq!(row.client_config, None);
+        assert_eq!(row.plain_proxy_error, None);
+        w.local_url = Some("http://127.0.0.1:8765/mcp".into());
+        let row = Shell::row_locked(&st, &w);
+        assert_eq!(
+            row.client_config.as_deref(),
+            Some("{\n  \"mcpServers\": {\n    \"gh\": {\n      \"url\": \"http://127.0.0.1:8765/mcp\"\n    }\n  }\n}")
+        );
+        let v = serde_json::to_value(&row).unwrap();
+        assert_eq!(v["local_url"], "http://127.0.0.1:8765/mcp");
+    }
 }
