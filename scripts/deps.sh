@@ -12,6 +12,8 @@ PACKAGES=(
   libwebkit2gtk-4.1-dev libayatana-appindicator3-dev librsvg2-dev
   # desktop e2e tests (tests/desktop.rs): WebKitWebDriver, closing windows over X
   webkit2gtk-driver python3-xlib
+  # reading the X clipboard as another app would (tests/desktop/clipboard.py)
+  gir1.2-gtk-3.0
 )
 
 missing=()
