@@ -687,7 +687,7 @@ async fn login(
 }
 
 /// A confidential client's secret from the store (`None` for a public client).
-async fn client_secret(
+pub(crate) async fn client_secret(
     store: &crate::engine::SecretStore,
     w: &WorkloadConfig,
 ) -> anyhow::Result<Option<Secret>> {

@@ -1221,6 +1221,61 @@ async fn real_workload_login_retry_now_and_single_instance() {
     let toml = std::fs::read_to_string(config.path().join("workloads.toml")).unwrap();
     assert!(!toml.contains("api2"), "{toml}");
 
+    // Add by URL alone: the app discovers the issuer from the remote (RFC 9728, RFC
+    // 8414), registers a client (RFC 7591), signs in, and serves it on a local address.
+    let remote = tokenwarden::sim_remote::SimRemote::start(
+        issuer.clone(),
+        tokenwarden::sim_remote::RemoteOptions::default(),
+    )
+    .await
+    .unwrap();
+    wd.click("#add summary").await;
+    wd.type_into("#add-form [name=name]", "mcp").await;
+    wd.type_into("#add-form [name=url]", &remote.url()).await;
+    wd.click("#add-form button[type=submit]").await;
+    wd.wait_status("mcp", "running", Duration::from_secs(30))
+        .await;
+    assert_eq!(
+        issuer.registered_client_ids().len(),
+        1,
+        "a client was registered"
+    );
+    let toml = std::fs::read_to_string(config.path().join("workloads.toml")).unwrap();
+    assert!(
+        toml.contains(&issuer.registered_client_ids()[0])
+            && toml.contains(&issuer.token_endpoint()),
+        "{toml}"
+    );
+    let local = wd
+        .wait(
+            "the mcp card's local address",
+            "document.querySelector('li[data-workload=\"mcp\"] .local-url') && document.querySelector('li[data-workload=\"mcp\"] .local-url').value",
+            Duration::from_secs(10),
+        )
+        .await;
+    let local = local.as_str().unwrap().to_string();
+    let r = reqwest::Client::new()
+        .post(&local)
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        200,
+        "the remote answers through the local proxy"
+    );
+    wd.click("li[data-workload=\"mcp\"] [data-action=\"remove\"]")
+        .await;
+    wd.click("li[data-workload=\"mcp\"] [data-action=\"remove\"]")
+        .await;
+    wd.wait(
+        "the mcp card to go",
+        "!document.querySelector('li[data-workload=\"mcp\"]')",
+        Duration::from_secs(10),
+    )
+    .await;
+
     // Start at login: off by default; the checkbox writes the XDG autostart entry (it
     // starts this binary on this config dir, hidden in the tray) and removes it again.
     let autostart_dir = xdg_config.join("autostart");

@@ -285,16 +285,25 @@ function fieldError(form, field, message) {
   if (slot) slot.textContent = message;
   if (input) { input.setAttribute("aria-invalid", "true"); input.focus(); }
 }
+function checkUrl(raw) {
+  let u;
+  try { u = new URL(raw); } catch (_) { return "Enter a full URL, like https://auth.example/token."; }
+  const loop = ["127.0.0.1", "localhost", "[::1]"].includes(u.hostname);
+  if (u.protocol !== "https:" && !(u.protocol === "http:" && loop)) return "Use https:// (plain http only for a loopback address).";
+  return null;
+}
 function checkForm(form) {
   const v = (k) => form.elements[k].value.trim();
   if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(v("name"))) return ["name", "Use letters, digits, '.', '_' or '-' (starting with a letter or digit)."];
-  for (const k of ["token_endpoint", "authorization_endpoint"]) {
-    let u;
-    try { u = new URL(v(k)); } catch (_) { return [k, "Enter a full URL, like https://auth.example/token."]; }
-    const loop = ["127.0.0.1", "localhost", "[::1]"].includes(u.hostname);
-    if (u.protocol !== "https:" && !(u.protocol === "http:" && loop)) return [k, "Use https:// (plain http only for a loopback address)."];
+  for (const k of ["url", "token_endpoint", "authorization_endpoint"]) {
+    const bad = v(k) && checkUrl(v(k));
+    if (bad) return [k, bad];
   }
-  if (!v("client_id")) return ["client_id", "Enter the client ID registered with the issuer."];
+  if (!v("url")) {
+    if (!v("token_endpoint")) return ["token_endpoint", "Give the remote's URL (the rest is discovered), or the token endpoint."];
+    if (!v("authorization_endpoint")) return ["authorization_endpoint", "An authorization endpoint is needed to sign in (or give the remote's URL)."];
+    if (!v("client_id")) return ["client_id", "Enter the client ID registered with the issuer (or give the remote's URL)."];
+  }
   return null;
 }
 async function submitAdd(ev) {

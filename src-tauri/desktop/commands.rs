@@ -3,7 +3,7 @@
 //! form error) and is shown there.
 
 use super::{lock, Backend, DemoState, LoginEvent, Row, Shell};
-use crate::engine::config::{self, NewWorkload};
+use crate::engine::config;
 use crate::engine::oauth;
 use crate::engine::EngineError;
 use crate::sim_issuer::Mode;
@@ -178,9 +178,13 @@ pub async fn start_reauth(app: AppHandle, shell: Arc<Shell>, name: String) -> Re
                 .ok_or_else(|| EngineError::UnknownWorkload(name.clone()))?;
             let http = oauth::http_client(&cfg.policy, w.ca_file.as_deref())
                 .map_err(|m| CmdError::new("config", m))?;
+            let secret = crate::cli::client_secret(store, &w)
+                .await
+                .map_err(|e| anyhow_err("store", e))?;
             let pending = oauth::prepare_login(&w)
                 .await
-                .map_err(|e| CmdError::new("login", e.to_string()))?;
+                .map_err(|e| CmdError::new("login", e.to_string()))?
+                .with_client_secret(secret);
             let url = pending.authorize_url.to_string();
             let cancel = CancellationToken::new();
             let id = LOGIN_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -266,6 +270,12 @@ pub async fn remove_workload(
             format!("removed, but deleting its tokens failed: {e}"),
         )
     })?;
+    store.delete_client_secret(&name).await.map_err(|e| {
+        CmdError::new(
+            "store",
+            format!("removed, but deleting its registered client's secret failed: {e}"),
+        )
+    })?;
     shell.forget(&name);
     super::refresh_tray(&app, &shell);
     let _ = app.emit("removed", &name);
@@ -276,43 +286,67 @@ pub async fn remove_workload(
 #[derive(Debug, Deserialize)]
 pub struct AddForm {
     name: String,
+    /// The remote (an MCP server's URL): the rest is discovered and a client
+    /// registered when the endpoints and client id are left empty.
+    #[serde(default)]
+    url: String,
+    #[serde(default)]
     token_endpoint: String,
     #[serde(default)]
     authorization_endpoint: String,
+    #[serde(default)]
     client_id: String,
     /// Scopes separated by spaces or commas.
     #[serde(default)]
     scopes: String,
 }
 
-fn validate(form: &AddForm) -> Result<NewWorkload, CmdError> {
+fn validate(form: &AddForm) -> Result<crate::cli::AddArgs, CmdError> {
     let name = form.name.trim();
     config::validate_name(name).map_err(|m| CmdError::field("name", m))?;
-    let token_endpoint = form.token_endpoint.trim();
-    config::check_endpoint("token_endpoint", token_endpoint, false)
-        .map_err(|m| CmdError::field("token_endpoint", m))?;
-    let auth = form.authorization_endpoint.trim();
-    if auth.is_empty() {
-        return Err(CmdError::field(
-            "authorization_endpoint",
-            "an authorization endpoint is needed to sign in (discovery is not supported yet)",
-        ));
+    let opt = |v: &str| Some(v.trim().to_string()).filter(|v| !v.is_empty());
+    let url = opt(&form.url);
+    if let Some(u) = &url {
+        config::check_endpoint("url", u, false).map_err(|m| CmdError::field("url", m))?;
     }
-    config::check_endpoint("authorization_endpoint", auth, false)
-        .map_err(|m| CmdError::field("authorization_endpoint", m))?;
-    let client_id = form.client_id.trim();
-    if client_id.is_empty() {
-        return Err(CmdError::field(
-            "client_id",
-            "a client id is needed (dynamic client registration is not supported yet)",
-        ));
+    let token_endpoint = opt(&form.token_endpoint);
+    let authorization_endpoint = opt(&form.authorization_endpoint);
+    let client_id = opt(&form.client_id);
+    for (field, v) in [
+        ("token_endpoint", &token_endpoint),
+        ("authorization_endpoint", &authorization_endpoint),
+    ] {
+        if let Some(v) = v {
+            config::check_endpoint(field, v, false).map_err(|m| CmdError::field(field, m))?;
+        }
     }
-    Ok(NewWorkload {
+    if url.is_none() {
+        // Without a URL nothing can be discovered: everything must be given.
+        if token_endpoint.is_none() {
+            return Err(CmdError::field(
+                "token_endpoint",
+                "give the remote's URL (the rest is discovered), or the token endpoint",
+            ));
+        }
+        if authorization_endpoint.is_none() {
+            return Err(CmdError::field(
+                "authorization_endpoint",
+                "an authorization endpoint is needed to sign in (or give the remote's URL)",
+            ));
+        }
+        if client_id.is_none() {
+            return Err(CmdError::field(
+                "client_id",
+                "a client id is needed (or give the remote's URL: a client is then registered)",
+            ));
+        }
+    }
+    Ok(crate::cli::AddArgs {
         name: name.to_string(),
-        url: None,
-        authorization_endpoint: Some(auth.to_string()),
-        token_endpoint: token_endpoint.to_string(),
-        client_id: client_id.to_string(),
+        url,
+        token_endpoint,
+        authorization_endpoint,
+        client_id,
         scopes: form
             .scopes
             .split(|c: char| c.is_whitespace() || c == ',')
@@ -321,7 +355,6 @@ fn validate(form: &AddForm) -> Result<NewWorkload, CmdError> {
             .collect(),
         ca_file: None,
         allow_http: false,
-        ..Default::default()
     })
 }
 
@@ -335,22 +368,25 @@ pub async fn add_workload(
     if shell.demo().is_some() {
         return Err(CmdError::new(
             "demo",
-            "This is the demo. Add your own workloads with `tokenwarden add NAME --token-endpoint URL --authorization-endpoint URL --client-id ID`, then start Tokenwarden again.",
+            "This is the demo. Add your own workloads with `tokenwarden add NAME --url URL`, then start Tokenwarden again.",
         ));
     }
-    let nw = validate(&form)?;
-    config::add_workload(&shell.paths.config_file, &nw).map_err(|e| {
-        let mut err = CmdError::from(e.clone());
-        if e.message.contains("already exists") {
-            err.field = Some("name");
-            err.code = "invalid".into();
-            err.message = e.message;
-        }
-        err
-    })?;
-    let cfg = crate::daemon::load_config(&shell.paths).map_err(|e| anyhow_err("config", e))?;
+    let args = validate(&form)?;
+    let name = args.name.clone();
+    // Discovery and registration (when asked for) report progress as notices.
+    let say = {
+        let (app, name) = (app.clone(), name.clone());
+        move |line: String| emit_login(&app, &name, "waiting", line.trim().to_string())
+    };
+    let cfg = crate::cli::add_workload(&shell.paths, args, &say)
+        .await
+        .map_err(|e| match e.downcast::<config::ConfigError>() {
+            Ok(c) if c.message.contains("already exists") => CmdError::field("name", c.message),
+            Ok(c) => CmdError::from(c),
+            Err(e) => anyhow_err("add", e),
+        })?;
     shell.engine().reload(Some(cfg), vec![]).await?;
-    start_reauth(app, shell.inner().clone(), nw.name).await
+    start_reauth(app, shell.inner().clone(), name).await
 }
 
 #[tauri::command]
