@@ -93,21 +93,13 @@ pub fn http_client(
     policy: &Policy,
     ca_file: Option<&std::path::Path>,
 ) -> Result<reqwest::Client, String> {
-    let mut b = reqwest::Client::builder()
+    let b = reqwest::Client::builder()
         .connect_timeout(policy.connect_timeout)
         .redirect(reqwest::redirect::Policy::none())
         .pool_idle_timeout(Duration::from_secs(90))
         .tcp_nodelay(true);
-    if let Some(path) = ca_file {
-        let pem = std::fs::read(path)
-            .map_err(|e| format!("cannot read ca_file {}: {e}", path.display()))?;
-        for cert in reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| format!("ca_file {}: {e}", path.display()))?
-        {
-            b = b.add_root_certificate(cert);
-        }
-    }
-    b.build()
+    crate::engine::oauth::trust_ca_file(b, ca_file)?
+        .build()
         .map_err(|e| format!("cannot build the proxy's HTTP client: {e}"))
 }
 

@@ -2,8 +2,11 @@
 //! compressed to milliseconds. Store: the in-memory store (these tests are about the
 //! monitor; the keychain has its own tests in `keychain.rs`).
 
+#[path = "support/inproc.rs"]
+mod inproc;
 mod support;
 
+use inproc::*;
 use std::time::Duration;
 use support::*;
 use tokenwarden::engine::config::Config;
@@ -37,77 +40,13 @@ async fn setup(test: &str, opts: IssuerOptions) -> Setup {
     }
 }
 
-/// Log every workload of `cfg` in for real; the tokens go to a fresh in-memory store.
-async fn login_all(cfg: &Config) -> SecretStore {
-    let store = SecretStore::memory();
-    for w in &cfg.workloads {
-        login_in_process(cfg, &w.name, &store).await;
-    }
-    store
-}
-
-/// An engine on the system clock with no trigger sources and HTTP to the issuer.
-fn start_engine(
-    config: Config,
-    store: SecretStore,
-    state_path: Option<std::path::PathBuf>,
-) -> Engine {
-    Engine::start(EngineOptions {
-        config,
-        store,
-        clock: Clock::system(),
-        state_path,
-        sources: tokenwarden::engine::triggers::Sources::none(),
-        transport: None,
-    })
-}
-
-async fn login_in_process(cfg: &Config, name: &str, store: &SecretStore) {
-    let w = cfg.workload(name).unwrap();
-    let http = oauth::http_client(&cfg.policy, None).unwrap();
-    let pending = oauth::prepare_login(w).await.unwrap();
-    let url = pending.authorize_url.to_string();
-    let browser = tokio::spawn(async move { browse(&url).await });
-    let tokens = pending
-        .finish(&http, &cfg.policy, Duration::from_secs(10))
-        .await
-        .unwrap();
-    assert_eq!(browser.await.unwrap(), 200);
-    store.save_tokens(name, &tokens).await.unwrap();
-}
-
 /// Wait until `pred` holds for workload `w`, driven by status change events.
 async fn wait_for(
     engine: &Engine,
     timeout: Duration,
     pred: impl Fn(&tokenwarden::engine::WorkloadStatus) -> bool,
 ) -> tokenwarden::engine::WorkloadStatus {
-    let mut rx = engine.subscribe();
-    if let Some(s) = engine
-        .status()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|s| s.name == "w")
-    {
-        if pred(&s) {
-            return s;
-        }
-    }
-    let r = tokio::time::timeout(timeout, async {
-        loop {
-            match rx.recv().await {
-                Ok(ev) if ev.workload.name == "w" && pred(&ev.workload) => return ev.workload,
-                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                Err(e) => panic!("{e}"),
-            }
-        }
-    })
-    .await;
-    match r {
-        Ok(s) => s,
-        Err(_) => panic!("timed out; status now {:#?}", engine.status().await),
-    }
+    wait_for_workload(engine, "w", timeout, pred).await
 }
 
 /// "Retry now", then wait for the refresh it caused to succeed.
@@ -547,19 +486,7 @@ async fn issuer_fan_out_brings_twenty_siblings_back_within_a_second() {
     cfg.policy.retrying_max_interval = Duration::from_secs(600);
     let store = login_all(&cfg).await;
     let engine = start_engine(cfg, store, None);
-    let all = |st: Status| {
-        let engine = engine.clone();
-        async move {
-            let mut rx = engine.subscribe();
-            loop {
-                let list = engine.status().await.unwrap();
-                if list.iter().all(|w| w.status == st) {
-                    return;
-                }
-                let _ = rx.recv().await;
-            }
-        }
-    };
+    let all = |st: Status| wait_all(&engine, st);
     tokio::time::timeout(Duration::from_secs(10), all(Status::Running))
         .await
         .unwrap();
@@ -606,19 +533,7 @@ async fn a_long_outage_is_probed_once_per_issuer_not_once_per_workload() {
     cfg.policy.retrying_max_interval = Duration::from_millis(200);
     let store = login_all(&cfg).await;
     let engine = start_engine(cfg, store, None);
-    let all = |st: Status| {
-        let engine = engine.clone();
-        async move {
-            let mut rx = engine.subscribe();
-            loop {
-                let list = engine.status().await.unwrap();
-                if list.iter().all(|w| w.status == st) {
-                    return;
-                }
-                let _ = rx.recv().await;
-            }
-        }
-    };
+    let all = |st: Status| wait_all(&engine, st);
     tokio::time::timeout(Duration::from_secs(10), all(Status::Running))
         .await
         .unwrap();

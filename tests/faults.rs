@@ -19,8 +19,11 @@
 //! then drive a real engine through representative rows: the workload ends in the
 //! right status and is not stuck (the issuer heals, "Retry now", `running` again).
 
+#[path = "support/inproc.rs"]
+mod inproc;
 mod support;
 
+use inproc::*;
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,8 +34,7 @@ use tokenwarden::engine::classify::{BodyShape, Failure, FailureKind, MAX_EXPIRES
 use tokenwarden::engine::config::Config;
 use tokenwarden::engine::oauth;
 use tokenwarden::engine::policy::Policy;
-use tokenwarden::engine::store::SecretStore;
-use tokenwarden::engine::{Clock, Engine, EngineOptions, Status, WorkloadStatus};
+use tokenwarden::engine::{Engine, Status, WorkloadStatus};
 use url::Url;
 
 /// Lifetime assumed for a token without a usable `expires_in` (distinct from every
@@ -1068,26 +1070,8 @@ async fn setup(test: &str) -> Setup {
     )
     .unwrap();
     cfg.policy = policy();
-    let store = SecretStore::memory();
-    let w = cfg.workload("w").unwrap();
-    let http = oauth::http_client(&cfg.policy, None).unwrap();
-    let pending = oauth::prepare_login(w).await.unwrap();
-    let url = pending.authorize_url.to_string();
-    let browser = tokio::spawn(async move { browse(&url).await });
-    let tokens = pending
-        .finish(&http, &cfg.policy, Duration::from_secs(10))
-        .await
-        .unwrap();
-    assert_eq!(browser.await.unwrap(), 200);
-    store.save_tokens("w", &tokens).await.unwrap();
-    let engine = Engine::start(EngineOptions {
-        config: cfg,
-        store,
-        clock: Clock::system(),
-        state_path: Some(dir.path().join("state.json")),
-        sources: tokenwarden::engine::triggers::Sources::none(),
-        transport: None,
-    });
+    let store = login_all(&cfg).await;
+    let engine = start_engine(cfg, store, Some(dir.path().join("state.json")));
     wait_for(&engine, Duration::from_secs(10), |w| {
         w.status == Status::Running
     })
@@ -1105,32 +1089,7 @@ async fn wait_for(
     timeout: Duration,
     pred: impl Fn(&WorkloadStatus) -> bool,
 ) -> WorkloadStatus {
-    let mut rx = engine.subscribe();
-    if let Some(s) = engine
-        .status()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|s| s.name == "w")
-    {
-        if pred(&s) {
-            return s;
-        }
-    }
-    let found = tokio::time::timeout(timeout, async {
-        loop {
-            match rx.recv().await {
-                Ok(ev) if ev.workload.name == "w" && pred(&ev.workload) => return ev.workload,
-                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                Err(e) => panic!("{e}"),
-            }
-        }
-    })
-    .await;
-    match found {
-        Ok(s) => s,
-        Err(_) => panic!("timed out; status now {:#?}", engine.status().await),
-    }
+    wait_for_workload(engine, "w", timeout, pred).await
 }
 
 /// Break the issuer with `mode`, press "Retry now", and wait for `want` with a reason

@@ -45,11 +45,19 @@ pub fn client_builder(
     policy: &Policy,
     ca_file: Option<&std::path::Path>,
 ) -> Result<reqwest::ClientBuilder, String> {
-    let mut b = reqwest::Client::builder()
+    let b = reqwest::Client::builder()
         .timeout(policy.http_timeout)
         .connect_timeout(policy.connect_timeout)
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("tokenwarden/", env!("CARGO_PKG_VERSION")));
+    trust_ca_file(b, ca_file)
+}
+
+/// Add the certificates of `ca_file` (PEM) to the system trust roots of `b`.
+pub fn trust_ca_file(
+    mut b: reqwest::ClientBuilder,
+    ca_file: Option<&std::path::Path>,
+) -> Result<reqwest::ClientBuilder, String> {
     if let Some(path) = ca_file {
         let pem = std::fs::read(path)
             .map_err(|e| format!("cannot read ca_file {}: {e}", path.display()))?;

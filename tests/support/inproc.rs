@@ -1,3 +1,4 @@
+#![allow(dead_code)] // not every test binary uses every helper
 //! The engine in-process: real logins against the loopback issuer into an in-memory
 //! store, an engine on the system clock, and waiting on its status events.
 
@@ -76,5 +77,17 @@ pub async fn wait_for_workload(
     match r {
         Ok(s) => s,
         Err(_) => panic!("timed out; status now {:#?}", engine.status().await),
+    }
+}
+
+/// Wait until every workload has status `st`, driven by status change events.
+pub async fn wait_all(engine: &Engine, st: tokenwarden::engine::Status) {
+    let mut rx = engine.subscribe();
+    loop {
+        let list = engine.status().await.unwrap();
+        if list.iter().all(|w| w.status == st) {
+            return;
+        }
+        let _ = rx.recv().await;
     }
 }
