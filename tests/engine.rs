@@ -471,30 +471,43 @@ async fn retrying_status_survives_a_restart_and_the_ceiling_keeps_counting() {
     engine.shutdown().await;
 }
 
-/// 20 workloads on one issuer in `retrying` (cadence 10 min): the first success
-/// brings every one of them back within a second.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn issuer_fan_out_brings_twenty_siblings_back_within_a_second() {
-    init_tracing("fan_out");
+/// `n` workloads of one issuer, logged in, then all in `retrying` behind a WAF 403
+/// with a fixed retrying cadence.
+async fn all_retrying_at_one_issuer(
+    test: &str,
+    n: usize,
+    cadence: Duration,
+) -> (Engine, SimIssuer, tempfile::TempDir) {
+    init_tracing(test);
     let issuer = issuer(issuer_opts(600)).await;
     let dir = tempfile::tempdir().unwrap();
-    let names: Vec<String> = (0..20).map(|i| format!("w{i:02}")).collect();
-    let text: String = names.iter().map(|n| workload_toml(n, &issuer)).collect();
+    let text: String = (0..n)
+        .map(|i| workload_toml(&format!("w{i:02}"), &issuer))
+        .collect();
     let mut cfg = Config::parse(&dir.path().join("workloads.toml"), &text).unwrap();
     cfg.policy = fast_policy();
-    cfg.policy.retrying_interval = Duration::from_secs(600);
-    cfg.policy.retrying_max_interval = Duration::from_secs(600);
+    cfg.policy.retrying_interval = cadence;
+    cfg.policy.retrying_max_interval = cadence;
     let store = login_all(&cfg).await;
     let engine = start_engine(cfg, store, None);
-    let all = |st: Status| wait_all(&engine, st);
-    tokio::time::timeout(Duration::from_secs(10), all(Status::Running))
+    tokio::time::timeout(Duration::from_secs(10), wait_all(&engine, Status::Running))
         .await
         .unwrap();
     issuer.set_mode(Mode::Waf403);
     engine.retry(None).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(10), all(Status::Retrying))
+    tokio::time::timeout(Duration::from_secs(10), wait_all(&engine, Status::Retrying))
         .await
         .unwrap();
+    (engine, issuer, dir)
+}
+
+/// 20 workloads on one issuer in `retrying` (cadence 10 min): the first success
+/// brings every one of them back within a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issuer_fan_out_brings_twenty_siblings_back_within_a_second() {
+    let (engine, issuer, _dir) =
+        all_retrying_at_one_issuer("fan_out", 20, Duration::from_secs(600)).await;
+    let all = |st: Status| wait_all(&engine, st);
 
     issuer.set_mode(Mode::Healthy);
     let t0 = std::time::Instant::now();
@@ -522,26 +535,9 @@ async fn issuer_fan_out_brings_twenty_siblings_back_within_a_second() {
 /// when the probe succeeds the fan-out brings everyone back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_outage_is_probed_once_per_issuer_not_once_per_workload() {
-    init_tracing("probe_per_issuer");
-    let issuer = issuer(issuer_opts(600)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let names: Vec<String> = (0..10).map(|i| format!("w{i:02}")).collect();
-    let text: String = names.iter().map(|n| workload_toml(n, &issuer)).collect();
-    let mut cfg = Config::parse(&dir.path().join("workloads.toml"), &text).unwrap();
-    cfg.policy = fast_policy();
-    cfg.policy.retrying_interval = Duration::from_millis(200);
-    cfg.policy.retrying_max_interval = Duration::from_millis(200);
-    let store = login_all(&cfg).await;
-    let engine = start_engine(cfg, store, None);
+    let (engine, issuer, _dir) =
+        all_retrying_at_one_issuer("probe_per_issuer", 10, Duration::from_millis(200)).await;
     let all = |st: Status| wait_all(&engine, st);
-    tokio::time::timeout(Duration::from_secs(10), all(Status::Running))
-        .await
-        .unwrap();
-    issuer.set_mode(Mode::Waf403);
-    engine.retry(None).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(10), all(Status::Retrying))
-        .await
-        .unwrap();
 
     let before = issuer.refresh_requests();
     tokio::time::sleep(Duration::from_secs(2)).await;
