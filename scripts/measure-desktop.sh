@@ -21,7 +21,10 @@ mb() { awk -v b="$(stat -c %s "$1")" 'BEGIN { printf "%.1f MB", b / 1000000 }'; 
 printf '\n| release binary (%s) | %s |\n' "$bin" "$(mb "$bin")"
 if cargo tauri --version >/dev/null 2>&1; then
   echo "== bundling the .deb"
+  # tauri-cli rewrites Cargo.toml's tauri-build line; put the file back afterwards.
+  cp Cargo.toml "$CARGO_TARGET_DIR/Cargo.toml.before-bundle"
   cargo tauri build --bundles deb >/dev/null
+  cp "$CARGO_TARGET_DIR/Cargo.toml.before-bundle" Cargo.toml
   deb=$(ls -t "$CARGO_TARGET_DIR"/release/bundle/deb/*.deb | head -n1)
   printf '| .deb bundle (%s) | %s |\n' "$deb" "$(mb "$deb")"
 else
