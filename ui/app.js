@@ -1,7 +1,8 @@
 // Tokenwarden window. No build step: plain JS over window.__TAURI__.
 // Live updates come as Tauri events ("status", "status-all", "removed", "login",
-// "demo", "row"); the only timer is the 1-second countdown, computed here from
-// next_attempt_at without asking the backend anything.
+// "demo", "row"); the only timer is the countdown's, computed here from
+// next_attempt_at without asking the backend anything, and set for the next moment a
+// text changes (see tick).
 "use strict";
 
 const { invoke } = window.__TAURI__.core;
@@ -143,6 +144,7 @@ function render(row) {
   $(".timeline", li).hidden = !(row.timeline && row.timeline.length);
   tickOne(li, row);
   summarize();
+  tick(); // the next text change may now be sooner
 }
 
 function tickOne(li, row) {
@@ -152,15 +154,33 @@ function tickOne(li, row) {
   const f = $(".f-next", li);
   if (f.hidden !== hide) f.hidden = hide;
 }
+// The countdown and "since" texts change at most once a second (under two minutes)
+// or once a minute: the timer is set for the next moment any text changes, so an idle
+// window with every refresh far away wakes about once a minute, not every second.
+let tickTimer = null;
+function untilChange(ms, countingDown) {
+  const abs = Math.abs(ms);
+  if (countingDown && abs < 120500) return (abs % 1000) || 1000;
+  return 60000 - (abs % 60000) || 60000;
+}
 function tick() {
-  if (document.hidden) return;
+  if (tickTimer !== null) clearTimeout(tickTimer);
+  tickTimer = null;
+  if (document.hidden) return; // visibilitychange brings it back
+  const now = Date.now();
+  let next = 60000;
   for (const [name, row] of rows) {
     const li = document.querySelector(`li[data-workload="${CSS.escape(name)}"]`);
     if (li) {
       tickOne(li, row);
       setText($(".since", li), ago(parseTime(row.since)));
     }
+    const at = parseTime(row.next_attempt_at);
+    if (at && at - now > -1000) next = Math.min(next, untilChange(at - now, true));
+    const since = parseTime(row.since);
+    if (since) next = Math.min(next, untilChange(now - since, false));
   }
+  tickTimer = setTimeout(tick, Math.max(50, next + 20));
 }
 
 function summarize() {
@@ -384,7 +404,8 @@ async function start() {
   setupAutostart(info.autostart);
   replaceAll(await call("list_status"));
   document.body.dataset.ready = "1";
-  setInterval(tick, 1000);
+  document.addEventListener("visibilitychange", tick);
+  tick();
 }
 
 start().catch(showError);
