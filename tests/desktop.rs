@@ -392,6 +392,26 @@ impl Wd {
         .await;
     }
 
+    /// Resize the window to `width` px and assert that nothing overflows sideways.
+    async fn assert_fits_width(&self, width: u32) {
+        self.req(
+            reqwest::Method::POST,
+            "/window/rect",
+            Some(json!({"width": width, "height": 760})),
+        )
+        .await;
+        self.wait(
+            &format!("the window to be {width} px wide"),
+            &format!("window.innerWidth <= {}", width + 20),
+            Duration::from_secs(5),
+        )
+        .await;
+        let overflow = self
+            .js("return document.documentElement.scrollWidth - document.documentElement.clientWidth;")
+            .await;
+        assert_eq!(overflow, json!(0), "horizontal overflow at {width} px");
+    }
+
     async fn screenshot(&self, name: &str) {
         use base64::Engine as _;
         // Let the webview paint what the DOM already holds (a resize, new cards).
@@ -665,22 +685,7 @@ async fn demo_degrades_notifies_recovers_and_reauthenticates() {
     wd.screenshot("running").await;
 
     // No layout that breaks at 360 px wide: nothing overflows sideways.
-    wd.req(
-        reqwest::Method::POST,
-        "/window/rect",
-        Some(json!({"width": 360, "height": 760})),
-    )
-    .await;
-    wd.wait(
-        "the window to be 360 px wide",
-        "window.innerWidth <= 380",
-        Duration::from_secs(5),
-    )
-    .await;
-    let overflow = wd
-        .js("return document.documentElement.scrollWidth - document.documentElement.clientWidth;")
-        .await;
-    assert_eq!(overflow, json!(0), "horizontal overflow at 360 px");
+    wd.assert_fits_width(360).await;
     wd.screenshot("running-360px").await;
 
     // The tray menu, read over D-Bus.
@@ -1018,22 +1023,7 @@ async fn real_workload_login_retry_now_and_single_instance() {
         json!(expected),
         "the shown config is selected, ready for Ctrl+C"
     );
-    wd.req(
-        reqwest::Method::POST,
-        "/window/rect",
-        Some(json!({"width": 360, "height": 760})),
-    )
-    .await;
-    wd.wait(
-        "the window to be 360 px wide",
-        "window.innerWidth <= 380",
-        Duration::from_secs(5),
-    )
-    .await;
-    let overflow = wd
-        .js("return document.documentElement.scrollWidth - document.documentElement.clientWidth;")
-        .await;
-    assert_eq!(overflow, json!(0), "horizontal overflow at 360 px");
+    wd.assert_fits_width(360).await;
     wd.screenshot("client-config-360px-dark").await;
     wd.req(
         reqwest::Method::POST,

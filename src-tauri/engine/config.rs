@@ -535,8 +535,14 @@ pub fn add_workload(path: &Path, w: &NewWorkload) -> Result<Config, ConfigError>
     commit_edit(path, &doc.to_string())
 }
 
-/// Remove a workload by name. Refuses if the file is broken or the name is unknown.
-pub fn remove_workload(path: &Path, name: &str) -> Result<Config, ConfigError> {
+/// Edit the `[[workload]]` tables of an existing workload `name`: refuses a broken file
+/// or an unknown name; `edit` gets the document and must leave it valid (the result is
+/// loaded again before it is written).
+fn edit_existing(
+    path: &Path,
+    name: &str,
+    edit: impl FnOnce(&mut toml_edit::DocumentMut) -> Result<(), String>,
+) -> Result<Config, ConfigError> {
     let (text, cfg) = read_for_edit(path)?;
     if cfg.workload(name).is_none() {
         return Err(edit_error(path, format!("no workload named `{name}`")));
@@ -544,60 +550,54 @@ pub fn remove_workload(path: &Path, name: &str) -> Result<Config, ConfigError> {
     let mut doc: toml_edit::DocumentMut = text
         .parse()
         .map_err(|e: toml_edit::TomlError| edit_error(path, e.to_string()))?;
-    let arr = doc
-        .get_mut("workload")
-        .and_then(|i| i.as_array_of_tables_mut())
-        .ok_or_else(|| {
-            edit_error(
-                path,
-                "`workload` must be written as [[workload]] tables".into(),
-            )
-        })?;
-    arr.retain(|t| t.get("name").and_then(|v| v.as_str()) != Some(name));
-    if arr.is_empty() {
-        doc.remove("workload");
-    }
+    edit(&mut doc).map_err(|m| edit_error(path, m))?;
     commit_edit(path, &doc.to_string())
+}
+
+fn workload_tables(
+    doc: &mut toml_edit::DocumentMut,
+) -> Result<&mut toml_edit::ArrayOfTables, String> {
+    doc.get_mut("workload")
+        .and_then(|i| i.as_array_of_tables_mut())
+        .ok_or_else(|| "`workload` must be written as [[workload]] tables".to_string())
+}
+
+/// Remove a workload by name. Refuses if the file is broken or the name is unknown.
+pub fn remove_workload(path: &Path, name: &str) -> Result<Config, ConfigError> {
+    edit_existing(path, name, |doc| {
+        let arr = workload_tables(doc)?;
+        arr.retain(|t| t.get("name").and_then(|v| v.as_str()) != Some(name));
+        if arr.is_empty() {
+            doc.remove("workload");
+        }
+        Ok(())
+    })
 }
 
 /// Set (or replace) `listen_port` of workload `name`, keeping everything else of the
 /// file. Refuses a broken file, an unknown name, and a port another workload uses.
 pub fn set_listen_port(path: &Path, name: &str, port: u16) -> Result<Config, ConfigError> {
-    let (text, cfg) = read_for_edit(path)?;
-    if cfg.workload(name).is_none() {
-        return Err(edit_error(path, format!("no workload named `{name}`")));
-    }
-    let mut doc: toml_edit::DocumentMut = text
-        .parse()
-        .map_err(|e: toml_edit::TomlError| edit_error(path, e.to_string()))?;
-    let arr = doc
-        .get_mut("workload")
-        .and_then(|i| i.as_array_of_tables_mut())
-        .ok_or_else(|| {
-            edit_error(
-                path,
-                "`workload` must be written as [[workload]] tables".into(),
-            )
-        })?;
-    let table = arr
-        .iter_mut()
-        .find(|t| t.get("name").and_then(|v| v.as_str()) == Some(name))
-        .ok_or_else(|| edit_error(path, format!("no workload named `{name}`")))?;
-    match table.get_mut("listen_port") {
-        // Replace the value only, so a comment after it survives.
-        Some(item) if item.is_value() => {
-            let decor = item.as_value().map(|v| v.decor().clone());
-            let mut v = toml_edit::Value::from(i64::from(port));
-            if let Some(d) = decor {
-                *v.decor_mut() = d;
+    edit_existing(path, name, |doc| {
+        let table = workload_tables(doc)?
+            .iter_mut()
+            .find(|t| t.get("name").and_then(|v| v.as_str()) == Some(name))
+            .ok_or_else(|| format!("no workload named `{name}`"))?;
+        match table.get_mut("listen_port") {
+            // Replace the value only, so a comment after it survives.
+            Some(item) if item.is_value() => {
+                let decor = item.as_value().map(|v| v.decor().clone());
+                let mut v = toml_edit::Value::from(i64::from(port));
+                if let Some(d) = decor {
+                    *v.decor_mut() = d;
+                }
+                *item = toml_edit::Item::Value(v);
             }
-            *item = toml_edit::Item::Value(v);
+            _ => {
+                table["listen_port"] = toml_edit::value(i64::from(port));
+            }
         }
-        _ => {
-            table["listen_port"] = toml_edit::value(i64::from(port));
-        }
-    }
-    commit_edit(path, &doc.to_string())
+        Ok(())
+    })
 }
 
 /// Write `bytes` to `path` atomically: temp file in the same directory, fsync, rename,
