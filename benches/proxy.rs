@@ -260,6 +260,37 @@ async fn run() {
     let rss_streams = rss_kib(pid);
     drop(streams);
 
+    // 256 MiB up and echoed back down through the proxy: the daemon's memory must not
+    // follow the body's size (streamed both ways, never held).
+    let rss_before_big = rss_kib(pid);
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(rss_before_big));
+    let sampler = {
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            loop {
+                peak.fetch_max(rss_kib(pid), std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    const MIB: usize = 1 << 20;
+    let chunks = futures::stream::iter((0..256).map(|_| Ok::<_, std::io::Error>(vec![7u8; MIB])));
+    let resp = http
+        .post(format!("{local}/echo"))
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut echoed = 0usize;
+    let mut body = resp;
+    while let Some(c) = body.chunk().await.unwrap() {
+        echoed += c.len();
+    }
+    assert_eq!(echoed, 256 * MIB);
+    sampler.abort();
+    let big_peak = peak.load(std::sync::atomic::Ordering::Relaxed);
+
     let (dp50, dp99) = (pct(&d, 0.5), pct(&d, 0.99));
     let (pp50, pp99) = (pct(&p, 0.5), pct(&p, 0.99));
     println!(
@@ -301,6 +332,11 @@ async fn run() {
         "| with 100 SSE streams open | {:.1} MiB ({:+.1} KiB per stream) |",
         rss_streams as f64 / 1024.0,
         (rss_streams as f64 - rss_idle as f64) / 100.0
+    );
+    println!(
+        "| peak while 256 MiB streamed up and back through it | {:.1} MiB ({:+.1} MiB) |",
+        big_peak as f64 / 1024.0,
+        (big_peak as f64 - rss_before_big as f64) / 1024.0
     );
     println!(
         "\nsummary: added p50 latency {} (target < 0.3 ms); throughput {:.0}% of direct (target >= 80%); 100 SSE streams: {:.1} MiB daemon RSS",
