@@ -246,6 +246,10 @@ async fn run(command: Option<Command>, paths: Paths, hidden: bool) -> anyhow::Re
                             "authorization_endpoint": w.authorization_endpoint.as_ref().map(|u| u.as_str()),
                             "client_id": w.client_id,
                             "scopes": w.scopes,
+                            "resource": w.resource,
+                            "client_auth": w.client_auth.as_str(),
+                            "redirect_port": w.redirect_port,
+                            "listen_port": w.listen_port,
                             "enabled": w.enabled,
                         })
                     })

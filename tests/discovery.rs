@@ -176,6 +176,13 @@ async fn add_url_discovers_registers_logs_in_and_runs() {
     assert_eq!(answer["ok"], true, "{answer}");
     let seen = remote.last_authorization().unwrap();
     assert!(issuer.is_valid_access_token(seen.trim_start_matches("Bearer ")));
+    // `list --json` shows what add wrote (no secret).
+    let list = env.run(&["list", "--json"]);
+    let list: serde_json::Value = serde_json::from_str(&list.stdout).unwrap();
+    assert_eq!(list[0]["listen_port"], listen_port, "{list}");
+    assert_eq!(list[0]["redirect_port"], redirect_port, "{list}");
+    assert_eq!(list[0]["client_auth"], "none", "{list}");
+    assert_eq!(list[0]["resource"], remote.url().as_str(), "{list}");
     // One paste switches an MCP client over.
     let cc = env.run(&["client-config", "w"]);
     assert!(cc.ok(), "{cc:?}");
