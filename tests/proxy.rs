@@ -120,6 +120,24 @@ async fn requests_reach_the_remote_with_the_bearer_and_the_port_is_kept() {
     .expect("listen_port written");
     assert_eq!(kept, port);
 
+    // Reloading the file that now names the port changes nothing: the proxy (and a
+    // stream open through it) stays up.
+    let r = s
+        .http
+        .get(format!("{}/sse?n=30&interval_ms=20", s.local))
+        .send()
+        .await
+        .unwrap();
+    let mut cfg = Config::load(&path).unwrap();
+    cfg.policy = fast_policy();
+    s.engine.reload(Some(cfg), vec![]).await.unwrap();
+    let events = r.text().await.unwrap().matches("data:").count();
+    assert_eq!(events, 30, "the stream ran to its end across the reload");
+    assert_eq!(
+        status(&s.engine).await.local_url.as_deref(),
+        Some(s.local.as_str())
+    );
+
     // DNS rebinding: a page of another site resolving to 127.0.0.1 gets nothing.
     let r = s
         .http

@@ -348,17 +348,25 @@ impl Supervisor {
             clock: self.clock.clone(),
         };
         let restored = self.persisted.get(&name).cloned();
-        let handle = monitor::spawn(ctx, restored, self.reports_tx.clone());
-        self.start_proxy(&handle);
+        let mut handle = monitor::spawn(ctx, restored, self.reports_tx.clone());
+        if let Some(port) = self.start_proxy(&handle) {
+            // The port now written to workloads.toml is part of this workload's
+            // configuration: the next reload must not see a change (and restart it).
+            handle.workload = Arc::new(WorkloadConfig {
+                listen_port: Some(port),
+                ..(*handle.workload).clone()
+            });
+        }
         self.monitors.insert(name, handle);
     }
 
     /// Start the local proxy of a workload that has a remote `url`. A port that cannot
-    /// be had is reported in the status (`proxy_error`), not fatal.
-    fn start_proxy(&mut self, m: &MonitorHandle) {
+    /// be had is reported in the status (`proxy_error`), not fatal. Returns the port
+    /// the system chose when the configuration named none (it is being kept).
+    fn start_proxy(&mut self, m: &MonitorHandle) -> Option<u16> {
         let w = &m.workload;
         let (Some(url), true) = (&w.url, w.enabled) else {
-            return;
+            return None;
         };
         let http = match self.proxy_clients.get(&w.ca_file) {
             Some(c) => c.clone(),
@@ -369,7 +377,7 @@ impl Supervisor {
                 }
                 Err(e) => {
                     self.proxy_errors.insert(w.name.clone(), e);
-                    return;
+                    return None;
                 }
             },
         };
@@ -392,15 +400,18 @@ impl Supervisor {
             Ok(p) => {
                 tracing::info!(workload = %w.name, local = %crate::proxy::local_url(p.addr, url), "local proxy listening");
                 self.proxy_errors.remove(&w.name);
-                if w.listen_port.is_none() {
-                    self.keep_port(&w.name, p.addr.port());
+                let chosen = w.listen_port.is_none().then_some(p.addr.port());
+                if let Some(port) = chosen {
+                    self.keep_port(&w.name, port);
                 }
                 self.proxies.insert(w.name.clone(), p);
+                chosen
             }
             Err(e) => {
                 let msg = format!("the local proxy cannot listen on 127.0.0.1:{port}: {e}");
                 tracing::error!(workload = %w.name, "{msg}");
                 self.proxy_errors.insert(w.name.clone(), msg);
+                None
             }
         }
     }
