@@ -90,16 +90,13 @@ async fn measure(n: usize, idle: Duration) -> Row {
     trim();
     let base = rss_kib();
     let engine = Engine::start(EngineOptions {
-        config: cfg,
-        store,
         clock: clock.clone(),
-        state_path: None,
         sources: Sources {
             network: false,
             wake_clock: true,
             logind: false,
         },
-        transport: None,
+        ..EngineOptions::new(cfg, store)
     });
     // Wait until every monitor has loaded its tokens and reported.
     loop {

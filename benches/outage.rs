@@ -405,16 +405,14 @@ async fn tokenwarden(tr: &Trace, lifetime: f64, triggers: bool, workloads: usize
             .unwrap();
     }
     let engine = Engine::start(EngineOptions {
-        config: cfg,
-        store,
         clock: clock.clone(),
-        state_path: None,
         sources: Sources {
             network: false,
             wake_clock: true,
             logind: false,
         },
         transport: Some(transport),
+        ..EngineOptions::new(cfg, store)
     });
     let unauth_at = Arc::new(Mutex::new(None::<f64>));
     // (healthy now, first healthy moment after the cause cleared)

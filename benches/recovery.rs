@@ -15,7 +15,7 @@ use tokenwarden::engine::config::Config;
 use tokenwarden::engine::policy::{Policy, RawValue};
 use tokenwarden::engine::store::SecretStore;
 use tokenwarden::engine::triggers::Sources;
-use tokenwarden::engine::{oauth, Clock, Engine, EngineOptions, Status};
+use tokenwarden::engine::{oauth, Engine, EngineOptions, Status};
 use tokenwarden::sim_issuer::{IssuerOptions, SimIssuer};
 
 fn policy(triggers: bool) -> Policy {
@@ -82,16 +82,12 @@ async fn run(lab: &netlab::NetLab, triggers: bool, outages: usize) -> Vec<Durati
     browser.await.unwrap().unwrap();
     store.save_tokens("w", &tokens).await.unwrap();
     let engine = Engine::start(EngineOptions {
-        config: cfg,
-        store,
-        clock: Clock::system(),
-        state_path: None,
         sources: Sources {
             network: true,
             wake_clock: false,
             logind: false,
         },
-        transport: None,
+        ..EngineOptions::new(cfg, store)
     });
     assert!(wait_status(&engine, Status::Running, Duration::from_secs(10)).await);
     let mut latencies = Vec::new();

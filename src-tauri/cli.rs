@@ -572,26 +572,16 @@ async fn status(paths: &Paths, json: bool) -> anyhow::Result<()> {
 }
 
 fn offline_unknown(w: &WorkloadConfig) -> WorkloadStatus {
+    let status = if w.enabled {
+        crate::engine::Status::Unauthenticated
+    } else {
+        crate::engine::Status::Stopped
+    };
     WorkloadStatus {
-        name: w.name.clone(),
-        status: if w.enabled {
-            crate::engine::Status::Unauthenticated
-        } else {
-            crate::engine::Status::Stopped
-        },
         reason: Some("never monitored yet".into()),
-        detail: None,
         hint: Some("start the daemon: tokenwarden daemon".into()),
-        since: None,
-        next_attempt_at: None,
-        access_token_expires_at: None,
-        gives_up_at: None,
-        access_token_valid: false,
-        attempts: 0,
-        token_endpoint: w.token_endpoint.to_string(),
-        local_url: None,
-        proxy_error: None,
         live: false,
+        ..WorkloadStatus::bare(&w.name, status, w.token_endpoint.as_str())
     }
 }
 

@@ -4,7 +4,7 @@
 
 use crate::engine::config::{Config, StoreKind};
 use crate::engine::store::{default_service, FileBackend, KeychainBackend, SecretStore};
-use crate::engine::{Clock, Engine, EngineOptions};
+use crate::engine::{Engine, EngineOptions};
 use crate::paths::Paths;
 use anyhow::Context;
 use std::io::{Read, Seek, Write};
@@ -86,12 +86,9 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
         "daemon starting"
     );
     let engine = Engine::start(EngineOptions {
-        config,
-        store,
-        clock: Clock::system(),
         state_path: Some(paths.state_file.clone()),
         sources: crate::engine::triggers::Sources::all(),
-        transport: None,
+        ..EngineOptions::new(config, store)
     });
     let cancel = tokio_util::sync::CancellationToken::new();
     let listener = crate::control::bind(&paths)?;

@@ -9,7 +9,7 @@
 use crate::engine::config::Config;
 use crate::engine::policy::Policy;
 use crate::engine::store::SecretStore;
-use crate::engine::{oauth, Clock, Engine, EngineOptions, Status};
+use crate::engine::{oauth, Engine, EngineOptions, Status};
 use crate::sim_issuer::{IssuerOptions, Mode, SimIssuer};
 use std::time::Duration;
 use tokio::io::AsyncBufReadExt;
@@ -74,12 +74,8 @@ impl Demo {
             login(&config, name, &store).await?;
         }
         let engine = Engine::start(EngineOptions {
-            config: config.clone(),
-            store: store.clone(),
-            clock: Clock::system(),
-            state_path: None,
             sources: crate::engine::triggers::Sources::all(),
-            transport: None,
+            ..EngineOptions::new(config.clone(), store.clone())
         });
         Ok(Demo {
             issuer,

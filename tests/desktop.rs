@@ -392,6 +392,17 @@ impl Wd {
         .await;
     }
 
+    /// Reload the page and wait until it is ready and `also` holds.
+    async fn reload(&self, also: &str) {
+        self.js("location.reload(); return true;").await;
+        self.wait(
+            "the window to reload",
+            &format!("document.body.dataset.ready === '1' && {also}"),
+            Duration::from_secs(20),
+        )
+        .await;
+    }
+
     /// Resize the window to `width` px and assert that nothing overflows sideways.
     async fn assert_fits_width(&self, width: u32) {
         self.req(
@@ -1076,13 +1087,8 @@ async fn real_workload_login_retry_now_and_single_instance() {
 
     // The same by keyboard only: from a freshly loaded window, Tab to api's "Retry now"
     // and press Enter: exactly one refresh again.
-    wd.js("location.reload(); return true;").await;
-    wd.wait(
-        "the window to reload",
-        "document.body.dataset.ready === '1' && !!document.querySelector('li[data-workload=\"api\"]')",
-        Duration::from_secs(20),
-    )
-    .await;
+    wd.reload("!!document.querySelector('li[data-workload=\"api\"]')")
+        .await;
     let target = "li[data-workload=\"api\"] [data-action=\"retry\"]";
     let mut path = Vec::new();
     loop {
@@ -1312,13 +1318,8 @@ async fn real_workload_login_retry_now_and_single_instance() {
         "{entry}"
     );
     // The window shows the real state: a reload reads it back.
-    wd.js("location.reload(); return true;").await;
-    wd.wait(
-        "the window to reload",
-        "document.body.dataset.ready === '1' && document.querySelector('#autostart').checked",
-        Duration::from_secs(20),
-    )
-    .await;
+    wd.reload("document.querySelector('#autostart').checked")
+        .await;
     wd.click("#autostart").await;
     wd.wait(
         "the start-at-login box to be off",

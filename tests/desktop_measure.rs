@@ -18,6 +18,22 @@ use tokenwarden::sim_issuer::{IssuerOptions, SimIssuer};
 
 const WORKLOADS: usize = 10;
 
+/// Start the app (the desktop build of this crate's binary) on `config_dir`.
+fn launch(args: &[&str], display: &str, config_dir: &Path) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_tokenwarden"))
+        .args(args)
+        .env("DISPLAY", display)
+        .env("TOKENWARDEN_CONFIG_DIR", config_dir)
+        .env("TOKENWARDEN_LOG_DIR", config_dir.join("logs"))
+        .env("RUST_LOG", "info")
+        .env("NO_AT_BRIDGE", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -156,17 +172,7 @@ async fn measure_desktop_footprint() {
     }
 
     let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tokenwarden"))
-        .env("DISPLAY", &display)
-        .env("TOKENWARDEN_CONFIG_DIR", dir.path())
-        .env("TOKENWARDEN_LOG_DIR", dir.path().join("logs"))
-        .env("RUST_LOG", "info")
-        .env("NO_AT_BRIDGE", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = launch(&[], &display, dir.path());
     let pid = child.id();
     let tray_after = loop {
         let (ok, out) = py("tray.py", &[&pid.to_string(), "layout"], &display);
@@ -223,18 +229,7 @@ async fn measure_desktop_footprint() {
     let size = std::fs::metadata(bin).map(|m| m.len()).unwrap_or(0);
 
     // As the start-at-login entry starts it: `--hidden`, the window never opened.
-    let mut hidden = Command::new(bin)
-        .arg("--hidden")
-        .env("DISPLAY", &display)
-        .env("TOKENWARDEN_CONFIG_DIR", dir.path())
-        .env("TOKENWARDEN_LOG_DIR", dir.path().join("logs"))
-        .env("RUST_LOG", "info")
-        .env("NO_AT_BRIDGE", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut hidden = launch(&["--hidden"], &display, dir.path());
     let hpid = hidden.id();
     let t2 = Instant::now();
     loop {

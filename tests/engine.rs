@@ -584,16 +584,13 @@ async fn after_an_8_hour_wake_jump_expired_tokens_refresh_at_once_and_the_ceilin
     let store = login_all(&cfg).await;
     let clock = Clock::virtual_from(std::time::SystemTime::now());
     let engine = Engine::start(EngineOptions {
-        config: cfg,
-        store,
         clock: clock.clone(),
-        state_path: None,
         sources: tokenwarden::engine::triggers::Sources {
             network: false,
             wake_clock: true,
             logind: false,
         },
-        transport: None,
+        ..EngineOptions::new(cfg, store)
     });
     let get = |name: &'static str| {
         let engine = engine.clone();

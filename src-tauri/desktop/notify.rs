@@ -369,25 +369,14 @@ mod tests {
     fn change(name: &str, ep: &str, prev: Option<Status>, now: Status) -> StatusChange {
         StatusChange {
             workload: WorkloadStatus {
-                name: name.into(),
-                status: now,
                 reason: match now {
                     Status::Retrying => Some("HTTP 403: the token endpoint answered 403 with a web page, probably a firewall or VPN block".into()),
                     Status::Unauthenticated => Some("invalid_grant".into()),
                     _ => None,
                 },
-                detail: None,
-                hint: None,
-                since: None,
-                next_attempt_at: None,
-                access_token_expires_at: None,
-                gives_up_at: None,
                 access_token_valid: true,
                 attempts: 1,
-                token_endpoint: ep.into(),
-                local_url: None,
-                proxy_error: None,
-                live: true,
+                ..WorkloadStatus::bare(name, now, ep)
             },
             previous: prev,
             refreshed: false,

@@ -164,21 +164,8 @@ mod tests {
 
     fn w(name: &str, status: Status) -> WorkloadStatus {
         WorkloadStatus {
-            name: name.into(),
-            status,
-            reason: None,
-            detail: None,
-            hint: None,
-            since: None,
-            next_attempt_at: None,
-            access_token_expires_at: None,
-            gives_up_at: None,
             access_token_valid: true,
-            attempts: 0,
-            token_endpoint: "https://a.example/token".into(),
-            local_url: None,
-            proxy_error: None,
-            live: true,
+            ..WorkloadStatus::bare(name, status, "https://a.example/token")
         }
     }
 

@@ -44,6 +44,30 @@ pub struct WorkloadStatus {
     pub live: bool,
 }
 
+impl WorkloadStatus {
+    /// A status with nothing known beyond the name, state and token endpoint; callers
+    /// set what they know (the offline CLI view, test fixtures).
+    pub fn bare(name: &str, status: Status, token_endpoint: &str) -> Self {
+        WorkloadStatus {
+            name: name.to_string(),
+            status,
+            reason: None,
+            detail: None,
+            hint: None,
+            since: None,
+            next_attempt_at: None,
+            access_token_expires_at: None,
+            gives_up_at: None,
+            access_token_valid: false,
+            attempts: 0,
+            token_endpoint: token_endpoint.to_string(),
+            local_url: None,
+            proxy_error: None,
+            live: true,
+        }
+    }
+}
+
 pub fn rfc3339(t: SystemTime) -> Option<OffsetDateTime> {
     let d = t.duration_since(SystemTime::UNIX_EPOCH).ok()?;
     let secs = OffsetDateTime::from_unix_timestamp(d.as_secs() as i64).ok()?;
