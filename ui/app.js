@@ -99,6 +99,9 @@ function card(name) {
 const WORDS = { running: "running", retrying: "retrying", unauthenticated: "unauthenticated", stopped: "stopped" };
 
 function render(row) {
+  // An answer that left the app before an event we already showed is older: drop it.
+  const have = rows.get(row.name);
+  if (have && have.version > row.version) return;
   rows.set(row.name, row);
   const li = card(row.name);
   li.dataset.status = row.status;
@@ -199,7 +202,9 @@ function summarize() {
 
 function replaceAll(list) {
   const names = new Set(list.map((r) => r.name));
-  for (const name of [...rows.keys()]) if (!names.has(name)) removed(name);
+  const asOf = Math.max(0, ...list.map((r) => r.version));
+  // A card missing from the list goes, unless it changed after the list was taken.
+  for (const [name, row] of [...rows]) if (!names.has(name) && row.version <= asOf) removed(name);
   list.forEach(render);
   summarize();
 }

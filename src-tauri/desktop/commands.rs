@@ -106,8 +106,9 @@ pub fn set_autostart(app: AppHandle, shell: Shared<'_>, enabled: bool) -> Result
 
 #[tauri::command]
 pub async fn list_status(shell: Shared<'_>) -> Result<Vec<Row>, CmdError> {
-    let list = shell.engine().status().await?;
-    Ok(shell.replace_all(list))
+    // The view the event forwarder keeps, in event order: a fresh engine snapshot
+    // could be older than an event applied while it travelled.
+    Ok(shell.rows())
 }
 
 /// "Retry now" for one workload, or all (`name` null).

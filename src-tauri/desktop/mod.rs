@@ -26,7 +26,7 @@ use crate::demo::Demo;
 use crate::engine::config::Config;
 use crate::engine::status::WorkloadStatus;
 use crate::engine::store::SecretStore;
-use crate::engine::{Clock, Engine, EngineOptions, Status, StatusChange};
+use crate::engine::{Engine, EngineOptions, Status, StatusChange};
 use crate::paths::Paths;
 use crate::sim_issuer::Mode;
 use notify::{Notifier, NotifyPolicy};
@@ -75,6 +75,8 @@ pub struct Row {
     pub client_config: Option<String>,
     /// Why the local proxy is not serving (`proxy_error`), in plain words.
     pub plain_proxy_error: Option<String>,
+    /// Increases with every change of this process's view (see `ShellState::version`).
+    pub version: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -104,6 +106,10 @@ pub struct DemoState {
 #[derive(Default)]
 struct ShellState {
     statuses: BTreeMap<String, WorkloadStatus>,
+    /// Bumped on every change; each row carries the value of its last change, so the
+    /// window can drop an answer older than an event it already showed.
+    version: u64,
+    versions: HashMap<String, u64>,
     timeline: HashMap<String, VecDeque<TimelineEntry>>,
     muted: BTreeSet<String>,
     menu_key: Option<Vec<(String, Status)>>,
@@ -214,6 +220,7 @@ impl Shell {
                     .unwrap_or_default()
             }),
             plain_proxy_error: w.proxy_error.as_deref().map(plain_proxy_error),
+            version: st.versions.get(&w.name).copied().unwrap_or(0),
             status: w.clone(),
         }
     }
@@ -222,6 +229,9 @@ impl Shell {
     pub fn replace_all(&self, list: Vec<WorkloadStatus>) -> Vec<Row> {
         let mut st = lock(&self.state);
         st.statuses = list.into_iter().map(|w| (w.name.clone(), w)).collect();
+        st.version += 1;
+        let v = st.version;
+        st.versions = st.statuses.keys().map(|n| (n.clone(), v)).collect();
         let names: BTreeSet<String> = st.statuses.keys().cloned().collect();
         st.timeline.retain(|k, _| names.contains(k));
         st.statuses
@@ -246,6 +256,7 @@ impl Shell {
         let mut st = lock(&self.state);
         st.statuses.remove(name);
         st.timeline.remove(name);
+        st.versions.remove(name);
     }
 
     /// Take in a status change: the new row, and whether notifications are muted.
@@ -291,6 +302,9 @@ impl Shell {
             }
         }
         st.statuses.insert(w.name.clone(), w.clone());
+        st.version += 1;
+        let v = st.version;
+        st.versions.insert(w.name.clone(), v);
         let muted = st.muted.contains(&w.name);
         (Self::row_locked(&st, w), muted)
     }
@@ -568,12 +582,9 @@ pub async fn main(paths: Paths, cfg: Config, start_hidden: bool) -> anyhow::Resu
             "desktop app starting"
         );
         let engine = Engine::start(EngineOptions {
-            config: cfg,
-            store: store.clone(),
-            clock: Clock::system(),
             state_path: Some(paths.state_file.clone()),
             sources: crate::engine::triggers::Sources::all(),
-            transport: None,
+            ..EngineOptions::new(cfg, store.clone())
         });
         (Backend::Real { engine, store }, paths.clone())
     };
