@@ -17,6 +17,12 @@ export TOKENWARDEN_TEST_DESKTOP=1
 # Network-trigger tests make their own namespace and veth pair: they need root, and
 # must not silently skip when we are root.
 [[ $(id -u) == 0 ]] && export TOKENWARDEN_TEST_ROOT=1
+# A one-shot build (CI) gains nothing from incremental caches; they are ~20 % of target/.
+[[ ${CI:-} == true ]] && export CARGO_INCREMENTAL=0
+disk_report() { df -h --output=avail,size,target "${CARGO_TARGET_DIR:-target}" 2>/dev/null | tail -n1 |
+  awk -v w="$1" '{print "test.sh: disk " w ": " $1 " free of " $2 " on " $3}' || true; }
+mkdir -p "${CARGO_TARGET_DIR:-target}"
+disk_report "before the build"
 export RUST_LOG=${RUST_LOG:-trace}
 export RUST_BACKTRACE=1
 
@@ -33,6 +39,9 @@ fi
 tests_rc=0
 bash scripts/session.sh bash scripts/desktop-xvfb.sh "${runner[@]}" "$@" 2>&1 | tee "$TOKENWARDEN_TEST_LOG_DIR/console.log" ||
   tests_rc=$?   # pipefail: the status of the test run (tee rarely fails)
+
+disk_report "after the tests"
+du -sh "${CARGO_TARGET_DIR:-target}" 2>/dev/null | awk '{print "test.sh: target dir " $1}' || true
 
 scan_rc=0
 bash scripts/scan-secrets.sh "$TOKENWARDEN_TEST_LOG_DIR" || scan_rc=$?
