@@ -271,6 +271,10 @@ pub enum Mode {
     Trickle { bytes_per_second: u32 },
     /// Headers with `Content-Length`, part of the body, then a TCP reset.
     ResetMidBody,
+    /// JSON error with `status` whose `error_description` repeats the refresh token
+    /// (or code) it was sent, as a careless issuer does; `{sent}` in `error` is
+    /// replaced by it too.
+    EchoSent { status: u16, error: String },
 }
 
 impl Mode {
@@ -288,6 +292,7 @@ impl Mode {
             Mode::Huge { .. } => "huge",
             Mode::Trickle { .. } => "trickle",
             Mode::ResetMidBody => "reset-mid-body",
+            Mode::EchoSent { .. } => "echo-sent",
         }
     }
 }
@@ -1899,6 +1904,17 @@ async fn token(
     }
 
     let mode = inner.mode();
+    if let Mode::EchoSent { status, error } = &mode {
+        let sent = form
+            .get("refresh_token")
+            .or_else(|| form.get("code"))
+            .unwrap_or("");
+        return oauth_error_response(
+            status_code(*status),
+            &error.replace("{sent}", sent),
+            &format!("the refresh token {sent} is not accepted here"),
+        );
+    }
     if mode != Mode::Healthy {
         return answer_in_mode(&inner, mode, &conn).await;
     }
@@ -2071,6 +2087,12 @@ async fn answer_in_mode(inner: &Arc<Inner>, mode: Mode, conn: &ConnHandle) -> Re
             raw_answer(inner, conn, RawScript::Trickle { bytes_per_second })
         }
         Mode::ResetMidBody => raw_answer(inner, conn, RawScript::ResetMidBody),
+        // Answered in `token`, which has the form; this is only the shape without it.
+        Mode::EchoSent { status, error } => oauth_error_response(
+            status_code(status),
+            &error.replace("{sent}", ""),
+            "the refresh token is not accepted here",
+        ),
         Mode::Raw {
             status,
             headers,

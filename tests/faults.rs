@@ -1217,6 +1217,48 @@ async fn monitor_server_error_is_retrying_then_heals() {
     .await;
 }
 
+/// An issuer that repeats the refresh token it was sent (in `error_description`, or
+/// as the `error` code itself): the engine classifies the answer as usual, and the
+/// token reaches neither the status nor the logs (the secret scan reads them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issuer_echoing_the_sent_refresh_token_never_shows_it() {
+    let s = setup("faults_echo_sent").await;
+    let cases = [
+        ("server_error", Status::Retrying, "HTTP 400 server_error: "),
+        ("oops {sent}", Status::Retrying, "HTTP 400 unknown: "),
+        ("invalid_grant", Status::Unauthenticated, "invalid_grant"),
+    ];
+    for (error, want, reason) in cases {
+        s.issuer.set_mode(Mode::EchoSent {
+            status: 400,
+            error: error.into(),
+        });
+        s.engine.retry(Some("w")).await.unwrap();
+        let st = wait_for(&s.engine, Duration::from_secs(15), |w| w.status == want).await;
+        let shown = serde_json::to_string(&st).unwrap();
+        assert!(
+            st.reason.as_deref().unwrap_or("").starts_with(reason),
+            "{error}: {shown}"
+        );
+        for t in s.issuer.issued_tokens() {
+            assert!(
+                !shown.contains(&t),
+                "{error}: the sent token is shown: {shown}"
+            );
+        }
+        if want == Status::Unauthenticated {
+            break;
+        }
+        s.issuer.set_mode(Mode::Healthy);
+        s.engine.retry(Some("w")).await.unwrap();
+        wait_for(&s.engine, Duration::from_secs(10), |w| {
+            w.status == Status::Running && w.attempts == 0
+        })
+        .await;
+    }
+    s.engine.shutdown().await;
+}
+
 /// Odd `expires_in` values: the token is used, with the lifetime the row says, and the
 /// monitor keeps a refresh scheduled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -255,6 +255,29 @@ pub fn classify_response(
     now: SystemTime,
     retry_after_max: Duration,
 ) -> Result<TokenResponse, Failure> {
+    classify_response_sent(
+        status,
+        content_type,
+        retry_after,
+        body,
+        now,
+        retry_after_max,
+        &[],
+    )
+}
+
+/// [`classify_response`] for an answer to a request that carried `sent` secrets (the
+/// refresh token, a client secret, a code verifier): server text that repeats one of
+/// them is never shown, like text repeating a token of the body itself.
+pub fn classify_response_sent(
+    status: u16,
+    content_type: Option<&str>,
+    retry_after: Option<&str>,
+    body: &[u8],
+    now: SystemTime,
+    retry_after_max: Duration,
+    sent: &[&str],
+) -> Result<TokenResponse, Failure> {
     let shape = body_shape(content_type, body);
     let json: Option<serde_json::Value> = if shape == BodyShape::Json {
         serde_json::from_slice(body).ok()
@@ -282,7 +305,12 @@ pub fn classify_response(
     {
         // Server text that repeats a token of the same body (an echoing or broken
         // issuer) is not shown: the description is dropped, an unknown code replaced.
-        let secrets = body_secrets(error_doc);
+        let mut secrets = body_secrets(error_doc);
+        secrets.extend(
+            sent.iter()
+                .map(|v| sanitize(v, usize::MAX))
+                .filter(|v| !v.is_empty()),
+        );
         let description = error_doc
             .and_then(|j| j.get("error_description"))
             .and_then(|d| d.as_str())

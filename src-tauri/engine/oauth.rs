@@ -19,7 +19,7 @@
 //! a deadline (`http_timeout`), and bodies past `max_response_bytes` are abandoned.
 
 use crate::engine::classify::{
-    classify_response, classify_transport, Failure, FailureKind, TokenResponse,
+    classify_response_sent, classify_transport, Failure, FailureKind, TokenResponse,
 };
 use crate::engine::config::{ClientAuth, WorkloadConfig};
 use crate::engine::policy::Policy;
@@ -96,6 +96,9 @@ async fn token_request_as(
     }
 }
 
+/// Form fields of a token request whose values are secrets.
+const SECRET_FORM_FIELDS: &[&str] = &["refresh_token", "client_secret", "code", "code_verifier"];
+
 async fn token_request_inner(
     http: &reqwest::Client,
     endpoint: &Url,
@@ -133,13 +136,20 @@ async fn token_request_inner(
         body.extend_from_slice(&chunk);
     }
     tracing::debug!(status, bytes = body.len(), "token endpoint answered");
-    classify_response(
+    // An issuer that echoes what it was sent must not put it in front of people.
+    let sent: Vec<&str> = form
+        .iter()
+        .filter(|(k, _)| SECRET_FORM_FIELDS.contains(k))
+        .map(|(_, v)| *v)
+        .collect();
+    classify_response_sent(
         status,
         content_type.as_deref(),
         retry_after.as_deref(),
         &body,
         SystemTime::now(),
         policy.retry_after_max,
+        &sent,
     )
 }
 
