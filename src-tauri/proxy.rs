@@ -20,7 +20,7 @@
 //! `Origin`, are refused (DNS rebinding: a web page must not reach a signed-in
 //! remote through this port).
 
-use crate::engine::monitor::{Command, TokenError};
+use crate::engine::monitor::{Command, MonitorShared, TokenError};
 use crate::engine::policy::Policy;
 use crate::engine::secret::Secret;
 use crate::engine::status::WorkloadStatus;
@@ -33,20 +33,17 @@ use futures::{StreamExt, TryStreamExt};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-/// What one proxy needs from the engine: the workload's monitor (for tokens) and its
-/// published status (for the `503` answers).
+/// What one proxy needs from the engine: the workload's monitor (its usable token,
+/// its status for the `503` answers, and its queue for refreshes).
 pub struct ProxyCtx {
     pub name: String,
     /// The remote URL; requests go to its origin with the local path and query.
     pub upstream: Url,
-    pub monitor: mpsc::Sender<Command>,
-    pub status: watch::Receiver<WorkloadStatus>,
-    /// The monitor's usable access token (fast path: no round trip to the monitor).
-    pub token: watch::Receiver<Option<(Secret, SystemTime)>>,
+    pub monitor: Arc<MonitorShared>,
     pub http: reqwest::Client,
     pub policy: Arc<Policy>,
 }
@@ -195,7 +192,7 @@ fn error(
     s: &Shared,
     retry_after: Option<u64>,
 ) -> Response {
-    let st = s.ctx.status.borrow().clone();
+    let st = s.ctx.monitor.status();
     let body = serde_json::json!({
         "error": code,
         "message": message,
@@ -227,7 +224,7 @@ fn retry_after(st: &WorkloadStatus) -> u64 {
 }
 
 fn unavailable(s: &Shared, e: &TokenError) -> Response {
-    let st = s.ctx.status.borrow().clone();
+    let st = s.ctx.monitor.status();
     let (code, message) = match e {
         TokenError::Unauthenticated { .. } => (
             "unauthenticated",
@@ -293,14 +290,14 @@ impl Shared {
     /// a refresh per request.
     async fn token(&self, rejected: Option<Secret>) -> Result<Secret, Response> {
         if rejected.is_none() {
-            if let Some((t, exp)) = &*self.ctx.token.borrow() {
-                if *exp > SystemTime::now() + Duration::from_secs(1) {
-                    return Ok(t.clone());
+            if let Some((t, exp)) = self.ctx.monitor.usable_token() {
+                if exp > SystemTime::now() + Duration::from_secs(1) {
+                    return Ok(t);
                 }
             }
         }
         {
-            let st = self.ctx.status.borrow();
+            let st = self.ctx.monitor.status();
             let expired = st
                 .access_token_expires_at
                 .map(SystemTime::from)
@@ -314,7 +311,6 @@ impl Shared {
                         .clone()
                         .unwrap_or_else(|| "the token endpoint cannot be reached".into()),
                 };
-                drop(st);
                 return Err(unavailable(self, &e));
             }
         }
@@ -326,7 +322,7 @@ impl Shared {
         let stopped = || TokenError::Stopped {
             name: self.ctx.name.clone(),
         };
-        if self.ctx.monitor.send(cmd).await.is_err() {
+        if self.ctx.monitor.send(cmd).is_err() {
             return Err(unavailable(self, &stopped()));
         }
         let wait = self.ctx.policy.http_timeout + Duration::from_secs(2);

@@ -27,8 +27,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot, watch};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::{mpsc, oneshot};
 
 /// Why a token could not be handed out.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -114,22 +113,133 @@ impl IssuerShared {
     }
 }
 
+/// What a monitor shares with the supervisor and the local proxy: its command queue,
+/// its latest status and its usable access token, in one allocation (a channel, two
+/// `watch`es and a cancellation token cost about 2 KB per idle workload).
+pub struct MonitorShared {
+    state: std::sync::Mutex<SharedState>,
+    /// Wakes the monitor: a command was queued, or it should stop.
+    wake: tokio::sync::Notify,
+}
+
+struct SharedState {
+    /// Empty (no allocation) while the monitor is idle.
+    commands: std::collections::VecDeque<Command>,
+    /// Stop asked, or the monitor ended: commands are refused.
+    closed: bool,
+    status: WorkloadStatus,
+    /// The access token while it may be handed out (running or retrying, not expired
+    /// when published), with its expiry: the local proxy's fast path.
+    token: Option<(Secret, std::time::SystemTime)>,
+}
+
+/// The monitor has stopped; the command was not queued.
+#[derive(Debug)]
+pub struct Stopped;
+
+/// Commands beyond this many queued are dropped by [`MonitorShared::offer`]: a
+/// monitor that is behind gains nothing from a second copy of the same trigger.
+const OFFER_LIMIT: usize = 64;
+
+impl MonitorShared {
+    fn new(status: WorkloadStatus) -> Self {
+        MonitorShared {
+            state: std::sync::Mutex::new(SharedState {
+                commands: std::collections::VecDeque::new(),
+                closed: false,
+                status,
+                token: None,
+            }),
+            wake: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SharedState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queue a command (requests with a reply: the caller waits on it).
+    pub fn send(&self, cmd: Command) -> Result<(), Stopped> {
+        {
+            let mut s = self.lock();
+            if s.closed {
+                return Err(Stopped);
+            }
+            s.commands.push_back(cmd);
+        }
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Queue a command unless the monitor is stopped or already has a backlog
+    /// (fan-out triggers).
+    pub fn offer(&self, cmd: Command) {
+        {
+            let mut s = self.lock();
+            if s.closed || s.commands.len() >= OFFER_LIMIT {
+                return;
+            }
+            s.commands.push_back(cmd);
+        }
+        self.wake.notify_one();
+    }
+
+    /// The latest status the monitor published.
+    pub fn status(&self) -> WorkloadStatus {
+        self.lock().status.clone()
+    }
+
+    pub fn with_status<R>(&self, f: impl FnOnce(&WorkloadStatus) -> R) -> R {
+        f(&self.lock().status)
+    }
+
+    /// The access token while it may be handed out, with its expiry.
+    pub fn usable_token(&self) -> Option<(Secret, std::time::SystemTime)> {
+        self.lock().token.clone()
+    }
+
+    /// Refuse further commands and wake the monitor so it ends. Queued commands are
+    /// dropped: whoever waits on their reply learns the monitor stopped.
+    fn close(&self) {
+        let dropped = {
+            let mut s = self.lock();
+            s.closed = true;
+            std::mem::take(&mut s.commands)
+        };
+        drop(dropped);
+        self.wake.notify_one();
+    }
+
+    /// The next command; `None` once closed.
+    async fn next_command(&self) -> Option<Command> {
+        loop {
+            {
+                let mut s = self.lock();
+                if s.closed {
+                    return None;
+                }
+                if let Some(c) = s.commands.pop_front() {
+                    return Some(c);
+                }
+            }
+            // A notification sent while nobody waits is kept as a permit, so one sent
+            // between the check above and this await is not lost.
+            self.wake.notified().await;
+        }
+    }
+}
+
 /// The supervisor's side of a monitor. Dropping it stops the task.
 pub struct MonitorHandle {
-    pub tx: mpsc::Sender<Command>,
-    pub status: watch::Receiver<WorkloadStatus>,
-    /// The access token while it may be handed out (running or retrying, not
-    /// expired when published), with its expiry: the local proxy's fast path.
-    pub token: watch::Receiver<Option<(Secret, std::time::SystemTime)>>,
+    pub shared: Arc<MonitorShared>,
     pub workload: Arc<WorkloadConfig>,
-    cancel: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl MonitorHandle {
     /// Stop the task and wait for it (an in-flight refresh finishes and saves first).
     pub async fn stop(mut self) {
-        self.cancel.cancel();
+        self.shared.close();
         if let Some(t) = self.task.take() {
             let _ = t.await;
         }
@@ -138,7 +248,7 @@ impl MonitorHandle {
 
 impl Drop for MonitorHandle {
     fn drop(&mut self) {
-        self.cancel.cancel();
+        self.shared.close();
     }
 }
 
@@ -161,15 +271,12 @@ struct Monitor {
     ctx: Arc<MonitorCtx>,
     machine: Machine,
     tokens: Option<StoredTokens>,
-    rx: mpsc::Receiver<Command>,
-    status_tx: watch::Sender<WorkloadStatus>,
-    token_tx: watch::Sender<Option<(Secret, std::time::SystemTime)>>,
+    shared: Arc<MonitorShared>,
     reports: mpsc::UnboundedSender<Report>,
     waiters: Vec<TokenReply>,
     in_flight: Option<InFlight>,
     /// Tokens that could not be saved yet (the store failed): kept, saved again later.
     unsaved: Option<StoredTokens>,
-    cancel: CancellationToken,
     last_status: Option<Status>,
     /// Refreshes caused by rejected access tokens in the current window, and the
     /// window's start (awake time).
@@ -211,23 +318,17 @@ pub fn spawn(
         now,
         &ctx.policy,
     );
-    let (status_tx, status_rx) = watch::channel(initial);
-    let (token_tx, token_rx) = watch::channel(None);
-    let (tx, rx) = mpsc::channel(64);
-    let cancel = CancellationToken::new();
+    let shared = Arc::new(MonitorShared::new(initial));
     let workload = ctx.workload.clone();
     let monitor = Monitor {
         ctx,
         machine,
         tokens: None,
-        rx,
-        status_tx,
-        token_tx,
+        shared: shared.clone(),
         reports,
         waiters: Vec::new(),
         in_flight: None,
         unsaved: None,
-        cancel: cancel.clone(),
         last_status: None,
         rejected_refreshes: (0, Duration::ZERO),
         last_attempt_at: None,
@@ -235,11 +336,8 @@ pub fn spawn(
     };
     let task = tokio::spawn(monitor.run(restored));
     MonitorHandle {
-        tx,
-        status: status_rx,
-        token: token_rx,
+        shared,
         workload,
-        cancel,
         task: Some(task),
     }
 }
@@ -252,10 +350,17 @@ async fn pending_or(f: &mut Option<InFlight>) -> Outcome {
 }
 
 enum Event {
-    Cancelled,
     Command(Option<Command>),
     Done(Outcome),
     Tick,
+}
+
+impl Drop for Monitor {
+    /// However the task ends (stopped, or a panic), later commands are refused and
+    /// queued ones answered as stopped.
+    fn drop(&mut self) {
+        self.shared.close();
+    }
 }
 
 impl Monitor {
@@ -278,13 +383,12 @@ impl Monitor {
                 self.machine.time_until_due(now).map_or(cap, |d| d.min(cap))
             };
             let event = tokio::select! {
-                _ = self.cancel.cancelled() => Event::Cancelled,
-                cmd = self.rx.recv() => Event::Command(cmd),
+                cmd = self.shared.next_command() => Event::Command(cmd),
                 out = pending_or(&mut self.in_flight) => Event::Done(out),
                 _ = tokio::time::sleep(wait) => Event::Tick,
             };
             match event {
-                Event::Cancelled | Event::Command(None) => break,
+                Event::Command(None) => break,
                 // The proxy's hot path stays unboxed.
                 Event::Command(Some(Command::Token(reply))) => self.give_token(reply),
                 Event::Command(Some(cmd)) => Box::pin(self.handle(cmd)).await,
@@ -567,8 +671,10 @@ impl Monitor {
 
     fn token_error(&self) -> TokenError {
         let name = self.name().to_string();
-        let v = self.status_tx.borrow().clone();
-        let reason = v.reason.unwrap_or_else(|| "no valid access token".into());
+        let reason = self
+            .shared
+            .with_status(|s| s.reason.clone())
+            .unwrap_or_else(|| "no valid access token".into());
         match self.machine.status() {
             Status::Unauthenticated => TokenError::Unauthenticated { name, reason },
             Status::Stopped => TokenError::Stopped { name },
@@ -690,7 +796,6 @@ impl Monitor {
             &self.ctx.policy,
         );
         let previous = self.last_status.replace(status.status);
-        self.status_tx.send_replace(status.clone());
         let usable = match (&self.tokens, self.machine.access_expires_at) {
             (Some(t), Some(exp))
                 if matches!(status.status, Status::Running | Status::Retrying)
@@ -700,17 +805,11 @@ impl Monitor {
             }
             _ => None,
         };
-        self.token_tx.send_if_modified(|held| {
-            let same = match (&*held, &usable) {
-                (Some((a, x)), Some((b, y))) => a == b && x == y,
-                (None, None) => true,
-                _ => false,
-            };
-            if !same {
-                *held = usable;
-            }
-            !same
-        });
+        {
+            let mut shared = self.shared.lock();
+            shared.status = status.clone();
+            shared.token = usable;
+        }
         let _ = self.reports.send(Report {
             status,
             previous,

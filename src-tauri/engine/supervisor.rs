@@ -388,9 +388,7 @@ impl Supervisor {
                 crate::proxy::ProxyCtx {
                     name: w.name.clone(),
                     upstream: url.clone(),
-                    monitor: m.tx.clone(),
-                    status: m.status.clone(),
-                    token: m.token.clone(),
+                    monitor: m.shared.clone(),
                     http,
                     policy: self.policy.clone(),
                 },
@@ -479,7 +477,7 @@ impl Supervisor {
     /// Offer a trigger to every monitor; each one's state machine decides.
     fn broadcast_trigger(&self, trigger: Trigger) {
         for m in self.monitors.values() {
-            let _ = m.tx.try_send(Command::Trigger(trigger));
+            m.shared.offer(Command::Trigger(trigger));
         }
     }
 
@@ -493,12 +491,11 @@ impl Supervisor {
             if other == name || &m.workload.token_endpoint != endpoint {
                 continue;
             }
-            let failing = {
-                let s = m.status.borrow();
+            let failing = m.shared.with_status(|s| {
                 s.status == Status::Retrying || (s.status == Status::Running && s.attempts > 0)
-            };
+            });
             if failing {
-                let _ = m.tx.try_send(Command::Trigger(Trigger::IssuerRecovered));
+                m.shared.offer(Command::Trigger(Trigger::IssuerRecovered));
             }
         }
     }
@@ -510,7 +507,7 @@ impl Supervisor {
                     .monitors
                     .values()
                     .map(|m| {
-                        let mut s = m.status.borrow().clone();
+                        let mut s = m.shared.status();
                         self.decorate(&mut s);
                         s
                     })
@@ -528,7 +525,7 @@ impl Supervisor {
                 };
                 for t in &targets {
                     if let Some(m) = self.monitors.get(t) {
-                        let _ = m.tx.send(Command::Trigger(trigger)).await;
+                        let _ = m.shared.send(Command::Trigger(trigger));
                     }
                 }
                 let _ = reply.send(Ok(targets));
@@ -536,7 +533,7 @@ impl Supervisor {
             Cmd::Token(name, reply) => match self.monitors.get(&name) {
                 Some(m) => {
                     let (tx, rx) = oneshot::channel();
-                    let r = match m.tx.send(Command::Token(tx)).await {
+                    let r = match m.shared.send(Command::Token(tx)) {
                         Ok(()) => Ok(rx),
                         Err(_) => Err(EngineError::Stopped),
                     };
@@ -552,7 +549,7 @@ impl Supervisor {
                 }
                 for n in &names {
                     if let Some(m) = self.monitors.get(n) {
-                        let _ = m.tx.send(Command::Reload).await;
+                        let _ = m.shared.send(Command::Reload);
                     }
                 }
                 let _ = reply.send(Ok(()));
