@@ -59,9 +59,11 @@ impl Status {
 #[serde(tag = "why", rename_all = "snake_case")]
 pub enum Unauth {
     /// The issuer rendered a verdict.
-    Verdict { failure: Failure },
+    /// (Failures are boxed here and below: every idle workload keeps a machine and
+    /// its persisted copy, and a failure is the rare, large part.)
+    Verdict { failure: Box<Failure> },
     /// Transient failures lasted past the ceiling.
-    Ceiling { failure: Failure },
+    Ceiling { failure: Box<Failure> },
     /// There is no stored login.
     NoLogin,
     /// The access token expired and the issuer granted no refresh token.
@@ -158,8 +160,8 @@ pub struct Machine {
     pub phase: Phase,
     pub since: SystemTime,
     pub access_expires_at: Option<SystemTime>,
-    pub episode: Option<Episode>,
-    pub last_error: Option<Failure>,
+    pub episode: Option<Box<Episode>>,
+    pub last_error: Option<Box<Failure>>,
     pub due: Due,
     pub last_trigger: Option<Trigger>,
     /// Token bucket for network-triggered attempts (see `Policy::network_burst`).
@@ -309,6 +311,7 @@ impl Machine {
         }
         if failure.is_permanent() {
             self.followup_armed = false;
+            let failure = Box::new(failure);
             self.phase = Phase::Unauthenticated(Unauth::Verdict {
                 failure: failure.clone(),
             });
@@ -328,14 +331,16 @@ impl Machine {
             self.since = now.wall;
             self.episode = None;
         }
-        let ep = self.episode.get_or_insert(Episode {
-            started_wall: now.wall,
-            awake_before: Duration::ZERO,
-            awake_mark: now.awake,
-            attempts: 0,
-            retrying_attempts: 0,
-            owes_attempt: false,
-            not_before: None,
+        let ep = self.episode.get_or_insert_with(|| {
+            Box::new(Episode {
+                started_wall: now.wall,
+                awake_before: Duration::ZERO,
+                awake_mark: now.awake,
+                attempts: 0,
+                retrying_attempts: 0,
+                owes_attempt: false,
+                not_before: None,
+            })
         });
         ep.attempts += 1;
         ep.owes_attempt = false;
@@ -367,6 +372,7 @@ impl Machine {
             }
             _ => {
                 if spent >= policy.retrying_ceiling {
+                    let failure = Box::new(failure);
                     self.phase = Phase::Unauthenticated(Unauth::Ceiling {
                         failure: failure.clone(),
                     });
@@ -406,7 +412,7 @@ impl Machine {
             delay = delay.min(policy.network_followup);
         }
         self.due = Due::Awake(now.awake + delay);
-        self.last_error = Some(failure);
+        self.last_error = Some(Box::new(failure));
         Effect {
             status_changed: before != self.status(),
             recovered: false,

@@ -276,7 +276,7 @@ struct Monitor {
     waiters: Vec<TokenReply>,
     in_flight: Option<InFlight>,
     /// Tokens that could not be saved yet (the store failed): kept, saved again later.
-    unsaved: Option<StoredTokens>,
+    unsaved: Option<Box<StoredTokens>>,
     last_status: Option<Status>,
     /// Refreshes caused by rejected access tokens in the current window, and the
     /// window's start (awake time).
@@ -334,7 +334,9 @@ pub fn spawn(
         last_attempt_at: None,
         triggered: false,
     };
-    let task = tokio::spawn(monitor.run(restored));
+    // Boxed: an `async fn` keeps its arguments twice (as captured and as moved
+    // locals), which for a by-value monitor doubled every idle task.
+    let task = tokio::spawn(Box::new(monitor).run(restored.map(Box::new)));
     MonitorHandle {
         shared,
         workload,
@@ -368,10 +370,10 @@ impl Monitor {
         &self.ctx.workload.name
     }
 
-    async fn run(mut self, restored: Option<Persisted>) {
+    async fn run(mut self: Box<Self>, restored: Option<Box<Persisted>>) {
         // Sub-futures that run once or rarely are boxed, so the task's resident
         // state (kept for every idle workload) stays small.
-        Box::pin(self.initialize(restored)).await;
+        Box::pin(self.initialize(restored.map(|r| *r))).await;
         self.publish(false, false);
         loop {
             self.maybe_start_attempt();
@@ -399,7 +401,12 @@ impl Monitor {
                 Event::Tick => Box::pin(self.retry_unsaved()).await,
             }
         }
-        // Let an in-flight refresh finish so a rotated refresh token gets saved.
+        Box::pin(self.finish()).await;
+    }
+
+    /// Let an in-flight refresh finish so a rotated refresh token gets saved, then
+    /// answer whoever still waits.
+    async fn finish(&mut self) {
         if let Some(f) = self.in_flight.take() {
             let limit = self.ctx.policy.http_timeout + Duration::from_secs(5);
             if let Ok(out) = tokio::time::timeout(limit, f).await {
@@ -723,7 +730,7 @@ impl Monitor {
             } => {
                 if let Err(e) = saved {
                     tracing::error!(workload = %self.name(), error = %e, "the new tokens could not be saved; keeping them in memory and trying again");
-                    self.unsaved = Some(tokens.clone());
+                    self.unsaved = Some(Box::new(tokens.clone()));
                 } else {
                     self.unsaved = None;
                 }

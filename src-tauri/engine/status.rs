@@ -82,8 +82,8 @@ pub fn view(
     policy: &Policy,
 ) -> WorkloadStatus {
     let (reason, hint) = match &m.phase {
-        Phase::Running => (m.last_error.as_ref().map(Failure::reason), None),
-        Phase::Retrying => (m.last_error.as_ref().map(Failure::reason), None),
+        Phase::Running => (m.last_error.as_deref().map(Failure::reason), None),
+        Phase::Retrying => (m.last_error.as_deref().map(Failure::reason), None),
         Phase::Unauthenticated(Unauth::Verdict { failure }) => {
             (Some(failure.reason()), failure.hint())
         }
@@ -142,7 +142,7 @@ pub struct Persisted {
     pub phase: Phase,
     /// Unix milliseconds.
     pub since_ms: u64,
-    pub last_error: Option<Failure>,
+    pub last_error: Option<Box<Failure>>,
     pub episode: Option<PersistedEpisode>,
     pub saved_at_ms: u64,
 }
@@ -184,15 +184,17 @@ impl Persisted {
 
     /// Rebuild the failure episode in a new process: the ceiling continues from the
     /// awake time already spent, and one attempt is owed right after the restart.
-    pub fn restore_episode(&self, now: Now) -> Option<Episode> {
-        self.episode.as_ref().map(|e| Episode {
-            started_wall: from_ms(e.started_ms),
-            awake_before: Duration::from_millis(e.awake_spent_ms),
-            awake_mark: now.awake,
-            attempts: e.attempts,
-            retrying_attempts: e.retrying_attempts,
-            owes_attempt: true,
-            not_before: None,
+    pub fn restore_episode(&self, now: Now) -> Option<Box<Episode>> {
+        self.episode.as_ref().map(|e| {
+            Box::new(Episode {
+                started_wall: from_ms(e.started_ms),
+                awake_before: Duration::from_millis(e.awake_spent_ms),
+                awake_mark: now.awake,
+                attempts: e.attempts,
+                retrying_attempts: e.retrying_attempts,
+                owes_attempt: true,
+                not_before: None,
+            })
         })
     }
 
