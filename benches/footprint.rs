@@ -156,6 +156,9 @@ async fn measure(n: usize, idle: Duration) -> Row {
     }
 }
 
+/// One row per size, each in a fresh process (the benchmark runs itself again with
+/// `FOOTPRINT_ROW`): a row measured after a bigger or smaller run would inherit its
+/// heap (fragmentation, arenas) and read a few hundred bytes per workload off.
 fn main() {
     let sizes: Vec<usize> = std::env::var("FOOTPRINT_SIZES")
         .unwrap_or_else(|_| "100,1000,10000".into())
@@ -168,20 +171,17 @@ fn main() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(60),
     );
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let rows: Vec<Row> = sizes
-        .iter()
-        .map(|&n| rt.block_on(measure(n, idle)))
-        .collect();
-    println!("\nFootprint ({ISSUERS} loopback issuers; idle CPU over {} s; issuer_max_concurrent 8; wake_spread 2 s)\n", idle.as_secs());
-    println!("| workloads | process RSS before the engine | engine memory per idle workload (live, after malloc_trim) | same, before malloc_trim | idle CPU | mass wake: peak concurrent refreshes at one issuer | mass wake: all refreshed after |");
-    println!("|---|---|---|---|---|---|---|");
-    for r in rows {
+    if let Some(n) = std::env::var("FOOTPRINT_ROW")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let r = rt.block_on(measure(n, idle));
         println!(
-            "| {} | {:.1} MiB | {:.0} B | {:.0} B | {:.2}% | {} | {:.2} s |",
+            "ROW | {} | {:.1} MiB | {:.0} B | {:.0} B | {:.2}% | {} | {:.2} s |",
             r.n,
             r.base_mib,
             r.per_workload_bytes,
@@ -190,5 +190,41 @@ fn main() {
             r.peak,
             r.wake_secs
         );
+        return;
+    }
+    let exe = std::env::current_exe().expect("the benchmark's own path");
+    let mut rows = Vec::new();
+    for n in sizes {
+        let out = std::process::Command::new(&exe)
+            .env("FOOTPRINT_ROW", n.to_string())
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .expect("the benchmark runs itself");
+        let text = String::from_utf8_lossy(&out.stdout);
+        match text.lines().find_map(|l| l.strip_prefix("ROW ")) {
+            Some(row) if out.status.success() => rows.push(row.to_string()),
+            _ => panic!("the row for {n} workloads failed ({}):\n{text}", out.status),
+        }
+    }
+    println!("\nFootprint ({ISSUERS} loopback issuers; idle CPU over {} s; issuer_max_concurrent 8; wake_spread 2 s; each row in a fresh process)\n", idle.as_secs());
+    println!("| workloads | process RSS before the engine | engine memory per idle workload (live, after malloc_trim) | same, before malloc_trim | idle CPU | mass wake: peak concurrent refreshes at one issuer | mass wake: all refreshed after |");
+    println!("|---|---|---|---|---|---|---|");
+    for r in &rows {
+        println!("{r}");
+    }
+    // What one more workload costs, with the fixed base taken out: the slope between
+    // the two largest sizes.
+    let parsed: Vec<(f64, f64)> = rows
+        .iter()
+        .filter_map(|r| {
+            let c: Vec<&str> = r.split('|').map(str::trim).collect();
+            let n: f64 = c.get(1)?.parse().ok()?;
+            let per: f64 = c.get(3)?.trim_end_matches(" B").parse().ok()?;
+            Some((n, per))
+        })
+        .collect();
+    if let [.., (n1, p1), (n2, p2)] = parsed[..] {
+        let slope = (n2 * p2 - n1 * p1) / (n2 - n1);
+        println!("\nmarginal engine memory per idle workload ({n1} -> {n2}, live): {slope:.0} B (target: under 2 KB)");
     }
 }

@@ -117,6 +117,7 @@ impl IssuerShared {
 /// its latest status and its usable access token, in one allocation (a channel, two
 /// `watch`es and a cancellation token cost about 2 KB per idle workload).
 pub struct MonitorShared {
+    workload: Arc<WorkloadConfig>,
     state: std::sync::Mutex<SharedState>,
     /// Wakes the monitor: a command was queued, or it should stop.
     wake: tokio::sync::Notify,
@@ -127,6 +128,8 @@ struct SharedState {
     commands: std::collections::VecDeque<Command>,
     /// Stop asked, or the monitor ended: commands are refused.
     closed: bool,
+    /// Kept without the name and token endpoint (empty strings): the configuration
+    /// holds them, and [`MonitorShared::status`] puts them back.
     status: WorkloadStatus,
     /// The access token while it may be handed out (running or retrying, not expired
     /// when published), with its expiry: the local proxy's fast path.
@@ -142,8 +145,11 @@ pub struct Stopped;
 const OFFER_LIMIT: usize = 64;
 
 impl MonitorShared {
-    fn new(status: WorkloadStatus) -> Self {
+    fn new(workload: Arc<WorkloadConfig>, mut status: WorkloadStatus) -> Self {
+        status.name = String::new();
+        status.token_endpoint = String::new();
         MonitorShared {
+            workload,
             state: std::sync::Mutex::new(SharedState {
                 commands: std::collections::VecDeque::new(),
                 closed: false,
@@ -186,11 +192,21 @@ impl MonitorShared {
 
     /// The latest status the monitor published.
     pub fn status(&self) -> WorkloadStatus {
-        self.lock().status.clone()
+        let mut s = self.lock().status.clone();
+        s.name.clone_from(&self.workload.name);
+        s.token_endpoint = self.workload.token_endpoint.to_string();
+        s
     }
 
-    pub fn with_status<R>(&self, f: impl FnOnce(&WorkloadStatus) -> R) -> R {
-        f(&self.lock().status)
+    /// Retrying, or running with failed attempts (a short retry).
+    pub fn in_failure_episode(&self) -> bool {
+        let s = self.lock();
+        s.status.status == Status::Retrying
+            || (s.status.status == Status::Running && s.status.attempts > 0)
+    }
+
+    fn reason(&self) -> Option<String> {
+        self.lock().status.reason.clone()
     }
 
     /// The access token while it may be handed out, with its expiry.
@@ -318,7 +334,7 @@ pub fn spawn(
         now,
         &ctx.policy,
     );
-    let shared = Arc::new(MonitorShared::new(initial));
+    let shared = Arc::new(MonitorShared::new(ctx.workload.clone(), initial));
     let workload = ctx.workload.clone();
     let monitor = Monitor {
         ctx,
@@ -353,7 +369,8 @@ async fn pending_or(f: &mut Option<InFlight>) -> Outcome {
 
 enum Event {
     Command(Option<Command>),
-    Done(Outcome),
+    /// (Boxed: the event is part of every idle task's state.)
+    Done(Box<Outcome>),
     Tick,
 }
 
@@ -386,7 +403,7 @@ impl Monitor {
             };
             let event = tokio::select! {
                 cmd = self.shared.next_command() => Event::Command(cmd),
-                out = pending_or(&mut self.in_flight) => Event::Done(out),
+                out = pending_or(&mut self.in_flight) => Event::Done(Box::new(out)),
                 _ = tokio::time::sleep(wait) => Event::Tick,
             };
             match event {
@@ -396,7 +413,7 @@ impl Monitor {
                 Event::Command(Some(cmd)) => Box::pin(self.handle(cmd)).await,
                 Event::Done(out) => {
                     self.in_flight = None;
-                    self.apply(out);
+                    self.apply(*out);
                 }
                 Event::Tick => Box::pin(self.retry_unsaved()).await,
             }
@@ -680,7 +697,7 @@ impl Monitor {
         let name = self.name().to_string();
         let reason = self
             .shared
-            .with_status(|s| s.reason.clone())
+            .reason()
             .unwrap_or_else(|| "no valid access token".into());
         match self.machine.status() {
             Status::Unauthenticated => TokenError::Unauthenticated { name, reason },
@@ -795,7 +812,7 @@ impl Monitor {
 
     fn publish(&mut self, refreshed: bool, recovered: bool) {
         let now = self.ctx.clock.now();
-        let status = view(
+        let mut status = view(
             self.name(),
             self.ctx.workload.token_endpoint.as_str(),
             &self.machine,
@@ -812,11 +829,16 @@ impl Monitor {
             }
             _ => None,
         };
+        // The shared copy goes without the name and endpoint; the report keeps them.
+        let name = std::mem::take(&mut status.name);
+        let endpoint = std::mem::take(&mut status.token_endpoint);
         {
             let mut shared = self.shared.lock();
             shared.status = status.clone();
             shared.token = usable;
         }
+        status.name = name;
+        status.token_endpoint = endpoint;
         let _ = self.reports.send(Report {
             status,
             previous,

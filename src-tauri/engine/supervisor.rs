@@ -491,10 +491,7 @@ impl Supervisor {
             if other == name || &m.workload.token_endpoint != endpoint {
                 continue;
             }
-            let failing = m.shared.with_status(|s| {
-                s.status == Status::Retrying || (s.status == Status::Running && s.attempts > 0)
-            });
-            if failing {
+            if m.shared.in_failure_episode() {
                 m.shared.offer(Command::Trigger(Trigger::IssuerRecovered));
             }
         }
