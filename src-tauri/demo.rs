@@ -1,6 +1,9 @@
 //! `tokenwarden demo`: an embedded issuer on loopback and three demo workloads with
 //! short token lifetimes and a compressed policy, so a newcomer sees
 //! degrade → retrying → recover within a minute. Break and heal it from the keyboard.
+//! One workload ([`REMOTE_WORKLOAD`]) fronts an embedded protected resource (a fake
+//! remote MCP server), so its local proxy can be tried with any client: no token
+//! needed on `127.0.0.1`.
 //!
 //! Demo data lives apart from the user's: an in-memory secret store and a temporary
 //! config directory (its control socket works, so `tokenwarden --config-dir DIR status`
@@ -11,10 +14,14 @@ use crate::engine::policy::Policy;
 use crate::engine::store::SecretStore;
 use crate::engine::{oauth, Engine, EngineOptions, Status};
 use crate::sim_issuer::{IssuerOptions, Mode, SimIssuer};
+use crate::sim_remote::{RemoteOptions, SimRemote};
 use std::time::Duration;
 use tokio::io::AsyncBufReadExt;
 
 pub const WORKLOADS: [&str; 3] = ["github-mcp", "jira-mcp", "notion-api"];
+
+/// The demo workload with a remote `url` (served through a local proxy).
+pub const REMOTE_WORKLOAD: &str = "github-mcp";
 
 /// The compressed demo policy: seconds instead of minutes.
 pub fn demo_policy() -> Policy {
@@ -40,6 +47,8 @@ pub fn demo_policy() -> Policy {
 /// A running demo: the issuer, the engine and the throwaway config dir.
 pub struct Demo {
     pub issuer: SimIssuer,
+    /// The protected resource behind [`REMOTE_WORKLOAD`].
+    pub remote: SimRemote,
     pub engine: Engine,
     pub store: SecretStore,
     pub config: Config,
@@ -51,19 +60,27 @@ impl Demo {
         let issuer = SimIssuer::start(IssuerOptions {
             client_id: "tokenwarden-demo".into(),
             access_token_lifetime: Duration::from_secs(20),
+            // Every token the demo issues, appended to this file: the test suite scans
+            // the app's logs for them.
+            ledger: std::env::var_os("TOKENWARDEN_DEMO_LEDGER").map(std::path::PathBuf::from),
             ..IssuerOptions::default()
         })
         .await?;
+        let remote = SimRemote::start(issuer.clone(), RemoteOptions::default()).await?;
         let dir = tempfile::Builder::new()
             .prefix("tokenwarden-demo-")
             .tempdir()?;
         let mut text = String::new();
         for name in WORKLOADS {
             text.push_str(&format!(
-                "[[workload]]\nname = \"{name}\"\nauthorization_endpoint = \"{}\"\ntoken_endpoint = \"{}\"\nclient_id = \"tokenwarden-demo\"\nscopes = [\"read\"]\n\n",
+                "[[workload]]\nname = \"{name}\"\nauthorization_endpoint = \"{}\"\ntoken_endpoint = \"{}\"\nclient_id = \"tokenwarden-demo\"\nscopes = [\"read\"]\n",
                 issuer.authorization_endpoint(),
                 issuer.token_endpoint()
             ));
+            if name == REMOTE_WORKLOAD {
+                text.push_str(&format!("url = \"{}\"\n", remote.url()));
+            }
+            text.push('\n');
         }
         let path = dir.path().join(crate::engine::config::FILE_NAME);
         std::fs::write(&path, &text)?;
@@ -79,6 +96,7 @@ impl Demo {
         });
         Ok(Demo {
             issuer,
+            remote,
             engine,
             store,
             config,
@@ -151,6 +169,18 @@ pub async fn run_headless() -> anyhow::Result<()> {
         "Watch from another shell: tokenwarden --config-dir {} status",
         paths.config_dir.display()
     );
+    if let Some(url) = demo
+        .engine
+        .status()
+        .await?
+        .into_iter()
+        .find(|s| s.name == REMOTE_WORKLOAD)
+        .and_then(|s| s.local_url)
+    {
+        println!(
+            "{REMOTE_WORKLOAD} fronts a fake remote MCP server; its local proxy adds the token: curl {url}"
+        );
+    }
     println!("{HELP}");
     let mut events = demo.engine.subscribe();
     let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();

@@ -357,3 +357,79 @@ async fn token_without_a_daemon_refreshes_and_saves_before_printing() {
     assert!(t2.ok(), "{t2:?}");
     assert_ne!(t1.stdout, t2.stdout);
 }
+
+/// `tokenwarden demo --terminal`, as a newcomer runs it: it prints the local address
+/// of the demo workload that fronts a (fake) remote MCP server; a client with no
+/// token gets through it, also while the issuer is down (the token is still valid),
+/// and `q` ends the demo.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminal_demo_serves_its_remote_through_the_local_proxy() {
+    use std::io::{BufRead, Write};
+    use std::process::Stdio;
+    let env = TestEnv::new("terminal_demo");
+    let stderr = std::fs::File::create(log_dir("terminal_demo").join("demo.stderr")).unwrap();
+    let mut child = env
+        .command(&["demo", "--terminal"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn the demo");
+    let mut stdin = child.stdin.take().unwrap();
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let url = loop {
+        let line = lines_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the demo prints its proxy address");
+        if let Some(rest) = line.split("curl ").nth(1) {
+            break rest.trim().to_string();
+        }
+    };
+    assert!(
+        url.starts_with("http://127.0.0.1:") && url.ends_with("/mcp"),
+        "{url}"
+    );
+    let http = reqwest::Client::new();
+    let get = || async {
+        let r = http.get(&url).send().await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap_or_default())
+    };
+    let (code, body) = get().await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"authorization_seen\":true"), "{body}");
+
+    writeln!(stdin, "d").unwrap();
+    loop {
+        let line = lines_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        if line.starts_with("issuer: Down") {
+            break;
+        }
+    }
+    let (code, body) = get().await;
+    assert_eq!(code, 200, "served while the token is valid: {body}");
+
+    writeln!(stdin, "q").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the demo did not quit"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status}");
+}

@@ -471,6 +471,13 @@ fn driver(display: &str, config_dir: &Path, log: &Path, extra: &[(&str, String)]
     .stdin(Stdio::null())
     .stdout(std::fs::File::create(log.join("app.stdout")).unwrap())
     .stderr(std::fs::File::create(log.join("app.stderr")).unwrap());
+    // The demo's issuer records what it issues where the secret scan reads it.
+    if let Some(d) = std::env::var_os("TOKENWARDEN_TEST_LOG_DIR") {
+        cmd.env(
+            "TOKENWARDEN_DEMO_LEDGER",
+            PathBuf::from(d).join("issued-tokens.txt"),
+        );
+    }
     for (k, v) in extra {
         cmd.env(k, v);
     }
@@ -677,16 +684,38 @@ async fn demo_degrades_notifies_recovers_and_reauthenticates() {
             .await
             == json!(true)
     );
-    // The demo's workloads have no remote url, so no local proxy: no address, no
-    // "Copy client config", no proxy error.
+    // One demo workload fronts the demo's remote MCP server: its card shows the local
+    // address (and "Copy client config"); the others have no remote, so no address.
     let proxy_ui = wd
-        .js("return [...document.querySelectorAll('li[data-workload]')].map(li => [li.querySelector('.local').hidden, li.querySelector('.proxy-error').hidden, li.querySelector('.local').offsetParent === null]);")
+        .js("return [...document.querySelectorAll('li[data-workload]')].map(li => [li.dataset.workload, li.querySelector('.local').hidden, li.querySelector('.proxy-error').hidden, li.querySelector('.local-url').value]);")
         .await;
-    assert_eq!(
-        proxy_ui,
-        json!([[true, true, true], [true, true, true], [true, true, true]]),
-        "no local proxy in the demo"
+    let rows = proxy_ui.as_array().unwrap();
+    assert_eq!(rows.len(), 3, "{proxy_ui}");
+    let mut local_url = String::new();
+    for r in rows {
+        let remote = r[0] == tokenwarden::demo::REMOTE_WORKLOAD;
+        assert_eq!(
+            r[1],
+            json!(!remote),
+            "address shown only with a remote: {proxy_ui}"
+        );
+        assert_eq!(r[2], json!(true), "no proxy error: {proxy_ui}");
+        if remote {
+            local_url = r[3].as_str().unwrap().to_string();
+        }
+    }
+    assert!(
+        local_url.starts_with("http://127.0.0.1:") && local_url.ends_with("/mcp"),
+        "{proxy_ui}"
     );
+    // A client with no token gets through to the demo remote.
+    let r = reqwest::get(&local_url).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("\"authorization_seen\":true"));
     assert!(
         wd.js("return document.querySelector('#settings').hidden")
             .await

@@ -705,3 +705,48 @@ async fn refreshes_at_one_issuer_are_capped_after_a_mass_wake() {
     assert!(peak >= 2, "still concurrent, not serialized: {peak}");
     engine.shutdown().await;
 }
+
+/// Token requests waiting on a refresh that hangs, then the workload is removed from
+/// the configuration: every caller gets an answer once the in-flight refresh gives up
+/// at the HTTP timeout (the access token, still valid, since they asked before the
+/// removal), none waits forever, and the name is unknown afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_waiting_on_a_refresh_are_answered_when_the_workload_is_removed() {
+    let s = setup("removed_while_waiting", issuer_opts(60)).await;
+    wait_for(&s.engine, Duration::from_secs(10), |w| {
+        w.status == Status::Running
+    })
+    .await;
+    s.issuer.set_mode(Mode::Hang);
+    s.engine.retry(Some("w")).await.unwrap();
+    // The refresh is now in flight (hanging): token requests wait for it.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let waiting: Vec<_> = (0..10)
+        .map(|_| {
+            let e = s.engine.clone();
+            tokio::spawn(async move { e.token("w").await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        waiting.iter().all(|t| !t.is_finished()),
+        "they wait for the refresh"
+    );
+
+    let empty = Config::parse(&s._dir.path().join("workloads.toml"), "").unwrap();
+    let t0 = std::time::Instant::now();
+    s.engine.reload(Some(empty), Vec::new()).await.unwrap();
+    for t in waiting {
+        let r = tokio::time::timeout(Duration::from_secs(10), t)
+            .await
+            .expect("answered, not left waiting")
+            .unwrap();
+        assert!(r.is_ok(), "the still valid token: {:?}", r.map(|_| ()));
+    }
+    // Bounded by the HTTP timeout (2 s here) plus the grace for the in-flight refresh.
+    assert!(t0.elapsed() < Duration::from_secs(9), "{:?}", t0.elapsed());
+    assert!(s.engine.status().await.unwrap().is_empty());
+    let e = s.engine.token("w").await.expect_err("removed");
+    assert_eq!(e.code(), "unknown_workload");
+    s.engine.shutdown().await;
+}

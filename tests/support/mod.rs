@@ -162,6 +162,10 @@ impl TestEnv {
         for (k, v) in FAST_POLICY {
             c.env(k, v);
         }
+        // `tokenwarden demo`'s issuer records what it issues for the secret scan.
+        if let Some(l) = ledger() {
+            c.env("TOKENWARDEN_DEMO_LEDGER", l);
+        }
         for (k, v) in &self.extra_env {
             c.env(k, v);
         }
