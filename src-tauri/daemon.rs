@@ -85,12 +85,20 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
         pid = std::process::id(),
         "daemon starting"
     );
+    let running = crate::config_watch::running(&config);
     let engine = Engine::start(EngineOptions {
         state_path: Some(paths.state_file.clone()),
         sources: crate::engine::triggers::Sources::all(),
         ..EngineOptions::new(config, store)
     });
     let cancel = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(crate::config_watch::run(
+        paths.clone(),
+        engine.clone(),
+        running,
+        cancel.clone(),
+        |_| {}, // the log says it
+    ));
     let listener = crate::control::bind(&paths)?;
     let server = tokio::spawn(crate::control::serve(
         listener,

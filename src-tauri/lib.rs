@@ -10,6 +10,7 @@
 //!   in front of a `sim_issuer`, for discovery and proxy tests.
 
 pub mod cli;
+pub mod config_watch;
 pub mod control;
 pub mod daemon;
 pub mod demo;

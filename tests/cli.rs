@@ -433,3 +433,68 @@ async fn terminal_demo_serves_its_remote_through_the_local_proxy() {
     };
     assert!(status.success(), "{status}");
 }
+
+/// Hand edits of workloads.toml reach the running daemon: a table added by hand
+/// starts; a broken edit is reported in the log with its line while the running
+/// configuration stays and the file is left as written; fixing it applies it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hand_edits_of_the_config_apply_while_the_daemon_runs() {
+    let issuer = issuer(issuer_opts(30)).await;
+    let env = env_with("hand_edits", &issuer, &["a"]).await;
+    env.start_daemon().await;
+    env.wait_status("a", Status::Unauthenticated, Duration::from_secs(5))
+        .await;
+
+    let with_b = format!(
+        "{}{}",
+        read(&env.config_file()),
+        workload_toml("b", &issuer)
+    );
+    env.write_config(&with_b);
+    env.wait_status("b", Status::Unauthenticated, Duration::from_secs(10))
+        .await;
+
+    let broken = format!("{with_b}\n[[workload]]\nname = \"c\"\ntoken_endpoint = 42\n");
+    let line = broken.lines().count();
+    env.write_config(&broken);
+    let want = format!("workloads.toml:{line}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let logs = std::fs::read_dir(log_dir("hand_edits"))
+            .unwrap()
+            .flatten()
+            .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+            .collect::<String>();
+        if logs.contains("cannot be used") && logs.contains(&want) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the broken edit is reported with {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let names: Vec<String> = env.status().await.into_iter().map(|w| w.name).collect();
+    assert_eq!(names, ["a", "b"], "the running configuration stays");
+    assert_eq!(
+        read(&env.config_file()),
+        broken,
+        "the file is left as written"
+    );
+
+    // Fixed, and `a` removed by hand: applied.
+    env.write_config(&format!(
+        "{}{}",
+        file_store_header(),
+        workload_toml("b", &issuer)
+    ));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let names: Vec<String> = env.status().await.into_iter().map(|w| w.name).collect();
+        if names == ["b"] {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still {names:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

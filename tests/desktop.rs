@@ -991,6 +991,30 @@ async fn real_workload_login_retry_now_and_single_instance() {
     )
     .await;
 
+    // A hand edit of workloads.toml that cannot be used: a notification names the line,
+    // the running workloads stay, the file is left as written; putting it back is
+    // applied quietly.
+    let file = config.path().join("workloads.toml");
+    let good = std::fs::read_to_string(&file).unwrap();
+    let broken = format!("{good}\n[[workload]]\nname = \"typo\"\ntoken_endpoint = 42\n");
+    std::fs::write(&file, &broken).unwrap();
+    let n = recorder
+        .wait_for("workloads.toml has an error", Duration::from_secs(15))
+        .await;
+    let body = n["body"].as_str().unwrap_or("");
+    assert!(
+        body.contains(&format!("workloads.toml:{}:", broken.lines().count()))
+            && body.contains("keeps running the previous configuration"),
+        "{n}"
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), broken);
+    assert!(
+        wd.js("return !!document.querySelector('li[data-workload=\"api\"]') && !document.querySelector('li[data-workload=\"typo\"]')")
+            .await
+            == json!(true)
+    );
+    std::fs::write(&file, &good).unwrap();
+
     // "Re-authenticate" runs the real login flow; the stand-in browser follows the URL.
     wd.click("li[data-workload=\"api\"] [data-action=\"reauth\"]")
         .await;

@@ -560,6 +560,8 @@ pub async fn main(paths: Paths, cfg: Config, start_hidden: bool) -> anyhow::Resu
             return Err(e);
         }
     };
+    // Hand edits of workloads.toml are applied while the app runs (not for the demo).
+    let watched = (!cfg.workloads.is_empty()).then(|| crate::config_watch::running(&cfg));
     let (backend, control_paths) = if cfg.workloads.is_empty() {
         eprintln!(
             "No workloads in {}: starting the built-in demo. Add your own with `tokenwarden add`.",
@@ -588,8 +590,21 @@ pub async fn main(paths: Paths, cfg: Config, start_hidden: bool) -> anyhow::Resu
         });
         (Backend::Real { engine, store }, paths.clone())
     };
-    let shell = Arc::new(Shell::new(backend, paths, control_paths.clone()));
+    let shell = Arc::new(Shell::new(backend, paths.clone(), control_paths.clone()));
     let cancel = CancellationToken::new();
+    if let Some(running) = watched {
+        tokio::spawn(crate::config_watch::run(
+            paths,
+            shell.engine().clone(),
+            running,
+            cancel.clone(),
+            |edit| {
+                if let crate::config_watch::Edit::Broken(message) = edit {
+                    notify::show_config_error(&message);
+                }
+            },
+        ));
+    }
     let server = match crate::control::bind(&control_paths) {
         Ok(listener) => tokio::spawn(crate::control::serve(
             listener,

@@ -315,6 +315,43 @@ fn compose(kind: NoteKind, endpoint: &str, items: &[Pending]) -> Note {
     }
 }
 
+/// A notification with the app's name and a category hint (where the platform has them).
+fn notification(summary: &str, body: &str, category: &str) -> notify_rust::Notification {
+    let mut n = notify_rust::Notification::new();
+    n.appname("Tokenwarden")
+        .summary(summary)
+        .body(body)
+        .icon("dialog-information");
+    #[cfg(all(unix, not(target_os = "macos")))]
+    n.hint(notify_rust::Hint::Category(category.into()));
+    #[cfg(not(all(unix, not(target_os = "macos"))))]
+    let _ = category;
+    n
+}
+
+/// Tell the user that a hand edit of workloads.toml cannot be used (`message` names the
+/// file and the line) and that the running configuration stays.
+pub fn show_config_error(message: &str) {
+    let n = notification(
+        "workloads.toml has an error",
+        &format!(
+            "{}. Tokenwarden keeps running the previous configuration until the file is fixed.",
+            message.trim_end_matches('.')
+        ),
+        "device.error",
+    );
+    let spawned = std::thread::Builder::new()
+        .name("notification".into())
+        .spawn(move || {
+            if let Err(e) = n.show() {
+                tracing::warn!(error = %e, "could not show a notification");
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "could not start the notification thread");
+    }
+}
+
 /// Show a note through the platform's notification service, on a thread of its own
 /// (the D-Bus call blocks; waiting for an action blocks until the note closes).
 /// `on_reauth` runs when the user picks "Re-authenticate" on an unauthenticated note.
@@ -322,20 +359,14 @@ pub fn show(note: Note, on_reauth: impl FnOnce(Vec<String>) + Send + 'static) {
     let spawned = std::thread::Builder::new()
         .name("notification".into())
         .spawn(move || {
-            let mut n = notify_rust::Notification::new();
-            n.appname("Tokenwarden")
-                .summary(&note.summary)
-                .body(&note.body)
-                .icon("dialog-information");
+            let category = match note.kind {
+                NoteKind::Recovered => "network.connected",
+                _ => "network.error",
+            };
+            #[cfg_attr(not(all(unix, not(target_os = "macos"))), allow(unused_mut))]
+            let mut n = notification(&note.summary, &note.body, category);
             #[cfg(all(unix, not(target_os = "macos")))]
             {
-                n.hint(notify_rust::Hint::Category(
-                    match note.kind {
-                        NoteKind::Recovered => "network.connected",
-                        _ => "network.error",
-                    }
-                    .into(),
-                ));
                 if note.kind == NoteKind::Unauthenticated {
                     n.action("default", "Re-authenticate");
                     n.action("reauthenticate", "Re-authenticate");

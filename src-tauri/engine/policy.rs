@@ -69,6 +69,8 @@ pub struct Policy {
     /// Local proxy: request bodies up to this size are held so they can be sent again
     /// after a `401` and a refresh; larger ones stream straight through.
     pub proxy_replay_bytes: usize,
+    /// How often a running daemon or app looks at workloads.toml for hand edits.
+    pub config_check_interval: Duration,
 }
 
 impl Default for Policy {
@@ -105,6 +107,7 @@ impl Default for Policy {
             issuer_max_concurrent: 8,
             proxy_upstream_timeout: Duration::from_secs(60),
             proxy_replay_bytes: 64 * 1024,
+            config_check_interval: Duration::from_secs(2),
         }
     }
 }
@@ -152,6 +155,7 @@ pub const KEYS: &[(&str, Kind)] = &[
     ("issuer_max_concurrent", Kind::Count),
     ("proxy_upstream_timeout", Kind::Duration),
     ("proxy_replay_bytes", Kind::Bytes),
+    ("config_check_interval", Kind::Duration),
 ];
 
 pub fn env_name(key: &str) -> String {
@@ -265,6 +269,7 @@ impl Policy {
             "wake_threshold" => &mut self.wake_threshold,
             "wake_spread" => &mut self.wake_spread,
             "proxy_upstream_timeout" => &mut self.proxy_upstream_timeout,
+            "config_check_interval" => &mut self.config_check_interval,
             _ => &mut self.wall_check_interval,
         }
     }

@@ -28,6 +28,7 @@ pub const FAST_POLICY: &[(&str, &str)] = &[
     ("TOKENWARDEN_HTTP_TIMEOUT", "2s"),
     ("TOKENWARDEN_CONNECT_TIMEOUT", "1s"),
     ("TOKENWARDEN_WALL_CHECK_INTERVAL", "1s"),
+    ("TOKENWARDEN_CONFIG_CHECK_INTERVAL", "100ms"),
 ];
 
 /// The policy for in-process engines (same numbers as `FAST_POLICY`).
