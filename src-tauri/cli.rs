@@ -609,7 +609,20 @@ fn print_status_line(s: &WorkloadStatus) {
     if let Some(t) = &s.gives_up_at {
         line.push_str(&format!("  gives up {}", local_time(t)));
     }
+    match (&s.access_token_expires_at, s.access_token_valid) {
+        (Some(t), true) => line.push_str(&format!("  token valid until {}", local_time(t))),
+        _ if s.live && s.status != crate::engine::Status::Stopped => {
+            line.push_str("  no valid token")
+        }
+        _ => {}
+    }
+    if let Some(u) = &s.local_url {
+        line.push_str(&format!("  proxy {u}"));
+    }
     println!("{line}");
+    if let Some(e) = &s.proxy_error {
+        println!("{:<20} proxy: {e}", "");
+    }
     if let Some(h) = &s.hint {
         println!("{:<20} hint: {h}", "");
     }
