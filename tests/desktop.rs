@@ -1013,7 +1013,28 @@ async fn real_workload_login_retry_now_and_single_instance() {
             .await
             == json!(true)
     );
+    // The window says it too, until the file is fixed.
+    let banner = wd
+        .wait(
+            "the config error banner",
+            "!document.querySelector('#config-error').hidden && document.querySelector('#config-error').textContent",
+            Duration::from_secs(10),
+        )
+        .await;
+    assert!(
+        banner
+            .as_str()
+            .unwrap_or("")
+            .contains(&format!("workloads.toml:{}:", broken.lines().count())),
+        "{banner}"
+    );
     std::fs::write(&file, &good).unwrap();
+    wd.wait(
+        "the config error banner to go",
+        "document.querySelector('#config-error').hidden",
+        Duration::from_secs(10),
+    )
+    .await;
 
     // "Re-authenticate" runs the real login flow; the stand-in browser follows the URL.
     wd.click("li[data-workload=\"api\"] [data-action=\"reauth\"]")

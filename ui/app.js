@@ -46,6 +46,12 @@ function countdown(d) {
 }
 
 // ---------- errors and notices ----------
+// A hand edit of workloads.toml that cannot be used (null once one can).
+function setConfigError(message) {
+  $("#config-error-text").textContent = message || "";
+  $("#config-error").hidden = !message;
+}
+
 function showError(e) {
   const err = normalize(e);
   $("#error-text").textContent = `${err.message} [${err.code}]`;
@@ -392,6 +398,7 @@ async function start() {
   await listen("removed", (e) => removed(e.payload));
   await listen("demo", (e) => setDemo(e.payload));
   await listen("error", (e) => showError(e.payload));
+  await listen("config-error", (e) => setConfigError(e.payload));
   await listen("login", (e) => {
     const l = e.payload;
     if (l.state === "failed") showError({ code: "login", message: `Sign-in to ${l.name} failed: ${l.message}` });
@@ -407,6 +414,7 @@ async function start() {
     ? `Tokenwarden ${info.version} · demo · tokenwarden --config-dir ${info.control_dir} status`
     : `Tokenwarden ${info.version} · ${info.config_file}`;
   setupAutostart(info.autostart);
+  setConfigError(info.config_error);
   replaceAll(await call("list_status"));
   document.body.dataset.ready = "1";
   document.addEventListener("visibilitychange", tick);

@@ -72,6 +72,8 @@ pub struct AppInfo {
     /// Start at login: on/off as it is now; `null` where it cannot be offered (the demo)
     /// or read (the reason is logged).
     autostart: Option<bool>,
+    /// Why the last hand edit of workloads.toml could not be used (file:line: ...).
+    config_error: Option<String>,
 }
 
 #[tauri::command]
@@ -89,6 +91,7 @@ pub fn app_info(app: AppHandle, shell: Shared<'_>) -> AppInfo {
         control_dir: shell.control_paths.config_dir.display().to_string(),
         config_file: shell.paths.config_file.display().to_string(),
         autostart,
+        config_error: shell.config_error.borrow().clone(),
     }
 }
 

@@ -130,6 +130,8 @@ pub struct Shell {
     demo_revoked: std::sync::atomic::AtomicBool,
     /// Sign-ins waiting for the browser, by workload; a new one cancels the old.
     logins: Mutex<HashMap<String, (u64, CancellationToken)>>,
+    /// Why the last hand edit of workloads.toml could not be used, until one can.
+    pub config_error: tokio::sync::watch::Sender<Option<String>>,
 }
 
 #[derive(serde::Serialize, serde::Deserialize, Default)]
@@ -166,6 +168,7 @@ impl Shell {
             prefs_file,
             demo_revoked: std::sync::atomic::AtomicBool::new(false),
             logins: Mutex::new(HashMap::new()),
+            config_error: tokio::sync::watch::Sender::new(None),
         }
     }
 
@@ -402,6 +405,7 @@ pub fn show_window(app: &AppHandle) {
 /// Forward engine status changes to the window, the tray and the notifier.
 async fn forward(app: AppHandle, shell: Arc<Shell>) {
     let mut rx = shell.engine().subscribe();
+    let mut config_error = shell.config_error.subscribe();
     if let Ok(list) = shell.engine().status().await {
         let rows = shell.replace_all(list);
         let _ = app.emit("status-all", &rows);
@@ -416,6 +420,10 @@ async fn forward(app: AppHandle, shell: Arc<Shell>) {
             }
         };
         tokio::select! {
+            Ok(()) = config_error.changed() => {
+                let e = config_error.borrow_and_update().clone();
+                let _ = app.emit("config-error", e);
+            }
             ev = rx.recv() => match ev {
                 Ok(ch) => {
                     let (row, muted) = shell.apply(&ch);
@@ -593,14 +601,19 @@ pub async fn main(paths: Paths, cfg: Config, start_hidden: bool) -> anyhow::Resu
     let shell = Arc::new(Shell::new(backend, paths.clone(), control_paths.clone()));
     let cancel = CancellationToken::new();
     if let Some(running) = watched {
+        let s = shell.clone();
         tokio::spawn(crate::config_watch::run(
             paths,
             shell.engine().clone(),
             running,
             cancel.clone(),
-            |edit| {
-                if let crate::config_watch::Edit::Broken(message) = edit {
+            move |edit| match edit {
+                crate::config_watch::Edit::Broken(message) => {
                     notify::show_config_error(&message);
+                    s.config_error.send_replace(Some(message));
+                }
+                crate::config_watch::Edit::Applied { .. } => {
+                    s.config_error.send_replace(None);
                 }
             },
         ));
