@@ -426,6 +426,41 @@ pub struct NewWorkload {
     pub client_auth: ClientAuth,
 }
 
+/// Held while one edit reads, changes and writes the file: `add`, `remove`, the
+/// window's forms and the daemon keeping a proxy port may edit at the same time, and
+/// an edit must not write back a table another one just removed (or drop one it just
+/// added). An advisory lock on a file of its own next to the config (never deleted,
+/// so every editor locks the same inode); released when dropped, or by the kernel.
+struct EditLock {
+    _file: std::fs::File,
+}
+
+impl EditLock {
+    fn acquire(path: &Path) -> Result<EditLock, ConfigError> {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| FILE_NAME.to_string());
+        let lock_path = path.with_file_name(format!(".{name}.edit-lock"));
+        let fail = |what: &str, e: std::io::Error| ConfigError {
+            path: path.to_path_buf(),
+            line: None,
+            message: format!("cannot {what} {}: {e}", lock_path.display()),
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| fail("create the directory of", e))?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| fail("open", e))?;
+        file.lock().map_err(|e| fail("lock", e))?;
+        Ok(EditLock { _file: file })
+    }
+}
+
 fn read_for_edit(path: &Path) -> Result<(String, Config), ConfigError> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
@@ -470,6 +505,7 @@ fn edit_error(path: &Path, message: String) -> ConfigError {
 
 /// Append a workload. Refuses if the file is broken or the name exists.
 pub fn add_workload(path: &Path, w: &NewWorkload) -> Result<Config, ConfigError> {
+    let _lock = EditLock::acquire(path)?;
     let (text, cfg) = read_for_edit(path)?;
     validate_name(&w.name).map_err(|m| edit_error(path, m))?;
     if cfg.workload(&w.name).is_some() {
@@ -543,6 +579,7 @@ fn edit_existing(
     name: &str,
     edit: impl FnOnce(&mut toml_edit::DocumentMut) -> Result<(), String>,
 ) -> Result<Config, ConfigError> {
+    let _lock = EditLock::acquire(path)?;
     let (text, cfg) = read_for_edit(path)?;
     if cfg.workload(name).is_none() {
         return Err(edit_error(path, format!("no workload named `{name}`")));
@@ -915,8 +952,51 @@ listen_port = 8765
         add_workload(&path, &nw).unwrap();
         let c = Config::load(&path).unwrap();
         assert_eq!(c.workloads[0].name, "w");
-        // No temp files left behind.
-        let left: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().collect();
-        assert_eq!(left.len(), 1);
+        // No temp files left behind (the edit lock stays, by design).
+        let left: Vec<String> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n != ".workloads.toml.edit-lock")
+            .collect();
+        assert_eq!(left, [FILE_NAME]);
+    }
+
+    /// Editors at the same time (`add` in a shell, the window's form, the daemon
+    /// keeping a proxy port): every edit lands, none writes back an older file.
+    #[test]
+    fn concurrent_edits_are_not_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        std::fs::write(&path, GOOD).unwrap();
+        let threads: Vec<_> = (0..6)
+            .map(|t| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    for i in 0..10 {
+                        let nw = NewWorkload {
+                            name: format!("w{t}-{i}"),
+                            token_endpoint: "https://auth.example/token".into(),
+                            client_id: "xyz".into(),
+                            ..Default::default()
+                        };
+                        add_workload(&path, &nw).unwrap();
+                        if t % 2 == 0 {
+                            set_listen_port(&path, "github-mcp", 9000 + (t * 10 + i) as u16)
+                                .unwrap();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let cfg = Config::load(&path).unwrap();
+        assert_eq!(cfg.workloads.len(), 61, "every added workload is there");
+        for t in 0..6 {
+            for i in 0..10 {
+                assert!(cfg.workload(&format!("w{t}-{i}")).is_some(), "w{t}-{i}");
+            }
+        }
     }
 }
