@@ -750,3 +750,51 @@ async fn callers_waiting_on_a_refresh_are_answered_when_the_workload_is_removed(
     assert_eq!(e.code(), "unknown_workload");
     s.engine.shutdown().await;
 }
+
+/// A policy change restarts the monitors, except a change of `config_check_interval`
+/// alone (only the config watcher reads it). A restart shows as a first report
+/// (`previous: null`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_policy_changes_that_matter_to_monitors_restart_them() {
+    let s = setup("policy_restart", issuer_opts(60)).await;
+    wait_for(&s.engine, Duration::from_secs(10), |w| {
+        w.status == Status::Running
+    })
+    .await;
+    let path = s._dir.path().join("workloads.toml");
+    let reload_with = |edit: &dyn Fn(&mut tokenwarden::engine::policy::Policy)| {
+        let mut cfg = Config::parse(&path, &workload_toml("w", &s.issuer)).unwrap();
+        cfg.policy = fast_policy();
+        edit(&mut cfg.policy);
+        cfg
+    };
+    let restarted =
+        |rx: &mut tokio::sync::broadcast::Receiver<tokenwarden::engine::StatusChange>| {
+            let mut first_report = false;
+            while let Ok(ev) = rx.try_recv() {
+                first_report |= ev.previous.is_none();
+            }
+            first_report
+        };
+
+    let mut rx = s.engine.subscribe();
+    let cfg = reload_with(&|p| p.config_check_interval = Duration::from_secs(9));
+    s.engine.reload(Some(cfg), Vec::new()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !restarted(&mut rx),
+        "config_check_interval alone restarts nothing"
+    );
+
+    let cfg = reload_with(&|p| {
+        p.config_check_interval = Duration::from_secs(9);
+        p.retrying_interval = Duration::from_millis(150);
+    });
+    s.engine.reload(Some(cfg), Vec::new()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        restarted(&mut rx),
+        "a retry policy change restarts the monitor"
+    );
+    s.engine.shutdown().await;
+}

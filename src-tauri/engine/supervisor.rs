@@ -555,7 +555,16 @@ impl Supervisor {
     }
 
     async fn apply_config(&mut self, cfg: Config) {
-        if cfg.policy != *self.policy {
+        // `config_check_interval` is read by the config watcher only: changing it alone
+        // restarts nothing.
+        let monitors_see_a_change = Policy {
+            config_check_interval: self.policy.config_check_interval,
+            ..cfg.policy.clone()
+        } != *self.policy;
+        if !monitors_see_a_change && cfg.policy != *self.policy {
+            self.policy = Arc::new(cfg.policy.clone());
+        }
+        if monitors_see_a_change {
             tracing::info!("policy changed; restarting monitors");
             self.policy = Arc::new(cfg.policy.clone());
             self.clients.clear();
