@@ -1,7 +1,7 @@
 //! Hand edits of `workloads.toml` reach a running daemon or desktop app without a
-//! restart: the file is looked at every `config_check_interval` (its size and
-//! modification time; one `stat`, no per-workload work) and read again when either
-//! changed. New text that parses is applied like `add`/`remove` apply theirs (only the
+//! restart: the file is looked at every `config_check_interval` (one `stat`: size,
+//! times, inode; no per-workload work) and read again once a change has held still for
+//! one interval (a file being written is not read half way). New text that parses is applied like `add`/`remove` apply theirs (only the
 //! workloads whose table changed restart; a policy change restarts all). Text that does
 //! not parse is reported once, with its line, and the running configuration stays
 //! until the file is fixed. A file that disappears (an editor between writes, or a
@@ -16,11 +16,14 @@ use crate::paths::Paths;
 use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
 
-/// What `stat` says of the file: enough to notice a change without reading it.
+/// What `stat` says of the file: enough to notice a change without reading it (the
+/// inode for an editor's rename over it, the change time for a same-size rewrite).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Stamp {
     len: u64,
     modified: Option<SystemTime>,
+    #[cfg(unix)]
+    inode: (u64, i64, i64),
 }
 
 fn stamp(path: &std::path::Path) -> Option<Stamp> {
@@ -28,6 +31,11 @@ fn stamp(path: &std::path::Path) -> Option<Stamp> {
     Some(Stamp {
         len: m.len(),
         modified: m.modified().ok(),
+        #[cfg(unix)]
+        inode: {
+            use std::os::unix::fs::MetadataExt;
+            (m.ino(), m.ctime(), m.ctime_nsec())
+        },
     })
 }
 
@@ -69,19 +77,28 @@ pub async fn run(
     cancel: CancellationToken,
     report: impl Fn(Edit) + Send + 'static,
 ) {
-    let mut last_stamp = stamp(&paths.config_file);
-    // The text last seen (applied or reported): the same text is not handled twice.
-    let mut last_text = std::fs::read_to_string(&paths.config_file).ok();
+    // Nothing seen yet: the first look reads the file, so an edit made between the
+    // engine's start and this task's is not missed (the same text changes nothing).
+    let mut last_stamp: Option<Option<Stamp>> = None;
+    let mut last_text: Option<String> = None;
+    // A change was seen; read once the file has held still for one interval, so a file
+    // being written (emptied, then filled) is never read half way.
+    let mut pending = false;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
         }
         let now = stamp(&paths.config_file);
-        if now == last_stamp {
+        if last_stamp != Some(now) {
+            last_stamp = Some(now);
+            pending = true;
             continue;
         }
-        last_stamp = now;
+        if !pending {
+            continue;
+        }
+        pending = false;
         let text = match std::fs::read_to_string(&paths.config_file) {
             Ok(t) => t,
             Err(e) => {
@@ -93,9 +110,17 @@ pub async fn run(
                 continue;
             }
         };
+        // Written within the last moments: a rewrite in the same clock tick could leave
+        // the stamp as it is, so look again next time (the text comparison is cheap).
+        let fresh = now
+            .and_then(|s| s.modified)
+            .and_then(|m| SystemTime::now().duration_since(m).ok())
+            .is_none_or(|age| age < Duration::from_secs(2));
+        pending = fresh;
         if last_text.as_deref() == Some(text.as_str()) {
             continue;
         }
+        let first = last_text.is_none();
         last_text = Some(text.clone());
         let cfg = match parse(&paths, &text) {
             Ok(c) => c,
@@ -114,6 +139,10 @@ pub async fn run(
             .max(Duration::from_millis(10));
         let n = cfg.workloads.len();
         match engine.reload(Some(cfg), Vec::new()).await {
+            Ok(()) if first => {
+                tracing::debug!(workloads = n, "workloads.toml read again after the start");
+                report(Edit::Applied { workloads: n });
+            }
             Ok(()) => {
                 tracing::info!(
                     workloads = n,

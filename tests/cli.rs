@@ -498,3 +498,58 @@ async fn hand_edits_of_the_config_apply_while_the_daemon_runs() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The proxy port the daemon chose and wrote back, lost when an editor saves a copy of
+/// the file from before: the workload keeps its port (no restart, clients keep
+/// working) and the port is written back again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_port_lost_by_an_edit_is_kept() {
+    let issuer = issuer(issuer_opts(30)).await;
+    let env = TestEnv::new("port_kept");
+    let before = format!(
+        "{}{}\nurl = \"http://127.0.0.1:9/mcp\"\n",
+        file_store_header(),
+        workload_toml("r", &issuer).trim_end()
+    );
+    env.write_config(&before);
+    env.start_daemon().await;
+    let first = env
+        .wait_for("r", Duration::from_secs(10), |w| w.local_url.is_some())
+        .await
+        .local_url
+        .unwrap();
+    let port = first
+        .strip_prefix("http://127.0.0.1:")
+        .and_then(|r| r.split('/').next())
+        .unwrap()
+        .to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !read(&env.config_file()).contains(&format!("listen_port = {port}")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the port is written back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The editor's older copy, without the port, plus an unrelated comment.
+    env.write_config(&format!("# edited\n{before}"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = read(&env.config_file());
+        if text.starts_with("# edited") && text.contains(&format!("listen_port = {port}")) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the port is written back again: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let now = env.status().await;
+    assert_eq!(
+        now[0].local_url.as_deref(),
+        Some(first.as_str()),
+        "same port"
+    );
+}

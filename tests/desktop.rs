@@ -466,6 +466,7 @@ fn driver(display: &str, config_dir: &Path, log: &Path, extra: &[(&str, String)]
     .env("TOKENWARDEN_CONFIG_DIR", config_dir)
     .env("TOKENWARDEN_LOG_DIR", log)
     .env("TOKENWARDEN_NOTIFY_COALESCE", "700ms")
+    .env("TOKENWARDEN_CONFIG_CHECK_INTERVAL", "200ms")
     .env("RUST_LOG", "debug")
     .env("NO_AT_BRIDGE", "1")
     .stdin(Stdio::null())
@@ -1033,6 +1034,26 @@ async fn real_workload_login_retry_now_and_single_instance() {
         "the config error banner to go",
         "document.querySelector('#config-error').hidden",
         Duration::from_secs(10),
+    )
+    .await;
+    // A workload added by hand gets a card; taken out by hand, the card goes.
+    let extra = format!(
+        "{good}\n[[workload]]\nname = \"extra\"\ntoken_endpoint = \"{}\"\nclient_id = \"{}\"\n",
+        issuer.token_endpoint(),
+        issuer.client_id()
+    );
+    std::fs::write(&file, &extra).unwrap();
+    wd.wait(
+        "a card for the workload added by hand",
+        "!!document.querySelector('li[data-workload=\"extra\"]')",
+        Duration::from_secs(15),
+    )
+    .await;
+    std::fs::write(&file, &good).unwrap();
+    wd.wait(
+        "the card of the workload removed by hand to go",
+        "!document.querySelector('li[data-workload=\"extra\"]')",
+        Duration::from_secs(15),
     )
     .await;
 

@@ -709,7 +709,7 @@ async fn refreshes_at_one_issuer_are_capped_after_a_mass_wake() {
 /// Token requests waiting on a refresh that hangs, then the workload is removed from
 /// the configuration: every caller gets an answer once the in-flight refresh gives up
 /// at the HTTP timeout (the access token, still valid, since they asked before the
-/// removal), none waits forever, and the name is unknown afterwards.
+/// removal; or "stopped"), none waits forever, and the name is unknown afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callers_waiting_on_a_refresh_are_answered_when_the_workload_is_removed() {
     let s = setup("removed_while_waiting", issuer_opts(60)).await;
@@ -741,7 +741,11 @@ async fn callers_waiting_on_a_refresh_are_answered_when_the_workload_is_removed(
             .await
             .expect("answered, not left waiting")
             .unwrap();
-        assert!(r.is_ok(), "the still valid token: {:?}", r.map(|_| ()));
+        // A request the monitor had taken waits for the refresh and gets the still valid
+        // token; one still queued at the removal (a slow machine) is told it stopped.
+        if let Err(e) = r {
+            assert_eq!(e.code(), "stopped", "{e}");
+        }
     }
     // Bounded by the HTTP timeout (2 s here) plus the grace for the in-flight refresh.
     assert!(t0.elapsed() < Duration::from_secs(9), "{:?}", t0.elapsed());

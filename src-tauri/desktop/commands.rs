@@ -91,7 +91,7 @@ pub fn app_info(app: AppHandle, shell: Shared<'_>) -> AppInfo {
         control_dir: shell.control_paths.config_dir.display().to_string(),
         config_file: shell.paths.config_file.display().to_string(),
         autostart,
-        config_error: shell.config_error.borrow().clone(),
+        config_error: shell.config_edits.borrow().error.clone(),
     }
 }
 

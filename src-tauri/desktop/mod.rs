@@ -130,8 +130,15 @@ pub struct Shell {
     demo_revoked: std::sync::atomic::AtomicBool,
     /// Sign-ins waiting for the browser, by workload; a new one cancels the old.
     logins: Mutex<HashMap<String, (u64, CancellationToken)>>,
-    /// Why the last hand edit of workloads.toml could not be used, until one can.
-    pub config_error: tokio::sync::watch::Sender<Option<String>>,
+    /// Hand edits of workloads.toml: how many were handled, and why the last one could
+    /// not be used (until one can).
+    pub config_edits: tokio::sync::watch::Sender<ConfigEdits>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ConfigEdits {
+    pub applied: u64,
+    pub error: Option<String>,
 }
 
 #[derive(serde::Serialize, serde::Deserialize, Default)]
@@ -168,7 +175,7 @@ impl Shell {
             prefs_file,
             demo_revoked: std::sync::atomic::AtomicBool::new(false),
             logins: Mutex::new(HashMap::new()),
-            config_error: tokio::sync::watch::Sender::new(None),
+            config_edits: tokio::sync::watch::Sender::new(ConfigEdits::default()),
         }
     }
 
@@ -405,7 +412,8 @@ pub fn show_window(app: &AppHandle) {
 /// Forward engine status changes to the window, the tray and the notifier.
 async fn forward(app: AppHandle, shell: Arc<Shell>) {
     let mut rx = shell.engine().subscribe();
-    let mut config_error = shell.config_error.subscribe();
+    let mut config_edits = shell.config_edits.subscribe();
+    let mut applied = config_edits.borrow().applied;
     if let Ok(list) = shell.engine().status().await {
         let rows = shell.replace_all(list);
         let _ = app.emit("status-all", &rows);
@@ -420,9 +428,18 @@ async fn forward(app: AppHandle, shell: Arc<Shell>) {
             }
         };
         tokio::select! {
-            Ok(()) = config_error.changed() => {
-                let e = config_error.borrow_and_update().clone();
-                let _ = app.emit("config-error", e);
+            Ok(()) = config_edits.changed() => {
+                let now = config_edits.borrow_and_update().clone();
+                let _ = app.emit("config-error", now.error);
+                // The engine says nothing of workloads an edit removed: list them again.
+                if now.applied != applied {
+                    applied = now.applied;
+                    if let Ok(list) = shell.engine().status().await {
+                        let rows = shell.replace_all(list);
+                        let _ = app.emit("status-all", &rows);
+                        refresh_tray(&app, &shell);
+                    }
+                }
             }
             ev = rx.recv() => match ev {
                 Ok(ch) => {
@@ -610,10 +627,13 @@ pub async fn main(paths: Paths, cfg: Config, start_hidden: bool) -> anyhow::Resu
             move |edit| match edit {
                 crate::config_watch::Edit::Broken(message) => {
                     notify::show_config_error(&message);
-                    s.config_error.send_replace(Some(message));
+                    s.config_edits.send_modify(|c| c.error = Some(message));
                 }
                 crate::config_watch::Edit::Applied { .. } => {
-                    s.config_error.send_replace(None);
+                    s.config_edits.send_modify(|c| {
+                        c.applied += 1;
+                        c.error = None;
+                    });
                 }
             },
         ));

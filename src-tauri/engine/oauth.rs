@@ -99,6 +99,38 @@ async fn token_request_as(
 /// Form fields of a token request whose values are secrets.
 const SECRET_FORM_FIELDS: &[&str] = &["refresh_token", "client_secret", "code", "code_verifier"];
 
+/// Every secret a token request carried, as the server may repeat it: the form's secret
+/// values as sent and URL-encoded, and for HTTP Basic client authentication the header's
+/// base64 and the client secret inside it (RFC 6749 §2.3.1 form-encodes it first).
+fn sent_secrets(form: &[(&str, &str)], authorization: Option<&str>) -> Vec<String> {
+    use base64::Engine as _;
+    let encoded = |v: &str| url::form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>();
+    let mut out: Vec<String> = Vec::new();
+    for (_, v) in form.iter().filter(|(k, _)| SECRET_FORM_FIELDS.contains(k)) {
+        out.push(v.to_string());
+        out.push(encoded(v));
+    }
+    if let Some(b64) = authorization.and_then(|a| a.strip_prefix("Basic ")) {
+        out.push(b64.to_string());
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok());
+        if let Some((_, secret)) = decoded.as_deref().and_then(|d| d.split_once(':')) {
+            let plain: String = url::form_urlencoded::parse(format!("s={secret}").as_bytes())
+                .next()
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default();
+            out.push(secret.to_string());
+            out.push(plain);
+        }
+    }
+    out.retain(|v| !v.is_empty());
+    out.sort();
+    out.dedup();
+    out
+}
+
 async fn token_request_inner(
     http: &reqwest::Client,
     endpoint: &Url,
@@ -106,6 +138,10 @@ async fn token_request_inner(
     authorization: Option<reqwest::header::HeaderValue>,
     policy: &Policy,
 ) -> Result<TokenResponse, Failure> {
+    let authorization_sent = authorization
+        .as_ref()
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let mut req = http
         .post(endpoint.clone())
         .header(reqwest::header::ACCEPT, "application/json")
@@ -137,11 +173,8 @@ async fn token_request_inner(
     }
     tracing::debug!(status, bytes = body.len(), "token endpoint answered");
     // An issuer that echoes what it was sent must not put it in front of people.
-    let sent: Vec<&str> = form
-        .iter()
-        .filter(|(k, _)| SECRET_FORM_FIELDS.contains(k))
-        .map(|(_, v)| *v)
-        .collect();
+    let sent = sent_secrets(form, authorization_sent.as_deref());
+    let sent: Vec<&str> = sent.iter().map(String::as_str).collect();
     classify_response_sent(
         status,
         content_type.as_deref(),
@@ -558,6 +591,26 @@ mod tests {
             .decode(b64)
             .unwrap();
         assert_eq!(String::from_utf8(raw).unwrap(), "my+client:p%3Aw%26d%2B");
+    }
+
+    #[test]
+    fn every_form_of_a_sent_secret_is_known() {
+        let secret = Secret::new("s3/cr+t=");
+        let basic = basic_authorization("my client", &secret);
+        let form = [
+            ("grant_type", "refresh_token"),
+            ("refresh_token", "rt/1+2="),
+            ("client_id", "my client"),
+        ];
+        let sent = sent_secrets(&form, basic.to_str().ok());
+        for want in ["rt/1+2=", "rt%2F1%2B2%3D", "s3/cr+t=", "s3%2Fcr%2Bt%3D"] {
+            assert!(sent.iter().any(|s| s == want), "{want} in {sent:?}");
+        }
+        let b64 = basic.to_str().unwrap().strip_prefix("Basic ").unwrap();
+        assert!(sent.iter().any(|s| s == b64));
+        assert!(!sent
+            .iter()
+            .any(|s| s == "refresh_token" || s == "my client"));
     }
 
     #[test]

@@ -156,6 +156,7 @@ impl Engine {
             proxies: HashMap::new(),
             proxy_errors: HashMap::new(),
             proxy_clients: HashMap::new(),
+            chosen_ports: Default::default(),
         };
         let task = tokio::spawn(sup.run(rx, reports_rx, signals_rx, cancel.clone()));
         Engine {
@@ -248,6 +249,8 @@ struct Supervisor {
     proxies: HashMap<String, crate::proxy::Proxy>,
     proxy_errors: HashMap<String, String>,
     proxy_clients: HashMap<Option<PathBuf>, reqwest::Client>,
+    /// Workloads whose proxy port this supervisor chose (and wrote back to the file).
+    chosen_ports: std::collections::HashSet<String>,
 }
 
 impl Supervisor {
@@ -350,6 +353,7 @@ impl Supervisor {
         let restored = self.persisted.get(&name).cloned();
         let mut handle = monitor::spawn(ctx, restored, self.reports_tx.clone());
         if let Some(port) = self.start_proxy(&handle) {
+            self.chosen_ports.insert(name.clone());
             // The port now written to workloads.toml is part of this workload's
             // configuration: the next reload must not see a change (and restart it).
             handle.workload = Arc::new(WorkloadConfig {
@@ -434,12 +438,39 @@ impl Supervisor {
         });
     }
 
+    /// Whether `wanted` is the configuration workload `name` runs with. A proxy port
+    /// this supervisor chose and wrote back, missing from `wanted` (an editor saved a
+    /// copy of the file from before it was written), is the same workload: its port is
+    /// kept and written back again, so clients configured with it keep working.
+    fn unchanged(&self, name: &str, wanted: &WorkloadConfig) -> bool {
+        let Some(m) = self.monitors.get(name) else {
+            return false;
+        };
+        if *m.workload == *wanted {
+            return true;
+        }
+        let lost_port = wanted.listen_port.is_none()
+            && self.chosen_ports.contains(name)
+            && *m.workload
+                == WorkloadConfig {
+                    listen_port: m.workload.listen_port,
+                    ..wanted.clone()
+                };
+        if let (true, Some(port)) = (lost_port, m.workload.listen_port) {
+            tracing::info!(workload = %name, port, "workloads.toml lost the proxy port chosen for this workload; keeping it");
+            self.keep_port(name, port);
+            return true;
+        }
+        false
+    }
+
     /// Stop a workload's monitor and its proxy.
     async fn stop_workload(&mut self, name: &str) {
         if let Some(p) = self.proxies.remove(name) {
             p.stop().await;
         }
         self.proxy_errors.remove(name);
+        self.chosen_ports.remove(name);
         if let Some(m) = self.monitors.remove(name) {
             m.stop().await;
         }
@@ -522,7 +553,8 @@ impl Supervisor {
                 };
                 for t in &targets {
                     if let Some(m) = self.monitors.get(t) {
-                        let _ = m.shared.send(Command::Trigger(trigger));
+                        // A monitor with a backlog gains nothing from another copy.
+                        m.shared.offer(Command::Trigger(trigger));
                     }
                 }
                 let _ = reply.send(Ok(targets));
@@ -582,9 +614,7 @@ impl Supervisor {
             .collect();
         let existing: Vec<String> = self.monitors.keys().cloned().collect();
         for name in existing {
-            let keep = wanted
-                .get(&name)
-                .is_some_and(|w| *self.monitors[&name].workload == *w);
+            let keep = wanted.get(&name).is_some_and(|w| self.unchanged(&name, w));
             if !keep {
                 self.stop_workload(&name).await;
                 if !wanted.contains_key(&name) {
