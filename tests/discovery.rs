@@ -20,39 +20,12 @@ async fn remote(issuer: &SimIssuer) -> SimRemote {
         .expect("remote starts")
 }
 
-/// Run `add ARGS --no-browser` to completion; when it prints an authorization URL,
-/// follow it as a signed-in user's browser would.
+/// Run `add ARGS --no-browser` to completion, following the authorization URL it
+/// prints as a signed-in user's browser would.
 async fn add(env: &TestEnv, args: &[&str]) -> Output {
-    use std::io::BufRead;
-    let err_path = log_dir(&env.test).join(format!("add-{}.stderr", rand::random::<u32>()));
     let mut all = vec!["add"];
     all.extend_from_slice(args);
-    all.extend_from_slice(&["--no-browser", "--timeout", "20s"]);
-    let mut child = env
-        .command(&all)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::fs::File::create(&err_path).unwrap())
-        .spawn()
-        .expect("spawn add");
-    let stdout = child.stdout.take().unwrap();
-    let url = tokio::task::spawn_blocking(move || {
-        let mut line = String::new();
-        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
-        line.trim().to_string()
-    })
-    .await
-    .unwrap();
-    if url.starts_with("http") {
-        assert_eq!(browse(&url).await, 200, "callback page");
-    }
-    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap();
-    Output {
-        code: status.code(),
-        stdout: url,
-        stderr: read(&err_path),
-    }
+    env.run_with_browser(&all).await
 }
 
 fn env_with_file_store(test: &str) -> TestEnv {
