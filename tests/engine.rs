@@ -718,9 +718,14 @@ async fn callers_waiting_on_a_refresh_are_answered_when_the_workload_is_removed(
     })
     .await;
     s.issuer.set_mode(Mode::Hang);
+    let before = s.issuer.refresh_requests();
     s.engine.retry(Some("w")).await.unwrap();
-    // The refresh is now in flight (hanging): token requests wait for it.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Once the issuer holds the refresh (hanging), token requests wait for it.
+    assert!(
+        s.issuer
+            .wait_for_refresh_requests(before + 1, Duration::from_secs(10))
+            .await
+    );
     let waiting: Vec<_> = (0..10)
         .map(|_| {
             let e = s.engine.clone();
@@ -784,6 +789,7 @@ async fn only_policy_changes_that_matter_to_monitors_restart_them() {
     let mut rx = s.engine.subscribe();
     let cfg = reload_with(&|p| p.config_check_interval = Duration::from_secs(9));
     s.engine.reload(Some(cfg), Vec::new()).await.unwrap();
+    // Nothing to wait for when nothing happens: give a restart the time it would take.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         !restarted(&mut rx),
@@ -795,9 +801,16 @@ async fn only_policy_changes_that_matter_to_monitors_restart_them() {
         p.retrying_interval = Duration::from_millis(150);
     });
     s.engine.reload(Some(cfg), Vec::new()).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let first_report = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(ev) = rx.recv().await {
+            if ev.previous.is_none() {
+                return;
+            }
+        }
+    })
+    .await;
     assert!(
-        restarted(&mut rx),
+        first_report.is_ok(),
         "a retry policy change restarts the monitor"
     );
     s.engine.shutdown().await;
