@@ -42,11 +42,7 @@ fn stamp(path: &std::path::Path) -> Option<Stamp> {
 /// The configuration `text` means, as the daemon would load it (with the
 /// `TOKENWARDEN_*` policy overrides of this process).
 fn parse(paths: &Paths, text: &str) -> anyhow::Result<Config> {
-    let mut cfg = Config::parse(&paths.config_file, text)?;
-    cfg.policy
-        .apply_env(|k| std::env::var(k).ok())
-        .map_err(|e| anyhow::anyhow!(e))?;
-    Ok(cfg)
+    crate::daemon::with_env_policy(Config::parse(&paths.config_file, text)?)
 }
 
 /// What became of an edit, for a shell that shows it (the desktop notifies).

@@ -11,7 +11,11 @@ use std::io::{Read, Seek, Write};
 
 /// Load `workloads.toml` and apply the `TOKENWARDEN_*` policy overrides.
 pub fn load_config(paths: &Paths) -> anyhow::Result<Config> {
-    let mut cfg = Config::load(&paths.config_file)?;
+    with_env_policy(Config::load(&paths.config_file)?)
+}
+
+/// Apply this process's `TOKENWARDEN_*` policy overrides to a loaded configuration.
+pub fn with_env_policy(mut cfg: Config) -> anyhow::Result<Config> {
     cfg.policy
         .apply_env(|k| std::env::var(k).ok())
         .map_err(|e| anyhow::anyhow!(e))?;
