@@ -13,6 +13,8 @@ tmp=$(mktemp -d "${TMPDIR:-/tmp}/tokenwarden-xvfb.XXXXXX")
 xvfb_pid=""
 cleanup() {
   [[ -n $xvfb_pid ]] && kill "$xvfb_pid" 2>/dev/null
+  # Keep the X server's own log with the test logs (why a client was refused, ...).
+  [[ -n ${TOKENWARDEN_TEST_LOG_DIR:-} && -s $tmp/xvfb.log ]] && cp "$tmp/xvfb.log" "$TOKENWARDEN_TEST_LOG_DIR/xvfb.log"
   rm -rf "$tmp"
   return 0
 }

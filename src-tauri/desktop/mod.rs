@@ -663,11 +663,41 @@ pub async fn main(paths: Paths, cfg: Config, start_hidden: bool) -> anyhow::Resu
 }
 
 /// Build and run the Tauri app on this (the main) thread until "Quit".
+/// Open the display on this thread (the one the app's event loop then runs on). A
+/// display that refuses the first connection (an app started at login while the
+/// session is still coming up, a busy X server) gets a few more tries over about ten
+/// seconds before the app gives up on a window and tray.
+#[cfg(target_os = "linux")]
+fn wait_for_display() -> bool {
+    for attempt in 0..20 {
+        match gtk::init() {
+            Ok(()) => return true,
+            Err(e) => {
+                tracing::warn!(attempt, error = %e, "cannot open the display yet; trying again");
+                std::thread::sleep(std::time::Duration::from_millis(500));
+            }
+        }
+    }
+    false
+}
+
+#[cfg(not(target_os = "linux"))]
+fn wait_for_display() -> bool {
+    true
+}
+
 fn run_app(
     shell: Arc<Shell>,
     rt: tokio::runtime::Handle,
     start_hidden: bool,
 ) -> anyhow::Result<()> {
+    if !wait_for_display() {
+        // The engine and the control socket keep working; only the UI is missing.
+        eprintln!("tokenwarden: the display cannot be opened: running without the window and tray until stopped");
+        tracing::error!("the display cannot be opened; running without the window and tray");
+        rt.block_on(crate::daemon::shutdown_signal());
+        return Ok(());
+    }
     tauri::async_runtime::set(rt);
     let setup_shell = shell.clone();
     let builder = tauri::Builder::default().plugin(single_instance(&shell.paths));
