@@ -729,6 +729,8 @@ fn run_app(
             let _ = shell.take_menu_change();
             if start_hidden {
                 tracing::info!("started hidden: the window opens from the tray");
+                // What GTK and the libraries touched only while starting goes back.
+                release_window_memory(handle.clone(), std::time::Duration::from_secs(3));
             } else {
                 show_window(&handle);
             }
@@ -755,18 +757,8 @@ fn run_app(
             ..
         } if label == MAIN_WINDOW => {
             // Give WebKit a moment to wind the page down, then end its network process
-            // unless the window came back meanwhile (both checked on the main thread,
-            // where windows are made).
-            let app = app.clone();
-            tauri::async_runtime::spawn(async move {
-                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-                let h = app.clone();
-                let _ = app.run_on_main_thread(move || {
-                    if h.get_webview_window(MAIN_WINDOW).is_none() {
-                        memory::end_network_process();
-                    }
-                });
-            });
+            // and give back the pages the window used.
+            release_window_memory(app.clone(), std::time::Duration::from_secs(2));
         }
         _ => {}
     });
@@ -774,6 +766,23 @@ fn run_app(
         anyhow::bail!("the desktop app exited with code {code}");
     }
     Ok(())
+}
+
+/// After `delay`, unless the window is open (again) by then: end WebKit's network
+/// process and page out the mapped files nothing uses now ([`memory`]). Both checked on
+/// the main thread, where windows are made.
+fn release_window_memory(app: AppHandle, delay: std::time::Duration) {
+    tauri::async_runtime::spawn(async move {
+        tokio::time::sleep(delay).await;
+        let h = app.clone();
+        let _ = app.run_on_main_thread(move || {
+            if h.get_webview_window(MAIN_WINDOW).is_none() {
+                memory::end_network_process();
+                let ranges = memory::page_out_mapped_files();
+                tracing::info!(ranges, "no window: paged out mapped files");
+            }
+        });
+    });
 }
 
 async fn stop_signal() {
