@@ -280,7 +280,7 @@ pub fn classify_response_sent(
 ) -> Result<TokenResponse, Failure> {
     let shape = body_shape(content_type, body);
     let json: Option<serde_json::Value> = if shape == BodyShape::Json {
-        serde_json::from_slice(body).ok()
+        parse_json_lenient(body)
     } else {
         None
     };
@@ -383,6 +383,29 @@ pub fn classify_response_sent(
     })
 }
 
+/// A JSON body; an object one of whose members serde_json cannot hold (a number out
+/// of `f64` range, such as `"expires_in": 1e400`) is read member by member, such a
+/// member kept as its source text, so one absurd field does not make a whole token
+/// response unreadable (which would be retried as transient until the ceiling).
+fn parse_json_lenient(body: &[u8]) -> Option<serde_json::Value> {
+    if let Ok(v) = serde_json::from_slice(body) {
+        return Some(v);
+    }
+    // Not JSON at all, or cut short: the second reading fails as well.
+    type Members = std::collections::BTreeMap<String, Box<serde_json::value::RawValue>>;
+    let members: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice::<Members>(body)
+            .ok()?
+            .into_iter()
+            .map(|(k, raw)| {
+                let v = serde_json::from_str(raw.get())
+                    .unwrap_or_else(|_| serde_json::Value::String(raw.get().to_string()));
+                (k, v)
+            })
+            .collect();
+    Some(serde_json::Value::Object(members))
+}
+
 /// The token values a body carries (printable form), to keep them out of `reason()`.
 fn body_secrets(doc: Option<&serde_json::Value>) -> Vec<String> {
     ["access_token", "refresh_token", "id_token"]
@@ -400,9 +423,17 @@ fn shows_secret(text: &str, secrets: &[String]) -> bool {
 fn parse_expires_in(v: &serde_json::Value) -> Option<Duration> {
     let secs: f64 = match v {
         serde_json::Value::Number(n) => n.as_f64()?,
-        serde_json::Value::String(s) => s.trim().parse().ok()?,
+        // Digits only ("3600", "1e400"): Rust would also read "inf" and "NaN".
+        serde_json::Value::String(s)
+            if s.trim().bytes().all(|b| b"0123456789+-.eE".contains(&b)) =>
+        {
+            s.trim().parse().ok()?
+        }
         _ => return None,
     };
+    if secs == f64::INFINITY {
+        return Some(MAX_EXPIRES_IN); // "1e400": absurdly long, clamped like 1e30
+    }
     if !secs.is_finite() || secs < 1.0 {
         return None;
     }
@@ -675,6 +706,25 @@ mod tests {
         }
         let t = ok(r#"{"access_token":"a","expires_in":1e30}"#);
         assert_eq!(t.expires_in, Some(MAX_EXPIRES_IN));
+        // Beyond f64: serde_json cannot hold the number; the rest of the body counts.
+        let t = ok(r#"{"access_token":"a","refresh_token":"r","expires_in":1e400}"#);
+        assert_eq!(t.access_token.expose(), "a");
+        assert_eq!(t.refresh_token.as_ref().map(Secret::expose), Some("r"));
+        assert_eq!(t.expires_in, Some(MAX_EXPIRES_IN));
+        let t = ok(r#"{"access_token":"a","expires_in":-1e400}"#);
+        assert_eq!(t.expires_in, None);
+        assert!(t.expires_in_invalid);
+        let t = ok(r#"{"access_token":"a","expires_in":60,"extra":{"n":1e999}}"#);
+        assert_eq!(t.expires_in, Some(Duration::from_secs(60)));
+        // ...and a verdict next to such a number is still a verdict.
+        let f = run(
+            400,
+            Some("application/json"),
+            None,
+            r#"{"error":"invalid_grant","expires_in":1e400}"#,
+        )
+        .unwrap_err();
+        assert!(f.is_permanent());
         let t = ok(r#"{"access_token":"a"}"#);
         assert_eq!(t.expires_in, None);
         assert!(!t.expires_in_invalid);
