@@ -5,6 +5,8 @@
 //! user gets in. The protocol is one JSON object per line each way:
 //! `{"cmd":"status"}` → `{"ok":[...]}` or `{"error":{"code":..,"message":..}}`.
 //! `{"cmd":"watch"}` turns the connection into a stream of `StatusChange` lines.
+//! The desktop app also serves its window process here ([`UiHost`]): `{"cmd":"ui",...}`
+//! runs one of the window's commands, `{"cmd":"ui_events"}` streams the window's events.
 //!
 //! On platforms without Unix sockets the daemon says so and the CLI works offline
 //! (status from the state file, login/token directly against the store).
@@ -35,12 +37,45 @@ pub enum Request {
     },
     /// Stream status changes.
     Watch,
+    /// One of the desktop window's commands (`commands.rs`), run by the app that owns
+    /// the engine; refused by a daemon, which has no window.
+    Ui {
+        name: String,
+        #[serde(default)]
+        args: serde_json::Value,
+    },
+    /// Stream the desktop window's events (`Reply::Ui`).
+    UiEvents,
 }
+
+/// An event for the desktop window: `event` is the name the page listens for.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct UiEvent {
+    pub event: String,
+    pub payload: serde_json::Value,
+}
+
+/// What serves the desktop window's requests (the desktop app's shell).
+pub trait UiHost: Send + Sync + 'static {
+    fn call(
+        &self,
+        name: String,
+        args: serde_json::Value,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<serde_json::Value, RemoteError>> + Send>,
+    >;
+    fn events(&self) -> tokio::sync::broadcast::Receiver<UiEvent>;
+}
+
+pub type Ui = Option<std::sync::Arc<dyn UiHost>>;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RemoteError {
     pub code: String,
     pub message: String,
+    /// The form field a window command's error is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
 }
 
 impl std::fmt::Display for RemoteError {
@@ -56,6 +91,7 @@ pub enum Reply {
     Ok(serde_json::Value),
     Error(RemoteError),
     Event(StatusChange),
+    Ui(UiEvent),
 }
 
 /// Longest request line accepted.
@@ -65,6 +101,7 @@ fn err(code: &str, message: impl Into<String>) -> Reply {
     Reply::Error(RemoteError {
         code: code.into(),
         message: message.into(),
+        field: None,
     })
 }
 
@@ -103,7 +140,9 @@ async fn dispatch(engine: &Engine, paths: &Paths, req: Request) -> Reply {
                 Err(e) => engine_err(e),
             }
         }
-        Request::Watch => err("bad_request", "watch is handled by the connection"),
+        Request::Watch | Request::UiEvents | Request::Ui { .. } => {
+            err("bad_request", "handled by the connection")
+        }
     }
 }
 
@@ -134,6 +173,7 @@ mod unix {
         engine: Engine,
         paths: Paths,
         cancel: CancellationToken,
+        ui: Ui,
     ) {
         let my_uid = std::fs::metadata(&paths.run_dir).map(|m| m.uid()).ok();
         loop {
@@ -156,8 +196,9 @@ mod unix {
             let engine = engine.clone();
             let paths = paths.clone();
             let cancel = cancel.clone();
+            let ui = ui.clone();
             tokio::spawn(async move {
-                if let Err(e) = connection(stream, engine, paths, cancel).await {
+                if let Err(e) = connection(stream, engine, paths, cancel, ui).await {
                     tracing::debug!(error = %e, "control connection ended");
                 }
             });
@@ -180,6 +221,7 @@ mod unix {
         engine: Engine,
         paths: Paths,
         cancel: CancellationToken,
+        ui: Ui,
     ) -> std::io::Result<()> {
         let (r, mut w) = stream.into_split();
         let mut r = BufReader::new(r);
@@ -233,7 +275,40 @@ mod unix {
                     }
                 }
             }
-            let reply = dispatch(&engine, &paths, req).await;
+            let reply = match (req, &ui) {
+                (Request::Ui { .. } | Request::UiEvents, None) => err(
+                    "no_window",
+                    "this is `tokenwarden daemon`, which has no window; start the desktop app (`tokenwarden`)",
+                ),
+                (Request::Ui { name, args }, Some(ui)) => match ui.call(name, args).await {
+                    Ok(v) => Reply::Ok(v),
+                    Err(e) => Reply::Error(e),
+                },
+                (Request::UiEvents, Some(ui)) => {
+                    let mut rx = ui.events();
+                    write_reply(&mut w, &Reply::Ok(serde_json::Value::Null)).await?;
+                    loop {
+                        let ev = tokio::select! {
+                            _ = cancel.cancelled() => return Ok(()),
+                            ev = rx.recv() => ev,
+                        };
+                        match ev {
+                            Ok(ev) => write_reply(&mut w, &Reply::Ui(ev)).await?,
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                                // The window lists everything again on `status-all`.
+                                tracing::warn!(missed = n, "the window fell behind");
+                                let ev = UiEvent {
+                                    event: "lagged".into(),
+                                    payload: serde_json::Value::Null,
+                                };
+                                write_reply(&mut w, &Reply::Ui(ev)).await?;
+                            }
+                            Err(_) => return Ok(()),
+                        }
+                    }
+                }
+                (req, _) => dispatch(&engine, &paths, req).await,
+            };
             write_reply(&mut w, &reply).await?;
         }
     }
@@ -287,7 +362,24 @@ mod unix {
             match self.read().await? {
                 Reply::Ok(v) => Ok(v),
                 Reply::Error(e) => Err(e.into()),
-                Reply::Event(_) => anyhow::bail!("unexpected event"),
+                Reply::Event(_) | Reply::Ui(_) => anyhow::bail!("unexpected event"),
+            }
+        }
+
+        /// Subscribe to the window's events (`ui_events`): once this returns, every
+        /// later event reaches [`Client::next_ui_event`].
+        pub async fn start_ui_events(&mut self) -> anyhow::Result<()> {
+            self.call(&Request::UiEvents).await.map(|_| ())
+        }
+
+        /// The next window event; `Err` once the app closed the connection (it quit).
+        pub async fn next_ui_event(&mut self) -> anyhow::Result<UiEvent> {
+            loop {
+                match self.read().await? {
+                    Reply::Ui(ev) => return Ok(ev),
+                    Reply::Error(e) => return Err(e.into()),
+                    Reply::Ok(_) | Reply::Event(_) => {}
+                }
             }
         }
 
@@ -300,7 +392,7 @@ mod unix {
                 match self.read().await? {
                     Reply::Event(ev) => on_event(ev),
                     Reply::Error(e) => return Err(e.into()),
-                    Reply::Ok(_) => {}
+                    Reply::Ok(_) | Reply::Ui(_) => {}
                 }
             }
         }
@@ -323,7 +415,13 @@ mod other {
         );
         Ok(Listener)
     }
-    pub async fn serve(_l: Listener, _engine: Engine, _paths: Paths, cancel: CancellationToken) {
+    pub async fn serve(
+        _l: Listener,
+        _engine: Engine,
+        _paths: Paths,
+        cancel: CancellationToken,
+        _ui: Ui,
+    ) {
         cancel.cancelled().await
     }
     pub struct Client;
@@ -335,6 +433,12 @@ mod other {
             anyhow::bail!("not supported on this platform")
         }
         pub async fn watch(self, _f: impl FnMut(StatusChange)) -> anyhow::Result<()> {
+            anyhow::bail!("not supported on this platform")
+        }
+        pub async fn start_ui_events(&mut self) -> anyhow::Result<()> {
+            anyhow::bail!("not supported on this platform")
+        }
+        pub async fn next_ui_event(&mut self) -> anyhow::Result<UiEvent> {
             anyhow::bail!("not supported on this platform")
         }
     }

@@ -109,6 +109,7 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
         engine.clone(),
         paths.clone(),
         cancel.clone(),
+        None,
     ));
     let mut events = engine.subscribe();
     let logger = tokio::spawn(async move {
@@ -125,7 +126,16 @@ pub async fn run(paths: Paths) -> anyhow::Result<()> {
             }
         }
     });
+    // Once started, the pages only starting touched go back (see `pageout`).
+    let settle = tokio::spawn(async {
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        let ranges = tokio::task::spawn_blocking(crate::pageout::mapped_files)
+            .await
+            .unwrap_or(0);
+        tracing::debug!(ranges, "started: paged out mapped files");
+    });
     shutdown_signal().await;
+    settle.abort();
     tracing::info!("stopping");
     cancel.cancel();
     engine.shutdown().await;

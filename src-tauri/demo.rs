@@ -159,6 +159,7 @@ pub async fn run_headless() -> anyhow::Result<()> {
         demo.engine.clone(),
         paths.clone(),
         cancel.clone(),
+        None,
     ));
     println!(
         "Tokenwarden demo: an embedded issuer at {} and {} workloads.",

@@ -18,6 +18,7 @@ pub mod demo;
 pub mod desktop;
 pub mod engine;
 pub mod logging;
+pub mod pageout;
 pub mod paths;
 pub mod proxy;
 pub mod sim_issuer;

@@ -230,6 +230,22 @@ async fn one_daemon_per_config_dir() {
         "{}",
         second.stderr
     );
+    // A daemon has no window: the window's requests, and a window process, are refused.
+    let err = env
+        .client()
+        .await
+        .call(&Request::Ui {
+            name: "list_status".into(),
+            args: serde_json::json!({}),
+        })
+        .await
+        .unwrap_err()
+        .downcast::<tokenwarden::control::RemoteError>()
+        .unwrap();
+    assert_eq!(err.code, "no_window", "{err:?}");
+    let window = env.run(&["window"]);
+    assert_eq!(window.code, Some(1), "{window:?}");
+    assert!(window.stderr.contains("no window"), "{}", window.stderr);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -605,30 +605,54 @@ async fn wait_tray(pid: u32, label: &str, timeout: Duration) {
     }
 }
 
-/// The executable names of `pid`'s WebKit child processes.
-fn webkit_children(pid: u32) -> Vec<String> {
-    let mut out = Vec::new();
-    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let list = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-        for c in list.split_whitespace() {
-            if !pid_alive(c.parse().unwrap_or(0)) {
-                continue;
-            }
-            let exe = std::fs::read_link(format!("/proc/{c}/exe")).unwrap_or_default();
-            let name = exe
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            if name.starts_with("WebKit") {
-                out.push(name);
+/// `pid`'s live descendants (the app's window is a child process, WebKit's processes
+/// are the window's children).
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut out = vec![pid];
+    let mut i = 0;
+    while i < out.len() {
+        for t in std::fs::read_dir(format!("/proc/{}/task", out[i]))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let list = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            for c in list
+                .split_whitespace()
+                .filter_map(|c| c.parse::<u32>().ok())
+            {
+                if pid_alive(c) && !out.contains(&c) {
+                    out.push(c);
+                }
             }
         }
+        i += 1;
     }
+    out.remove(0);
     out
+}
+
+/// The app's window process (a `tokenwarden window` child of `pid`), if open.
+fn window_process(pid: u32) -> Option<u32> {
+    descendants(pid).into_iter().find(|c| {
+        std::fs::read_to_string(format!("/proc/{c}/cmdline"))
+            .unwrap_or_default()
+            .split('\0')
+            .any(|a| a == "window")
+    })
+}
+
+/// The executable names of `pid`'s WebKit processes (those of its window).
+fn webkit_children(pid: u32) -> Vec<String> {
+    descendants(pid)
+        .into_iter()
+        .filter_map(|c| {
+            let exe = std::fs::read_link(format!("/proc/{c}/exe")).unwrap_or_default();
+            exe.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("WebKit"))
+        })
+        .collect()
 }
 
 fn pid_alive(pid: u32) -> bool {
@@ -1475,8 +1499,7 @@ async fn real_workload_login_retry_now_and_single_instance() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(pid_alive(pid), "closing the window does not quit");
     let _ = app_pid(config.path()).await;
-    // With the window gone, WebKit's processes go too (its network process is ended
-    // by the app); only the app itself is left.
+    // With the window gone, its process and WebKit's go too; only the app is left.
     let deadline = Instant::now() + Duration::from_secs(15);
     while !webkit_children(pid).is_empty() {
         assert!(
@@ -1510,6 +1533,35 @@ async fn real_workload_login_retry_now_and_single_instance() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+
+    // The window is a process of its own: when it dies (a crash of the web view, here
+    // SIGKILL), the engine and the tray carry on, and the tray opens a new window.
+    let window = window_process(pid).expect("the window runs in a process of its own");
+    // SAFETY: kill(2) on a child of the app under test, just read from /proc.
+    assert_eq!(unsafe { libc::kill(window as i32, libc::SIGKILL) }, 0);
+    wait_exit(window, Duration::from_secs(10)).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !webkit_children(pid).is_empty() {
+        assert!(Instant::now() < deadline, "WebKit outlived its window");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(pid_alive(pid), "the app survives its window's crash");
+    assert_eq!(
+        app_pid(config.path()).await,
+        pid,
+        "the control socket answers"
+    );
+    wait_tray(pid, "api — running", Duration::from_secs(10)).await;
+    tray(pid, &["click", "Open Tokenwarden"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while xwindows("count") != "1" {
+        assert!(
+            Instant::now() < deadline,
+            "Open Tokenwarden did not open a window after the crash"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_ne!(window_process(pid), Some(window), "a new window process");
     app.wd.take();
 
     // Quit from the tray: clean stop, state written.

@@ -211,7 +211,7 @@ async fn measure_desktop_footprint() {
 
     let (_, closed) = py("xclose.py", &[&pid.to_string(), "close"], &display);
     assert_eq!(closed, "1");
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
     let (rss_closed, pss_closed, parts_closed) = memory(pid);
     let t1 = cpu_ticks(pid);
     let w1 = Instant::now();
@@ -289,7 +289,7 @@ async fn measure_desktop_footprint() {
         kib(pss_open)
     );
     println!(
-        "| memory, window closed 5 s before (RSS sum / PSS) | {} / {} | < 60 MB |",
+        "| memory, window closed 10 s before (RSS sum / PSS) | {} / {} | < 60 MB |",
         kib(rss_closed),
         kib(pss_closed)
     );

@@ -399,6 +399,8 @@ async function start() {
   await listen("demo", (e) => setDemo(e.payload));
   await listen("error", (e) => showError(e.payload));
   await listen("config-error", (e) => setConfigError(e.payload));
+  // Events were dropped on the way (a very busy moment): list everything again.
+  await listen("lagged", async () => replaceAll(await call("list_status")));
   await listen("login", (e) => {
     const l = e.payload;
     if (l.state === "failed") showError({ code: "login", message: `Sign-in to ${l.name} failed: ${l.message}` });

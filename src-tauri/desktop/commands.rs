@@ -1,8 +1,10 @@
 //! The commands the window calls (each granted by `capabilities/default.json`, listed
-//! in `build.rs`). Every error reaches the UI as `{code, message}` (plus `field` for a
-//! form error) and is shown there.
+//! in `build.rs`), run here in the app that owns the engine: the window process
+//! forwards each over the control socket ([`dispatch`]; see `window.rs`). Every error
+//! reaches the UI as `{code, message}` (plus `field` for a form error) and is shown
+//! there.
 
-use super::{lock, Backend, DemoState, LoginEvent, Row, Shell};
+use super::{lock, Backend, DemoState, LoginEvent, Shell};
 use crate::engine::config;
 use crate::engine::oauth;
 use crate::engine::EngineError;
@@ -10,7 +12,6 @@ use crate::sim_issuer::Mode;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
-use tauri::{AppHandle, Emitter, State};
 use tokio_util::sync::CancellationToken;
 
 /// How long a sign-in waits for the browser.
@@ -24,7 +25,7 @@ pub struct CmdError {
     pub message: String,
     /// The form field the error is about.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub field: Option<&'static str>,
+    pub field: Option<String>,
 }
 
 impl CmdError {
@@ -39,7 +40,7 @@ impl CmdError {
         CmdError {
             code: "invalid".into(),
             message: message.into(),
-            field: Some(field),
+            field: Some(field.into()),
         }
     }
 }
@@ -60,8 +61,6 @@ fn anyhow_err(code: &str, e: anyhow::Error) -> CmdError {
     CmdError::new(code, format!("{e:#}"))
 }
 
-type Shared<'a> = State<'a, Arc<Shell>>;
-
 #[derive(Serialize)]
 pub struct AppInfo {
     version: &'static str,
@@ -76,14 +75,13 @@ pub struct AppInfo {
     config_error: Option<String>,
 }
 
-#[tauri::command]
-pub fn app_info(app: AppHandle, shell: Shared<'_>) -> AppInfo {
-    let autostart = if shell.demo().is_some() {
-        None
-    } else {
-        super::autostart::is_enabled(&app, &shell.paths)
+fn app_info(shell: &Shell) -> AppInfo {
+    let autostart = match shell.app() {
+        Some(_) if shell.demo().is_some() => None,
+        None => None, // still starting
+        Some(app) => super::autostart::is_enabled(app, &shell.paths)
             .inspect_err(|e| tracing::warn!(error = %e, "cannot read the start-at-login state"))
-            .ok()
+            .ok(),
     };
     AppInfo {
         version: env!("CARGO_PKG_VERSION"),
@@ -96,41 +94,68 @@ pub fn app_info(app: AppHandle, shell: Shared<'_>) -> AppInfo {
 }
 
 /// "Start Tokenwarden when I log in": returns the state afterwards.
-#[tauri::command]
-pub fn set_autostart(app: AppHandle, shell: Shared<'_>, enabled: bool) -> Result<bool, CmdError> {
+fn set_autostart(shell: &Shell, enabled: bool) -> Result<bool, CmdError> {
     if shell.demo().is_some() {
         return Err(CmdError::new(
             "demo",
             "The demo does not start at login. Add your own workloads with `tokenwarden add`, then switch it on.",
         ));
     }
-    super::autostart::set(&app, &shell.paths, enabled).map_err(|m| CmdError::new("autostart", m))
+    let app = shell
+        .app()
+        .ok_or_else(|| CmdError::new("starting", "Tokenwarden is still starting; try again"))?;
+    super::autostart::set(app, &shell.paths, enabled).map_err(|m| CmdError::new("autostart", m))
 }
 
-#[tauri::command]
-pub async fn list_status(shell: Shared<'_>) -> Result<Vec<Row>, CmdError> {
-    // The view the event forwarder keeps, in event order: a fresh engine snapshot
-    // could be older than an event applied while it travelled.
-    Ok(shell.rows())
+/// Run the window's command `name` with its arguments (as the page passed them, the
+/// window process forwarding them unchanged): the one entry point of the window.
+pub async fn dispatch(
+    shell: Arc<Shell>,
+    name: &str,
+    args: serde_json::Value,
+) -> Result<serde_json::Value, CmdError> {
+    fn arg<T: serde::de::DeserializeOwned>(
+        args: &serde_json::Value,
+        key: &str,
+    ) -> Result<T, CmdError> {
+        let v = args.get(key).cloned().unwrap_or(serde_json::Value::Null);
+        serde_json::from_value(v)
+            .map_err(|e| CmdError::new("bad_request", format!("argument `{key}`: {e}")))
+    }
+    fn json(v: impl Serialize) -> Result<serde_json::Value, CmdError> {
+        serde_json::to_value(v).map_err(|e| CmdError::new("internal", e.to_string()))
+    }
+    match name {
+        "app_info" => json(app_info(&shell)),
+        // The view the event forwarder keeps, in event order: a fresh engine snapshot
+        // could be older than an event applied while it travelled.
+        "list_status" => json(shell.rows()),
+        // "Retry now" for one workload, or all (`name` null).
+        "retry" => json(
+            shell
+                .engine()
+                .retry(arg::<Option<String>>(&args, "name")?.as_deref())
+                .await?,
+        ),
+        "reauthenticate" => json(start_reauth(shell, arg(&args, "name")?).await?),
+        "remove_workload" => json(remove_workload(&shell, arg(&args, "name")?).await?),
+        "add_workload" => json(add_workload(shell, arg(&args, "form")?).await?),
+        "demo_control" => json(demo_control(&shell, arg(&args, "action")?)?),
+        "set_notifications" => json(set_notifications(
+            &shell,
+            arg(&args, "name")?,
+            arg(&args, "enabled")?,
+        )?),
+        "set_autostart" => json(set_autostart(&shell, arg(&args, "enabled")?)?),
+        other => Err(CmdError::new(
+            "bad_request",
+            format!("no window command `{}`", other.escape_debug()),
+        )),
+    }
 }
 
-/// "Retry now" for one workload, or all (`name` null).
-#[tauri::command]
-pub async fn retry(shell: Shared<'_>, name: Option<String>) -> Result<Vec<String>, CmdError> {
-    Ok(shell.engine().retry(name.as_deref()).await?)
-}
-
-#[tauri::command]
-pub async fn reauthenticate(
-    app: AppHandle,
-    shell: Shared<'_>,
-    name: String,
-) -> Result<(), CmdError> {
-    start_reauth(app, shell.inner().clone(), name).await
-}
-
-fn emit_login(app: &AppHandle, name: &str, state: &'static str, message: String) {
-    let _ = app.emit(
+fn emit_login(shell: &Shell, name: &str, state: &'static str, message: String) {
+    shell.emit(
         "login",
         LoginEvent {
             name: name.to_string(),
@@ -157,18 +182,23 @@ fn open_browser(url: &str) -> Result<(), String> {
 /// Start the sign-in of `name`: the real authorization-code flow in the browser for
 /// the user's workloads (returns once the browser is asked; the rest goes out as
 /// `login` events), the demo's built-in sign-in for the demo.
-pub async fn start_reauth(app: AppHandle, shell: Arc<Shell>, name: String) -> Result<(), CmdError> {
+pub async fn start_reauth(shell: Arc<Shell>, name: String) -> Result<(), CmdError> {
     match &shell.backend {
         Backend::Demo(demo) => {
-            emit_login(&app, &name, "waiting", format!("Signing in to {name}…"));
+            emit_login(&shell, &name, "waiting", format!("Signing in to {name}…"));
             match demo.relogin(&name).await {
                 Ok(()) => {
-                    emit_login(&app, &name, "done", format!("Signed in: {name} is running"));
+                    emit_login(
+                        &shell,
+                        &name,
+                        "done",
+                        format!("Signed in: {name} is running"),
+                    );
                     Ok(())
                 }
                 Err(e) => {
                     let err = anyhow_err("login", e);
-                    emit_login(&app, &name, "failed", err.message.clone());
+                    emit_login(&shell, &name, "failed", err.message.clone());
                     Err(err)
                 }
             }
@@ -203,14 +233,14 @@ pub async fn start_reauth(app: AppHandle, shell: Arc<Shell>, name: String) -> Re
                 ));
             }
             emit_login(
-                &app,
+                &shell,
                 &name,
                 "waiting",
                 format!("Sign in to {name} in your browser…"),
             );
             let store = store.clone();
             let policy = cfg.policy.clone();
-            tauri::async_runtime::spawn(async move {
+            tokio::spawn(async move {
                 let outcome = tokio::select! {
                     r = pending.finish(&http, &policy, LOGIN_TIMEOUT) => Some(r),
                     _ = cancel.cancelled() => None,
@@ -240,11 +270,16 @@ pub async fn start_reauth(app: AppHandle, shell: Arc<Shell>, name: String) -> Re
                 match result {
                     Ok(()) => {
                         tracing::info!(workload = %name, "signed in from the desktop app");
-                        emit_login(&app, &name, "done", format!("Signed in: {name} is running"));
+                        emit_login(
+                            &shell,
+                            &name,
+                            "done",
+                            format!("Signed in: {name} is running"),
+                        );
                     }
                     Err(m) => {
                         tracing::warn!(workload = %name, error = %m, "sign-in failed");
-                        emit_login(&app, &name, "failed", m);
+                        emit_login(&shell, &name, "failed", m);
                     }
                 }
             });
@@ -253,12 +288,7 @@ pub async fn start_reauth(app: AppHandle, shell: Arc<Shell>, name: String) -> Re
     }
 }
 
-#[tauri::command]
-pub async fn remove_workload(
-    app: AppHandle,
-    shell: Shared<'_>,
-    name: String,
-) -> Result<(), CmdError> {
+async fn remove_workload(shell: &Shell, name: String) -> Result<(), CmdError> {
     let Backend::Real { store, .. } = &shell.backend else {
         return Err(CmdError::new(
             "demo",
@@ -281,8 +311,8 @@ pub async fn remove_workload(
         )
     })?;
     shell.forget(&name);
-    super::refresh_tray(&app, &shell);
-    let _ = app.emit("removed", &name);
+    super::refresh_tray(shell);
+    shell.emit("removed", &name);
     Ok(())
 }
 
@@ -363,12 +393,7 @@ fn validate(form: &AddForm) -> Result<crate::cli::AddArgs, CmdError> {
 }
 
 /// Add a workload to workloads.toml, start monitoring it, and start its sign-in.
-#[tauri::command]
-pub async fn add_workload(
-    app: AppHandle,
-    shell: Shared<'_>,
-    form: AddForm,
-) -> Result<(), CmdError> {
+async fn add_workload(shell: Arc<Shell>, form: AddForm) -> Result<(), CmdError> {
     if shell.demo().is_some() {
         return Err(CmdError::new(
             "demo",
@@ -379,8 +404,8 @@ pub async fn add_workload(
     let name = args.name.clone();
     // Discovery and registration (when asked for) report progress as notices.
     let say = {
-        let (app, name) = (app.clone(), name.clone());
-        move |line: String| emit_login(&app, &name, "waiting", line.trim().to_string())
+        let (shell, name) = (shell.clone(), name.clone());
+        move |line: String| emit_login(&shell, &name, "waiting", line.trim().to_string())
     };
     let cfg = crate::cli::add_workload(&shell.paths, args, &say)
         .await
@@ -390,15 +415,10 @@ pub async fn add_workload(
             Err(e) => anyhow_err("add", e),
         })?;
     shell.engine().reload(Some(cfg), vec![]).await?;
-    start_reauth(app, shell.inner().clone(), name).await
+    start_reauth(shell, name).await
 }
 
-#[tauri::command]
-pub async fn demo_control(
-    app: AppHandle,
-    shell: Shared<'_>,
-    action: String,
-) -> Result<DemoState, CmdError> {
+fn demo_control(shell: &Shell, action: String) -> Result<DemoState, CmdError> {
     let Some(demo) = shell.demo() else {
         return Err(CmdError::new(
             "not_demo",
@@ -427,20 +447,14 @@ pub async fn demo_control(
     let state = shell
         .demo_state()
         .ok_or_else(|| CmdError::new("not_demo", "demo controls work only in the demo"))?;
-    let _ = app.emit("demo", &state);
+    shell.emit("demo", &state);
     Ok(state)
 }
 
-#[tauri::command]
-pub fn set_notifications(
-    app: AppHandle,
-    shell: Shared<'_>,
-    name: String,
-    enabled: bool,
-) -> Result<(), CmdError> {
+fn set_notifications(shell: &Shell, name: String, enabled: bool) -> Result<(), CmdError> {
     match shell.set_muted(&name, !enabled) {
         Ok(Some(row)) => {
-            let _ = app.emit("row", row);
+            shell.emit("row", row);
             Ok(())
         }
         Ok(None) => Err(EngineError::UnknownWorkload(name).into()),

@@ -1,7 +1,15 @@
 //! The desktop shell (feature `desktop`): tray icon, notifications and a window over
-//! the same [`Engine`] the daemon runs, in one process, with the control socket, so
-//! the CLI keeps working while the app runs. With no workload configured it runs over
-//! the built-in [`Demo`], with demo controls in the window.
+//! the same [`Engine`] the daemon runs, with the control socket, so the CLI keeps
+//! working while the app runs. With no workload configured it runs over the built-in
+//! [`Demo`], with demo controls in the window.
+//!
+//! Two processes of the same binary: this one (`tokenwarden`) owns the engine, the
+//! tray, the notifications and everything the window shows; the window is a process of
+//! its own (`tokenwarden window`, [`window`]), started when it is opened and gone when
+//! it is closed, that runs each command and receives each event over the control
+//! socket ([`crate::control::UiHost`]). WebKit (its web and network processes, Mesa,
+//! JavaScriptCore) thus lives only while the window is open, and a crash of the web
+//! view cannot take the engine and its proxies down.
 //!
 //! Invariants:
 //! * the engine knows nothing of the shell: the shell is one more subscriber of
@@ -11,8 +19,8 @@
 //!   [`WorkloadStatus`] (which holds no secret), names and error messages;
 //! * one instance per config directory: the daemon's file lock, plus a D-Bus name
 //!   derived from the config directory so a second launch focuses the first window;
-//! * closing the window keeps the tray app running (the window is destroyed, its memory
-//!   returned); "Quit" (or SIGTERM) stops the engine cleanly — in-flight refreshes
+//! * closing the window keeps the tray app running (the window's process ends, its
+//!   memory returned); "Quit" (or SIGTERM) stops the engine cleanly — in-flight refreshes
 //!   finish and save, the state file is written — before the process exits.
 
 pub mod autostart;
@@ -20,7 +28,9 @@ mod commands;
 pub mod memory;
 pub mod notify;
 pub mod tray;
+pub mod window;
 
+use crate::control::{RemoteError, UiEvent};
 use crate::daemon::make_store;
 use crate::demo::Demo;
 use crate::engine::config::Config;
@@ -33,8 +43,8 @@ use notify::{Notifier, NotifyPolicy};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
-use tauri::{AppHandle, Emitter, Manager, RunEvent, WebviewUrl, WebviewWindowBuilder};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use tauri::{AppHandle, Manager, RunEvent};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
@@ -133,6 +143,14 @@ pub struct Shell {
     /// Hand edits of workloads.toml: how many were handled, and why the last one could
     /// not be used (until one can).
     pub config_edits: tokio::sync::watch::Sender<ConfigEdits>,
+    /// What the window is sent (its process subscribes over the control socket).
+    events: tokio::sync::broadcast::Sender<UiEvent>,
+    /// The tray app (set once it is built).
+    app: OnceLock<AppHandle>,
+    /// The window's process while it runs.
+    window: Mutex<Option<WindowProcess>>,
+    /// The runtime the engine runs on (the window's process is watched there).
+    rt: tokio::runtime::Handle,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -176,7 +194,29 @@ impl Shell {
             demo_revoked: std::sync::atomic::AtomicBool::new(false),
             logins: Mutex::new(HashMap::new()),
             config_edits: tokio::sync::watch::Sender::new(ConfigEdits::default()),
+            events: tokio::sync::broadcast::Sender::new(256),
+            app: OnceLock::new(),
+            window: Mutex::new(None),
+            rt: tokio::runtime::Handle::current(),
         }
+    }
+
+    /// Send the window an event (dropped when no window is open).
+    pub fn emit(&self, event: &str, payload: impl Serialize) {
+        match serde_json::to_value(payload) {
+            Ok(payload) => {
+                let _ = self.events.send(UiEvent {
+                    event: event.to_string(),
+                    payload,
+                });
+            }
+            Err(e) => tracing::warn!(event, error = %e, "cannot encode a window event"),
+        }
+    }
+
+    /// The tray app, once built.
+    pub fn app(&self) -> Option<&AppHandle> {
+        self.app.get()
     }
 
     pub fn engine(&self) -> &Engine {
@@ -372,7 +412,10 @@ pub fn plain_proxy_error(e: &str) -> String {
 }
 
 /// Refresh the tray from the shell's statuses (menu only when a status word changed).
-fn refresh_tray(app: &AppHandle, shell: &Shell) {
+fn refresh_tray(shell: &Shell) {
+    let Some(app) = shell.app() else {
+        return; // not built yet: it starts from the current list
+    };
     let (list, rebuild) = match shell.take_menu_change() {
         Some(list) => (list, true),
         None => (shell.statuses(), false),
@@ -384,40 +427,136 @@ fn refresh_tray(app: &AppHandle, shell: &Shell) {
     }
 }
 
-/// Show the window, creating it if it was closed.
-pub fn show_window(app: &AppHandle) {
-    let handle = app.clone();
-    let res = app.run_on_main_thread(move || {
-        if let Some(w) = handle.get_webview_window(MAIN_WINDOW) {
-            let _ = w.unminimize();
-            let _ = w.show();
-            let _ = w.set_focus();
+/// Show the window: focus it when its process runs, else start that process (on the
+/// control socket this app serves: the demo's own for the demo).
+pub fn show_window(shell: &Shell) {
+    if window::in_process() {
+        if let Some(app) = shell.app() {
+            window::show_in_process(app);
+        }
+        return;
+    }
+    let mut slot = lock(&shell.window);
+    if slot.as_ref().is_some_and(|w| !*w.done.borrow()) {
+        shell.emit(window::FOCUS, ());
+        return;
+    }
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot open the window: this program's path is unknown");
             return;
         }
-        let built =
-            WebviewWindowBuilder::new(&handle, MAIN_WINDOW, WebviewUrl::App("index.html".into()))
-                .title("Tokenwarden")
-                .inner_size(560.0, 780.0)
-                .min_inner_size(360.0, 400.0)
-                .build();
-        if let Err(e) = built {
+    };
+    let _rt = shell.rt.enter();
+    let spawned = tokio::process::Command::new(exe)
+        .arg("--config-dir")
+        .arg(&shell.control_paths.config_dir)
+        .arg("window")
+        .stdin(std::process::Stdio::null())
+        .spawn();
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => {
             tracing::error!(error = %e, "cannot open the window");
+            return;
         }
+    };
+    let pid = child.id();
+    tracing::info!(pid, "window opened");
+    let (done_tx, done) = tokio::sync::watch::channel(false);
+    let (kill, kill_rx) = tokio::sync::oneshot::channel::<()>();
+    shell.rt.spawn(async move {
+        tokio::select! {
+            status = child.wait() => match status {
+                Ok(s) if s.success() => tracing::info!(pid, "window closed"),
+                Ok(s) => tracing::warn!(pid, status = %s, "the window's process ended abnormally"),
+                Err(e) => tracing::warn!(pid, error = %e, "cannot wait for the window's process"),
+            },
+            _ = kill_rx => {
+                tracing::warn!(pid, "the window's process did not end with the app: killed");
+                let _ = child.kill().await;
+            }
+        }
+        let _ = done_tx.send(true);
+        // Library pages this process shared with the window's were not given back at
+        // start (shared pages stay); once WebKit's processes have followed the window's
+        // (a moment later) they are this process's alone.
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        let ranges = tokio::task::spawn_blocking(crate::pageout::mapped_files)
+            .await
+            .unwrap_or(0);
+        tracing::debug!(ranges, "window gone: paged out mapped files");
     });
-    if let Err(e) = res {
-        tracing::warn!(error = %e, "cannot reach the main thread");
+    *slot = Some(WindowProcess {
+        done,
+        kill: Some(kill),
+    });
+}
+
+/// The window's process while it runs.
+struct WindowProcess {
+    /// Becomes true once the process ended (and was reaped).
+    done: tokio::sync::watch::Receiver<bool>,
+    /// Kills it (dropping it does too).
+    kill: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// Close the window's process (the app quits): it ends by itself once the control
+/// socket closes; one that has not within two seconds is killed.
+async fn close_window(shell: &Shell) {
+    let Some(mut w) = lock(&shell.window).take() else {
+        return;
+    };
+    let wait = std::time::Duration::from_secs(2);
+    if tokio::time::timeout(wait, w.done.wait_for(|d| *d))
+        .await
+        .is_err()
+    {
+        if let Some(k) = w.kill.take() {
+            let _ = k.send(());
+        }
+        let _ = tokio::time::timeout(wait, w.done.wait_for(|d| *d)).await;
+    }
+}
+
+/// The shell as the control socket's [`crate::control::UiHost`].
+struct Host(Arc<Shell>);
+
+impl crate::control::UiHost for Host {
+    fn call(
+        &self,
+        name: String,
+        args: serde_json::Value,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<serde_json::Value, RemoteError>> + Send>,
+    > {
+        let shell = self.0.clone();
+        Box::pin(async move {
+            commands::dispatch(shell, &name, args)
+                .await
+                .map_err(|e| RemoteError {
+                    code: e.code,
+                    message: e.message,
+                    field: e.field,
+                })
+        })
+    }
+
+    fn events(&self) -> tokio::sync::broadcast::Receiver<UiEvent> {
+        self.0.events.subscribe()
     }
 }
 
 /// Forward engine status changes to the window, the tray and the notifier.
-async fn forward(app: AppHandle, shell: Arc<Shell>) {
+async fn forward(shell: Arc<Shell>) {
     let mut rx = shell.engine().subscribe();
     let mut config_edits = shell.config_edits.subscribe();
     let mut applied = config_edits.borrow().applied;
     if let Ok(list) = shell.engine().status().await {
         let rows = shell.replace_all(list);
-        let _ = app.emit("status-all", &rows);
-        refresh_tray(&app, &shell);
+        shell.emit("status-all", &rows);
+        refresh_tray(&shell);
     }
     loop {
         let due = lock(&shell.notifier).next_flush();
@@ -430,14 +569,14 @@ async fn forward(app: AppHandle, shell: Arc<Shell>) {
         tokio::select! {
             Ok(()) = config_edits.changed() => {
                 let now = config_edits.borrow_and_update().clone();
-                let _ = app.emit("config-error", now.error);
+                shell.emit("config-error", now.error);
                 // The engine says nothing of workloads an edit removed: list them again.
                 if now.applied != applied {
                     applied = now.applied;
                     if let Ok(list) = shell.engine().status().await {
                         let rows = shell.replace_all(list);
-                        let _ = app.emit("status-all", &rows);
-                        refresh_tray(&app, &shell);
+                        shell.emit("status-all", &rows);
+                        refresh_tray(&shell);
                     }
                 }
             }
@@ -445,22 +584,22 @@ async fn forward(app: AppHandle, shell: Arc<Shell>) {
                 Ok(ch) => {
                     let (row, muted) = shell.apply(&ch);
                     lock(&shell.notifier).observe(&ch, muted, std::time::Instant::now());
-                    let _ = app.emit("status", StatusEvent {
+                    shell.emit("status", StatusEvent {
                         row,
                         previous: ch.previous,
                         refreshed: ch.refreshed,
                     });
                     if let Some(d) = shell.demo_state() {
-                        let _ = app.emit("demo", d);
+                        shell.emit("demo", d);
                     }
-                    refresh_tray(&app, &shell);
+                    refresh_tray(&shell);
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                     tracing::debug!(skipped = n, "status events lagged; reloading the list");
                     if let Ok(list) = shell.engine().status().await {
                         let rows = shell.replace_all(list);
-                        let _ = app.emit("status-all", &rows);
-                        refresh_tray(&app, &shell);
+                        shell.emit("status-all", &rows);
+                        refresh_tray(&shell);
                     }
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
@@ -469,14 +608,13 @@ async fn forward(app: AppHandle, shell: Arc<Shell>) {
                 let notes = lock(&shell.notifier).flush(std::time::Instant::now());
                 for note in notes {
                     tracing::info!(summary = %note.summary, "notification");
-                    let app2 = app.clone();
+                    let shell2 = shell.clone();
                     notify::show(note, move |names| {
                         for name in names {
-                            let app3 = app2.clone();
+                            let shell = shell2.clone();
                             tauri::async_runtime::spawn(async move {
-                                let shell = app3.state::<Arc<Shell>>().inner().clone();
-                                show_window(&app3);
-                                if let Err(e) = commands::start_reauth(app3.clone(), shell, name).await {
+                                show_window(&shell);
+                                if let Err(e) = commands::start_reauth(shell, name).await {
                                     tracing::warn!(error = %e.message, "re-authenticate from a notification failed");
                                 }
                             });
@@ -491,7 +629,7 @@ async fn forward(app: AppHandle, shell: Arc<Shell>) {
 fn on_tray_click(app: &AppHandle, id: &str) {
     let shell = app.state::<Arc<Shell>>().inner().clone();
     match id {
-        "open" => show_window(app),
+        "open" => show_window(&shell),
         "quit" => {
             tracing::info!("quit from the tray");
             app.exit(0);
@@ -506,15 +644,14 @@ fn on_tray_click(app: &AppHandle, id: &str) {
         other => {
             if let Some(name) = other.strip_prefix("reauth:") {
                 let name = name.to_string();
-                let app = app.clone();
-                show_window(&app);
+                show_window(&shell);
                 tauri::async_runtime::spawn(async move {
-                    if let Err(e) = commands::start_reauth(app.clone(), shell, name).await {
-                        let _ = app.emit("error", &e);
+                    if let Err(e) = commands::start_reauth(shell.clone(), name).await {
+                        shell.emit("error", &e);
                     }
                 });
             } else if other.starts_with("workload:") {
-                show_window(app);
+                show_window(&shell);
             }
         }
     }
@@ -539,7 +676,7 @@ fn single_instance(paths: &Paths) -> tauri::plugin::TauriPlugin<tauri::Wry> {
                 return;
             }
             tracing::info!("another launch asked for the window");
-            show_window(app);
+            show_window(&app.state::<Arc<Shell>>());
         })
         .build()
 }
@@ -644,6 +781,7 @@ pub async fn main(paths: Paths, cfg: Config, start_hidden: bool) -> anyhow::Resu
             shell.engine().clone(),
             control_paths,
             cancel.clone(),
+            Some(Arc::new(Host(shell.clone()))),
         )),
         Err(e) => {
             shell.engine().shutdown().await;
@@ -657,6 +795,7 @@ pub async fn main(paths: Paths, cfg: Config, start_hidden: bool) -> anyhow::Resu
     cancel.cancel();
     shell.engine().shutdown().await;
     let _ = server.await;
+    close_window(&shell).await;
     drop(lock_guard);
     tracing::info!("stopped");
     result
@@ -668,7 +807,7 @@ pub async fn main(paths: Paths, cfg: Config, start_hidden: bool) -> anyhow::Resu
 /// session is still coming up, a busy X server) gets a few more tries over about ten
 /// seconds before the app gives up on a window and tray.
 #[cfg(target_os = "linux")]
-fn wait_for_display() -> bool {
+pub(crate) fn wait_for_display() -> bool {
     for attempt in 0..20 {
         match gtk::init() {
             Ok(()) => return true,
@@ -682,7 +821,7 @@ fn wait_for_display() -> bool {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn wait_for_display() -> bool {
+pub(crate) fn wait_for_display() -> bool {
     true
 }
 
@@ -703,22 +842,17 @@ fn run_app(
     let builder = tauri::Builder::default().plugin(single_instance(&shell.paths));
     #[cfg(any(target_os = "macos", windows))]
     let builder = builder.plugin(autostart::plugin(&shell.paths));
+    let builder = if window::in_process() {
+        window::with_commands(builder, window::Link::Local(shell.clone()))
+    } else {
+        builder
+    };
     let app = builder
         .manage(shell)
-        .invoke_handler(tauri::generate_handler![
-            commands::app_info,
-            commands::list_status,
-            commands::retry,
-            commands::reauthenticate,
-            commands::remove_workload,
-            commands::add_workload,
-            commands::demo_control,
-            commands::set_notifications,
-            commands::set_autostart,
-        ])
         .setup(move |app| {
             let handle = app.handle().clone();
             let shell = setup_shell;
+            let _ = shell.app.set(handle.clone());
             let initial =
                 tauri::async_runtime::block_on(shell.engine().status()).unwrap_or_default();
             shell.replace_all(initial.clone());
@@ -729,12 +863,21 @@ fn run_app(
             let _ = shell.take_menu_change();
             if start_hidden {
                 tracing::info!("started hidden: the window opens from the tray");
-                // What GTK and the libraries touched only while starting goes back.
-                release_window_memory(handle.clone(), std::time::Duration::from_secs(3));
             } else {
-                show_window(&handle);
+                show_window(&shell);
             }
-            tauri::async_runtime::spawn(forward(handle.clone(), shell));
+            // What GTK and the libraries touched only while starting goes back.
+            tauri::async_runtime::spawn(async {
+                tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+                let ranges = tokio::task::spawn_blocking(crate::pageout::mapped_files)
+                    .await
+                    .unwrap_or(0);
+                tracing::info!(ranges, "started: paged out mapped files");
+            });
+            if window::in_process() {
+                tauri::async_runtime::spawn(window::pump_in_process(shell.clone(), handle.clone()));
+            }
+            tauri::async_runtime::spawn(forward(shell));
             let h = handle.clone();
             tauri::async_runtime::spawn(async move {
                 stop_signal().await;
@@ -744,45 +887,20 @@ fn run_app(
             Ok(())
         })
         .build(tauri::generate_context!())?;
-    let code = app.run_return(|app, event| match event {
-        RunEvent::ExitRequested {
+    let code = app.run_return(|_app, event| {
+        if let RunEvent::ExitRequested {
             code: None, api, ..
-        } => {
-            // The last window closed: keep running in the tray.
+        } = event
+        {
+            // The last window closed (the window in this process, see
+            // `window::in_process`): keep running in the tray.
             api.prevent_exit();
         }
-        RunEvent::WindowEvent {
-            label,
-            event: tauri::WindowEvent::Destroyed,
-            ..
-        } if label == MAIN_WINDOW => {
-            // Give WebKit a moment to wind the page down, then end its network process
-            // and give back the pages the window used.
-            release_window_memory(app.clone(), std::time::Duration::from_secs(2));
-        }
-        _ => {}
     });
     if code != 0 {
         anyhow::bail!("the desktop app exited with code {code}");
     }
     Ok(())
-}
-
-/// After `delay`, unless the window is open (again) by then: end WebKit's network
-/// process and page out the mapped files nothing uses now ([`memory`]). Both checked on
-/// the main thread, where windows are made.
-fn release_window_memory(app: AppHandle, delay: std::time::Duration) {
-    tauri::async_runtime::spawn(async move {
-        tokio::time::sleep(delay).await;
-        let h = app.clone();
-        let _ = app.run_on_main_thread(move || {
-            if h.get_webview_window(MAIN_WINDOW).is_none() {
-                memory::end_network_process();
-                let ranges = memory::page_out_mapped_files();
-                tracing::info!(ranges, "no window: paged out mapped files");
-            }
-        });
-    });
 }
 
 async fn stop_signal() {
