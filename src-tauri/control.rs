@@ -55,15 +55,14 @@ pub struct UiEvent {
     pub payload: serde_json::Value,
 }
 
+/// The answer to one of the window's commands, on its way.
+pub type UiReply = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<serde_json::Value, RemoteError>> + Send>,
+>;
+
 /// What serves the desktop window's requests (the desktop app's shell).
 pub trait UiHost: Send + Sync + 'static {
-    fn call(
-        &self,
-        name: String,
-        args: serde_json::Value,
-    ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<serde_json::Value, RemoteError>> + Send>,
-    >;
+    fn call(&self, name: String, args: serde_json::Value) -> UiReply;
     fn events(&self) -> tokio::sync::broadcast::Receiver<UiEvent>;
 }
 

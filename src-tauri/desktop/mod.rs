@@ -203,6 +203,9 @@ impl Shell {
 
     /// Send the window an event (dropped when no window is open).
     pub fn emit(&self, event: &str, payload: impl Serialize) {
+        if self.events.receiver_count() == 0 {
+            return; // no window: not even encoded
+        }
         match serde_json::to_value(payload) {
             Ok(payload) => {
                 let _ = self.events.send(UiEvent {
@@ -524,13 +527,7 @@ async fn close_window(shell: &Shell) {
 struct Host(Arc<Shell>);
 
 impl crate::control::UiHost for Host {
-    fn call(
-        &self,
-        name: String,
-        args: serde_json::Value,
-    ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<serde_json::Value, RemoteError>> + Send>,
-    > {
+    fn call(&self, name: String, args: serde_json::Value) -> crate::control::UiReply {
         let shell = self.0.clone();
         Box::pin(async move {
             commands::dispatch(shell, &name, args)
