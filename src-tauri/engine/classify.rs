@@ -383,10 +383,12 @@ pub fn classify_response_sent(
     })
 }
 
-/// A JSON body; an object one of whose members serde_json cannot hold (a number out
-/// of `f64` range, such as `"expires_in": 1e400`) is read member by member, such a
-/// member kept as its source text, so one absurd field does not make a whole token
-/// response unreadable (which would be retried as transient until the ceiling).
+/// A JSON body. An object with a number serde_json cannot hold (beyond `f64`, such as
+/// `"expires_in": 1e400`) is read member by member: such a number becomes the largest
+/// `f64` of its sign, and a member that still cannot be read (too deep, a broken escape)
+/// is left out, never kept as text, so it cannot turn into a token. One absurd field
+/// then no longer makes a whole token response unreadable (which would be retried as
+/// transient until the ceiling).
 fn parse_json_lenient(body: &[u8]) -> Option<serde_json::Value> {
     if let Ok(v) = serde_json::from_slice(body) {
         return Some(v);
@@ -397,10 +399,17 @@ fn parse_json_lenient(body: &[u8]) -> Option<serde_json::Value> {
         serde_json::from_slice::<Members>(body)
             .ok()?
             .into_iter()
-            .map(|(k, raw)| {
-                let v = serde_json::from_str(raw.get())
-                    .unwrap_or_else(|_| serde_json::Value::String(raw.get().to_string()));
-                (k, v)
+            .filter_map(|(k, raw)| {
+                let text = raw.get();
+                let v = serde_json::from_str(text).ok().or_else(|| {
+                    let huge = match text.as_bytes().first()? {
+                        b'-' => -f64::MAX,
+                        b'0'..=b'9' => f64::MAX,
+                        _ => return None,
+                    };
+                    serde_json::Number::from_f64(huge).map(serde_json::Value::Number)
+                })?;
+                Some((k, v))
             })
             .collect();
     Some(serde_json::Value::Object(members))
@@ -432,7 +441,7 @@ fn parse_expires_in(v: &serde_json::Value) -> Option<Duration> {
         _ => return None,
     };
     if secs == f64::INFINITY {
-        return Some(MAX_EXPIRES_IN); // "1e400": absurdly long, clamped like 1e30
+        return Some(MAX_EXPIRES_IN); // "1e400" as a string: clamped like 1e30
     }
     if !secs.is_finite() || secs < 1.0 {
         return None;
@@ -716,6 +725,45 @@ mod tests {
         assert!(t.expires_in_invalid);
         let t = ok(r#"{"access_token":"a","expires_in":60,"extra":{"n":1e999}}"#);
         assert_eq!(t.expires_in, Some(Duration::from_secs(60)));
+        let t = ok(r#"{"access_token":"a","expires_in":"1e400"}"#);
+        assert_eq!(
+            t.expires_in,
+            Some(MAX_EXPIRES_IN),
+            "a number in a string, too"
+        );
+        // A member that cannot be read never becomes a token (nor an error code).
+        let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+        for body in [
+            r#"{"access_token":1e400}"#.to_string(),
+            format!(r#"{{"access_token":{deep},"x":1e400}}"#),
+            r#"{"access_token":"\ud800x","x":1e400}"#.to_string(),
+        ] {
+            let f = run(200, Some("application/json"), None, &body).unwrap_err();
+            assert!(
+                matches!(f.kind, FailureKind::NotTokenResponse { .. }),
+                "{body}: {f:?}"
+            );
+        }
+        let t = ok(r#"{"access_token":"a","refresh_token":1e400,"expires_in":60}"#);
+        assert!(
+            t.refresh_token.is_none(),
+            "no refresh token made of number text"
+        );
+        let t = ok(&format!(
+            r#"{{"access_token":"a","refresh_token":{deep},"x":1e400}}"#
+        ));
+        assert!(t.refresh_token.is_none());
+        let f = run(
+            400,
+            Some("application/json"),
+            None,
+            r#"{"error":1e400,"x":1}"#,
+        )
+        .unwrap_err();
+        assert!(
+            !f.is_permanent(),
+            "no error code made of number text: {f:?}"
+        );
         // ...and a verdict next to such a number is still a verdict.
         let f = run(
             400,
