@@ -1537,13 +1537,14 @@ async fn real_workload_login_retry_now_and_single_instance() {
     // The window is a process of its own: when it dies (a crash of the web view, here
     // SIGKILL), the engine and the tray carry on, and the tray opens a new window.
     let window = window_process(pid).expect("the window runs in a process of its own");
+    // WebKit's processes are the window's children (re-parented once it dies: by pid).
+    let webkit = descendants(window);
+    assert!(!webkit.is_empty(), "WebKit runs under the window's process");
     // SAFETY: kill(2) on a child of the app under test, just read from /proc.
     assert_eq!(unsafe { libc::kill(window as i32, libc::SIGKILL) }, 0);
     wait_exit(window, Duration::from_secs(10)).await;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !webkit_children(pid).is_empty() {
-        assert!(Instant::now() < deadline, "WebKit outlived its window");
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    for p in webkit {
+        wait_exit(p, Duration::from_secs(15)).await;
     }
     assert!(pid_alive(pid), "the app survives its window's crash");
     assert_eq!(
@@ -1561,12 +1562,14 @@ async fn real_workload_login_retry_now_and_single_instance() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_ne!(window_process(pid), Some(window), "a new window process");
+    let reopened = window_process(pid).expect("a window process");
+    assert_ne!(reopened, window, "a new window process");
     app.wd.take();
 
-    // Quit from the tray: clean stop, state written.
+    // Quit from the tray: clean stop, state written, the open window gone as well.
     tray(pid, &["click", "Quit"]);
     wait_exit(pid, Duration::from_secs(15)).await;
+    wait_exit(reopened, Duration::from_secs(5)).await;
     let state = std::fs::read_to_string(config.path().join("state.json")).unwrap_or_default();
     assert!(
         state.contains("\"api\""),
@@ -1607,8 +1610,24 @@ async fn real_workload_login_retry_now_and_single_instance() {
         "0",
         "started at login: no window"
     );
-    tray(pid2, &["click", "Quit"]);
-    wait_exit(pid2, Duration::from_secs(15)).await;
+    // Opened from the tray, its window goes with the app even when the app dies
+    // without a word (SIGKILL): the window's connection closes.
+    tray(pid2, &["click", "Open Tokenwarden"]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let window = loop {
+        if let Some(w) = window_process(pid2) {
+            break w;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Open Tokenwarden started no window"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // SAFETY: kill(2) on the app under test, whose pid the control socket gave.
+    assert_eq!(unsafe { libc::kill(pid2 as i32, libc::SIGKILL) }, 0);
+    wait_exit(pid2, Duration::from_secs(5)).await;
+    wait_exit(window, Duration::from_secs(15)).await;
     drop(at_login);
 
     let secrets = std::fs::read_to_string(log.join("app.stderr")).unwrap_or_default();

@@ -147,6 +147,11 @@ pub async fn dispatch(
             arg(&args, "enabled")?,
         )?),
         "set_autostart" => json(set_autostart(&shell, arg(&args, "enabled")?)?),
+        // From the window's process itself (not a command the page may invoke).
+        "window_closing" => {
+            super::window_closing(&shell, arg(&args, "pid")?);
+            Ok(serde_json::Value::Null)
+        }
         other => Err(CmdError::new(
             "bad_request",
             format!("no window command `{}`", other.escape_debug()),

@@ -440,7 +440,12 @@ pub fn show_window(shell: &Shell) {
         return;
     }
     let mut slot = lock(&shell.window);
-    if slot.as_ref().is_some_and(|w| !*w.done.borrow()) {
+    // A window that is closing cannot come to the front: a new one is started (the
+    // closing one ends by itself).
+    if slot
+        .as_ref()
+        .is_some_and(|w| !w.closing && !*w.done.borrow())
+    {
         shell.emit(window::FOCUS, ());
         return;
     }
@@ -492,17 +497,29 @@ pub fn show_window(shell: &Shell) {
         tracing::debug!(ranges, "window gone: paged out mapped files");
     });
     *slot = Some(WindowProcess {
+        pid,
         done,
         kill: Some(kill),
+        closing: false,
     });
 }
 
 /// The window's process while it runs.
 struct WindowProcess {
+    pid: Option<u32>,
+    /// Its window was closed (it said so): the process is on its way out.
+    closing: bool,
     /// Becomes true once the process ended (and was reaped).
     done: tokio::sync::watch::Receiver<bool>,
     /// Kills it (dropping it does too).
     kill: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// The window's process says its window was closed (`window_closing`).
+fn window_closing(shell: &Shell, pid: u32) {
+    if let Some(w) = lock(&shell.window).as_mut().filter(|w| w.pid == Some(pid)) {
+        w.closing = true;
+    }
 }
 
 /// Close the window's process (the app quits): it ends by itself once the control
@@ -644,6 +661,8 @@ fn on_tray_click(app: &AppHandle, id: &str) {
                 show_window(&shell);
                 tauri::async_runtime::spawn(async move {
                     if let Err(e) = commands::start_reauth(shell.clone(), name).await {
+                        // A window opened just now may not listen yet: logged as well.
+                        tracing::warn!(code = %e.code, error = %e.message, "re-authenticate from the tray failed");
                         shell.emit("error", &e);
                     }
                 });

@@ -152,8 +152,25 @@ fn run(control: Paths, events: Client, rt: tokio::runtime::Handle) -> anyhow::Re
             Ok(())
         })
         .build(tauri::generate_context!())?;
-    // Closing the window ends the process (the default once no window is left).
-    app.run_return(|_, _| {});
+    // Closing the window ends the process (the default once no window is left). The
+    // app hears of it first, so that "Open Tokenwarden" from now on starts a new window
+    // instead of asking this one to the front.
+    app.run_return(|app, event| {
+        if let tauri::RunEvent::WindowEvent {
+            event: tauri::WindowEvent::Destroyed,
+            ..
+        } = event
+        {
+            let link = app.state::<Link>();
+            let told = tauri::async_runtime::block_on(tokio::time::timeout(
+                std::time::Duration::from_secs(1),
+                link.call("window_closing", json!({ "pid": std::process::id() })),
+            ));
+            if !matches!(told, Ok(Ok(_))) {
+                tracing::debug!("could not tell the app the window closed");
+            }
+        }
+    });
     Ok(())
 }
 
