@@ -294,7 +294,7 @@ mod unix {
                         match ev {
                             Ok(ev) => write_reply(&mut w, &Reply::Ui(ev)).await?,
                             Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                                // The window lists everything again on `status-all`.
+                                // The window lists everything again on `lagged`.
                                 tracing::warn!(missed = n, "the window fell behind");
                                 let ev = UiEvent {
                                     event: "lagged".into(),

@@ -7,12 +7,20 @@
 //! closed holds WebKit's, JavaScriptCore's and Mesa's. They are clean pages of files,
 //! so the kernel would reclaim them under memory pressure; [`mapped_files`] has it do
 //! so at once. Measured in `scripts/measure-desktop.sh` (README, "Desktop footprint").
+//!
+//! The kernel does this only for files the process owns or may write (so that one user
+//! cannot evict another's pages): for root (the daemon as a system service) that is
+//! every library; for a normal user only files of their own, such as a binary
+//! installed with `cargo install` — the system's libraries stay resident. Mappings the
+//! kernel would ignore are skipped.
 
 /// Give back the pages of mapped files (libraries, this binary) that nothing touches
-/// now. `MADV_PAGEOUT` asks the kernel to reclaim
-/// them now rather than under memory pressure; it loses nothing (a page that is used
-/// again is read back from the page cache or the file), so what stays resident is
-/// what the tray app really uses. Anonymous memory and shared memory are left alone.
+/// now, where the kernel allows it (see the module). `MADV_PAGEOUT` asks the kernel to
+/// reclaim them now rather than under memory pressure; it loses nothing (a page used
+/// again is read back from the page cache or the file, a page of the mapping that was
+/// written, such as a library's relocated data, from swap), and pages other processes
+/// map as well stay. Anonymous mappings and shared memory are not touched. Returns how
+/// many mappings were advised.
 #[cfg(target_os = "linux")]
 pub fn mapped_files() -> usize {
     // SAFETY: malloc_trim only walks glibc's own arenas.
@@ -46,6 +54,9 @@ pub fn mapped_files() -> usize {
         {
             continue;
         }
+        if !may_page_out(path) {
+            continue;
+        }
         let Some((a, b)) = range.split_once('-') else {
             continue;
         };
@@ -60,6 +71,23 @@ pub fn mapped_files() -> usize {
         }
     }
     ranges
+}
+
+/// The kernel's rule for paging out a file's pages (`can_do_file_pageout`): the file
+/// is the caller's, or the caller may write it (root may do both).
+#[cfg(target_os = "linux")]
+fn may_page_out(path: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    if euid == 0 || std::fs::metadata(path).is_ok_and(|m| m.uid() == euid) {
+        return true;
+    }
+    let Ok(c) = std::ffi::CString::new(path) else {
+        return false;
+    };
+    // SAFETY: access(2) on a NUL-terminated path; no memory is written.
+    unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
 }
 
 #[cfg(not(target_os = "linux"))]

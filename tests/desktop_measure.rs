@@ -269,8 +269,10 @@ async fn measure_desktop_footprint() {
         std::thread::sleep(Duration::from_millis(50));
     };
 
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
     println!(
-        "\n| measurement ({WORKLOADS} workloads, {idle_secs} s idle windows) | value | target |"
+        "\n| measurement ({WORKLOADS} workloads, {idle_secs} s idle windows, uid {euid}) | value | target |"
     );
     println!("|---|---|---|");
     println!(
@@ -315,6 +317,12 @@ async fn measure_desktop_footprint() {
     );
     println!("| refreshes at the issuer while idle | {refreshes} | (1 h tokens: 0 expected) |");
     println!("| exit code after tray Quit | {code:?} | Some(0) |");
+    if euid == 0 {
+        println!(
+            "\nNote: run as root, the app may page out the system's libraries (src-tauri/pageout.rs); \
+             as a normal user those pages stay resident (README, \"Desktop footprint\")."
+        );
+    }
     println!("\nprocesses, window open:  {}", parts_open.join(", "));
     println!("processes, window closed: {}", parts_closed.join(", "));
     println!(
