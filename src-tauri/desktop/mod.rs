@@ -449,24 +449,28 @@ pub fn show_window(shell: &Shell) {
         shell.emit(window::FOCUS, ());
         return;
     }
-    let exe = match std::env::current_exe() {
-        Ok(e) => e,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot open the window: this program's path is unknown");
-            return;
-        }
-    };
     let _rt = shell.rt.enter();
-    let spawned = tokio::process::Command::new(exe)
-        .arg("--config-dir")
-        .arg(&shell.control_paths.config_dir)
-        .arg("window")
-        .stdin(std::process::Stdio::null())
-        .spawn();
+    let spawn = |exe: &std::path::Path| {
+        tokio::process::Command::new(exe)
+            .arg("--config-dir")
+            .arg(&shell.control_paths.config_dir)
+            .arg("window")
+            .stdin(std::process::Stdio::null())
+            .spawn()
+    };
+    let spawned = std::env::current_exe().and_then(|exe| spawn(&exe));
+    // Replaced on disk since it started (a package upgrade): the window must be this
+    // same program, which the kernel still has.
+    #[cfg(target_os = "linux")]
+    let spawned = spawned.or_else(|_| spawn(std::path::Path::new("/proc/self/exe")));
     let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "cannot open the window");
+            notify::show_problem(
+                "Tokenwarden cannot open its window",
+                &format!("Starting the window failed: {e}. The tray and your workloads keep running; quitting and starting Tokenwarden again should help."),
+            );
             return;
         }
     };

@@ -332,14 +332,18 @@ fn notification(summary: &str, body: &str, category: &str) -> notify_rust::Notif
 /// Tell the user that a hand edit of workloads.toml cannot be used (`message` names the
 /// file and the line) and that the running configuration stays.
 pub fn show_config_error(message: &str) {
-    let n = notification(
+    show_problem(
         "workloads.toml has an error",
         &format!(
             "{}. Tokenwarden keeps running the previous configuration until the file is fixed.",
             message.trim_end_matches('.')
         ),
-        "device.error",
     );
+}
+
+/// A problem of the app itself (not of a workload), on a thread of its own.
+pub fn show_problem(summary: &str, body: &str) {
+    let n = notification(summary, body, "device.error");
     let spawned = std::thread::Builder::new()
         .name("notification".into())
         .spawn(move || {
