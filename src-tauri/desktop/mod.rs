@@ -873,6 +873,12 @@ fn run_app(
             let handle = app.handle().clone();
             let shell = setup_shell;
             let _ = shell.app.set(handle.clone());
+            // macOS: the tray app stays out of the Dock; the window's process is an
+            // ordinary app while its window is open (not tested: no Mac here).
+            #[cfg(target_os = "macos")]
+            if !window::in_process() {
+                app.set_activation_policy(tauri::ActivationPolicy::Accessory);
+            }
             let initial =
                 tauri::async_runtime::block_on(shell.engine().status()).unwrap_or_default();
             shell.replace_all(initial.clone());
