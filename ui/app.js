@@ -416,6 +416,7 @@ async function start() {
     ? `Tokenwarden ${info.version} · demo · tokenwarden --config-dir ${info.control_dir} status`
     : `Tokenwarden ${info.version} · ${info.config_file}`;
   setupAutostart(info.autostart);
+  for (const l of info.logins || []) notice(l.message);
   setConfigError(info.config_error);
   replaceAll(await call("list_status"));
   document.body.dataset.ready = "1";

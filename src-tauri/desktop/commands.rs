@@ -73,6 +73,8 @@ pub struct AppInfo {
     autostart: Option<bool>,
     /// Why the last hand edit of workloads.toml could not be used (file:line: ...).
     config_error: Option<String>,
+    /// Sign-ins waiting for the browser, as their last `login` event said.
+    logins: Vec<LoginEvent>,
 }
 
 fn app_info(shell: &Shell) -> AppInfo {
@@ -90,6 +92,7 @@ fn app_info(shell: &Shell) -> AppInfo {
         config_file: shell.paths.config_file.display().to_string(),
         autostart,
         config_error: shell.config_edits.borrow().error.clone(),
+        logins: lock(&shell.logins_waiting).values().cloned().collect(),
     }
 }
 
@@ -160,14 +163,22 @@ pub async fn dispatch(
 }
 
 fn emit_login(shell: &Shell, name: &str, state: &'static str, message: String) {
-    shell.emit(
-        "login",
-        LoginEvent {
-            name: name.to_string(),
-            state,
-            message,
-        },
-    );
+    let event = LoginEvent {
+        name: name.to_string(),
+        state,
+        message,
+    };
+    // A window opened while a sign-in waits (from the tray, say) hears of it through
+    // `app_info`: the events before it connected reached no page.
+    {
+        let mut waiting = lock(&shell.logins_waiting);
+        if state == "waiting" {
+            waiting.insert(name.to_string(), event.clone());
+        } else {
+            waiting.remove(name);
+        }
+    }
+    shell.emit("login", event);
 }
 
 /// Open `url` in the browser: `TOKENWARDEN_BROWSER` (a command given the URL as its

@@ -140,6 +140,8 @@ pub struct Shell {
     demo_revoked: std::sync::atomic::AtomicBool,
     /// Sign-ins waiting for the browser, by workload; a new one cancels the old.
     logins: Mutex<HashMap<String, (u64, CancellationToken)>>,
+    /// The last `login` event of each sign-in still waiting (for a window opened later).
+    logins_waiting: Mutex<BTreeMap<String, LoginEvent>>,
     /// Hand edits of workloads.toml: how many were handled, and why the last one could
     /// not be used (until one can).
     pub config_edits: tokio::sync::watch::Sender<ConfigEdits>,
@@ -193,6 +195,7 @@ impl Shell {
             prefs_file,
             demo_revoked: std::sync::atomic::AtomicBool::new(false),
             logins: Mutex::new(HashMap::new()),
+            logins_waiting: Mutex::new(BTreeMap::new()),
             config_edits: tokio::sync::watch::Sender::new(ConfigEdits::default()),
             events: tokio::sync::broadcast::Sender::new(256),
             app: OnceLock::new(),
