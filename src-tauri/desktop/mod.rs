@@ -488,7 +488,9 @@ pub fn show_window(shell: &Shell) {
                 Ok(s) => tracing::warn!(pid, status = %s, "the window's process ended abnormally"),
                 Err(e) => tracing::warn!(pid, error = %e, "cannot wait for the window's process"),
             },
-            _ = kill_rx => {
+            // Asked for (a dropped sender, when a new window replaced a closing one,
+            // is not a request: that one ends by itself).
+            Ok(()) = kill_rx => {
                 tracing::warn!(pid, "the window's process did not end with the app: killed");
                 let _ = child.kill().await;
             }
@@ -518,7 +520,7 @@ struct WindowProcess {
     closing: bool,
     /// Becomes true once the process ended (and was reaped).
     done: tokio::sync::watch::Receiver<bool>,
-    /// Kills it (dropping it does too).
+    /// Kills it.
     kill: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
