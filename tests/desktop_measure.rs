@@ -18,10 +18,43 @@ use tokenwarden::sim_issuer::{IssuerOptions, SimIssuer};
 
 const WORKLOADS: usize = 10;
 
+/// The user the app runs as: run as root, the app could page out the system's
+/// libraries (src-tauri/pageout.rs), which a user's app cannot, so it runs as `nobody`
+/// unless `MEASURE_AS_ROOT=1`.
+fn as_nobody() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    root && std::env::var_os("MEASURE_AS_ROOT").is_none_or(|v| v != "1")
+}
+
+const NOBODY: u32 = 65534;
+
 /// Start the app (the desktop build of this crate's binary) on `config_dir`.
 fn launch(args: &[&str], display: &str, config_dir: &Path) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_tokenwarden"))
-        .args(args)
+    let mut cmd = if as_nobody() {
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--reuid",
+            &NOBODY.to_string(),
+            "--regid",
+            &NOBODY.to_string(),
+            "--clear-groups",
+            "--",
+            env!("CARGO_BIN_EXE_tokenwarden"),
+        ]);
+        c
+    } else {
+        Command::new(env!("CARGO_BIN_EXE_tokenwarden"))
+    };
+    // A home of its own, as a user's session has (the tray writes its icon under the
+    // runtime dir; the session's own dirs belong to whoever started it).
+    let home = config_dir.join("home");
+    cmd.args(args)
+        .env("HOME", &home)
+        .env("XDG_RUNTIME_DIR", home.join("run"))
+        .env("XDG_CACHE_HOME", home.join("cache"))
+        .env("XDG_CONFIG_HOME", home.join("config"))
+        .env("XDG_DATA_HOME", home.join("data"))
         .env("DISPLAY", display)
         .env("TOKENWARDEN_CONFIG_DIR", config_dir)
         .env("TOKENWARDEN_LOG_DIR", config_dir.join("logs"))
@@ -176,6 +209,23 @@ async fn measure_desktop_footprint() {
     for i in 0..WORKLOADS {
         login(&cfg, &format!("w{i}"), &store).await;
     }
+    for d in ["run", "cache", "config", "data"] {
+        std::fs::create_dir_all(dir.path().join("home").join(d)).unwrap();
+    }
+    std::fs::set_permissions(
+        dir.path().join("home/run"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    if as_nobody() {
+        let ok = Command::new("chown")
+            .args(["-R", &format!("{NOBODY}:{NOBODY}")])
+            .arg(dir.path())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "chown of the config dir");
+    }
 
     let started = Instant::now();
     let mut child = launch(&[], &display, dir.path());
@@ -269,10 +319,14 @@ async fn measure_desktop_footprint() {
         std::thread::sleep(Duration::from_millis(50));
     };
 
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
+    let euid = if as_nobody() {
+        NOBODY
+    } else {
+        // SAFETY: geteuid has no preconditions.
+        unsafe { libc::geteuid() }
+    };
     println!(
-        "\n| measurement ({WORKLOADS} workloads, {idle_secs} s idle windows, uid {euid}) | value | target |"
+        "\n| measurement ({WORKLOADS} workloads, {idle_secs} s idle windows, the app as uid {euid}) | value | target |"
     );
     println!("|---|---|---|");
     println!(
