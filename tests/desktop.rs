@@ -605,6 +605,15 @@ async fn wait_tray(pid: u32, label: &str, timeout: Duration) {
     }
 }
 
+/// Wait (10 s at most) until `xwindows("count")` says `n` mapped windows.
+async fn wait_window_count(xwindows: &dyn Fn(&str) -> String, n: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while xwindows("count") != n {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// `pid`'s live descendants (the app's window is a child process, WebKit's processes
 /// are the window's children).
 fn descendants(pid: u32) -> Vec<u32> {
@@ -1490,13 +1499,20 @@ async fn real_workload_login_retry_now_and_single_instance() {
         );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
+    // The window's process and its WebKit processes, by pid: once the window's process
+    // is gone they are no longer the app's descendants, whether they ended or not.
+    let closing = window_process(pid).expect("the window runs in a process of its own");
+    let closing_webkit = descendants(closing);
+    assert!(
+        !closing_webkit.is_empty(),
+        "WebKit runs under the window's process"
+    );
     assert_eq!(xwindows("close"), "1", "one window to close");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while xwindows("count") != "0" {
-        assert!(Instant::now() < deadline, "the window did not close");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    wait_window_count(&xwindows, "0", "the window did not close").await;
+    wait_exit(closing, Duration::from_secs(10)).await;
+    for p in closing_webkit {
+        wait_exit(p, Duration::from_secs(15)).await;
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(pid_alive(pid), "closing the window does not quit");
     let _ = app_pid(config.path()).await;
     // With the window gone, its process and WebKit's go too; only the app is left.
@@ -1510,14 +1526,12 @@ async fn real_workload_login_retry_now_and_single_instance() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tray(pid, &["click", "Open Tokenwarden"]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while xwindows("count") != "1" {
-        assert!(
-            Instant::now() < deadline,
-            "Open Tokenwarden did not bring the window back"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_window_count(
+        &xwindows,
+        "1",
+        "Open Tokenwarden did not bring the window back",
+    )
+    .await;
     // … and WebKit starts afresh for the new window.
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
@@ -1554,14 +1568,12 @@ async fn real_workload_login_retry_now_and_single_instance() {
     );
     wait_tray(pid, "api — running", Duration::from_secs(10)).await;
     tray(pid, &["click", "Open Tokenwarden"]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while xwindows("count") != "1" {
-        assert!(
-            Instant::now() < deadline,
-            "Open Tokenwarden did not open a window after the crash"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_window_count(
+        &xwindows,
+        "1",
+        "Open Tokenwarden did not open a window after the crash",
+    )
+    .await;
     let reopened = window_process(pid).expect("a window process");
     assert_ne!(reopened, window, "a new window process");
     app.wd.take();
