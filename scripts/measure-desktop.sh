@@ -16,9 +16,11 @@ echo "== measuring"
 bash scripts/session.sh bash scripts/desktop-xvfb.sh \
   cargo test --release --locked --test desktop_measure -- --ignored --nocapture --test-threads 1
 
-bin="$CARGO_TARGET_DIR/release/tokenwarden"
 mb() { awk -v b="$(stat -c %s "$1")" 'BEGIN { printf "%.1f MB", b / 1000000 }'; }
-printf '\n| release binary (%s) | %s |\n' "$bin" "$(mb "$bin")"
+echo
+for bin in tokenwarden tokenwarden-window; do
+  printf '| release binary %s | %s |\n' "$bin" "$(mb "$CARGO_TARGET_DIR/release/$bin")"
+done
 if cargo tauri --version >/dev/null 2>&1; then
   echo "== bundling the .deb"
   # tauri-cli rewrites Cargo.toml's tauri-build line; put the file back afterwards.
@@ -27,6 +29,15 @@ if cargo tauri --version >/dev/null 2>&1; then
   cp "$CARGO_TARGET_DIR/Cargo.toml.before-bundle" Cargo.toml
   deb=$(ls -t "$CARGO_TARGET_DIR"/release/bundle/deb/*.deb | head -n1)
   printf '| .deb bundle (%s) | %s |\n' "$deb" "$(mb "$deb")"
+  # Both programs must be in it: the tray app starts the window's program beside it.
+  for bin in tokenwarden tokenwarden-window; do
+    if dpkg-deb -c "$deb" | grep -q "/usr/bin/$bin\$"; then
+      echo "| .deb holds /usr/bin/$bin | yes |"
+    else
+      echo "| .deb holds /usr/bin/$bin | NO: the package is broken |"
+      exit 1
+    fi
+  done
 else
   echo "| .deb bundle | not built: install tauri-cli (cargo install tauri-cli --version '^2' --locked) |"
 fi

@@ -118,9 +118,6 @@ pub enum Command {
         #[arg(long)]
         terminal: bool,
     },
-    /// The desktop window's own process, started by the app when the window opens.
-    #[command(hide = true)]
-    Window,
 }
 
 /// Exit codes: 0 success, 1 failure, 2 bad usage or configuration.
@@ -128,10 +125,7 @@ pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // Still one thread: the desktop app's environment for WebKitGTK goes in now.
     #[cfg(feature = "desktop")]
-    if matches!(
-        cli.command,
-        None | Some(Command::Demo { terminal: false }) | Some(Command::Window)
-    ) {
+    if matches!(cli.command, None | Some(Command::Demo { terminal: false })) {
         crate::desktop::memory::prepare_env();
     }
     let paths = match Paths::resolve(cli.config_dir.clone()) {
@@ -276,12 +270,6 @@ async fn run(command: Option<Command>, paths: Paths, hidden: bool) -> anyhow::Re
         Command::Token { name } => token(&paths, &name).await,
         Command::ClientConfig { name } => client_config(&paths, &name).await,
         Command::Demo { terminal } => demo(terminal).await,
-        #[cfg(feature = "desktop")]
-        Command::Window => crate::desktop::window::main(paths).await,
-        #[cfg(not(feature = "desktop"))]
-        Command::Window => {
-            anyhow::bail!("no window in this build (built without the `desktop` feature)")
-        }
     }
 }
 

@@ -40,7 +40,7 @@ pub fn make_store(cfg: &Config, paths: &Paths) -> SecretStore {
 
 /// The held instance lock. Dropping it releases the lock.
 pub struct InstanceLock {
-    _file: std::fs::File,
+    file: std::fs::File,
 }
 
 /// Take the per-config-dir lock, or say which process holds it.
@@ -57,9 +57,9 @@ pub fn acquire_lock(paths: &Paths) -> anyhow::Result<InstanceLock> {
     match file.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
-            let mut pid = String::new();
-            let _ = file.read_to_string(&mut pid);
-            let pid = pid.trim();
+            let mut owner = String::new();
+            let _ = file.read_to_string(&mut owner);
+            let pid = owner.lines().next().unwrap_or("").trim();
             anyhow::bail!(
                 "a tokenwarden daemon already runs for {} (pid {}); stop it first or use another --config-dir",
                 paths.config_dir.display(),
@@ -74,7 +74,30 @@ pub fn acquire_lock(paths: &Paths) -> anyhow::Result<InstanceLock> {
     file.rewind()?;
     write!(file, "{}", std::process::id())?;
     file.flush()?;
-    Ok(InstanceLock { _file: file })
+    Ok(InstanceLock { file })
+}
+
+impl InstanceLock {
+    /// Note, after the pid, the config dir whose control socket this process serves
+    /// when it is not the locked one (the demo's own): a second launch of the desktop
+    /// app finds the first there ([`control_dir_of_owner`]).
+    pub fn note_control_dir(&mut self, dir: &std::path::Path) -> std::io::Result<()> {
+        let text = format!("{}\n{}", std::process::id(), dir.display());
+        self.file.set_len(0)?;
+        self.file.rewind()?;
+        self.file.write_all(text.as_bytes())?;
+        self.file.flush()
+    }
+}
+
+/// The control dir the holder of `paths`' lock noted ([`InstanceLock::note_control_dir`]),
+/// else `paths`' own.
+pub fn control_dir_of_owner(paths: &Paths) -> std::path::PathBuf {
+    std::fs::read_to_string(&paths.lock_file)
+        .ok()
+        .and_then(|t| t.lines().nth(1).map(|l| std::path::PathBuf::from(l.trim())))
+        .filter(|d| d.is_absolute())
+        .unwrap_or_else(|| paths.config_dir.clone())
 }
 
 /// Run until SIGINT/SIGTERM.

@@ -230,7 +230,8 @@ async fn one_daemon_per_config_dir() {
         "{}",
         second.stderr
     );
-    // A daemon has no window: the window's requests, and a window process, are refused.
+    // A daemon has no window: the window's requests, and the window's program, are
+    // refused.
     let err = env
         .client()
         .await
@@ -243,14 +244,14 @@ async fn one_daemon_per_config_dir() {
         .downcast::<tokenwarden::control::RemoteError>()
         .unwrap();
     assert_eq!(err.code, "no_window", "{err:?}");
-    let window = env.run(&["window"]);
-    assert_eq!(window.code, Some(1), "{window:?}");
-    let why = if cfg!(feature = "desktop") {
-        "this is `tokenwarden daemon`, which has no window" // the daemon's answer
-    } else {
-        "no window in this build"
-    };
-    assert!(window.stderr.contains(why), "{}", window.stderr);
+    #[cfg(feature = "desktop")]
+    {
+        let window = env.run_of(env!("CARGO_BIN_EXE_tokenwarden-window"), &[]);
+        assert_eq!(window.code, Some(1), "{window:?}");
+        // the daemon's answer
+        let why = "this is `tokenwarden daemon`, which has no window";
+        assert!(window.stderr.contains(why), "{}", window.stderr);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

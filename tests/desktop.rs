@@ -641,13 +641,14 @@ fn descendants(pid: u32) -> Vec<u32> {
     out
 }
 
-/// The app's window process (a `tokenwarden window` child of `pid`), if open.
+/// The app's window process (a `tokenwarden-window` child of `pid`), if open.
 fn window_process(pid: u32) -> Option<u32> {
     descendants(pid).into_iter().find(|c| {
         std::fs::read_to_string(format!("/proc/{c}/cmdline"))
             .unwrap_or_default()
             .split('\0')
-            .any(|a| a == "window")
+            .next()
+            .is_some_and(|a| a.ends_with("/tokenwarden-window"))
     })
 }
 

@@ -285,6 +285,8 @@ async fn measure_desktop_footprint() {
     };
     let bin = Path::new(env!("CARGO_BIN_EXE_tokenwarden"));
     let size = std::fs::metadata(bin).map(|m| m.len()).unwrap_or(0);
+    let window_bin = Path::new(env!("CARGO_BIN_EXE_tokenwarden-window"));
+    let window_size = std::fs::metadata(window_bin).map(|m| m.len()).unwrap_or(0);
 
     // As the start-at-login entry starts it: `--hidden`, the window never opened.
     let mut hidden = launch(&["--hidden"], &display, dir.path());
@@ -365,9 +367,11 @@ async fn measure_desktop_footprint() {
         kib(pss_hidden_idle)
     );
     println!(
-        "| binary `{}` | {:.1} MB | |",
+        "| binaries: the app `{}` / the window `{}` | {:.1} / {:.1} MB | |",
         bin.display(),
-        size as f64 / 1e6
+        window_bin.display(),
+        size as f64 / 1e6,
+        window_size as f64 / 1e6
     );
     println!("| refreshes at the issuer while idle | {refreshes} | (1 h tokens: 0 expected) |");
     println!("| exit code after tray Quit | {code:?} | Some(0) |");

@@ -2,15 +2,14 @@
 //! `tokenwarden [--config-dir DIR] --hidden`: the engine and the tray, no window.
 //!
 //! * Linux (and the BSDs): an XDG autostart entry, written here rather than by
-//!   tauri-plugin-autostart, whose Linux backend ignores `XDG_CONFIG_HOME` and writes the
-//!   executable's path unquoted into `Exec` (a path with a space breaks it). The entry is
+//!   auto-launch (tauri-plugin-autostart's backend), which ignores `XDG_CONFIG_HOME` and
+//!   writes the executable's path unquoted into `Exec` (a path with a space breaks it). The entry is
 //!   `$XDG_CONFIG_HOME/autostart/tokenwarden.desktop` (default config dir) or
 //!   `tokenwarden-<hash of the config dir>.desktop` (any other), so each config dir has
 //!   its own; it counts as enabled unless the desktop's own settings turned it off
 //!   (`Hidden=true`, `X-GNOME-Autostart-enabled=false`).
-//! * macOS and Windows: tauri-plugin-autostart (a login item / the `Run` key), registered
-//!   in [`super::run_app`] with the same arguments; its JS commands are not granted to the
-//!   window, which calls `set_autostart` only.
+//! * macOS and Windows: auto-launch (a login item / the `Run` key) with the same
+//!   arguments (not built or tested here).
 
 use crate::paths::Paths;
 use std::path::PathBuf;
@@ -135,7 +134,7 @@ fn entry_enabled(text: &str) -> bool {
 mod imp {
     use super::*;
 
-    pub fn is_enabled(_app: &tauri::AppHandle, paths: &Paths) -> Result<bool, String> {
+    pub fn is_enabled(paths: &Paths) -> Result<bool, String> {
         let path = entry_path(paths).ok_or("no home directory (HOME) to keep the entry in")?;
         match std::fs::read_to_string(&path) {
             Ok(text) => Ok(entry_enabled(&text)),
@@ -144,7 +143,7 @@ mod imp {
         }
     }
 
-    pub fn set(_app: &tauri::AppHandle, paths: &Paths, enabled: bool) -> Result<(), String> {
+    pub fn set(paths: &Paths, enabled: bool) -> Result<(), String> {
         let path = entry_path(paths).ok_or("no home directory (HOME) to keep the entry in")?;
         if enabled {
             let program = program().map_err(|e| format!("cannot find this program: {e}"))?;
@@ -171,36 +170,38 @@ mod imp {
 #[cfg(any(target_os = "macos", windows))]
 mod imp {
     use super::*;
-    use tauri_plugin_autostart::ManagerExt;
 
-    pub fn is_enabled(app: &tauri::AppHandle, _paths: &Paths) -> Result<bool, String> {
-        app.autolaunch().is_enabled().map_err(|e| e.to_string())
+    /// A login item (macOS) or the `Run` key (Windows), through auto-launch (what
+    /// tauri-plugin-autostart uses). Not built or tested here: no Mac or Windows.
+    fn launcher(paths: &Paths) -> Result<auto_launch::AutoLaunch, String> {
+        let program = program().map_err(|e| format!("cannot find this program: {e}"))?;
+        auto_launch::AutoLaunchBuilder::new()
+            .set_app_name("Tokenwarden")
+            .set_app_path(&program.display().to_string())
+            .set_args(&args(paths))
+            .build()
+            .map_err(|e| e.to_string())
     }
 
-    pub fn set(app: &tauri::AppHandle, _paths: &Paths, enabled: bool) -> Result<(), String> {
-        let al = app.autolaunch();
+    pub fn is_enabled(paths: &Paths) -> Result<bool, String> {
+        launcher(paths)?.is_enabled().map_err(|e| e.to_string())
+    }
+
+    pub fn set(paths: &Paths, enabled: bool) -> Result<(), String> {
+        let al = launcher(paths)?;
         if enabled { al.enable() } else { al.disable() }.map_err(|e| e.to_string())
     }
 }
 
-/// The plugin that keeps the login item on macOS and Windows.
-#[cfg(any(target_os = "macos", windows))]
-pub fn plugin(paths: &Paths) -> tauri::plugin::TauriPlugin<tauri::Wry> {
-    tauri_plugin_autostart::Builder::new()
-        .app_name("Tokenwarden")
-        .args(args(paths))
-        .build()
-}
-
 /// Is start at login on? (The real state: the entry as it is now.)
-pub fn is_enabled(app: &tauri::AppHandle, paths: &Paths) -> Result<bool, String> {
-    imp::is_enabled(app, paths)
+pub fn is_enabled(paths: &Paths) -> Result<bool, String> {
+    imp::is_enabled(paths)
 }
 
 /// Turn start at login on or off; returns the state afterwards.
-pub fn set(app: &tauri::AppHandle, paths: &Paths, enabled: bool) -> Result<bool, String> {
-    imp::set(app, paths, enabled)?;
-    imp::is_enabled(app, paths)
+pub fn set(paths: &Paths, enabled: bool) -> Result<bool, String> {
+    imp::set(paths, enabled)?;
+    imp::is_enabled(paths)
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! The commands the window calls (each granted by `capabilities/default.json`, listed
 //! in `build.rs`), run here in the app that owns the engine: the window process
-//! forwards each over the control socket ([`dispatch`]; see `window.rs`). Every error
+//! forwards each over the control socket ([`dispatch`]; see `src-tauri/window/`). Every error
 //! reaches the UI as `{code, message}` (plus `field` for a form error) and is shown
 //! there.
 
@@ -78,10 +78,9 @@ pub struct AppInfo {
 }
 
 fn app_info(shell: &Shell) -> AppInfo {
-    let autostart = match shell.app() {
-        Some(_) if shell.demo().is_some() => None,
-        None => None, // still starting
-        Some(app) => super::autostart::is_enabled(app, &shell.paths)
+    let autostart = match shell.demo() {
+        Some(_) => None,
+        None => super::autostart::is_enabled(&shell.paths)
             .inspect_err(|e| tracing::warn!(error = %e, "cannot read the start-at-login state"))
             .ok(),
     };
@@ -104,10 +103,7 @@ fn set_autostart(shell: &Shell, enabled: bool) -> Result<bool, CmdError> {
             "The demo does not start at login. Add your own workloads with `tokenwarden add`, then switch it on.",
         ));
     }
-    let app = shell
-        .app()
-        .ok_or_else(|| CmdError::new("starting", "Tokenwarden is still starting; try again"))?;
-    super::autostart::set(app, &shell.paths, enabled).map_err(|m| CmdError::new("autostart", m))
+    super::autostart::set(&shell.paths, enabled).map_err(|m| CmdError::new("autostart", m))
 }
 
 /// Run the window's command `name` with its arguments (as the page passed them, the
@@ -150,7 +146,15 @@ pub async fn dispatch(
             arg(&args, "enabled")?,
         )?),
         "set_autostart" => json(set_autostart(&shell, arg(&args, "enabled")?)?),
-        // From the window's process itself (not a command the page may invoke).
+        // Not commands the page may invoke. From a second launch of the app:
+        "show_window" => {
+            if !arg::<Option<bool>>(&args, "hidden")?.unwrap_or(false) {
+                tracing::info!("another launch asked for the window");
+                super::show_window(&shell);
+            }
+            Ok(serde_json::Value::Null)
+        }
+        // From the window's process itself:
         "window_closing" => {
             super::window_closing(&shell, arg(&args, "pid")?);
             Ok(serde_json::Value::Null)

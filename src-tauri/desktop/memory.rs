@@ -9,11 +9,13 @@
 //!   it draws with cairo; `GDK_GL=disable` leaves that to WebKit, so an app started at
 //!   login that never opens its window never maps libLLVM (about 45 MB RSS). X11 only:
 //!   on Wayland the GL path of GTK may be what shows the page;
-//! * the window is a process of its own (`window.rs`): WebKit, its web and network
-//!   processes, Mesa and libLLVM are loaded by it and gone with it when the window is
-//!   closed. The tray app keeps only what GTK and the tray use: it links WebKit (one
-//!   binary) but never initialises it, and once started it pages out the library
-//!   pages that loading touched ([`crate::pageout::mapped_files`]).
+//! * the window is a program of its own (`tokenwarden-window`, `src-tauri/window/`):
+//!   WebKit, its web and network processes, Mesa and libLLVM are loaded by it and gone
+//!   with it when the window is closed. The tray app (`tokenwarden`) does not link
+//!   WebKit or tauri at all: GTK, the AppIndicator tray and D-Bus are all it loads.
+//!   Loading a library it never used still left ~45 MB of WebKit's pages resident when
+//!   it was one binary; once started, the app also pages out what loading touched
+//!   ([`crate::pageout::mapped_files`]), which the kernel does for files the user owns.
 //!
 //! A value the user set for any of these variables is left alone.
 

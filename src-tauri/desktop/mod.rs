@@ -3,13 +3,13 @@
 //! working while the app runs. With no workload configured it runs over the built-in
 //! [`Demo`], with demo controls in the window.
 //!
-//! Two processes of the same binary: this one (`tokenwarden`) owns the engine, the
-//! tray, the notifications and everything the window shows; the window is a process of
-//! its own (`tokenwarden window`, [`window`]), started when it is opened and gone when
-//! it is closed, that runs each command and receives each event over the control
-//! socket ([`crate::control::UiHost`]). WebKit (its web and network processes, Mesa,
-//! JavaScriptCore) thus lives only while the window is open, and a crash of the web
-//! view cannot take the engine and its proxies down.
+//! Two programs: this one (`tokenwarden`) owns the engine, the tray, the notifications
+//! and everything the window shows, and links no web view; the window is a program of
+//! its own (`tokenwarden-window`, `src-tauri/window/`, the Tauri app), started when it
+//! is opened and gone when it is closed, that runs each command and receives each event
+//! over the control socket ([`crate::control::UiHost`]). WebKit (its web and network
+//! processes, Mesa, JavaScriptCore) thus lives only while the window is open, and a
+//! crash of the web view cannot take the engine and its proxies down.
 //!
 //! Invariants:
 //! * the engine knows nothing of the shell: the shell is one more subscriber of
@@ -17,18 +17,18 @@
 //!   and `status` events for the window (never polling);
 //! * nothing secret reaches the webview: events and command results carry
 //!   [`WorkloadStatus`] (which holds no secret), names and error messages;
-//! * one instance per config directory: the daemon's file lock, plus a D-Bus name
-//!   derived from the config directory so a second launch focuses the first window;
+//! * one instance per config directory: the daemon's file lock; a second launch asks
+//!   the first, over its control socket, to show its window, and exits;
 //! * closing the window keeps the tray app running (the window's process ends, its
 //!   memory returned); "Quit" (or SIGTERM) stops the engine cleanly — in-flight refreshes
 //!   finish and save, the state file is written — before the process exits.
 
 pub mod autostart;
-mod commands;
+pub mod commands;
 pub mod memory;
 pub mod notify;
 pub mod tray;
-pub mod window;
+pub mod ui_loop;
 
 use crate::control::{RemoteError, UiEvent};
 use crate::daemon::make_store;
@@ -43,13 +43,16 @@ use notify::{Notifier, NotifyPolicy};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use tauri::{AppHandle, Manager, RunEvent};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
-/// Label of the one window.
-pub const MAIN_WINDOW: &str = "main";
+/// The event that brings the window to the front (the window's process does not pass
+/// it to the page).
+pub const FOCUS: &str = "tokenwarden:focus";
+/// The window's program, next to this one.
+pub const WINDOW_PROGRAM: &str = "tokenwarden-window";
 /// How many recent attempts the timeline of a workload keeps.
 const TIMELINE_LEN: usize = 8;
 
@@ -147,8 +150,8 @@ pub struct Shell {
     pub config_edits: tokio::sync::watch::Sender<ConfigEdits>,
     /// What the window is sent (its process subscribes over the control socket).
     events: tokio::sync::broadcast::Sender<UiEvent>,
-    /// The tray app (set once it is built).
-    app: OnceLock<AppHandle>,
+    /// The tray exists (its menu is then kept up to date).
+    tray_made: AtomicBool,
     /// The window's process while it runs.
     window: Mutex<Option<WindowProcess>>,
     /// The runtime the engine runs on (the window's process is watched there).
@@ -198,7 +201,7 @@ impl Shell {
             logins_waiting: Mutex::new(BTreeMap::new()),
             config_edits: tokio::sync::watch::Sender::new(ConfigEdits::default()),
             events: tokio::sync::broadcast::Sender::new(256),
-            app: OnceLock::new(),
+            tray_made: AtomicBool::new(false),
             window: Mutex::new(None),
             rt: tokio::runtime::Handle::current(),
         }
@@ -218,11 +221,6 @@ impl Shell {
             }
             Err(e) => tracing::warn!(event, error = %e, "cannot encode a window event"),
         }
-    }
-
-    /// The tray app, once built.
-    pub fn app(&self) -> Option<&AppHandle> {
-        self.app.get()
     }
 
     pub fn engine(&self) -> &Engine {
@@ -419,27 +417,23 @@ pub fn plain_proxy_error(e: &str) -> String {
 
 /// Refresh the tray from the shell's statuses (menu only when a status word changed).
 fn refresh_tray(shell: &Shell) {
-    let Some(app) = shell.app() else {
-        return; // not built yet: it starts from the current list
-    };
-    let (list, rebuild) = match shell.take_menu_change() {
-        Some(list) => (list, true),
-        None => (shell.statuses(), false),
-    };
-    if rebuild {
-        if let Err(e) = tray::update(app, &list, true) {
-            tracing::warn!(error = %e, "tray update failed");
-        }
+    if !shell.tray_made.load(Ordering::Acquire) {
+        return; // not made yet: it starts from the current list
+    }
+    if let Some(list) = shell.take_menu_change() {
+        tray::update(list, true);
     }
 }
 
 /// Show the window: focus it when its process runs, else start that process (on the
 /// control socket this app serves: the demo's own for the demo).
 pub fn show_window(shell: &Shell) {
-    if window::in_process() {
-        if let Some(app) = shell.app() {
-            window::show_in_process(app);
-        }
+    if !cfg!(unix) {
+        // Its commands and events go over the control socket, which is a Unix socket.
+        notify::show_problem(
+            "Tokenwarden cannot open its window",
+            "The window is not available on this system yet. The tray, the notifications and `tokenwarden status` work.",
+        );
         return;
     }
     let mut slot = lock(&shell.window);
@@ -449,30 +443,26 @@ pub fn show_window(shell: &Shell) {
         .as_ref()
         .is_some_and(|w| !w.closing && !*w.done.borrow())
     {
-        shell.emit(window::FOCUS, ());
+        shell.emit(FOCUS, ());
         return;
     }
     let _rt = shell.rt.enter();
-    let spawn = |exe: &std::path::Path| {
+    let program = window_program();
+    let spawned = program.as_ref().map_err(|e| e.to_string()).and_then(|exe| {
         tokio::process::Command::new(exe)
             .arg("--config-dir")
             .arg(&shell.control_paths.config_dir)
-            .arg("window")
             .stdin(std::process::Stdio::null())
             .spawn()
-    };
-    let spawned = std::env::current_exe().and_then(|exe| spawn(&exe));
-    // Replaced on disk since it started (a package upgrade): the window must be this
-    // same program, which the kernel still has.
-    #[cfg(target_os = "linux")]
-    let spawned = spawned.or_else(|_| spawn(std::path::Path::new("/proc/self/exe")));
+            .map_err(|e| format!("{}: {e}", exe.display()))
+    });
     let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "cannot open the window");
             notify::show_problem(
                 "Tokenwarden cannot open its window",
-                &format!("Starting the window failed: {e}. The tray and your workloads keep running; quitting and starting Tokenwarden again should help."),
+                &format!("Starting the window failed ({e}). The tray and your workloads keep running; reinstalling Tokenwarden should help."),
             );
             return;
         }
@@ -511,6 +501,13 @@ pub fn show_window(shell: &Shell) {
         kill: Some(kill),
         closing: false,
     });
+}
+
+/// The window's program: `tokenwarden-window` beside this program.
+fn window_program() -> std::io::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let name = format!("{WINDOW_PROGRAM}{}", std::env::consts::EXE_SUFFIX);
+    Ok(exe.with_file_name(name))
 }
 
 /// The window's process while it runs.
@@ -635,7 +632,7 @@ async fn forward(shell: Arc<Shell>) {
                     notify::show(note, move |names| {
                         for name in names {
                             let shell = shell2.clone();
-                            tauri::async_runtime::spawn(async move {
+                            shell2.rt.spawn(async move {
                                 show_window(&shell);
                                 if let Err(e) = commands::start_reauth(shell, name).await {
                                     tracing::warn!(error = %e.message, "re-authenticate from a notification failed");
@@ -649,16 +646,16 @@ async fn forward(shell: Arc<Shell>) {
     }
 }
 
-fn on_tray_click(app: &AppHandle, id: &str) {
-    let shell = app.state::<Arc<Shell>>().inner().clone();
+fn on_tray_click(shell: &Arc<Shell>, id: &str) {
+    let shell = shell.clone();
     match id {
         "open" => show_window(&shell),
         "quit" => {
             tracing::info!("quit from the tray");
-            app.exit(0);
+            ui_loop::quit();
         }
         "retry-all" => {
-            tauri::async_runtime::spawn(async move {
+            shell.rt.clone().spawn(async move {
                 if let Err(e) = shell.engine().retry(None).await {
                     tracing::warn!(error = %e, "retry all failed");
                 }
@@ -668,7 +665,7 @@ fn on_tray_click(app: &AppHandle, id: &str) {
             if let Some(name) = other.strip_prefix("reauth:") {
                 let name = name.to_string();
                 show_window(&shell);
-                tauri::async_runtime::spawn(async move {
+                shell.rt.clone().spawn(async move {
                     if let Err(e) = commands::start_reauth(shell.clone(), name).await {
                         // A window opened just now may not listen yet: logged as well.
                         tracing::warn!(code = %e.code, error = %e.message, "re-authenticate from the tray failed");
@@ -682,28 +679,47 @@ fn on_tray_click(app: &AppHandle, id: &str) {
     }
 }
 
-/// The D-Bus name that makes the app single-instance per config directory.
-fn instance_id(paths: &Paths) -> String {
-    use sha2::Digest;
-    let dir = std::fs::canonicalize(&paths.config_dir).unwrap_or(paths.config_dir.clone());
-    let digest = sha2::Sha256::digest(dir.to_string_lossy().as_bytes());
-    let hex: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
-    format!("dev.tokenwarden.app.c{hex}")
-}
-
-fn single_instance(paths: &Paths) -> tauri::plugin::TauriPlugin<tauri::Wry> {
-    tauri_plugin_single_instance::Builder::new()
-        .dbus_id(instance_id(paths))
-        .callback(|app, argv, _cwd| {
-            // A start at login (`--hidden`) while the app already runs: nothing to show.
-            if argv.iter().any(|a| a == "--hidden") {
-                tracing::info!("another launch (hidden) found this one running");
-                return;
-            }
-            tracing::info!("another launch asked for the window");
-            show_window(&app.state::<Arc<Shell>>());
-        })
-        .build()
+/// Another launch found this config dir locked: if a desktop app holds it, ask it to
+/// show its window (unless `start_hidden`) and hand over (`Ok`); a daemon or no answer
+/// is `locked`'s error.
+async fn hand_over(paths: &Paths, start_hidden: bool, locked: anyhow::Error) -> anyhow::Result<()> {
+    let control = Paths::resolve(Some(crate::daemon::control_dir_of_owner(paths)))?;
+    // The first instance takes the lock a moment before its control socket listens.
+    let mut client = None;
+    for _ in 0..20 {
+        if let Ok(Some(c)) = crate::control::Client::connect(&control).await {
+            client = Some(c);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    let Some(mut client) = client else {
+        return Err(locked);
+    };
+    let req = crate::control::Request::Ui {
+        name: "show_window".into(),
+        args: serde_json::json!({ "hidden": start_hidden }),
+    };
+    match client.call(&req).await {
+        Ok(_) => {
+            tracing::info!(
+                hidden = start_hidden,
+                "Tokenwarden already runs here: handed over"
+            );
+            eprintln!(
+                "Tokenwarden already runs for {}: {}",
+                paths.config_dir.display(),
+                if start_hidden {
+                    "nothing to do"
+                } else {
+                    "its window was brought to the front"
+                }
+            );
+            Ok(())
+        }
+        // `no_window`: a daemon holds the lock.
+        Err(_) => Err(locked),
+    }
 }
 
 fn has_display() -> bool {
@@ -731,21 +747,11 @@ pub async fn main(paths: Paths, cfg: Config, start_hidden: bool) -> anyhow::Resu
         }
         return crate::daemon::run(paths).await;
     }
+    let start_hidden = start_hidden || std::env::var_os("TOKENWARDEN_START_HIDDEN").is_some();
     let rt = tokio::runtime::Handle::current();
-    let lock_guard = match crate::daemon::acquire_lock(&paths) {
+    let mut lock_guard = match crate::daemon::acquire_lock(&paths) {
         Ok(l) => l,
-        Err(e) => {
-            // Another desktop app on this config dir: the single-instance plugin
-            // focuses its window and exits this process. A headless daemon: say so.
-            let p = paths.clone();
-            tokio::task::block_in_place(|| {
-                tauri::async_runtime::set(rt);
-                let _ = tauri::Builder::default()
-                    .plugin(single_instance(&p))
-                    .build(tauri::generate_context!());
-            });
-            return Err(e);
-        }
+        Err(e) => return hand_over(&paths, start_hidden, e).await,
     };
     // Hand edits of workloads.toml are applied while the app runs (not for the demo).
     let watched = (!cfg.workloads.is_empty()).then(|| crate::config_watch::running(&cfg));
@@ -777,6 +783,11 @@ pub async fn main(paths: Paths, cfg: Config, start_hidden: bool) -> anyhow::Resu
         });
         (Backend::Real { engine, store }, paths.clone())
     };
+    if control_paths.config_dir != paths.config_dir {
+        if let Err(e) = lock_guard.note_control_dir(&control_paths.config_dir) {
+            tracing::warn!(error = %e, "cannot note the demo's control dir in the lock file");
+        }
+    }
     let shell = Arc::new(Shell::new(backend, paths.clone(), control_paths.clone()));
     let cancel = CancellationToken::new();
     if let Some(running) = watched {
@@ -814,7 +825,6 @@ pub async fn main(paths: Paths, cfg: Config, start_hidden: bool) -> anyhow::Resu
         }
     };
     let s = shell.clone();
-    let start_hidden = start_hidden || std::env::var_os("TOKENWARDEN_START_HIDDEN").is_some();
     let result = tokio::task::block_in_place(move || run_app(s, rt, start_hidden));
     tracing::info!("stopping");
     cancel.cancel();
@@ -826,111 +836,51 @@ pub async fn main(paths: Paths, cfg: Config, start_hidden: bool) -> anyhow::Resu
     result
 }
 
-/// Build and run the Tauri app on this (the main) thread until "Quit".
-/// Open the display on this thread (the one the app's event loop then runs on). A
-/// display that refuses the first connection (an app started at login while the
-/// session is still coming up, a busy X server) gets a few more tries over about ten
-/// seconds before the app gives up on a window and tray.
-#[cfg(target_os = "linux")]
-pub(crate) fn wait_for_display() -> bool {
-    for attempt in 0..20 {
-        match gtk::init() {
-            Ok(()) => return true,
-            Err(e) => {
-                tracing::warn!(attempt, error = %e, "cannot open the display yet; trying again");
-                std::thread::sleep(std::time::Duration::from_millis(500));
-            }
-        }
-    }
-    false
-}
-
-#[cfg(not(target_os = "linux"))]
-pub(crate) fn wait_for_display() -> bool {
-    true
-}
-
+/// The tray and its event loop, on this (the main) thread, until "Quit" or a signal.
 fn run_app(
     shell: Arc<Shell>,
     rt: tokio::runtime::Handle,
     start_hidden: bool,
 ) -> anyhow::Result<()> {
-    if !wait_for_display() {
+    if !ui_loop::init() {
         // The engine and the control socket keep working; only the UI is missing.
         eprintln!("tokenwarden: the display cannot be opened: running without the window and tray until stopped");
         tracing::error!("the display cannot be opened; running without the window and tray");
         rt.block_on(crate::daemon::shutdown_signal());
         return Ok(());
     }
-    tauri::async_runtime::set(rt);
-    let setup_shell = shell.clone();
-    let builder = tauri::Builder::default().plugin(single_instance(&shell.paths));
-    #[cfg(any(target_os = "macos", windows))]
-    let builder = builder.plugin(autostart::plugin(&shell.paths));
-    let builder = if window::in_process() {
-        window::with_commands(builder, window::Link::Local(shell.clone()))
-    } else {
-        builder
-    };
-    let app = builder
-        .manage(shell)
-        .setup(move |app| {
-            let handle = app.handle().clone();
-            let shell = setup_shell;
-            let _ = shell.app.set(handle.clone());
-            // macOS: the tray app stays out of the Dock; the window's process is an
-            // ordinary app while its window is open (not tested: no Mac here).
-            #[cfg(target_os = "macos")]
-            if !window::in_process() {
-                app.set_activation_policy(tauri::ActivationPolicy::Accessory);
-            }
-            let initial =
-                tauri::async_runtime::block_on(shell.engine().status()).unwrap_or_default();
-            shell.replace_all(initial.clone());
-            if let Err(e) = tray::create(&handle, &initial, on_tray_click) {
-                // Without a tray host the app still works through the window.
-                tracing::warn!(error = %e, "no tray icon");
-            }
-            let _ = shell.take_menu_change();
-            if start_hidden {
-                tracing::info!("started hidden: the window opens from the tray");
-            } else {
-                show_window(&shell);
-            }
-            // What GTK and the libraries touched only while starting goes back.
-            tauri::async_runtime::spawn(async {
-                tokio::time::sleep(std::time::Duration::from_secs(3)).await;
-                let ranges = tokio::task::spawn_blocking(crate::pageout::mapped_files)
-                    .await
-                    .unwrap_or(0);
-                tracing::info!(ranges, "started: paged out mapped files");
-            });
-            if window::in_process() {
-                tauri::async_runtime::spawn(window::pump_in_process(shell.clone(), handle.clone()));
-            }
-            tauri::async_runtime::spawn(forward(shell));
-            let h = handle.clone();
-            tauri::async_runtime::spawn(async move {
-                stop_signal().await;
-                tracing::info!("signal: quitting");
-                h.exit(0);
-            });
-            Ok(())
-        })
-        .build(tauri::generate_context!())?;
-    let code = app.run_return(|_app, event| {
-        if let RunEvent::ExitRequested {
-            code: None, api, ..
-        } = event
-        {
-            // The last window closed (the window in this process, see
-            // `window::in_process`): keep running in the tray.
-            api.prevent_exit();
+    let _rt = rt.enter();
+    ui_loop::run(move || {
+        let initial = rt.block_on(shell.engine().status()).unwrap_or_default();
+        shell.replace_all(initial.clone());
+        let s = shell.clone();
+        match tray::create(&initial, move |id| on_tray_click(&s, id)) {
+            Ok(()) => shell.tray_made.store(true, Ordering::Release),
+            // Without a tray host the app still works through the window.
+            Err(e) => tracing::warn!(error = %e, "no tray icon"),
         }
+        let _ = shell.take_menu_change();
+        if start_hidden {
+            tracing::info!("started hidden: the window opens from the tray");
+        } else {
+            show_window(&shell);
+        }
+        // What GTK and the libraries touched only while starting goes back.
+        rt.spawn(async {
+            tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+            let ranges = tokio::task::spawn_blocking(crate::pageout::mapped_files)
+                .await
+                .unwrap_or(0);
+            tracing::info!(ranges, "started: paged out mapped files");
+        });
+        rt.spawn(forward(shell));
+        rt.spawn(async move {
+            stop_signal().await;
+            tracing::info!("signal: quitting");
+            ui_loop::quit();
+        });
     });
-    if code != 0 {
-        anyhow::bail!("the desktop app exited with code {code}");
-    }
+    tray::remove();
     Ok(())
 }
 

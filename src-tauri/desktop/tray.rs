@@ -4,10 +4,9 @@
 
 use crate::engine::status::WorkloadStatus;
 use crate::engine::Status;
-use tauri::image::Image;
-use tauri::menu::{Menu, MenuItem, PredefinedMenuItem};
-use tauri::tray::TrayIconBuilder;
-use tauri::AppHandle;
+use std::cell::RefCell;
+use tray_icon::menu::{Menu, MenuEvent, MenuItem, PredefinedMenuItem};
+use tray_icon::{Icon, TrayIcon, TrayIconBuilder};
 
 pub const TRAY_ID: &str = "tokenwarden";
 
@@ -34,14 +33,43 @@ pub fn overall(list: &[WorkloadStatus]) -> Overall {
     }
 }
 
-fn icon(o: Overall) -> tauri::Result<Image<'static>> {
-    let bytes: &'static [u8] = match o {
+/// The PNG (in `icons/`) of a state.
+fn icon_png(o: Overall) -> &'static [u8] {
+    match o {
         Overall::Idle => include_bytes!("../../icons/tray-idle.png"),
         Overall::Running => include_bytes!("../../icons/tray-running.png"),
         Overall::Retrying => include_bytes!("../../icons/tray-retrying.png"),
         Overall::Unauthenticated => include_bytes!("../../icons/tray-unauthenticated.png"),
+    }
+}
+
+fn icon(o: Overall) -> anyhow::Result<Icon> {
+    let (rgba, width, height) = decode_png(icon_png(o))?;
+    Ok(Icon::from_rgba(rgba, width, height)?)
+}
+
+/// An 8-bit RGBA PNG (what `icons/tray-*.png` are) as its pixels.
+fn decode_png(bytes: &[u8]) -> anyhow::Result<(Vec<u8>, u32, u32)> {
+    let mut decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+    decoder.set_transformations(png::Transformations::normalize_to_color8());
+    let mut reader = decoder.read_info()?;
+    let mut buf = vec![0; reader.output_buffer_size().unwrap_or(0)];
+    let info = reader.next_frame(&mut buf)?;
+    buf.truncate(info.buffer_size());
+    let rgba = match info.color_type {
+        png::ColorType::Rgba => buf,
+        png::ColorType::Rgb => buf
+            .chunks_exact(3)
+            .flat_map(|p| [p[0], p[1], p[2], 255])
+            .collect(),
+        png::ColorType::GrayscaleAlpha => buf
+            .chunks_exact(2)
+            .flat_map(|p| [p[0], p[0], p[0], p[1]])
+            .collect(),
+        png::ColorType::Grayscale => buf.iter().flat_map(|&g| [g, g, g, 255]).collect(),
+        other => anyhow::bail!("unexpected PNG colour type {other:?}"),
     };
-    Image::from_bytes(bytes)
+    Ok((rgba, info.width, info.height))
 }
 
 /// The first line of the menu: the overall state in words.
@@ -71,91 +99,100 @@ pub fn menu_key(list: &[WorkloadStatus]) -> Vec<(String, Status)> {
     list.iter().map(|w| (w.name.clone(), w.status)).collect()
 }
 
-fn build_menu(app: &AppHandle, list: &[WorkloadStatus]) -> tauri::Result<Menu<tauri::Wry>> {
-    let menu = Menu::new(app)?;
-    menu.append(&MenuItem::with_id(
-        app,
-        "headline",
-        headline(list),
-        false,
-        None::<&str>,
-    )?)?;
+/// The menu of `list`. Item ids: `workload:NAME`, `reauth:NAME`, `retry-all`, `open`,
+/// `quit`.
+fn build_menu(list: &[WorkloadStatus]) -> anyhow::Result<Menu> {
+    let menu = Menu::new();
+    menu.append(&MenuItem::with_id("headline", headline(list), false, None))?;
     if !list.is_empty() {
-        menu.append(&PredefinedMenuItem::separator(app)?)?;
+        menu.append(&PredefinedMenuItem::separator())?;
     }
     for w in list {
         let label = format!("{} — {}", w.name, w.status.as_str());
         menu.append(&MenuItem::with_id(
-            app,
             format!("workload:{}", w.name),
             label,
             true,
-            None::<&str>,
-        )?)?;
+            None,
+        ))?;
     }
     let needs_login: Vec<&WorkloadStatus> = list
         .iter()
         .filter(|w| w.status == Status::Unauthenticated)
         .collect();
     if !needs_login.is_empty() {
-        menu.append(&PredefinedMenuItem::separator(app)?)?;
+        menu.append(&PredefinedMenuItem::separator())?;
         for w in needs_login {
             menu.append(&MenuItem::with_id(
-                app,
                 format!("reauth:{}", w.name),
                 format!("Re-authenticate {}…", w.name),
                 true,
-                None::<&str>,
-            )?)?;
+                None,
+            ))?;
         }
     }
-    menu.append(&PredefinedMenuItem::separator(app)?)?;
+    menu.append(&PredefinedMenuItem::separator())?;
     menu.append(&MenuItem::with_id(
-        app,
         "retry-all",
         "Retry all now",
         !list.is_empty(),
-        None::<&str>,
-    )?)?;
-    menu.append(&MenuItem::with_id(
-        app,
-        "open",
-        "Open Tokenwarden",
-        true,
-        None::<&str>,
-    )?)?;
-    menu.append(&MenuItem::with_id(app, "quit", "Quit", true, None::<&str>)?)?;
+        None,
+    ))?;
+    menu.append(&MenuItem::with_id("open", "Open Tokenwarden", true, None))?;
+    menu.append(&MenuItem::with_id("quit", "Quit", true, None))?;
     Ok(menu)
 }
 
-/// Create the tray icon. Menu clicks go to `on_click(app, item_id)`.
+thread_local! {
+    /// The tray icon (it lives on the UI loop's thread).
+    static TRAY: RefCell<Option<TrayIcon>> = const { RefCell::new(None) };
+}
+
+/// Create the tray icon (on the UI loop's thread). Menu clicks go to
+/// `on_click(item_id)`, on that thread.
 pub fn create(
-    app: &AppHandle,
     list: &[WorkloadStatus],
-    on_click: impl Fn(&AppHandle, &str) + Send + Sync + 'static,
-) -> tauri::Result<()> {
-    let menu = build_menu(app, list)?;
-    TrayIconBuilder::with_id(TRAY_ID)
-        .icon(icon(overall(list))?)
-        .title("Tokenwarden")
-        .tooltip("Tokenwarden")
-        .menu(&menu)
-        .show_menu_on_left_click(true)
-        .on_menu_event(move |app, event| on_click(app, event.id().as_ref()))
-        .build(app)?;
+    on_click: impl Fn(&str) + Send + Sync + 'static,
+) -> anyhow::Result<()> {
+    MenuEvent::set_event_handler(Some(move |event: MenuEvent| on_click(event.id().as_ref())));
+    let tray = TrayIconBuilder::new()
+        .with_id(TRAY_ID)
+        .with_icon(icon(overall(list))?)
+        .with_title("Tokenwarden")
+        .with_tooltip("Tokenwarden")
+        .with_menu(Box::new(build_menu(list)?))
+        .with_menu_on_left_click(true)
+        .build()?;
+    TRAY.with(|t| *t.borrow_mut() = Some(tray));
     Ok(())
 }
 
-/// Show a new state: icon always (cheap), menu when `rebuild_menu`.
-pub fn update(app: &AppHandle, list: &[WorkloadStatus], rebuild_menu: bool) -> tauri::Result<()> {
-    let Some(tray) = app.tray_by_id(TRAY_ID) else {
-        return Ok(());
-    };
-    tray.set_icon(Some(icon(overall(list))?))?;
-    if rebuild_menu {
-        tray.set_menu(Some(build_menu(app, list)?))?;
-    }
-    Ok(())
+/// Show a new state (on the UI loop's thread): the icon, and the menu when
+/// `rebuild_menu`.
+pub fn update(list: Vec<WorkloadStatus>, rebuild_menu: bool) {
+    super::ui_loop::invoke(move || {
+        TRAY.with(|t| {
+            let t = t.borrow();
+            let Some(tray) = t.as_ref() else {
+                return; // no tray host
+            };
+            let result = icon(overall(&list)).and_then(|i| Ok(tray.set_icon(Some(i))?));
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "tray icon update failed");
+            }
+            if rebuild_menu {
+                match build_menu(&list) {
+                    Ok(menu) => tray.set_menu(Some(Box::new(menu))),
+                    Err(e) => tracing::warn!(error = %e, "tray menu update failed"),
+                }
+            }
+        })
+    });
+}
+
+/// Take the tray icon down (on the UI loop's thread, before it ends).
+pub fn remove() {
+    TRAY.with(|t| t.borrow_mut().take());
 }
 
 #[cfg(test)]
@@ -166,6 +203,21 @@ mod tests {
         WorkloadStatus {
             access_token_valid: true,
             ..WorkloadStatus::bare(name, status, "https://a.example/token")
+        }
+    }
+
+    #[test]
+    fn each_state_has_an_icon() {
+        for o in [
+            Overall::Idle,
+            Overall::Running,
+            Overall::Retrying,
+            Overall::Unauthenticated,
+        ] {
+            let (rgba, w, h) = decode_png(icon_png(o)).unwrap();
+            assert!(w >= 16 && h >= 16, "{o:?}: {w}x{h}");
+            assert_eq!(rgba.len(), (w * h * 4) as usize, "{o:?}");
+            assert!(icon(o).is_ok(), "{o:?}");
         }
     }
 

@@ -154,7 +154,12 @@ impl TestEnv {
 
     /// The binary with this env's config dir, logs, keychain service and fast policy.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_tokenwarden"));
+        self.command_of(env!("CARGO_BIN_EXE_tokenwarden"), args)
+    }
+
+    /// [`Env::command`] for another of the package's programs.
+    pub fn command_of(&self, program: &str, args: &[&str]) -> Command {
+        let mut c = Command::new(program);
         c.args(args)
             .env("TOKENWARDEN_CONFIG_DIR", &self.config_dir)
             .env("TOKENWARDEN_LOG_DIR", log_dir(&self.test))
@@ -179,9 +184,14 @@ impl TestEnv {
     /// Run a CLI command to completion. stdout is returned (not logged: it may hold a
     /// token); stderr is kept in the log dir and returned.
     pub fn run(&self, args: &[&str]) -> Output {
+        self.run_of(env!("CARGO_BIN_EXE_tokenwarden"), args)
+    }
+
+    /// [`Env::run`] for another of the package's programs.
+    pub fn run_of(&self, program: &str, args: &[&str]) -> Output {
         let err_path = log_dir(&self.test).join(format!("cli-{}.stderr", rand::random::<u32>()));
         let out = self
-            .command(args)
+            .command_of(program, args)
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&err_path).unwrap())
             .output()

@@ -1,50 +1,61 @@
-//! The window's own process (`tokenwarden window`, started by the app when the window
-//! opens; it ends when the window is closed or the app quits).
+//! `tokenwarden-window`: the Tauri app that is Tokenwarden's window, started by the
+//! tray app (`tokenwarden`) when the window opens; it ends when the window is closed or
+//! the app quits. The only program that links the web view (WebKitGTK on Linux).
 //!
 //! It holds nothing but the web view: each command the page invokes is forwarded, as
 //! the page passed it, to the app over the control socket (`commands::dispatch` runs
 //! it there), and each event the app sends is emitted to the page. The commands keep
 //! their names, so `capabilities/default.json` grants exactly the same set.
-//!
-//! Where there is no control socket (Windows, for now), or with
-//! `TOKENWARDEN_WINDOW_IN_PROCESS=1`, the window is made in the app's own process
-//! instead ([`in_process`]): the same commands call `commands::dispatch` directly and
-//! the same events come from the shell's channel. Closing it then keeps WebKit's
-//! libraries and their memory in the app.
 
-use super::commands::CmdError;
-use super::{Shell, MAIN_WINDOW};
-use crate::control::{Client, RemoteError, Request};
-use crate::paths::Paths;
+use clap::Parser;
 use serde_json::{json, Value};
-use std::sync::Arc;
+use std::path::PathBuf;
 use tauri::{AppHandle, Emitter, Manager, State, WebviewUrl, WebviewWindowBuilder};
+use tokenwarden::control::{Client, RemoteError, Request};
+use tokenwarden::desktop::commands::CmdError;
+use tokenwarden::desktop::FOCUS;
+use tokenwarden::paths::Paths;
 
-/// The app's event that brings the window to the front (not passed to the page).
-pub const FOCUS: &str = "tokenwarden:focus";
+/// Label of the one window.
+const MAIN_WINDOW: &str = "main";
 
-/// Does the window live in the app's own process (no control socket here, or asked
-/// for with `TOKENWARDEN_WINDOW_IN_PROCESS`)?
-pub fn in_process() -> bool {
-    !cfg!(unix) || std::env::var_os("TOKENWARDEN_WINDOW_IN_PROCESS").is_some_and(|v| v == "1")
+/// The window of the Tokenwarden app that runs for a config dir (started by it).
+#[derive(Parser)]
+#[command(name = "tokenwarden-window", version)]
+struct Args {
+    /// The config dir whose control socket the app serves.
+    #[arg(long, env = "TOKENWARDEN_CONFIG_DIR")]
+    config_dir: Option<PathBuf>,
 }
 
-/// Where the commands go.
-pub enum Link {
-    /// The control socket of the app that started this window's process.
-    Socket(Paths),
-    /// The shell itself (the window in the app's process).
-    Local(Arc<Shell>),
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    // Still one thread: the environment for WebKitGTK goes in now (the app set the same
+    // for the process it started; this is for a window started by hand).
+    tokenwarden::desktop::memory::prepare_env();
+    tokenwarden::logging::init_cli();
+    let run = || -> anyhow::Result<()> {
+        let control = Paths::resolve(args.config_dir)?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(window(control))
+    };
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tokenwarden-window: {e:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
 }
+
+/// Where the commands go: the control socket of the app that started this process.
+struct Link(Paths);
 
 impl Link {
     async fn call(&self, name: &str, args: Value) -> Result<Value, CmdError> {
-        let control = match self {
-            Link::Local(shell) => {
-                return super::commands::dispatch(shell.clone(), name, args).await
-            }
-            Link::Socket(control) => control,
-        };
+        let control = &self.0;
         let gone = |why: String| {
             CmdError::new(
                 "app_gone",
@@ -125,8 +136,8 @@ async fn set_autostart(link: L<'_>, enabled: bool) -> Result<Value, CmdError> {
         .await
 }
 
-/// `tokenwarden window`: the window over the app serving `control`'s socket.
-pub async fn main(control: Paths) -> anyhow::Result<()> {
+/// The window over the app serving `control`'s socket.
+async fn window(control: Paths) -> anyhow::Result<()> {
     let mut events = Client::connect(&control).await?.ok_or_else(|| {
         anyhow::anyhow!(
             "Tokenwarden is not running for {} (the window is opened by the app: start `tokenwarden`)",
@@ -140,11 +151,24 @@ pub async fn main(control: Paths) -> anyhow::Result<()> {
 }
 
 fn run(control: Paths, events: Client, rt: tokio::runtime::Handle) -> anyhow::Result<()> {
-    if !super::wait_for_display() {
-        anyhow::bail!("the display cannot be opened");
+    #[cfg(target_os = "linux")]
+    if let Err(e) = gtk::init() {
+        anyhow::bail!("the display cannot be opened: {e}");
     }
     tauri::async_runtime::set(rt);
-    let app = with_commands(tauri::Builder::default(), Link::Socket(control))
+    let app = tauri::Builder::default()
+        .manage(Link(control))
+        .invoke_handler(tauri::generate_handler![
+            app_info,
+            list_status,
+            retry,
+            reauthenticate,
+            remove_workload,
+            add_workload,
+            demo_control,
+            set_notifications,
+            set_autostart,
+        ])
         .setup(move |app| {
             let handle = app.handle().clone();
             build(&handle)?;
@@ -174,26 +198,6 @@ fn run(control: Paths, events: Client, rt: tokio::runtime::Handle) -> anyhow::Re
     Ok(())
 }
 
-/// The window's commands, over `link`.
-pub fn with_commands(
-    builder: tauri::Builder<tauri::Wry>,
-    link: Link,
-) -> tauri::Builder<tauri::Wry> {
-    builder
-        .manage(link)
-        .invoke_handler(tauri::generate_handler![
-            app_info,
-            list_status,
-            retry,
-            reauthenticate,
-            remove_workload,
-            add_workload,
-            demo_control,
-            set_notifications,
-            set_autostart,
-        ])
-}
-
 fn build(app: &AppHandle) -> tauri::Result<tauri::WebviewWindow> {
     WebviewWindowBuilder::new(app, MAIN_WINDOW, WebviewUrl::App("index.html".into()))
         .title("Tokenwarden")
@@ -211,35 +215,6 @@ fn focus(app: &AppHandle) {
             let _ = w.set_focus();
         }
     });
-}
-
-/// The window in the app's own process: focus it, or make it (on the main thread).
-pub fn show_in_process(app: &AppHandle) {
-    let h = app.clone();
-    let _ = app.run_on_main_thread(move || {
-        if h.get_webview_window(MAIN_WINDOW).is_some() {
-            focus(&h);
-        } else if let Err(e) = build(&h) {
-            tracing::error!(error = %e, "cannot open the window");
-        }
-    });
-}
-
-/// The window in the app's own process: the shell's events to the page.
-pub async fn pump_in_process(shell: Arc<Shell>, app: AppHandle) {
-    let mut rx = shell.events.subscribe();
-    loop {
-        match rx.recv().await {
-            Ok(ev) if ev.event == FOCUS => focus(&app),
-            Ok(ev) => {
-                let _ = app.emit(&ev.event, ev.payload);
-            }
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                let _ = app.emit("lagged", ());
-            }
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-        }
-    }
 }
 
 /// Emit the app's events to the page until the app closes the connection (it quit),
