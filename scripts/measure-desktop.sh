@@ -25,19 +25,24 @@ if cargo tauri --version >/dev/null 2>&1; then
   echo "== bundling the .deb"
   # tauri-cli rewrites Cargo.toml's tauri-build line; put the file back afterwards.
   cp Cargo.toml "$CARGO_TARGET_DIR/Cargo.toml.before-bundle"
-  cargo tauri build --bundles deb >/dev/null
+  # The tray app is tauri-cli's main binary; the window's program goes in beside it
+  # (tauri.conf.json names target/release/, here it is wherever CARGO_TARGET_DIR is).
+  window_bin="$CARGO_TARGET_DIR/release/tokenwarden-window"
+  cargo tauri build --bundles deb \
+    --config "{\"bundle\":{\"linux\":{\"deb\":{\"files\":{\"/usr/bin/tokenwarden-window\":\"$window_bin\"}}}}}" >/dev/null
   cp "$CARGO_TARGET_DIR/Cargo.toml.before-bundle" Cargo.toml
   deb=$(ls -t "$CARGO_TARGET_DIR"/release/bundle/deb/*.deb | head -n1)
   printf '| .deb bundle (%s) | %s |\n' "$deb" "$(mb "$deb")"
   # Both programs must be in it: the tray app starts the window's program beside it.
   for bin in tokenwarden tokenwarden-window; do
-    if dpkg-deb -c "$deb" | grep -q "/usr/bin/$bin\$"; then
+    if dpkg-deb -c "$deb" | grep -Eq "[ /]usr/bin/$bin\$"; then
       echo "| .deb holds /usr/bin/$bin | yes |"
     else
       echo "| .deb holds /usr/bin/$bin | NO: the package is broken |"
       exit 1
     fi
   done
+  printf '| .deb depends on | %s |\n' "$(dpkg-deb -f "$deb" Depends)"
 else
   echo "| .deb bundle | not built: install tauri-cli (cargo install tauri-cli --version '^2' --locked) |"
 fi

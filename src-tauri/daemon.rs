@@ -189,3 +189,30 @@ pub async fn shutdown_signal() {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lock_file_names_the_holder_and_where_its_control_socket_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::resolve(Some(dir.path().to_path_buf())).unwrap();
+        let mut lock = acquire_lock(&paths).unwrap();
+        // Nothing noted: the config dir's own socket.
+        assert_eq!(control_dir_of_owner(&paths), paths.config_dir);
+        let demo = tempfile::tempdir().unwrap();
+        lock.note_control_dir(demo.path()).unwrap();
+        assert_eq!(control_dir_of_owner(&paths), demo.path());
+        // A second taker is refused with the holder's pid (the first line).
+        let err = acquire_lock(&paths).err().unwrap().to_string();
+        assert!(
+            err.contains(&format!("(pid {})", std::process::id())),
+            "{err}"
+        );
+        drop(lock);
+        // A relative or empty second line is not trusted.
+        std::fs::write(&paths.lock_file, "1\nrelative/dir").unwrap();
+        assert_eq!(control_dir_of_owner(&paths), paths.config_dir);
+    }
+}

@@ -605,6 +605,23 @@ async fn wait_tray(pid: u32, label: &str, timeout: Duration) {
     }
 }
 
+/// Wait until the tray icon is `icons/tray-STATE.png` (compared pixel by pixel with the
+/// file the item names on D-Bus).
+async fn wait_tray_icon(pid: u32, state: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let shown = try_tray(pid, &["icon"]).unwrap_or_else(|e| json!({ "error": e }));
+        if shown["state"] == state {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tray icon is not {state:?}: {shown}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
 /// Wait (10 s at most) until `xwindows("count")` says `n` mapped windows.
 async fn wait_window_count(xwindows: &dyn Fn(&str) -> String, n: &str, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -639,6 +656,50 @@ fn descendants(pid: u32) -> Vec<u32> {
     }
     out.remove(0);
     out
+}
+
+/// Launch the app a second time on `config` (the app `pid` runs there): it hands over
+/// to the first (whose window stays the one window) and exits 0.
+async fn second_launch(display: &str, config: &Path, log: &Path, pid: u32) {
+    let window = window_process(pid);
+    let stderr = log.join(format!("second-{}.stderr", rand::random::<u32>()));
+    let second = Command::new(env!("CARGO_BIN_EXE_tokenwarden"))
+        .env("DISPLAY", display)
+        .env("TOKENWARDEN_CONFIG_DIR", config)
+        .env("TOKENWARDEN_LOG_DIR", log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let mut second = Group(second);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let code = loop {
+        if let Some(s) = second.0.try_wait().unwrap() {
+            break s.code();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the second instance did not exit"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let said = std::fs::read_to_string(&stderr).unwrap_or_default();
+    assert_eq!(
+        code,
+        Some(0),
+        "second launch hands over and exits 0: {said}"
+    );
+    assert!(
+        said.contains("Tokenwarden already runs for"),
+        "the second launch says why it ends: {said}"
+    );
+    assert!(pid_alive(pid), "the first instance keeps running");
+    assert_eq!(
+        window_process(pid),
+        window,
+        "the first instance's window is focused, not replaced"
+    );
 }
 
 /// The app's window process (a `tokenwarden-window` child of `pid`), if open.
@@ -779,6 +840,10 @@ async fn demo_degrades_notifies_recovers_and_reauthenticates() {
         .to_string();
     let pid = app_pid(Path::new(&control_dir)).await;
     wait_tray(pid, "All 3 workloads running", Duration::from_secs(10)).await;
+    wait_tray_icon(pid, "running", Duration::from_secs(10)).await;
+    // A second launch finds the demo (its control socket is the demo's own dir, noted
+    // in the lock file of this one) and hands over.
+    second_launch(&display, config.path(), &log, pid).await;
     let labels = tray_labels(pid);
     for want in [
         "github-mcp — running",
@@ -821,6 +886,7 @@ async fn demo_degrades_notifies_recovers_and_reauthenticates() {
         "degraded notification names the cause: {n}"
     );
     wait_tray(pid, "github-mcp — retrying", Duration::from_secs(10)).await;
+    wait_tray_icon(pid, "retrying", Duration::from_secs(10)).await;
     for name in tokenwarden::demo::WORKLOADS {
         wd.wait_status(name, "retrying", Duration::from_secs(60))
             .await;
@@ -856,6 +922,7 @@ async fn demo_degrades_notifies_recovers_and_reauthenticates() {
         .await;
     assert!(n["body"].as_str().unwrap().contains("running"), "{n}");
     wait_tray(pid, "All 3 workloads running", Duration::from_secs(10)).await;
+    wait_tray_icon(pid, "running", Duration::from_secs(10)).await;
 
     // Revoke the grant: invalid_grant is a verdict → unauthenticated, at once.
     wd.click("#demo-revoke").await;
@@ -881,6 +948,7 @@ async fn demo_degrades_notifies_recovers_and_reauthenticates() {
         "the unauthenticated note offers Re-authenticate: {n}"
     );
     wd.screenshot("unauthenticated").await;
+    wait_tray_icon(pid, "unauthenticated", Duration::from_secs(10)).await;
 
     // Re-authenticate from the tray menu (clicked over D-Bus) …
     wait_tray(pid, "Re-authenticate github-mcp…", Duration::from_secs(10)).await;
@@ -1459,29 +1527,7 @@ async fn real_workload_login_retry_now_and_single_instance() {
     assert!(entries().is_empty(), "entry removed: {:?}", entries());
 
     // A second launch on the same config dir focuses the first and exits 0.
-    let second = Command::new(env!("CARGO_BIN_EXE_tokenwarden"))
-        .env("DISPLAY", &display)
-        .env("TOKENWARDEN_CONFIG_DIR", config.path())
-        .env("TOKENWARDEN_LOG_DIR", &log)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log.join("second.stderr")).unwrap())
-        .spawn()
-        .unwrap();
-    let mut second = Group(second);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let code = loop {
-        if let Some(s) = second.0.try_wait().unwrap() {
-            break s.code();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the second instance did not exit"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert_eq!(code, Some(0), "second launch hands over and exits 0");
-    assert!(pid_alive(pid), "the first instance keeps running");
+    second_launch(&display, config.path(), &log, pid).await;
 
     // Closing the window (WM_DELETE_WINDOW, as a window manager's close button sends)
     // keeps the app — tray, engine, control socket — running; the tray reopens it.

@@ -3,11 +3,14 @@
 
     /usr/bin/python3 tray.py PID layout          # prints the menu as JSON: [{id, label, enabled}]
     /usr/bin/python3 tray.py PID click LABEL     # sends Event(id, "clicked") to the item
+    /usr/bin/python3 tray.py PID icon            # which icons/tray-*.png the item shows:
+                                                 # {"state": "running"|...|null, "file": PATH}
 
 PID is the app's process id: its connection on the session bus is found by
 GetConnectionUnixProcessID, then the Ayatana item under /org/ayatana/NotificationItem.
 """
 import json
+import os
 import re
 import sys
 
@@ -49,6 +52,35 @@ def items(layout):
     return out
 
 
+ICONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "icons")
+
+
+def icon_state(bus, name, menu_path):
+    """The state whose icons/tray-STATE.png has the same pixels as the item's icon file."""
+    import gi
+
+    gi.require_version("GdkPixbuf", "2.0")
+    from gi.repository import GdkPixbuf
+
+    item = menu_path[: -len("/Menu")]
+    props = dbus.Interface(bus.get_object(name, item, introspect=False), "org.freedesktop.DBus.Properties")
+    icon_name = str(props.Get("org.kde.StatusNotifierItem", "IconName", timeout=5))
+    theme = str(props.Get("org.kde.StatusNotifierItem", "IconThemePath", timeout=5))
+    path = icon_name if os.path.isabs(icon_name) else os.path.join(theme, icon_name)
+    if not os.path.splitext(path)[1]:
+        path += ".png"
+
+    def pixels(p):
+        b = GdkPixbuf.Pixbuf.new_from_file(p)
+        return (b.get_width(), b.get_height(), b.get_n_channels(), bytes(b.get_pixels()))
+
+    shown = pixels(path)
+    for state in ("idle", "running", "retrying", "unauthenticated"):
+        if pixels(os.path.join(ICONS, "tray-%s.png" % state)) == shown:
+            return {"state": state, "file": path}
+    return {"state": None, "file": path}
+
+
 def main():
     pid = int(sys.argv[1])
     cmd = sys.argv[2]
@@ -57,6 +89,9 @@ def main():
     if not name:
         print(json.dumps({"error": "no tray item for pid %d" % pid}))
         sys.exit(3)
+    if cmd == "icon":
+        print(json.dumps(icon_state(bus, name, path)))
+        return
     menu = dbus.Interface(bus.get_object(name, path, introspect=False), MENU_IFACE)
     _rev, layout = menu.GetLayout(0, -1, dbus.Array([], signature="s"), timeout=5)
     its = items(layout)
