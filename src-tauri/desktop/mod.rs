@@ -302,10 +302,6 @@ impl Shell {
             .collect()
     }
 
-    pub fn statuses(&self) -> Vec<WorkloadStatus> {
-        lock(&self.state).statuses.values().cloned().collect()
-    }
-
     fn forget(&self, name: &str) {
         let mut st = lock(&self.state);
         st.statuses.remove(name);
@@ -415,13 +411,14 @@ pub fn plain_proxy_error(e: &str) -> String {
     }
 }
 
-/// Refresh the tray from the shell's statuses (menu only when a status word changed).
+/// Refresh the tray from the shell's statuses (only when a status word changed: the
+/// icon and the menu show nothing else).
 fn refresh_tray(shell: &Shell) {
     if !shell.tray_made.load(Ordering::Acquire) {
         return; // not made yet: it starts from the current list
     }
     if let Some(list) = shell.take_menu_change() {
-        tray::update(list, true);
+        tray::update(list);
     }
 }
 

@@ -167,9 +167,8 @@ pub fn create(
     Ok(())
 }
 
-/// Show a new state (on the UI loop's thread): the icon, and the menu when
-/// `rebuild_menu`.
-pub fn update(list: Vec<WorkloadStatus>, rebuild_menu: bool) {
+/// Show a new state (on the UI loop's thread): icon and menu.
+pub fn update(list: Vec<WorkloadStatus>) {
     super::ui_loop::invoke(move || {
         TRAY.with(|t| {
             let t = t.borrow();
@@ -180,11 +179,9 @@ pub fn update(list: Vec<WorkloadStatus>, rebuild_menu: bool) {
             if let Err(e) = result {
                 tracing::warn!(error = %e, "tray icon update failed");
             }
-            if rebuild_menu {
-                match build_menu(&list) {
-                    Ok(menu) => tray.set_menu(Some(Box::new(menu))),
-                    Err(e) => tracing::warn!(error = %e, "tray menu update failed"),
-                }
+            match build_menu(&list) {
+                Ok(menu) => tray.set_menu(Some(Box::new(menu))),
+                Err(e) => tracing::warn!(error = %e, "tray menu update failed"),
             }
         })
     });
