@@ -841,6 +841,12 @@ async fn demo_degrades_notifies_recovers_and_reauthenticates() {
     let pid = app_pid(Path::new(&control_dir)).await;
     wait_tray(pid, "All 3 workloads running", Duration::from_secs(10)).await;
     wait_tray_icon(pid, "running", Duration::from_secs(10)).await;
+    // The icon's file is in the instance's private run dir, not a shared /tmp one.
+    let icon_file = tray(pid, &["icon"])["file"].as_str().unwrap().to_string();
+    assert!(
+        Path::new(&icon_file).starts_with(Path::new(&control_dir).join("run")),
+        "{icon_file} not in {control_dir}/run"
+    );
     // A second launch finds the demo (its control socket is the demo's own dir, noted
     // in the lock file of this one) and hands over.
     second_launch(&display, config.path(), &log, pid).await;

@@ -851,7 +851,9 @@ fn run_app(
         let initial = rt.block_on(shell.engine().status()).unwrap_or_default();
         shell.replace_all(initial.clone());
         let s = shell.clone();
-        match tray::create(&initial, move |id| on_tray_click(&s, id)) {
+        // The control socket's private directory (it exists: the socket listens).
+        let icon_dir = shell.control_paths.run_dir.clone();
+        match tray::create(&initial, &icon_dir, move |id| on_tray_click(&s, id)) {
             Ok(()) => shell.tray_made.store(true, Ordering::Release),
             // Without a tray host the app still works through the window.
             Err(e) => tracing::warn!(error = %e, "no tray icon"),

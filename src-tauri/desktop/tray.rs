@@ -149,14 +149,19 @@ thread_local! {
 }
 
 /// Create the tray icon (on the UI loop's thread). Menu clicks go to
-/// `on_click(item_id)`, on that thread.
+/// `on_click(item_id)`, on that thread. `icon_dir`: where the icon's PNG is written for
+/// the tray host to read (Linux); a private directory of this instance, not a shared
+/// `/tmp/tray-icon` where another instance's icon of the same name, or another user's
+/// planted link, would be.
 pub fn create(
     list: &[WorkloadStatus],
+    icon_dir: &std::path::Path,
     on_click: impl Fn(&str) + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
     MenuEvent::set_event_handler(Some(move |event: MenuEvent| on_click(event.id().as_ref())));
     let tray = TrayIconBuilder::new()
         .with_id(TRAY_ID)
+        .with_temp_dir_path(icon_dir)
         .with_icon(icon(overall(list))?)
         .with_title("Tokenwarden")
         .with_tooltip("Tokenwarden")
