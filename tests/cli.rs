@@ -230,6 +230,25 @@ async fn one_daemon_per_config_dir() {
         "{}",
         second.stderr
     );
+    // The desktop app started on its config dir asks it to hand over; a daemon has no
+    // window, so the app says a daemon runs there (no display is opened, none waited for).
+    let app = env
+        .command(&[])
+        .env("DISPLAY", ":99")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&app.stderr);
+    assert_eq!(app.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("already runs for") && said.contains(&format!("pid {pid}")),
+        "{said}"
+    );
+    assert!(
+        !said.contains("does not answer"),
+        "the daemon answered: {said}"
+    );
     // A daemon has no window: the window's requests, and the window's program, are
     // refused.
     let err = env

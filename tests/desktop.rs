@@ -658,12 +658,23 @@ fn descendants(pid: u32) -> Vec<u32> {
     out
 }
 
-/// Launch the app a second time on `config` (the app `pid` runs there): it hands over
-/// to the first (whose window stays the one window) and exits 0.
-async fn second_launch(display: &str, config: &Path, log: &Path, pid: u32) {
+/// Launch the app a second time on `config` with `args` (the app `pid` runs there, its
+/// window open): it hands over to the first, which says what it did (`expect`: the
+/// window "brought to the front", or with `--hidden` "keeps running in the tray"), its
+/// window stays the one window, and the second launch exits 0.
+async fn second_launch(
+    display: &str,
+    config: &Path,
+    log: &Path,
+    pid: u32,
+    args: &[&str],
+    expect: &str,
+) {
     let window = window_process(pid);
+    assert!(window.is_some(), "the first instance's window is open");
     let stderr = log.join(format!("second-{}.stderr", rand::random::<u32>()));
     let second = Command::new(env!("CARGO_BIN_EXE_tokenwarden"))
+        .args(args)
         .env("DISPLAY", display)
         .env("TOKENWARDEN_CONFIG_DIR", config)
         .env("TOKENWARDEN_LOG_DIR", log)
@@ -691,8 +702,11 @@ async fn second_launch(display: &str, config: &Path, log: &Path, pid: u32) {
         "second launch hands over and exits 0: {said}"
     );
     assert!(
-        said.contains("Tokenwarden already runs for"),
-        "the second launch says why it ends: {said}"
+        said.contains(&format!(
+            "Tokenwarden already runs for {}: {expect}",
+            config.display()
+        )),
+        "the second launch says what the first did: {said}"
     );
     assert!(pid_alive(pid), "the first instance keeps running");
     assert_eq!(
@@ -849,7 +863,15 @@ async fn demo_degrades_notifies_recovers_and_reauthenticates() {
     );
     // A second launch finds the demo (its control socket is the demo's own dir, noted
     // in the lock file of this one) and hands over.
-    second_launch(&display, config.path(), &log, pid).await;
+    second_launch(
+        &display,
+        config.path(),
+        &log,
+        pid,
+        &[],
+        "its window was brought to the front",
+    )
+    .await;
     let labels = tray_labels(pid);
     for want in [
         "github-mcp — running",
@@ -1532,8 +1554,26 @@ async fn real_workload_login_retry_now_and_single_instance() {
     .await;
     assert!(entries().is_empty(), "entry removed: {:?}", entries());
 
-    // A second launch on the same config dir focuses the first and exits 0.
-    second_launch(&display, config.path(), &log, pid).await;
+    // A second launch on the same config dir focuses the first and exits 0; one as the
+    // login entry starts it (`--hidden`) leaves the first alone.
+    second_launch(
+        &display,
+        config.path(),
+        &log,
+        pid,
+        &[],
+        "its window was brought to the front",
+    )
+    .await;
+    second_launch(
+        &display,
+        config.path(),
+        &log,
+        pid,
+        &["--hidden"],
+        "it keeps running in the tray",
+    )
+    .await;
 
     // Closing the window (WM_DELETE_WINDOW, as a window manager's close button sends)
     // keeps the app — tray, engine, control socket — running; the tray reopens it.

@@ -32,7 +32,6 @@ fn is_default_dir(paths: &Paths) -> bool {
 
 /// The program the entry runs: the AppImage when running from one, else this
 /// executable (without the " (deleted)" Linux appends once a package upgrade replaced it).
-#[cfg_attr(any(target_os = "macos", windows), allow(dead_code))]
 fn program() -> std::io::Result<PathBuf> {
     if let Some(a) = std::env::var_os("APPIMAGE").map(PathBuf::from) {
         if a.is_file() {

@@ -148,11 +148,20 @@ pub async fn dispatch(
         "set_autostart" => json(set_autostart(&shell, arg(&args, "enabled")?)?),
         // Not commands the page may invoke. From a second launch of the app:
         "show_window" => {
-            if !arg::<Option<bool>>(&args, "hidden")?.unwrap_or(false) {
-                tracing::info!("another launch asked for the window");
-                super::show_window(&shell);
+            if shell.quitting.load(std::sync::atomic::Ordering::Acquire) {
+                return Err(CmdError::new("quitting", "Tokenwarden is quitting"));
             }
-            Ok(serde_json::Value::Null)
+            if arg::<Option<bool>>(&args, "hidden")?.unwrap_or(false) {
+                return Ok(serde_json::json!({ "window": "hidden" }));
+            }
+            tracing::info!("another launch asked for the window");
+            Ok(match super::show_window(&shell) {
+                super::WindowShown::Focused => serde_json::json!({ "window": "focused" }),
+                super::WindowShown::Opened => serde_json::json!({ "window": "opened" }),
+                super::WindowShown::Unavailable(why) => {
+                    serde_json::json!({ "window": "unavailable", "message": why })
+                }
+            })
         }
         // From the window's process itself:
         "window_closing" => {

@@ -154,6 +154,11 @@ pub struct Shell {
     tray_made: AtomicBool,
     /// The window's process while it runs.
     window: Mutex<Option<WindowProcess>>,
+    /// The window's program as it was when this process started (a package upgrade
+    /// replaces it: the new one is not started against this old app).
+    window_stamp: Option<(u64, std::time::SystemTime)>,
+    /// The tray's loop ended: no new window.
+    quitting: AtomicBool,
     /// The runtime the engine runs on (the window's process is watched there).
     rt: tokio::runtime::Handle,
 }
@@ -203,6 +208,8 @@ impl Shell {
             events: tokio::sync::broadcast::Sender::new(256),
             tray_made: AtomicBool::new(false),
             window: Mutex::new(None),
+            window_stamp: window_program().ok().and_then(|p| file_stamp(&p)),
+            quitting: AtomicBool::new(false),
             rt: tokio::runtime::Handle::current(),
         }
     }
@@ -422,16 +429,31 @@ fn refresh_tray(shell: &Shell) {
     }
 }
 
+/// What [`show_window`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WindowShown {
+    /// The open window was asked to the front.
+    Focused,
+    /// A window's process was started.
+    Opened,
+    /// No window: why, in words for the user (also notified).
+    Unavailable(String),
+}
+
 /// Show the window: focus it when its process runs, else start that process (on the
 /// control socket this app serves: the demo's own for the demo).
-pub fn show_window(shell: &Shell) {
+pub fn show_window(shell: &Shell) -> WindowShown {
+    let unavailable = |why: String| {
+        tracing::error!(error = %why, "cannot open the window");
+        notify::show_problem("Tokenwarden cannot open its window", &why);
+        WindowShown::Unavailable(why)
+    };
     if !cfg!(unix) {
         // Its commands and events go over the control socket, which is a Unix socket.
-        notify::show_problem(
-            "Tokenwarden cannot open its window",
-            "The window is not available on this system yet. The tray, the notifications and `tokenwarden status` work.",
-        );
-        return;
+        return unavailable("The window is not available on this system yet. The tray, the notifications and `tokenwarden status` work.".into());
+    }
+    if shell.quitting.load(Ordering::Acquire) {
+        return WindowShown::Unavailable("Tokenwarden is quitting".into());
     }
     let mut slot = lock(&shell.window);
     // A window that is closing cannot come to the front: a new one is started (the
@@ -441,27 +463,36 @@ pub fn show_window(shell: &Shell) {
         .is_some_and(|w| !w.closing && !*w.done.borrow())
     {
         shell.emit(FOCUS, ());
-        return;
+        return WindowShown::Focused;
+    }
+    let exe = match window_program() {
+        Ok(exe) => exe,
+        Err(e) => return unavailable(format!("Cannot find this program: {e}.")),
+    };
+    // The window talks to this process: it must be the build that came with it.
+    let stamp = file_stamp(&exe);
+    if stamp.is_none() {
+        return unavailable(format!(
+            "{} is missing: build both programs (`cargo build --bins`) or reinstall Tokenwarden. The tray and your workloads keep running.",
+            exe.display()
+        ));
+    }
+    if stamp != shell.window_stamp {
+        return unavailable("Tokenwarden was updated since it started: quit it from the tray and start it again to open the window. Your workloads keep running meanwhile.".into());
     }
     let _rt = shell.rt.enter();
-    let program = window_program();
-    let spawned = program.as_ref().map_err(|e| e.to_string()).and_then(|exe| {
-        tokio::process::Command::new(exe)
-            .arg("--config-dir")
-            .arg(&shell.control_paths.config_dir)
-            .stdin(std::process::Stdio::null())
-            .spawn()
-            .map_err(|e| format!("{}: {e}", exe.display()))
-    });
+    let spawned = tokio::process::Command::new(&exe)
+        .arg("--config-dir")
+        .arg(&shell.control_paths.config_dir)
+        .stdin(std::process::Stdio::null())
+        .spawn();
     let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
-            tracing::error!(error = %e, "cannot open the window");
-            notify::show_problem(
-                "Tokenwarden cannot open its window",
-                &format!("Starting the window failed ({e}). The tray and your workloads keep running; reinstalling Tokenwarden should help."),
-            );
-            return;
+            return unavailable(format!(
+                "Starting {} failed ({e}). The tray and your workloads keep running; reinstalling Tokenwarden should help.",
+                exe.display()
+            ))
         }
     };
     let pid = child.id();
@@ -498,6 +529,13 @@ pub fn show_window(shell: &Shell) {
         kill: Some(kill),
         closing: false,
     });
+    WindowShown::Opened
+}
+
+/// Size and modification time of a file (`None`: it cannot be read).
+fn file_stamp(p: &std::path::Path) -> Option<(u64, std::time::SystemTime)> {
+    let m = std::fs::metadata(p).ok()?;
+    Some((m.len(), m.modified().ok()?))
 }
 
 /// The window's program: `tokenwarden-window` beside this program.
@@ -630,7 +668,7 @@ async fn forward(shell: Arc<Shell>) {
                         for name in names {
                             let shell = shell2.clone();
                             shell2.rt.spawn(async move {
-                                show_window(&shell);
+                                let _ = show_window(&shell);
                                 if let Err(e) = commands::start_reauth(shell, name).await {
                                     tracing::warn!(error = %e.message, "re-authenticate from a notification failed");
                                 }
@@ -646,7 +684,9 @@ async fn forward(shell: Arc<Shell>) {
 fn on_tray_click(shell: &Arc<Shell>, id: &str) {
     let shell = shell.clone();
     match id {
-        "open" => show_window(&shell),
+        "open" => {
+            let _ = show_window(&shell);
+        }
         "quit" => {
             tracing::info!("quit from the tray");
             ui_loop::quit();
@@ -661,7 +701,7 @@ fn on_tray_click(shell: &Arc<Shell>, id: &str) {
         other => {
             if let Some(name) = other.strip_prefix("reauth:") {
                 let name = name.to_string();
-                show_window(&shell);
+                let _ = show_window(&shell);
                 shell.rt.clone().spawn(async move {
                     if let Err(e) = commands::start_reauth(shell.clone(), name).await {
                         // A window opened just now may not listen yet: logged as well.
@@ -670,52 +710,92 @@ fn on_tray_click(shell: &Arc<Shell>, id: &str) {
                     }
                 });
             } else if other.starts_with("workload:") {
-                show_window(&shell);
+                let _ = show_window(&shell);
             }
         }
     }
 }
 
-/// Another launch found this config dir locked: if a desktop app holds it, ask it to
-/// show its window (unless `start_hidden`) and hand over (`Ok`); a daemon or no answer
-/// is `locked`'s error.
-async fn hand_over(paths: &Paths, start_hidden: bool, locked: anyhow::Error) -> anyhow::Result<()> {
-    let control = Paths::resolve(Some(crate::daemon::control_dir_of_owner(paths)))?;
-    // The first instance takes the lock a moment before its control socket listens.
-    let mut client = None;
-    for _ in 0..20 {
-        if let Ok(Some(c)) = crate::control::Client::connect(&control).await {
-            client = Some(c);
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-    }
-    let Some(mut client) = client else {
-        return Err(locked);
+/// What the instance holding the lock said to a second launch.
+enum Asked {
+    /// It did what was asked: the words for the user.
+    Done(String),
+    /// It runs but cannot show its window: why.
+    Failed(String),
+    /// A daemon holds the lock (no window).
+    Daemon,
+    /// No answer (yet): why.
+    NoAnswer(String),
+}
+
+/// Ask the instance holding `paths`' lock to show its window (nothing if `hidden`).
+async fn ask_first(paths: &Paths, hidden: bool) -> Asked {
+    // Read each time: the holder notes the demo's control dir once the demo started.
+    let control = match Paths::resolve(Some(crate::daemon::control_dir_of_owner(paths))) {
+        Ok(c) => c,
+        Err(e) => return Asked::NoAnswer(format!("{e:#}")),
+    };
+    let mut client = match crate::control::Client::connect(&control).await {
+        Ok(Some(c)) => c,
+        Ok(None) => return Asked::NoAnswer("its control socket does not listen".into()),
+        Err(e) => return Asked::NoAnswer(format!("{e:#}")),
     };
     let req = crate::control::Request::Ui {
         name: "show_window".into(),
-        args: serde_json::json!({ "hidden": start_hidden }),
+        args: serde_json::json!({ "hidden": hidden }),
     };
-    match client.call(&req).await {
-        Ok(_) => {
-            tracing::info!(
-                hidden = start_hidden,
-                "Tokenwarden already runs here: handed over"
-            );
-            eprintln!(
-                "Tokenwarden already runs for {}: {}",
-                paths.config_dir.display(),
-                if start_hidden {
-                    "nothing to do"
-                } else {
-                    "its window was brought to the front"
-                }
-            );
-            Ok(())
+    let wait = std::time::Duration::from_secs(5);
+    match tokio::time::timeout(wait, client.call(&req)).await {
+        Err(_) => Asked::NoAnswer("it did not answer within 5 s".into()),
+        Ok(Ok(v)) => match v["window"].as_str() {
+            Some("focused") => Asked::Done("its window was brought to the front".into()),
+            Some("opened") => Asked::Done("its window was opened".into()),
+            Some("hidden") => Asked::Done("it keeps running in the tray".into()),
+            _ => Asked::Failed(v["message"].as_str().unwrap_or("unknown").to_string()),
+        },
+        Ok(Err(e)) => match e.downcast::<crate::control::RemoteError>() {
+            Ok(r) if r.code == "no_window" => Asked::Daemon,
+            // `quitting`: the lock is free in a moment.
+            Ok(r) => Asked::NoAnswer(r.message),
+            Err(e) => Asked::NoAnswer(format!("{e:#}")),
+        },
+    }
+}
+
+/// Take the config dir's lock, or hand over to the desktop app holding it (`None`:
+/// this launch is done). For about five seconds a holder that does not answer yet (it
+/// is starting, or quitting) is asked again, and the lock tried again.
+async fn lock_or_hand_over(
+    paths: &Paths,
+    hidden: bool,
+) -> anyhow::Result<Option<crate::daemon::InstanceLock>> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let locked = match crate::daemon::acquire_lock(paths) {
+            Ok(l) => return Ok(Some(l)),
+            Err(e) => e,
+        };
+        let runs = format!(
+            "Tokenwarden already runs for {}",
+            paths.config_dir.display()
+        );
+        if !cfg!(unix) {
+            eprintln!("{runs}"); // no control socket to ask it anything
+            return Ok(None);
         }
-        // `no_window`: a daemon holds the lock.
-        Err(_) => Err(locked),
+        match ask_first(paths, hidden).await {
+            Asked::Done(what) => {
+                tracing::info!(hidden, "Tokenwarden already runs here: handed over");
+                eprintln!("{runs}: {what}");
+                return Ok(None);
+            }
+            Asked::Failed(why) => anyhow::bail!("{runs}, but its window cannot be opened: {why}"),
+            Asked::Daemon => return Err(locked),
+            Asked::NoAnswer(why) if std::time::Instant::now() >= deadline => {
+                return Err(locked.context(format!("it does not answer ({why})")));
+            }
+            Asked::NoAnswer(_) => tokio::time::sleep(std::time::Duration::from_millis(250)).await,
+        }
     }
 }
 
@@ -746,9 +826,8 @@ pub async fn main(paths: Paths, cfg: Config, start_hidden: bool) -> anyhow::Resu
     }
     let start_hidden = start_hidden || std::env::var_os("TOKENWARDEN_START_HIDDEN").is_some();
     let rt = tokio::runtime::Handle::current();
-    let mut lock_guard = match crate::daemon::acquire_lock(&paths) {
-        Ok(l) => l,
-        Err(e) => return hand_over(&paths, start_hidden, e).await,
+    let Some(mut lock_guard) = lock_or_hand_over(&paths, start_hidden).await? else {
+        return Ok(());
     };
     // Hand edits of workloads.toml are applied while the app runs (not for the demo).
     let watched = (!cfg.workloads.is_empty()).then(|| crate::config_watch::running(&cfg));
@@ -823,6 +902,7 @@ pub async fn main(paths: Paths, cfg: Config, start_hidden: bool) -> anyhow::Resu
     };
     let s = shell.clone();
     let result = tokio::task::block_in_place(move || run_app(s, rt, start_hidden));
+    shell.quitting.store(true, Ordering::Release);
     tracing::info!("stopping");
     cancel.cancel();
     shell.engine().shutdown().await;
@@ -839,6 +919,13 @@ fn run_app(
     rt: tokio::runtime::Handle,
     start_hidden: bool,
 ) -> anyhow::Result<()> {
+    // Before the display is opened (which may take retries): a SIGTERM meanwhile ends
+    // the loop as soon as it runs, and the engine stops cleanly.
+    rt.spawn(async move {
+        stop_signal().await;
+        tracing::info!("signal: quitting");
+        ui_loop::quit();
+    });
     if !ui_loop::init() {
         // The engine and the control socket keep working; only the UI is missing.
         eprintln!("tokenwarden: the display cannot be opened: running without the window and tray until stopped");
@@ -861,8 +948,8 @@ fn run_app(
         let _ = shell.take_menu_change();
         if start_hidden {
             tracing::info!("started hidden: the window opens from the tray");
-        } else {
-            show_window(&shell);
+        } else if cfg!(unix) {
+            let _ = show_window(&shell);
         }
         // What GTK and the libraries touched only while starting goes back.
         rt.spawn(async {
@@ -873,11 +960,6 @@ fn run_app(
             tracing::info!(ranges, "started: paged out mapped files");
         });
         rt.spawn(forward(shell));
-        rt.spawn(async move {
-            stop_signal().await;
-            tracing::info!("signal: quitting");
-            ui_loop::quit();
-        });
     });
     tray::remove();
     Ok(())

@@ -159,6 +159,9 @@ pub fn create(
     on_click: impl Fn(&str) + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
     MenuEvent::set_event_handler(Some(move |event: MenuEvent| on_click(event.id().as_ref())));
+    // The icon's own events (enter, move, click; not sent on Linux) are not used: with
+    // no handler they would pile up in tray-icon's unbounded channel.
+    tray_icon::TrayIconEvent::set_event_handler(Some(|_: tray_icon::TrayIconEvent| {}));
     let tray = TrayIconBuilder::new()
         .with_id(TRAY_ID)
         .with_temp_dir_path(icon_dir)
