@@ -34,8 +34,10 @@ if cargo tauri --version >/dev/null 2>&1; then
   deb=$(ls -t "$CARGO_TARGET_DIR"/release/bundle/deb/*.deb | head -n1)
   printf '| .deb bundle (%s) | %s |\n' "$deb" "$(mb "$deb")"
   # Both programs must be in it: the tray app starts the window's program beside it.
+  # (The listing is read whole: `grep -q` ending the pipe early would fail it.)
+  listing=$(dpkg-deb -c "$deb")
   for bin in tokenwarden tokenwarden-window; do
-    if dpkg-deb -c "$deb" | grep -Eq "[ /]usr/bin/$bin\$"; then
+    if grep -Eq "[ /]usr/bin/$bin\$" <<<"$listing"; then
       echo "| .deb holds /usr/bin/$bin | yes |"
     else
       echo "| .deb holds /usr/bin/$bin | NO: the package is broken |"
