@@ -58,16 +58,23 @@ pub fn entry_path(paths: &Paths) -> Option<PathBuf> {
                 .filter(|h| !h.is_empty())
                 .map(|h| PathBuf::from(h).join(".config"))
         })?;
-    let name = if is_default_dir(paths) {
-        "tokenwarden.desktop".to_string()
-    } else {
-        use sha2::Digest;
-        let dir = std::fs::canonicalize(&paths.config_dir).unwrap_or(paths.config_dir.clone());
-        let digest = sha2::Sha256::digest(dir.to_string_lossy().as_bytes());
-        let hex: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
-        format!("tokenwarden-{hex}.desktop")
+    let name = match dir_tag(paths) {
+        None => "tokenwarden.desktop".to_string(),
+        Some(hex) => format!("tokenwarden-{hex}.desktop"),
     };
     Some(config_home.join("autostart").join(name))
+}
+
+/// What tells this config dir's login entry apart from the others': `None` for the
+/// default dir, else a short hash of the dir.
+fn dir_tag(paths: &Paths) -> Option<String> {
+    if is_default_dir(paths) {
+        return None;
+    }
+    use sha2::Digest;
+    let dir = std::fs::canonicalize(&paths.config_dir).unwrap_or(paths.config_dir.clone());
+    let digest = sha2::Sha256::digest(dir.to_string_lossy().as_bytes());
+    Some(digest[..6].iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// One argument of an `Exec` key (Desktop Entry Specification, "The Exec key"): quoted
@@ -174,8 +181,13 @@ mod imp {
     /// tauri-plugin-autostart uses). Not built or tested here: no Mac or Windows.
     fn launcher(paths: &Paths) -> Result<auto_launch::AutoLaunch, String> {
         let program = program().map_err(|e| format!("cannot find this program: {e}"))?;
+        // One login item per config dir, as on Linux.
+        let name = match dir_tag(paths) {
+            None => "Tokenwarden".to_string(),
+            Some(hex) => format!("Tokenwarden {hex}"),
+        };
         auto_launch::AutoLaunchBuilder::new()
-            .set_app_name("Tokenwarden")
+            .set_app_name(&name)
             .set_app_path(&program.display().to_string())
             .set_args(&args(paths))
             .build()
