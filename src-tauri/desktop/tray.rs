@@ -48,27 +48,19 @@ fn icon(o: Overall) -> anyhow::Result<Icon> {
     Ok(Icon::from_rgba(rgba, width, height)?)
 }
 
-/// An 8-bit RGBA PNG (what `icons/tray-*.png` are) as its pixels.
+/// An 8-bit RGBA PNG (what `icons/generate.py` writes) as its pixels.
 fn decode_png(bytes: &[u8]) -> anyhow::Result<(Vec<u8>, u32, u32)> {
-    let mut decoder = png::Decoder::new(std::io::Cursor::new(bytes));
-    decoder.set_transformations(png::Transformations::normalize_to_color8());
-    let mut reader = decoder.read_info()?;
-    let mut buf = vec![0; reader.output_buffer_size().unwrap_or(0)];
-    let info = reader.next_frame(&mut buf)?;
-    buf.truncate(info.buffer_size());
-    let rgba = match info.color_type {
-        png::ColorType::Rgba => buf,
-        png::ColorType::Rgb => buf
-            .chunks_exact(3)
-            .flat_map(|p| [p[0], p[1], p[2], 255])
-            .collect(),
-        png::ColorType::GrayscaleAlpha => buf
-            .chunks_exact(2)
-            .flat_map(|p| [p[0], p[0], p[0], p[1]])
-            .collect(),
-        png::ColorType::Grayscale => buf.iter().flat_map(|&g| [g, g, g, 255]).collect(),
-        other => anyhow::bail!("unexpected PNG colour type {other:?}"),
-    };
+    let mut reader = png::Decoder::new(std::io::Cursor::new(bytes)).read_info()?;
+    let mut rgba = vec![0; reader.output_buffer_size().unwrap_or(0)];
+    let info = reader.next_frame(&mut rgba)?;
+    if (info.color_type, info.bit_depth) != (png::ColorType::Rgba, png::BitDepth::Eight) {
+        anyhow::bail!(
+            "the tray icons are 8-bit RGBA PNGs, not {:?} {:?}",
+            info.color_type,
+            info.bit_depth
+        );
+    }
+    rgba.truncate(info.buffer_size());
     Ok((rgba, info.width, info.height))
 }
 
