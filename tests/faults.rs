@@ -520,9 +520,25 @@ fn rows() -> Vec<Row> {
         oauth_error(401, "invalid_client"),
         Want::Verdict("invalid_client"),
     );
+    // A verdict needs the status of an OAuth error answer (RFC 6749 §5.2): a WAF or
+    // gateway that sends an OAuth-looking body under another status has judged nothing.
+    for (st, code) in [
+        (200, "invalid_grant"),
+        (200, "invalid_request"),
+        (302, "invalid_request"),
+        (403, "invalid_request"),
+        (403, "invalid_client"),
+        (401, "invalid_grant"),
+    ] {
+        r.add(
+            format!("{st} with {code}"),
+            oauth_error(st, code),
+            transient(K::OAuth(st, code)),
+        );
+    }
     r.add(
-        "200 with invalid_grant",
-        oauth_error(200, "invalid_grant"),
+        "403 invalid_grant (Auth0's answer to a revoked refresh token)",
+        oauth_error(403, "invalid_grant"),
         Want::Verdict("invalid_grant"),
     );
     r.add(

@@ -9,7 +9,8 @@
 //! * a failure's `reason()` is printable and at most `REASON_MAX` characters, and shows
 //!   no `access_token` / `refresh_token` value of the body (beyond what the engine's own
 //!   words happen to contain); `Retry-After` is capped;
-//! * permanent only for the six RFC 6749 codes, never under 5xx / 408 / 429, and only
+//! * permanent only for the six RFC 6749 codes under the status of an OAuth error answer
+//!   (`verdict_status`: 400; 401 for invalid_client; 403 for invalid_grant), and only
 //!   a permanent failure carries a hint;
 //! * the failure survives the JSON round trip of the persisted state;
 //! * the same input classifies the same way twice.
@@ -18,7 +19,8 @@
 use libfuzzer_sys::fuzz_target;
 use std::time::{Duration, SystemTime};
 use tokenwarden::engine::classify::{
-    classify_response, sanitize, Class, Failure, FailureKind, MAX_EXPIRES_IN, PERMANENT_CODES,
+    classify_response, sanitize, verdict_status, Class, Failure, FailureKind, MAX_EXPIRES_IN,
+    PERMANENT_CODES,
 };
 
 const REASON_MAX: usize = 400;
@@ -118,10 +120,8 @@ fn check_failure(input: &Input, f: &Failure) {
             let code = f.oauth_code().expect("a verdict has a code");
             assert!(PERMANENT_CODES.contains(&code));
             let s = input.status;
-            assert!(
-                !((500..=599).contains(&s) || s == 408 || s == 429),
-                "verdict under status {s}"
-            );
+            assert!(matches!(s, 400 | 401 | 403), "verdict under status {s}");
+            assert!(verdict_status(s, code), "{code} is no verdict under {s}");
             assert!(f.hint().is_some(), "a verdict has a hint");
             assert_eq!(reason, code);
         }

@@ -11,9 +11,17 @@
 //! | HTTP 2xx whose body is not a token response (HTML login page)      | transient |
 //! | `error` = `temporarily_unavailable` / `server_error`               | transient |
 //! | `error` = `invalid_grant`, `invalid_client`, `unauthorized_client`,|           |
-//! |   `unsupported_grant_type`, `invalid_scope`, `invalid_request`     | permanent |
+//! |   `unsupported_grant_type`, `invalid_scope`, `invalid_request`,    |           |
+//! |   under a status an OAuth error answer may have (see below)        | permanent |
+//! | the same codes under any other status (2xx, 3xx, 403, 404...)      | transient |
 //!
-//! Invariant: only the six codes in the last row are permanent. Anything the engine
+//! A verdict needs the status RFC 6749 §5.2 gives an error answer: `400`, or `401`
+//! for `invalid_client`. One exception, from a widely used issuer: `403` with
+//! `invalid_grant` (Auth0 answers a revoked or reused refresh token that way). A WAF
+//! or API gateway that answers `{"error":"invalid_request"}` under `200`, a redirect or
+//! `403` has not judged the grant, so it is a passing block, not a reason to sign out.
+//!
+//! Invariant: only the six codes of the permanent row are permanent. Anything the engine
 //! does not understand (an unknown `error` code, a redirect, a body too large) is
 //! transient: a workload is never killed on a guess. Transport errors are classified
 //! by error variant (`reqwest::Error` kinds, `std::io::Error` kinds, `rustls::Error`
@@ -26,6 +34,17 @@
 use crate::engine::secret::Secret;
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, SystemTime};
+
+/// Whether an error answer under `status` can carry a verdict (module docs): `400`,
+/// `401` for `invalid_client`, and `403` for `invalid_grant`.
+pub fn verdict_status(status: u16, code: &str) -> bool {
+    match status {
+        400 => true,
+        401 => code == "invalid_client",
+        403 => code == "invalid_grant",
+        _ => false,
+    }
+}
 
 pub const PERMANENT_CODES: [&str; 6] = [
     "invalid_grant",
@@ -100,7 +119,9 @@ impl Failure {
 
     pub fn class(&self) -> Class {
         match &self.kind {
-            FailureKind::OAuth { error, .. } if PERMANENT_CODES.contains(&error.as_str()) => {
+            FailureKind::OAuth { status, error, .. }
+                if PERMANENT_CODES.contains(&error.as_str()) && verdict_status(*status, error) =>
+            {
                 Class::Permanent
             }
             _ => Class::Transient,
@@ -188,10 +209,18 @@ impl Failure {
                     "server_error" => "the issuer had an internal error",
                     _ => "the issuer returned an error the engine does not know",
                 };
-                match description {
+                let base = match description {
                     // The description comes from the server: keep it short and printable.
                     Some(d) if !d.is_empty() => format!("{base} ({})", sanitize(d, 160)),
                     _ => base.into(),
+                };
+                match &self.kind {
+                    FailureKind::OAuth { status, .. }
+                        if PERMANENT_CODES.contains(&error.as_str()) && !self.is_permanent() =>
+                    {
+                        format!("{base}, but under HTTP {status}, which an OAuth verdict does not use (a firewall or gateway?): treated as temporary")
+                    }
+                    _ => base,
                 }
             }
             FailureKind::NotTokenResponse { body, .. } => match body {
@@ -298,7 +327,8 @@ pub fn classify_response_sent(
         .map(|d| d.min(retry_after_max));
     let fail = |kind| Failure { kind, retry_after };
 
-    // An RFC 6749 error code wins wherever it appears (some servers send it with 200).
+    // An RFC 6749 error code is read under any status (some servers send it with 200);
+    // whether it is a verdict depends on the status too (`verdict_status`).
     if let Some(err) = error_doc
         .and_then(|j| j.get("error"))
         .and_then(|e| e.as_str())
@@ -332,7 +362,8 @@ pub fn classify_response_sent(
             description,
         });
         // 5xx, 408 and 429 are transient whatever the body says.
-        if ((500..=599).contains(&status) || status == 408 || status == 429) && f.is_permanent() {
+        let verdict_code = f.oauth_code().is_some_and(|c| PERMANENT_CODES.contains(&c));
+        if ((500..=599).contains(&status) || status == 408 || status == 429) && verdict_code {
             return Err(fail(FailureKind::Http {
                 status,
                 body: BodyShape::Json,
@@ -643,8 +674,16 @@ mod tests {
             ),
             (400, json, r#"{"error":"invalid_scope"}"#, Permanent),
             (400, json, r#"{"error":"invalid_request"}"#, Permanent),
-            // a verdict sent with 200 is still a verdict
-            (200, json, r#"{"error":"invalid_grant"}"#, Permanent),
+            // a verdict needs 400 (401 for invalid_client, 403 for invalid_grant)
+            (200, json, r#"{"error":"invalid_grant"}"#, Transient),
+            (200, json, r#"{"error":"invalid_request"}"#, Transient),
+            (302, json, r#"{"error":"invalid_request"}"#, Transient),
+            (403, json, r#"{"error":"invalid_request"}"#, Transient),
+            (403, json, r#"{"error":"invalid_client"}"#, Transient),
+            (403, json, r#"{"error":"invalid_grant"}"#, Permanent),
+            (401, json, r#"{"error":"invalid_grant"}"#, Transient),
+            (404, json, r#"{"error":"invalid_scope"}"#, Transient),
+            (422, json, r#"{"error":"unauthorized_client"}"#, Transient),
             // content-type missing but JSON body
             (
                 400,
