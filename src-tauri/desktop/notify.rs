@@ -315,12 +315,64 @@ fn compose(kind: NoteKind, endpoint: &str, items: &[Pending]) -> Note {
     }
 }
 
+/// `text` safe to put into a notification body that the server reads as markup:
+/// `&`, `<` and `>` escaped, so issuer text (an `error_description`, a reason) shows as
+/// written and can never become a link or an image (KDE and dunst render `<a>` and
+/// `<img>` in bodies).
+pub fn escape_markup(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Whether the notification server reads bodies as markup (freedesktop's
+/// `body-markup` capability), asked once per process. When the question cannot be
+/// answered the body is escaped all the same: a stray `&amp;` is better than a link.
+#[cfg(all(unix, not(target_os = "macos")))]
+fn body_is_markup() -> bool {
+    static MARKUP: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *MARKUP.get_or_init(|| match notify_rust::get_capabilities() {
+        Ok(caps) => caps.iter().any(|c| c == "body-markup"),
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot read the notification server's capabilities");
+            true
+        }
+    })
+}
+
 /// A notification with the app's name and a category hint (where the platform has them).
+/// The summary is plain text by the freedesktop spec (and built from workload names and
+/// host names only); the body is escaped where the server reads markup.
 fn notification(summary: &str, body: &str, category: &str) -> notify_rust::Notification {
+    #[cfg(all(unix, not(target_os = "macos")))]
+    let markup = body_is_markup();
+    #[cfg(not(all(unix, not(target_os = "macos"))))]
+    let markup = false;
+    notification_as(summary, body, category, markup)
+}
+
+fn notification_as(
+    summary: &str,
+    body: &str,
+    category: &str,
+    markup: bool,
+) -> notify_rust::Notification {
+    let body = if markup {
+        escape_markup(body)
+    } else {
+        body.to_string()
+    };
     let mut n = notify_rust::Notification::new();
     n.appname("Tokenwarden")
         .summary(summary)
-        .body(body)
+        .body(&body)
         .icon("dialog-information");
     #[cfg(all(unix, not(target_os = "macos")))]
     n.hint(notify_rust::Hint::Category(category.into()));
@@ -506,5 +558,31 @@ mod tests {
             .body
             .starts_with("the issuer no longer accepts the saved sign-in (invalid_grant)."));
         assert_eq!(notes[0].workloads, ["a"]);
+    }
+
+    #[test]
+    fn issuer_text_cannot_become_markup() {
+        let t0 = Instant::now();
+        let mut n = Notifier::new(policy());
+        let mut ch = change("a", EP, R, Status::Retrying);
+        ch.workload.reason = Some(
+            "HTTP 400 temporarily_unavailable: <a href=\"https://evil.example\">click</a> & <img src=x>".into(),
+        );
+        n.observe(&ch, false, t0);
+        let notes = n.flush(t0 + Duration::from_secs(60));
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        let shown = notification_as(&notes[0].summary, &notes[0].body, "network.error", true);
+        assert!(
+            shown.body.contains(
+                "&lt;a href=\"https://evil.example\"&gt;click&lt;/a&gt; &amp; &lt;img src=x&gt;"
+            ),
+            "{}",
+            shown.body
+        );
+        assert!(!shown.body.contains('<') && !shown.body.contains('>'));
+        assert_eq!(shown.summary, "a is retrying");
+        // A server that shows bodies as plain text gets the text as written.
+        let plain = notification_as(&notes[0].summary, &notes[0].body, "network.error", false);
+        assert!(plain.body.contains("<a href="), "{}", plain.body);
     }
 }
