@@ -1117,7 +1117,7 @@ impl TokenState {
     }
 
     fn issue_access(&mut self, grant: u64) -> (String, u64) {
-        let token = random_token("sim_at_");
+        let token = secret_token("sim_at_");
         let lifetime = self.access_lifetime;
         self.access.insert(
             token.clone(),
@@ -1131,7 +1131,7 @@ impl TokenState {
     }
 
     fn issue_refresh(&mut self, grant: u64) -> String {
-        let token = random_token("sim_rt_");
+        let token = secret_token("sim_rt_");
         self.refresh
             .insert(token.clone(), RefreshEntry { grant, used: false });
         self.record(&token);
@@ -1148,6 +1148,20 @@ impl TokenState {
 fn expires_in_secs(lifetime: Duration) -> u64 {
     let secs = lifetime.as_secs() + u64::from(lifetime.subsec_nanos() > 0);
     secs.max(1)
+}
+
+/// A token as real issuers send them: RFC 6750's `b64token` characters, including the
+/// ones that change under URL and JSON encoding (`+`, `/`), so the leak scan of the
+/// test logs (scripts/scan-secrets.sh) also finds encoded copies.
+fn secret_token(prefix: &str) -> String {
+    const CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/";
+    let mut rng = rand::rng();
+    let mut body: Vec<u8> = (0..TOKEN_RANDOM_CHARS)
+        .map(|_| CHARS[rng.random_range(0..CHARS.len())])
+        .collect();
+    body[TOKEN_RANDOM_CHARS / 3] = b'+';
+    body[2 * TOKEN_RANDOM_CHARS / 3] = b'/';
+    format!("{prefix}{}", String::from_utf8(body).expect("ASCII"))
 }
 
 fn random_token(prefix: &str) -> String {
@@ -1617,7 +1631,7 @@ async fn register(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Byt
     }
     let auth = inner.registration_auth;
     let client_id = random_token("sim_client_");
-    let secret = (auth != RegistrationAuth::Public).then(|| random_token("sim_cs_"));
+    let secret = (auth != RegistrationAuth::Public).then(|| secret_token("sim_cs_"));
     if let Some(secret) = &secret {
         lock(&inner.tokens).append_ledger(secret);
     }
@@ -2150,7 +2164,7 @@ fn raw_answer(inner: &Arc<Inner>, conn: &ConnHandle, script: RawScript) -> Respo
 /// A token response whose tokens were never issued.
 fn fake_token_body(lifetime: u64) -> String {
     serde_json::json!({
-        "access_token": random_token("sim_at_"),
+        "access_token": secret_token("sim_at_"),
         "token_type": "Bearer",
         "expires_in": lifetime,
     })
