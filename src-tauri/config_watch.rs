@@ -95,7 +95,13 @@ pub async fn run(
             continue;
         }
         pending = false;
-        let text = match std::fs::read_to_string(&paths.config_file) {
+        // Reading and parsing touch files a hand edit names (`ca_file`): off the async
+        // runtime's threads, so a slow or strange file can hold up only this task.
+        let file = paths.config_file.clone();
+        let read = tokio::task::spawn_blocking(move || std::fs::read_to_string(&file))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        let text = match read {
             Ok(t) => t,
             Err(e) => {
                 if now.is_none() {
@@ -118,7 +124,13 @@ pub async fn run(
         }
         let first = last_text.is_none();
         last_text = Some(text.clone());
-        let cfg = match parse(&paths, &text) {
+        let parsed = {
+            let (paths, text) = (paths.clone(), text.clone());
+            tokio::task::spawn_blocking(move || parse(&paths, &text))
+                .await
+                .unwrap_or_else(|e| Err(anyhow::anyhow!("reading workloads.toml failed: {e}")))
+        };
+        let cfg = match parsed {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!("workloads.toml was edited but cannot be used: {e:#}; the running configuration stays until the file is fixed");

@@ -362,12 +362,7 @@ impl Config {
             let ca_file = match &w.ca_file {
                 Some(c) => {
                     let p = base_dir.join(c.get_ref());
-                    let bytes = std::fs::read(&p).map_err(|e| {
-                        err(
-                            Some(c.span()),
-                            format!("cannot read ca_file {}: {e}", p.display()),
-                        )
-                    })?;
+                    let bytes = read_ca_file(&p).map_err(|e| err(Some(c.span()), e))?;
                     reqwest::Certificate::from_pem_bundle(&bytes)
                         .ok()
                         .filter(|v| !v.is_empty())
@@ -677,9 +672,85 @@ pub fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> std::io::Result
     result
 }
 
+/// Largest `ca_file` read: a bundle of every public root CA is about 250 KB.
+pub const CA_FILE_MAX: u64 = 1024 * 1024;
+
+/// The bytes of a `ca_file`: a regular file of at most [`CA_FILE_MAX`] bytes. It is
+/// opened without blocking and checked on the open handle, so a FIFO (which would
+/// block the open until a writer comes) or a device such as `/dev/zero` (which never
+/// ends) is refused at once instead of hanging or filling memory. Errors name the file.
+pub fn read_ca_file(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let fail = |e: &dyn std::fmt::Display| format!("cannot read ca_file {}: {e}", path.display());
+    let mut opts = std::fs::OpenOptions::new();
+    opts.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY);
+    }
+    let f = opts.open(path).map_err(|e| fail(&e))?;
+    let meta = f.metadata().map_err(|e| fail(&e))?;
+    if !meta.is_file() {
+        return Err(fail(&"not a regular file"));
+    }
+    if meta.len() > CA_FILE_MAX {
+        return Err(fail(&format!("larger than {} KiB", CA_FILE_MAX / 1024)));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    f.take(CA_FILE_MAX + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| fail(&e))?;
+    if bytes.len() as u64 > CA_FILE_MAX {
+        return Err(fail(&format!("larger than {} KiB", CA_FILE_MAX / 1024)));
+    }
+    Ok(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn a_ca_file_that_is_a_fifo_a_device_or_huge_is_refused_at_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fifo = tmp.path().join("ca.fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let big = tmp.path().join("big.pem");
+        std::fs::write(&big, vec![b'A'; CA_FILE_MAX as usize + 1]).unwrap();
+        let zero = Path::new("/dev/zero").to_path_buf();
+        // On a thread: a read that blocks must fail the test, not hang it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        for p in [fifo, zero, big] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let r = read_ca_file(&p);
+                let _ = tx.send((p, r));
+            });
+        }
+        for _ in 0..3 {
+            let (p, r) = rx
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .expect("read_ca_file returned within 10 s");
+            let e = r.expect_err("refused");
+            assert!(e.contains(&p.display().to_string()), "{e}");
+            assert!(
+                e.contains("not a regular file") || e.contains("larger than 1024 KiB"),
+                "{e}"
+            );
+        }
+        // And through the config: the error points at the ca_file line.
+        let text = format!(
+            "[[workload]]\nname = \"a\"\ntoken_endpoint = \"https://auth.example/token\"\nclient_id = \"c\"\nca_file = \"{}\"\n",
+            tmp.path().join("ca.fifo").display()
+        );
+        let e = Config::parse(&tmp.path().join("workloads.toml"), &text).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        assert!(e.to_string().contains(":5:"), "names the line: {e}");
+    }
     use std::time::Duration;
 
     const GOOD: &str = r#"# my workloads

@@ -59,8 +59,7 @@ pub fn trust_ca_file(
     ca_file: Option<&std::path::Path>,
 ) -> Result<reqwest::ClientBuilder, String> {
     if let Some(path) = ca_file {
-        let pem = std::fs::read(path)
-            .map_err(|e| format!("cannot read ca_file {}: {e}", path.display()))?;
+        let pem = crate::engine::config::read_ca_file(path)?;
         for cert in reqwest::Certificate::from_pem_bundle(&pem)
             .map_err(|e| format!("ca_file {}: {e}", path.display()))?
         {
