@@ -349,20 +349,96 @@ impl Backend for FileBackend {
     }
 }
 
-/// Create `dir` (and parents) readable by the owner only.
+/// Create `dir` (and parents) readable by the owner only. A `dir` that already exists
+/// must be a real directory (not a symbolic link) owned by this process's user; its
+/// mode is then tightened to 0700. Anything else is refused with an error naming the
+/// problem: another user's directory or a link planted in its place must never hold
+/// this user's sockets, logs or secrets.
 pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)?;
+        }
+        match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        let meta = std::fs::symlink_metadata(dir)?;
+        let refuse = |why: String| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!("{} {why}; refusing to use it", dir.display()),
+            ))
+        };
+        if meta.file_type().is_symlink() {
+            return refuse("is a symbolic link".into());
+        }
+        if !meta.is_dir() {
+            return refuse("is not a directory".into());
+        }
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let me = unsafe { libc::geteuid() };
+        if meta.uid() != me {
+            return refuse(format!("belongs to uid {}, not to uid {me}", meta.uid()));
+        }
+        if meta.mode() & 0o077 != 0 {
+            tracing::info!(dir = %dir.display(), mode = format!("{:o}", meta.mode() & 0o777), "tightening a private directory to 0700");
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
     }
+    #[cfg(not(unix))]
+    std::fs::create_dir_all(dir)?;
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn private_dirs_are_made_0700_and_links_or_other_users_dirs_refused() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let tmp = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o777;
+
+        let fresh = tmp.path().join("a/b/run");
+        create_private_dir(&fresh).unwrap();
+        assert_eq!(mode(&fresh), 0o700);
+
+        let loose = tmp.path().join("loose");
+        std::fs::create_dir(&loose).unwrap();
+        std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o755)).unwrap();
+        create_private_dir(&loose).unwrap();
+        assert_eq!(mode(&loose), 0o700, "an existing dir is tightened");
+
+        let target = tmp.path().join("elsewhere");
+        std::fs::create_dir(&target).unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let e = create_private_dir(&link).unwrap_err();
+        assert!(e.to_string().contains("is a symbolic link"), "{e}");
+        assert_eq!(mode(&target), 0o755, "the link's target is left alone");
+
+        let file = tmp.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        let e = create_private_dir(&file).unwrap_err();
+        assert!(e.to_string().contains("is not a directory"), "{e}");
+
+        // Another user's directory: only root can make one to test with.
+        if unsafe { libc::geteuid() } == 0 {
+            let theirs = tmp.path().join("theirs");
+            std::fs::create_dir(&theirs).unwrap();
+            std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+            let e = create_private_dir(&theirs).unwrap_err();
+            assert!(e.to_string().contains("belongs to uid 65534"), "{e}");
+            assert_eq!(std::fs::metadata(&theirs).unwrap().uid(), 65534);
+        }
+    }
 
     fn sample() -> StoredTokens {
         StoredTokens {
