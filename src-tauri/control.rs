@@ -1,8 +1,9 @@
 //! The local control socket: how the CLI (and scripts) talk to a running daemon.
 //!
 //! A Unix socket at `<config-dir>/run/control.sock`, in a 0700 directory, itself 0600,
-//! and every connection's peer uid is checked against the daemon's own: only the same
-//! user gets in. The protocol is one JSON object per line each way:
+//! and every connection's peer uid is checked against the daemon's effective uid: only
+//! the same user gets in. A `token` request is logged with the peer's pid (never the
+//! token), so the log tells which program took a token. The protocol is one JSON object per line each way:
 //! `{"cmd":"status"}` → `{"ok":[...]}` or `{"error":{"code":..,"message":..}}`.
 //! `{"cmd":"watch"}` turns the connection into a stream of `StatusChange` lines.
 //! The desktop app also serves its window process here ([`UiHost`]): `{"cmd":"ui",...}`
@@ -108,8 +109,14 @@ fn engine_err(e: crate::engine::EngineError) -> Reply {
     err(e.code(), e.to_string())
 }
 
+/// Who is on the other end of a control connection (from the socket's credentials).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Peer {
+    pub pid: Option<i32>,
+}
+
 /// Handle one request (not `watch`).
-async fn dispatch(engine: &Engine, paths: &Paths, req: Request) -> Reply {
+async fn dispatch(engine: &Engine, paths: &Paths, peer: Peer, req: Request) -> Reply {
     match req {
         Request::Ping => Reply::Ok(serde_json::json!({"pid": std::process::id()})),
         Request::Status => match engine.status().await {
@@ -122,8 +129,14 @@ async fn dispatch(engine: &Engine, paths: &Paths, req: Request) -> Reply {
         },
         Request::Token { name } => match engine.token(&name).await {
             // The one place a token leaves the engine: to the same user, on request.
-            Ok(t) => Reply::Ok(serde_json::json!({ "access_token": t.expose() })),
-            Err(e) => engine_err(e),
+            Ok(t) => {
+                tracing::info!(workload = %name, peer_pid = ?peer.pid, "access token handed out over the control socket");
+                Reply::Ok(serde_json::json!({ "access_token": t.expose() }))
+            }
+            Err(e) => {
+                tracing::info!(workload = %name, peer_pid = ?peer.pid, error = %e, "token request over the control socket refused");
+                engine_err(e)
+            }
         },
         Request::Reload { config, names } => {
             let cfg = if config {
@@ -151,7 +164,7 @@ pub use unix::*;
 #[cfg(unix)]
 mod unix {
     use super::*;
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::fs::PermissionsExt;
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
     use tokio::net::{UnixListener, UnixStream};
     use tokio_util::sync::CancellationToken;
@@ -174,7 +187,10 @@ mod unix {
         cancel: CancellationToken,
         ui: Ui,
     ) {
-        let my_uid = std::fs::metadata(&paths.run_dir).map(|m| m.uid()).ok();
+        // The process's own effective uid: the owner of the run dir could differ (a dir
+        // made by another user, a root-owned leftover), the process's identity cannot.
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let my_uid = unsafe { libc::geteuid() };
         loop {
             let stream = tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -187,17 +203,21 @@ mod unix {
                     }
                 },
             };
-            let peer_uid = stream.peer_cred().ok().map(|c| c.uid());
-            if my_uid.is_none() || peer_uid != my_uid {
+            let cred = stream.peer_cred().ok();
+            let peer_uid = cred.map(|c| c.uid());
+            if peer_uid != Some(my_uid) {
                 tracing::warn!(?peer_uid, "control connection from another user refused");
                 continue;
             }
+            let peer = Peer {
+                pid: cred.and_then(|c| c.pid()),
+            };
             let engine = engine.clone();
             let paths = paths.clone();
             let cancel = cancel.clone();
             let ui = ui.clone();
             tokio::spawn(async move {
-                if let Err(e) = connection(stream, engine, paths, cancel, ui).await {
+                if let Err(e) = connection(stream, peer, engine, paths, cancel, ui).await {
                     tracing::debug!(error = %e, "control connection ended");
                 }
             });
@@ -217,6 +237,7 @@ mod unix {
 
     async fn connection(
         stream: UnixStream,
+        peer: Peer,
         engine: Engine,
         paths: Paths,
         cancel: CancellationToken,
@@ -306,7 +327,7 @@ mod unix {
                         }
                     }
                 }
-                (req, _) => dispatch(&engine, &paths, req).await,
+                (req, _) => dispatch(&engine, &paths, peer, req).await,
             };
             write_reply(&mut w, &reply).await?;
         }

@@ -44,26 +44,28 @@ impl Paths {
             socket: run_dir.join("control.sock"),
             run_dir,
             secrets_dir: config_dir.join("secrets"),
-            log_dir: default_log_dir(),
+            log_dir: default_log_dir().unwrap_or_else(|| config_dir.join("logs")),
             config_dir,
         })
     }
 }
 
-/// `TOKENWARDEN_LOG_DIR`, else the platform's place for logs.
-pub fn default_log_dir() -> PathBuf {
+/// `TOKENWARDEN_LOG_DIR`, else the platform's place for logs; `None` without a home
+/// directory, where the logs go to the config dir's `logs/` (never a shared temp dir,
+/// where another user could read them or plant a link first).
+pub fn default_log_dir() -> Option<PathBuf> {
     if let Some(d) = std::env::var_os("TOKENWARDEN_LOG_DIR").filter(|d| !d.is_empty()) {
-        return PathBuf::from(d);
+        return Some(PathBuf::from(d));
     }
-    let Some(p) = project_dirs() else {
-        return std::env::temp_dir().join("tokenwarden-logs");
-    };
+    let p = project_dirs()?;
     if cfg!(target_os = "macos") {
         if let Some(home) = directories::BaseDirs::new() {
-            return home.home_dir().join("Library/Logs/tokenwarden");
+            return Some(home.home_dir().join("Library/Logs/tokenwarden"));
         }
     }
-    p.state_dir()
-        .unwrap_or_else(|| p.data_local_dir())
-        .join("logs")
+    Some(
+        p.state_dir()
+            .unwrap_or_else(|| p.data_local_dir())
+            .join("logs"),
+    )
 }
