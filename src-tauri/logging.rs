@@ -8,6 +8,19 @@
 use std::path::Path;
 use tracing_subscriber::{fmt, prelude::*, EnvFilter};
 
+/// Logs on stderr: colour codes only when stderr is a terminal (a daemon's stderr
+/// redirected to a file, or read by an MCP client, gets plain text).
+fn stderr_layer<S>() -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    use std::io::IsTerminal;
+    fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
+}
+
 fn filter(default: &str) -> EnvFilter {
     EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default))
 }
@@ -15,7 +28,7 @@ fn filter(default: &str) -> EnvFilter {
 /// For short CLI commands: warnings and errors on stderr unless `RUST_LOG` says more.
 pub fn init_cli() {
     let _ = tracing_subscriber::registry()
-        .with(fmt::layer().with_writer(std::io::stderr).with_target(false))
+        .with(stderr_layer())
         .with(filter("warn"))
         .try_init();
 }
@@ -33,7 +46,7 @@ pub fn init_daemon(log_dir: &Path) -> anyhow::Result<()> {
         .build(log_dir)
         .map_err(|e| anyhow::anyhow!("cannot open a log file in {}: {e}", log_dir.display()))?;
     let _ = tracing_subscriber::registry()
-        .with(fmt::layer().with_writer(std::io::stderr).with_target(false))
+        .with(stderr_layer())
         .with(fmt::layer().with_writer(file).with_ansi(false))
         .with(filter("info"))
         .try_init();

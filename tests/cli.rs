@@ -594,3 +594,165 @@ async fn a_proxy_port_lost_by_an_edit_is_kept() {
         "same port"
     );
 }
+
+/// Root only (CI runs as root): whether this test may use a second OS user.
+fn as_root_or_skip(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    assert!(
+        std::env::var("TOKENWARDEN_TEST_ROOT").as_deref() != Ok("1"),
+        "TOKENWARDEN_TEST_ROOT=1 but not running as root"
+    );
+    eprintln!("{test}: skipped (needs root to act as a second user)");
+    false
+}
+
+/// Everything the daemons of `env` wrote to stderr so far.
+fn daemon_logs(env: &TestEnv) -> String {
+    let mut all = String::new();
+    for e in std::fs::read_dir(log_dir(&env.test)).unwrap().flatten() {
+        if e.file_name().to_string_lossy().starts_with("daemon-") {
+            all.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
+        }
+    }
+    all
+}
+
+/// The control socket serves only its user, even when the modes of its directory and
+/// file were loosened by hand; a token handed out is logged with the taker's pid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_socket_serves_only_its_user_and_logs_who_took_a_token() {
+    if !as_root_or_skip("control_socket_serves_only_its_user") {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let issuer = issuer(issuer_opts(60)).await;
+    let env = env_with("control_only_owner", &issuer, &["w"]).await;
+    env.start_daemon().await;
+    assert!(env.login("w").await.ok());
+    env.wait_status("w", Status::Running, Duration::from_secs(10))
+        .await;
+    let t = env.run(&["token", "w"]);
+    assert!(t.ok(), "{t:?}");
+    let logs = daemon_logs(&env);
+    let line = logs
+        .lines()
+        .find(|l| l.contains("access token handed out over the control socket"))
+        .unwrap_or_else(|| panic!("no token line in {logs}"));
+    assert!(
+        line.contains("peer_pid=Some(") && line.contains("workload=w"),
+        "{line}"
+    );
+
+    // Loosen every mode on the way to the socket, then knock as `nobody`.
+    let paths = env.paths();
+    let mode = |p: &std::path::Path, m: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+    };
+    mode(env.dir.path(), 0o711);
+    mode(&paths.config_dir, 0o711);
+    mode(&paths.run_dir, 0o711);
+    mode(&paths.socket, 0o666);
+    let knock = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+        ])
+        .arg(
+            "import socket,sys\n\
+             s=socket.socket(socket.AF_UNIX)\n\
+             s.connect(sys.argv[1])\n\
+             s.sendall(b'{\"cmd\":\"token\",\"name\":\"w\"}\\n')\n\
+             s.settimeout(10)\n\
+             try: got=s.recv(65536)\n\
+             except ConnectionResetError: got=b''\n\
+             print('reply' if got else 'closed')",
+        )
+        .arg(&paths.socket)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&knock.stdout);
+    assert_eq!(
+        out.trim(),
+        "closed",
+        "another user got an answer: {out} {}",
+        String::from_utf8_lossy(&knock.stderr)
+    );
+    let logs = daemon_logs(&env);
+    assert!(
+        logs.lines().any(
+            |l| l.contains("control connection from another user refused")
+                && l.contains("peer_uid=Some(65534)")
+        ),
+        "{logs}"
+    );
+    mode(&paths.run_dir, 0o700);
+}
+
+/// With no home directory (a service account, an empty environment) the daemon's logs
+/// go to its config dir, never to a temp dir shared with other users.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_home_the_logs_go_to_the_config_dir() {
+    if !as_root_or_skip("without_a_home_the_logs_go_to_the_config_dir") {
+        return;
+    }
+    // A uid with no passwd entry: no home directory can be found for it.
+    const UID: u32 = 54_321;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("cfg");
+    std::fs::create_dir(&cfg).unwrap();
+    std::fs::write(cfg.join("workloads.toml"), file_store_header()).unwrap();
+    for p in [
+        dir.path(),
+        cfg.as_path(),
+        cfg.join("workloads.toml").as_path(),
+    ] {
+        std::os::unix::fs::chown(p, Some(UID), Some(UID)).unwrap();
+    }
+    let mut child = std::process::Command::new("setpriv")
+        .args([
+            &format!("--reuid={UID}"),
+            &format!("--regid={UID}"),
+            "--clear-groups",
+        ])
+        .arg(env!("CARGO_BIN_EXE_tokenwarden"))
+        .args(["daemon", "--config-dir"])
+        .arg(&cfg)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log_dir("no_home_logs").join("daemon.stderr")).unwrap())
+        .spawn()
+        .unwrap();
+    let logs = cfg.join("logs");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let found = loop {
+        let any = std::fs::read_dir(&logs)
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with("tokenwarden"))
+            })
+            .unwrap_or(false);
+        if any || std::time::Instant::now() > deadline {
+            break any;
+        }
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!("the daemon exited: {st}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(found, "no log file in {}", logs.display());
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(&logs).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o700);
+    assert_eq!(meta.uid(), UID);
+}
