@@ -37,6 +37,9 @@ const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 const TAB: &str = "\u{E004}";
 const ENTER: &str = "\u{E007}";
 
+#[path = "support/gate.rs"]
+mod gate;
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -72,6 +75,7 @@ fn gate(test: &str) -> Option<String> {
         ok,
         "/usr/bin/python3 lacks dbus/gi: apt-get install python3-dbus python3-gi"
     );
+    gate::ran("desktop", test);
     Some(display)
 }
 
@@ -467,7 +471,12 @@ fn driver(display: &str, config_dir: &Path, log: &Path, extra: &[(&str, String)]
     .env("TOKENWARDEN_LOG_DIR", log)
     .env("TOKENWARDEN_NOTIFY_COALESCE", "700ms")
     .env("TOKENWARDEN_CONFIG_CHECK_INTERVAL", "200ms")
-    .env("RUST_LOG", "debug")
+    // At the level the rest of the suite runs (trace under scripts/test.sh), so the
+    // secret scan reads everything the app can write.
+    .env(
+        "RUST_LOG",
+        std::env::var("RUST_LOG").unwrap_or_else(|_| "debug".into()),
+    )
     .env("NO_AT_BRIDGE", "1")
     .stdin(Stdio::null())
     .stdout(std::fs::File::create(log.join("app.stdout")).unwrap())

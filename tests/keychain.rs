@@ -21,6 +21,7 @@ fn keychain_available() -> bool {
             std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_some(),
             "TOKENWARDEN_TEST_KEYCHAIN=1 but no session bus: run through scripts/session.sh"
         );
+        gate::ran("keychain", "keychain");
         true
     } else {
         eprintln!("SKIPPED: needs the private keyring session (run `bash scripts/test.sh`)");

@@ -7,6 +7,8 @@
 //! `issued-tokens.txt` there; `scripts/scan-secrets.sh` then proves no token leaked.
 #![allow(dead_code)]
 
+pub mod gate;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -7,6 +7,11 @@
 //! to the default route and leaves the machine. Tests holding a `NetLab` are
 //! serialized across processes by a file lock, since they share these names.
 
+// Also loaded by the benches, which have no `support` module.
+#[allow(clippy::duplicate_mod)]
+#[path = "gate.rs"]
+mod gate;
+
 use std::process::Command;
 
 pub const NS: &str = "twlab";
@@ -58,6 +63,7 @@ pub fn netlab() -> Option<NetLab> {
         .open(std::env::temp_dir().join("tokenwarden-netlab.lock"))
         .expect("lock file");
     lock.lock().expect("netlab lock");
+    gate::ran("root", "netlab");
     teardown();
     must(&["netns", "add", NS]);
     must(&["route", "add", "unreachable", PREFIX]);
