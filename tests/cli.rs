@@ -665,13 +665,16 @@ async fn control_socket_serves_only_its_user_and_logs_who_took_a_token() {
             "-c",
         ])
         .arg(
+            // The daemon may close before the request is written (broken pipe) or
+            // after (reset, or EOF): all three are a refusal.
             "import socket,sys\n\
              s=socket.socket(socket.AF_UNIX)\n\
              s.connect(sys.argv[1])\n\
-             s.sendall(b'{\"cmd\":\"token\",\"name\":\"w\"}\\n')\n\
              s.settimeout(10)\n\
-             try: got=s.recv(65536)\n\
-             except ConnectionResetError: got=b''\n\
+             try:\n\
+             \x20s.sendall(b'{\"cmd\":\"token\",\"name\":\"w\"}\\n')\n\
+             \x20got=s.recv(65536)\n\
+             except (BrokenPipeError, ConnectionResetError): got=b''\n\
              print('reply' if got else 'closed')",
         )
         .arg(&paths.socket)
