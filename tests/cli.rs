@@ -760,3 +760,119 @@ async fn without_a_home_the_logs_go_to_the_config_dir() {
     assert_eq!(meta.mode() & 0o777, 0o700);
     assert_eq!(meta.uid(), UID);
 }
+
+/// A private bus standing in for the system bus (dbus-daemon with the tests' quiet
+/// config), ended on drop.
+struct PrivateBus {
+    address: String,
+    pid: u32,
+}
+
+impl PrivateBus {
+    fn start() -> PrivateBus {
+        let out = std::process::Command::new("dbus-daemon")
+            .arg(format!(
+                "--config-file={}/scripts/dbus-session.conf",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .args(["--fork", "--print-address=1", "--print-pid=1"])
+            .output()
+            .expect("dbus-daemon");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut lines = text.lines();
+        let address = lines.next().unwrap_or_default().to_string();
+        let pid = lines.next().and_then(|p| p.trim().parse().ok());
+        assert!(
+            !address.is_empty() && pid.is_some(),
+            "dbus-daemon did not start: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        PrivateBus {
+            address,
+            pid: pid.unwrap(),
+        }
+    }
+
+    /// PrepareForSleep(true), then (false), from logind's name (`own`) or not.
+    fn prepare_for_sleep(&self, who: &str) {
+        let out = std::process::Command::new("/usr/bin/python3")
+            .arg(format!(
+                "{}/tests/support/logind_signal.py",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .args([&self.address, who])
+            .output()
+            .expect("logind_signal.py");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "sent",
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for PrivateBus {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .arg(self.pid.to_string())
+            .status();
+    }
+}
+
+/// logind's `PrepareForSleep(false)` on the system bus is a wake: a `retrying`
+/// workload whose next attempt is an hour away tries at once. The same signal from a
+/// program that is not logind changes nothing. (logind cannot run here: a small
+/// program owning its bus name on a private system bus sends what it would.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logind_wake_makes_a_retrying_workload_try_at_once_and_only_logind_can_say_so() {
+    let bus = PrivateBus::start();
+    let issuer = issuer(issuer_opts(3600)).await;
+    let mut env = env_with("logind_wake", &issuer, &["w"]).await;
+    for (k, v) in [
+        ("DBUS_SYSTEM_BUS_ADDRESS", bus.address.as_str()),
+        ("TOKENWARDEN_RETRYING_INTERVAL", "1h"),
+        ("TOKENWARDEN_RETRYING_MAX_INTERVAL", "1h"),
+        ("TOKENWARDEN_REFRESH_MAX_TRIES", "1"),
+        ("TOKENWARDEN_WAKE_SPREAD", "100ms"),
+        ("TOKENWARDEN_TRIGGERS", "true"),
+    ] {
+        env.extra_env.push((k.into(), v.into()));
+    }
+    env.start_daemon().await;
+    assert!(env.login("w").await.ok());
+    env.wait_status("w", Status::Running, Duration::from_secs(10))
+        .await;
+
+    // A failure episode whose next attempt is an hour away.
+    issuer.set_mode(Mode::Waf403);
+    assert!(env.run(&["retry", "w"]).ok());
+    env.wait_status("w", Status::Retrying, Duration::from_secs(10))
+        .await;
+    let logs = || daemon_logs(&env);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !logs().contains("listening for logind PrepareForSleep") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon never subscribed to logind: {}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = issuer.refresh_requests();
+
+    // Not logind: ignored. Then logind: one attempt, at once.
+    bus.prepare_for_sleep("foreign");
+    bus.prepare_for_sleep("own");
+    assert!(
+        issuer
+            .wait_for_refresh_requests(before + 1, Duration::from_secs(10))
+            .await,
+        "no attempt after logind's wake: {}",
+        logs()
+    );
+    let l = logs();
+    let count = |s: &str| l.lines().filter(|line| line.contains(s)).count();
+    assert_eq!(count("the system is going to sleep"), 1, "{l}");
+    assert_eq!(count("woke from sleep (logind)"), 1, "{l}");
+}

@@ -61,8 +61,11 @@ pub fn watch_logind(tx: mpsc::Sender<Signal>) {
                     return;
                 }
             };
+            // From logind only: the bus daemon matches the sender against the owner of
+            // `org.freedesktop.login1`, so another program on the bus cannot fake wakes.
             let rule = dbus::message::MatchRule::new_signal("org.freedesktop.login1.Manager", "PrepareForSleep")
-                .with_path("/org/freedesktop/login1");
+                .with_path("/org/freedesktop/login1")
+                .with_sender("org.freedesktop.login1");
             let tx2 = tx.clone();
             let added = conn.add_match(rule, move |(going_to_sleep,): (bool,), _, _| {
                 if going_to_sleep {
