@@ -1,4 +1,4 @@
-//! The fault matrix: every row of the failure classification table (shared/design.md)
+//! The fault matrix: every row of the failure classification table (`docs/design.md`)
 //! and the hostile shapes of the "prove it" issue, each answered for real over
 //! 127.0.0.1 and fed through the real token endpoint client (`oauth::token_request`,
 //! with the client `oauth::http_client` builds). Each row asserts the class (permanent

@@ -1,7 +1,7 @@
 //! Failure classification: is this refresh failure *transient* (keep trying) or a
 //! *permanent* OAuth verdict (stop and ask the user)?
 //!
-//! The table (shared/design.md), which the unit tests below walk row by row:
+//! The table (`docs/design.md`), which the unit tests below walk row by row:
 //!
 //! | response from the token endpoint                                   | class     |
 //! |--------------------------------------------------------------------|-----------|

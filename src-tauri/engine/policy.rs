@@ -1,6 +1,6 @@
 //! The retry policy: every number that decides when the engine talks to an issuer.
 //!
-//! Defaults follow `shared/design.md`. Each value can be set in the `[policy]` table of
+//! Defaults follow `docs/design.md` ("Policy"). Each value can be set in the `[policy]` table of
 //! `workloads.toml` and overridden by an environment variable of the same name,
 //! upper-cased and prefixed with `TOKENWARDEN_` (the environment wins). Durations are
 //! written like `250ms`, `10s`, `5m`, `24h`; sub-second values work, which is how the
