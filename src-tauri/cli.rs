@@ -353,6 +353,7 @@ pub async fn add_workload(
             allow_http: a.allow_http,
             // Relative to the config dir, as the config file's `ca_file` is.
             ca_file: a.ca_file.as_ref().map(|c| paths.config_dir.join(c)),
+            resolve: Vec::new(),
         };
         say(format!("Discovering how {url} signs in..."));
         let d = discovery::discover(&url, &opts).await?;
@@ -377,6 +378,19 @@ pub async fn add_workload(
         nw.resource = d.resource_indicator.clone();
         if nw.authorization_endpoint.is_none() {
             nw.authorization_endpoint = Some(d.authorization_endpoint.to_string());
+            // Sign-in answers come from this server: its `iss` (RFC 9207) is checked.
+            // (An --authorization-endpoint of another server has another issuer.)
+            nw.issuer = Some(d.issuer_identifier.clone());
+            nw.iss_parameter = d.iss_parameter_supported;
+            say(format!(
+                "  issuer (RFC 9207 iss):  {}{}",
+                d.issuer_identifier,
+                if d.iss_parameter_supported {
+                    "; always sent in sign-in answers"
+                } else {
+                    ""
+                }
+            ));
         }
         if nw.token_endpoint.is_empty() {
             nw.token_endpoint = d.token_endpoint.to_string();
