@@ -688,12 +688,19 @@ async fn login(
             humantime::format_duration(timeout)
         );
     } else {
-        eprintln!(
-            "Opening your browser to sign in to `{name}`. If it does not open, visit:\n{url}"
-        );
-        if let Err(e) = open::that_detached(&url) {
-            eprintln!("(could not open a browser: {e})");
+        match open_browser(&url) {
+            Ok(()) => eprintln!(
+                "Opening your browser to sign in to `{name}`. If it does not open, visit:\n{url}"
+            ),
+            // The listener stays open: the address works when opened by hand.
+            Err(e) => eprintln!(
+                "Could not open a browser ({e}). Open this address yourself to sign in to `{name}`:\n{url}"
+            ),
         }
+        eprintln!(
+            "Waiting up to {} for the sign-in...",
+            humantime::format_duration(timeout)
+        );
     }
     use std::io::Write;
     let _ = std::io::stdout().flush();
@@ -705,6 +712,24 @@ async fn login(
     reload_tokens(paths, name).await?;
     eprintln!("Signed in: `{name}` is running");
     Ok(())
+}
+
+/// Open `url` in the browser: `TOKENWARDEN_BROWSER` (a command given the URL as its
+/// only argument) when set, else the system's default browser. An error means no
+/// browser could be started (what the browser then does is not known here).
+pub(crate) fn open_browser(url: &str) -> Result<(), String> {
+    match std::env::var_os("TOKENWARDEN_BROWSER").filter(|v| !v.is_empty()) {
+        Some(cmd) => std::process::Command::new(&cmd)
+            .arg(url)
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .map(|mut child| {
+                // Reaped when it ends (a long-running app must not collect zombies).
+                std::thread::spawn(move || child.wait());
+            })
+            .map_err(|e| format!("{}: {e}", std::path::Path::new(&cmd).display())),
+        None => open::that_detached(url).map_err(|e| e.to_string()),
+    }
 }
 
 /// A confidential client's secret from the store (`None` for a public client).
