@@ -353,6 +353,7 @@ pub async fn add_workload(
             allow_http: a.allow_http,
             // Relative to the config dir, as the config file's `ca_file` is.
             ca_file: a.ca_file.as_ref().map(|c| paths.config_dir.join(c)),
+            resolve: Vec::new(),
         };
         say(format!("Discovering how {url} signs in..."));
         let d = discovery::discover(&url, &opts).await?;
@@ -377,6 +378,19 @@ pub async fn add_workload(
         nw.resource = d.resource_indicator.clone();
         if nw.authorization_endpoint.is_none() {
             nw.authorization_endpoint = Some(d.authorization_endpoint.to_string());
+            // Sign-in answers come from this server: its `iss` (RFC 9207) is checked.
+            // (An --authorization-endpoint of another server has another issuer.)
+            nw.issuer = Some(d.issuer_identifier.clone());
+            nw.iss_parameter = d.iss_parameter_supported;
+            say(format!(
+                "  issuer (RFC 9207 iss):  {}{}",
+                d.issuer_identifier,
+                if d.iss_parameter_supported {
+                    "; always sent in sign-in answers"
+                } else {
+                    ""
+                }
+            ));
         }
         if nw.token_endpoint.is_empty() {
             nw.token_endpoint = d.token_endpoint.to_string();
@@ -674,12 +688,19 @@ async fn login(
             humantime::format_duration(timeout)
         );
     } else {
-        eprintln!(
-            "Opening your browser to sign in to `{name}`. If it does not open, visit:\n{url}"
-        );
-        if let Err(e) = open::that_detached(&url) {
-            eprintln!("(could not open a browser: {e})");
+        match open_browser(&url) {
+            Ok(()) => eprintln!(
+                "Opening your browser to sign in to `{name}`. If it does not open, visit:\n{url}"
+            ),
+            // The listener stays open: the address works when opened by hand.
+            Err(e) => eprintln!(
+                "Could not open a browser ({e}). Open this address yourself to sign in to `{name}`:\n{url}"
+            ),
         }
+        eprintln!(
+            "Waiting up to {} for the sign-in...",
+            humantime::format_duration(timeout)
+        );
     }
     use std::io::Write;
     let _ = std::io::stdout().flush();
@@ -691,6 +712,24 @@ async fn login(
     reload_tokens(paths, name).await?;
     eprintln!("Signed in: `{name}` is running");
     Ok(())
+}
+
+/// Open `url` in the browser: `TOKENWARDEN_BROWSER` (a command given the URL as its
+/// only argument) when set, else the system's default browser. An error means no
+/// browser could be started (what the browser then does is not known here).
+pub(crate) fn open_browser(url: &str) -> Result<(), String> {
+    match std::env::var_os("TOKENWARDEN_BROWSER").filter(|v| !v.is_empty()) {
+        Some(cmd) => std::process::Command::new(&cmd)
+            .arg(url)
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .map(|mut child| {
+                // Reaped when it ends (a long-running app must not collect zombies).
+                std::thread::spawn(move || child.wait());
+            })
+            .map_err(|e| format!("{}: {e}", std::path::Path::new(&cmd).display())),
+        None => open::that_detached(url).map_err(|e| e.to_string()),
+    }
 }
 
 /// A confidential client's secret from the store (`None` for a public client).

@@ -33,6 +33,10 @@
 //!   confidential client (a `sim_cs_` secret, sent back once and appended to the
 //!   ledger) whose `/token` requests must carry the secret.
 //!
+//! RFC 9207: [`SimIssuer::set_authorization_iss`] makes the metadata advertise
+//! `authorization_response_iss_parameter_supported` and the `/authorize` redirects
+//! (code or error) carry `iss`, or omit or forge it ([`AuthorizationIss`]).
+//!
 //! The RFC 8707 `resource` parameter is accepted on `/authorize` and `/token` and
 //! recorded per request ([`SimIssuer::resources_seen`]); a value that is not an
 //! absolute URI without a fragment gets `invalid_target`.
@@ -204,6 +208,21 @@ pub enum MetadataMode {
     Missing,
 }
 
+/// What `/authorize` redirects say about the issuer (RFC 9207), and whether the
+/// metadata advertises `authorization_response_iss_parameter_supported`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum AuthorizationIss {
+    /// No `iss`, nothing advertised (a server that predates RFC 9207).
+    #[default]
+    Off,
+    /// Advertised; every redirect carries `iss` = [`SimIssuer::base_url`].
+    On,
+    /// Advertised, but the redirects carry no `iss`.
+    AdvertisedButOmitted,
+    /// The redirects carry `iss` = `iss`; advertised or not.
+    Forged { iss: String, advertised: bool },
+}
+
 /// Which request carried a `resource` parameter (or did not).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ResourceRequest {
@@ -360,6 +379,7 @@ impl SimIssuer {
             registration_count: AtomicU64::new(0),
             resources: Mutex::new(Vec::new()),
             metadata_mode: Mutex::new(MetadataMode::Good),
+            authorization_iss: Mutex::new(AuthorizationIss::Off),
             rotate: opts.rotate_refresh_tokens,
             strict: opts.strict_rotation,
             revoke_grant_on_reuse: opts.revoke_grant_on_reuse,
@@ -466,6 +486,11 @@ impl SimIssuer {
     /// Switches how the authorization server metadata is served.
     pub fn set_metadata_mode(&self, mode: MetadataMode) {
         *lock(&self.inner.metadata_mode) = mode;
+    }
+
+    /// Switches what the `/authorize` redirects and the metadata say about `iss`.
+    pub fn set_authorization_iss(&self, iss: AuthorizationIss) {
+        *lock(&self.inner.authorization_iss) = iss;
     }
 
     /// `POST /register` requests received (valid or not).
@@ -693,6 +718,7 @@ struct Inner {
     registration_count: AtomicU64,
     resources: Mutex<Vec<ResourceSeen>>,
     metadata_mode: Mutex<MetadataMode>,
+    authorization_iss: Mutex<AuthorizationIss>,
     rotate: bool,
     strict: bool,
     revoke_grant_on_reuse: bool,
@@ -1479,10 +1505,20 @@ impl Inner {
         });
     }
 
+    /// The `iss` the `/authorize` redirects carry, and whether it is advertised.
+    fn iss_parameter(&self) -> (Option<String>, bool) {
+        match &*lock(&self.authorization_iss) {
+            AuthorizationIss::Off => (None, false),
+            AuthorizationIss::On => (Some(self.base_url()), true),
+            AuthorizationIss::AdvertisedButOmitted => (None, true),
+            AuthorizationIss::Forged { iss, advertised } => (Some(iss.clone()), *advertised),
+        }
+    }
+
     /// The RFC 8414 document.
     fn metadata_json(&self) -> serde_json::Value {
         let base = self.base_url();
-        serde_json::json!({
+        let mut v = serde_json::json!({
             "issuer": base,
             "authorization_endpoint": format!("{base}/authorize"),
             "token_endpoint": format!("{base}/token"),
@@ -1491,7 +1527,11 @@ impl Inner {
             "grant_types_supported": ["authorization_code", "refresh_token"],
             "code_challenge_methods_supported": ["S256"],
             "token_endpoint_auth_methods_supported": ["none", "client_secret_post", "client_secret_basic"],
-        })
+        });
+        if self.iss_parameter().1 {
+            v["authorization_response_iss_parameter_supported"] = serde_json::Value::Bool(true);
+        }
+        v
     }
 }
 
@@ -1767,6 +1807,7 @@ async fn authorize(State(inner): State<Arc<Inner>>, RawQuery(query): RawQuery) -
         );
     };
     let state = params.get("state");
+    let (iss, _) = inner.iss_parameter();
     let redirect_error = |error: &str, description: &str| {
         let mut url = redirect.clone();
         {
@@ -1775,6 +1816,9 @@ async fn authorize(State(inner): State<Arc<Inner>>, RawQuery(query): RawQuery) -
             pairs.append_pair("error_description", description);
             if let Some(state) = state {
                 pairs.append_pair("state", state);
+            }
+            if let Some(iss) = &iss {
+                pairs.append_pair("iss", iss);
             }
         }
         redirect_to(&url)
@@ -1832,6 +1876,9 @@ async fn authorize(State(inner): State<Arc<Inner>>, RawQuery(query): RawQuery) -
         pairs.append_pair("code", &code);
         if let Some(state) = state {
             pairs.append_pair("state", state);
+        }
+        if let Some(iss) = &iss {
+            pairs.append_pair("iss", iss);
         }
     }
     redirect_to(&url)

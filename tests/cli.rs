@@ -378,6 +378,62 @@ async fn login_times_out_with_a_clear_message() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_keeps_listening_when_no_browser_can_be_started() {
+    use std::io::BufRead;
+    let issuer = issuer(issuer_opts(30)).await;
+    let mut env = env_with("login_no_browser_starts", &issuer, &["w"]).await;
+    let missing = env.dir.path().join("no-such-browser");
+    env.extra_env
+        .push(("TOKENWARDEN_BROWSER".into(), missing.display().to_string()));
+    let mut child = env
+        .command(&["login", "w", "--timeout", "20s"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    // What it says up to the address, then the rest (kept for the secret scan).
+    let (said_tx, said_rx) = tokio::sync::oneshot::channel();
+    let log = log_dir(&env.test).join("login.stderr");
+    let reader = std::thread::spawn(move || {
+        let mut said = String::new();
+        let mut said_tx = Some(said_tx);
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            said.push_str(&line);
+            said.push('\n');
+            if line.starts_with("http") {
+                if let Some(tx) = said_tx.take() {
+                    let _ = tx.send(said.clone());
+                }
+            }
+        }
+        std::fs::write(log, &said).unwrap();
+        said
+    });
+    let said = said_rx.await.expect("the address is printed");
+    assert!(
+        said.contains("Could not open a browser")
+            && said.contains("no-such-browser")
+            && said.contains("Open this address yourself"),
+        "{said}"
+    );
+    let url = said.lines().find(|l| l.starts_with("http")).unwrap();
+    assert!(url.starts_with(&issuer.authorization_endpoint()), "{url}");
+    // The listener is still there: opening the address by hand signs in.
+    assert_eq!(browse(url).await, 200);
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    let said = reader.join().unwrap();
+    assert!(status.success(), "{said}");
+    assert!(said.contains("Signed in"), "{said}");
+    assert_eq!(issuer.code_exchanges(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_without_a_daemon_refreshes_and_saves_before_printing() {
     let issuer = issuer(IssuerOptions {
         strict_rotation: true,

@@ -11,7 +11,7 @@ use std::time::Duration;
 use support::*;
 use tokenwarden::engine::config::{ClientAuth, Config};
 use tokenwarden::engine::Status;
-use tokenwarden::sim_issuer::{MetadataMode, RegistrationAuth, ResourceRequest};
+use tokenwarden::sim_issuer::{AuthorizationIss, MetadataMode, RegistrationAuth, ResourceRequest};
 use tokenwarden::sim_remote::{PrmMode, RemoteOptions, SimRemote};
 
 async fn remote(issuer: &SimIssuer) -> SimRemote {
@@ -390,4 +390,123 @@ async fn bad_metadata_is_refused_clearly_and_nothing_is_written() {
         );
         assert_eq!(issuer.registrations(), 0, "{what}: no client registered");
     }
+}
+
+/// `login NAME --no-browser`, the printed URL followed as a browser would; the
+/// callback page's status whatever it is, and how the command ended.
+async fn login_answered(env: &TestEnv, name: &str) -> (u16, Output) {
+    use std::io::BufRead;
+    let err_path = log_dir(&env.test).join(format!("login-{}.stderr", rand::random::<u32>()));
+    let mut child = env
+        .command(&["login", name, "--no-browser", "--timeout", "20s"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let url = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+        line.trim().to_string()
+    })
+    .await
+    .unwrap();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = http.get(&url).send().await.unwrap();
+    let callback = r.headers()["location"].to_str().unwrap().to_string();
+    let page = http.get(&callback).send().await.unwrap().status().as_u16();
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    let out = Output {
+        code: status.code(),
+        stdout: url,
+        stderr: read(&err_path),
+    };
+    (page, out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_issuer_is_stored_and_its_iss_checked_at_every_login() {
+    let issuer = issuer(issuer_opts(30)).await;
+    issuer.set_authorization_iss(AuthorizationIss::On);
+    let remote = remote(&issuer).await;
+    let env = env_with_file_store("discovery_iss");
+
+    let out = add(&env, &["w", "--url", &remote.url()]).await;
+    assert!(out.ok(), "{out:?}");
+    assert!(
+        out.stderr.contains("always sent in sign-in answers"),
+        "{}",
+        out.stderr
+    );
+    let text = read(&env.config_file());
+    assert!(
+        text.contains(&format!(
+            "issuer = \"{}\"\niss_parameter = true",
+            issuer.base_url()
+        )),
+        "readable by hand: {text}"
+    );
+    let w = Config::load(&env.config_file())
+        .unwrap()
+        .workloads
+        .remove(0);
+    assert_eq!(w.issuer, Some(issuer.base_url()));
+    assert!(w.iss_parameter);
+    assert_eq!(
+        issuer.code_exchanges(),
+        1,
+        "add signed in with the right iss"
+    );
+
+    // An answer without `iss`, or naming another issuer: refused before the
+    // exchange, the login ends with the reason, the stored sign-in is untouched.
+    for (iss, said) in [
+        (AuthorizationIss::AdvertisedButOmitted, "without `iss`"),
+        (
+            AuthorizationIss::Forged {
+                iss: "https://attacker.example".into(),
+                advertised: true,
+            },
+            "names the issuer `https://attacker.example`",
+        ),
+        (
+            AuthorizationIss::Forged {
+                iss: format!("{}/", issuer.base_url()),
+                advertised: true,
+            },
+            "names the issuer",
+        ),
+    ] {
+        let what = format!("{iss:?}");
+        issuer.set_authorization_iss(iss);
+        let (page, out) = login_answered(&env, "w").await;
+        assert_eq!(page, 400, "{what}: the page says it was refused");
+        assert_eq!(out.code, Some(1), "{what}: {out:?}");
+        assert!(
+            out.stderr.contains(said) && out.stderr.contains("RFC 9207"),
+            "{what}: {}",
+            out.stderr
+        );
+        assert_eq!(issuer.code_exchanges(), 1, "{what}: no code exchanged");
+    }
+    issuer.set_authorization_iss(AuthorizationIss::On);
+    let (page, out) = login_answered(&env, "w").await;
+    assert_eq!((page, out.code), (200, Some(0)), "{out:?}");
+    assert_eq!(issuer.code_exchanges(), 2);
+
+    // A server that does not advertise it: no `iss` line, an absent `iss` is fine.
+    issuer.set_authorization_iss(AuthorizationIss::Off);
+    let out = add(&env, &["v", "--url", &remote.url()]).await;
+    assert!(out.ok(), "{out:?}");
+    let v = Config::load(&env.config_file()).unwrap();
+    let v = v.workload("v").unwrap();
+    assert_eq!(
+        (v.issuer.clone(), v.iss_parameter),
+        (Some(issuer.base_url()), false)
+    );
 }

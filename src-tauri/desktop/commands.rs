@@ -12,12 +12,9 @@ use crate::sim_issuer::Mode;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 
 /// How long a sign-in waits for the browser.
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(300);
-/// Tells sign-ins of one workload apart (a newer one replaces an older one).
-static LOGIN_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 #[derive(Clone, Debug, Serialize)]
 pub struct CmdError {
@@ -194,23 +191,12 @@ fn emit_login(shell: &Shell, name: &str, state: &'static str, message: String) {
     shell.emit("login", event);
 }
 
-/// Open `url` in the browser: `TOKENWARDEN_BROWSER` (a command given the URL as its
-/// only argument) when set, else the system's default browser.
-fn open_browser(url: &str) -> Result<(), String> {
-    match std::env::var_os("TOKENWARDEN_BROWSER").filter(|v| !v.is_empty()) {
-        Some(cmd) => std::process::Command::new(cmd)
-            .arg(url)
-            .stdin(std::process::Stdio::null())
-            .spawn()
-            .map(|_| ())
-            .map_err(|e| e.to_string()),
-        None => open::that_detached(url).map_err(|e| e.to_string()),
-    }
-}
-
 /// Start the sign-in of `name`: the real authorization-code flow in the browser for
 /// the user's workloads (returns once the browser is asked; the rest goes out as
-/// `login` events), the demo's built-in sign-in for the demo.
+/// `login` events), the demo's built-in sign-in for the demo. A sign-in of `name`
+/// still waiting is cancelled first (its listener closed before the new one binds,
+/// so a registered client's fixed `redirect_port` is free). When no browser can be
+/// started the sign-in keeps waiting and the `login` event gives the address to open.
 pub async fn start_reauth(shell: Arc<Shell>, name: String) -> Result<(), CmdError> {
     match &shell.backend {
         Backend::Demo(demo) => {
@@ -244,44 +230,27 @@ pub async fn start_reauth(shell: Arc<Shell>, name: String) -> Result<(), CmdErro
             let secret = crate::cli::client_secret(store, &w)
                 .await
                 .map_err(|e| anyhow_err("store", e))?;
-            let pending = oauth::prepare_login(&w)
+            let pending = shell
+                .logins
+                .prepare(&w)
                 .await
                 .map_err(|e| CmdError::new("login", e.to_string()))?
                 .with_client_secret(secret);
             let url = pending.authorize_url.to_string();
-            let cancel = CancellationToken::new();
-            let id = LOGIN_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if let Some((_, old)) = lock(&shell.logins).insert(name.clone(), (id, cancel.clone())) {
-                old.cancel();
-            }
-            if let Err(e) = open_browser(&url) {
-                lock(&shell.logins).remove(&name);
-                return Err(CmdError::new(
-                    "browser",
-                    format!("could not open a browser ({e}); open this address yourself to sign in: {url}"),
-                ));
-            }
-            emit_login(
-                &shell,
-                &name,
-                "waiting",
-                format!("Sign in to {name} in your browser…"),
-            );
+            let message = match crate::cli::open_browser(&url) {
+                Ok(()) => format!("Sign in to {name} in your browser…"),
+                Err(e) => {
+                    tracing::warn!(workload = %name, error = %e, "could not open a browser; the sign-in waits for the address to be opened by hand");
+                    format!("Could not open a browser ({e}). Open this address yourself to sign in to {name}: {url}")
+                }
+            };
+            emit_login(&shell, &name, "waiting", message);
             let store = store.clone();
             let policy = cfg.policy.clone();
             tokio::spawn(async move {
-                let outcome = tokio::select! {
-                    r = pending.finish(&http, &policy, LOGIN_TIMEOUT) => Some(r),
-                    _ = cancel.cancelled() => None,
-                };
-                let Some(outcome) = outcome else {
-                    return; // replaced by a newer sign-in
-                };
-                {
-                    let mut logins = lock(&shell.logins);
-                    if logins.get(&name).is_some_and(|(i, _)| *i == id) {
-                        logins.remove(&name);
-                    }
+                let outcome = pending.finish(&http, &policy, LOGIN_TIMEOUT).await;
+                if let Err(oauth::LoginError::Replaced(_)) = outcome {
+                    return; // the newer sign-in speaks for itself
                 }
                 let result = match outcome {
                     Ok(tokens) => match store.save_tokens(&name, &tokens).await {

@@ -141,8 +141,9 @@ pub struct Shell {
     prefs_file: Option<PathBuf>,
     /// The demo's grant was revoked (until "Heal").
     demo_revoked: std::sync::atomic::AtomicBool,
-    /// Sign-ins waiting for the browser, by workload; a new one cancels the old.
-    logins: Mutex<HashMap<String, (u64, CancellationToken)>>,
+    /// Sign-ins waiting for the browser, by workload; a new one cancels the old one
+    /// and waits for its listener to close before binding.
+    logins: Arc<crate::engine::oauth::WaitingLogins>,
     /// The last `login` event of each sign-in still waiting (for a window opened later).
     logins_waiting: Mutex<BTreeMap<String, LoginEvent>>,
     /// Hand edits of workloads.toml: how many were handled, and why the last one could
@@ -202,7 +203,7 @@ impl Shell {
             notifier: Mutex::new(Notifier::new(NotifyPolicy::from_env())),
             prefs_file,
             demo_revoked: std::sync::atomic::AtomicBool::new(false),
-            logins: Mutex::new(HashMap::new()),
+            logins: Arc::default(),
             logins_waiting: Mutex::new(BTreeMap::new()),
             config_edits: tokio::sync::watch::Sender::new(ConfigEdits::default()),
             events: tokio::sync::broadcast::Sender::new(256),

@@ -63,6 +63,14 @@ pub struct WorkloadConfig {
     /// How the client authenticates at the token endpoint. Anything but `None`
     /// means a client secret lives in the secret store (never in this file).
     pub client_auth: ClientAuth,
+    /// The authorization server's issuer identifier, exactly as its metadata
+    /// publishes it (RFC 8414 `issuer`). An authorization response's `iss`
+    /// (RFC 9207) must be this string.
+    pub issuer: Option<String>,
+    /// The authorization server says it always sends `iss`
+    /// (`authorization_response_iss_parameter_supported`): a response without it is
+    /// refused. Only with `issuer`.
+    pub iss_parameter: bool,
 }
 
 /// Client authentication at the token endpoint (RFC 6749 §2.3.1, RFC 7591 §2).
@@ -139,6 +147,8 @@ struct RawWorkload {
     resource: Option<Spanned<String>>,
     redirect_port: Option<Spanned<u16>>,
     client_auth: Option<Spanned<String>>,
+    issuer: Option<Spanned<String>>,
+    iss_parameter: Option<Spanned<bool>>,
 }
 
 fn yes() -> bool {
@@ -351,6 +361,29 @@ impl Config {
                 })?,
                 None => ClientAuth::None,
             };
+            let issuer = match &w.issuer {
+                Some(i) => {
+                    let v = i.get_ref();
+                    if v.trim().is_empty() || v.trim() != v || Url::parse(v).is_err() {
+                        return Err(err(
+                            Some(i.span()),
+                            format!("`issuer` must be the authorization server's issuer identifier, an absolute URL exactly as its metadata publishes it, not `{v}`"),
+                        ));
+                    }
+                    Some(v.clone())
+                }
+                None => None,
+            };
+            let iss_parameter = match &w.iss_parameter {
+                Some(b) if *b.get_ref() && issuer.is_none() => {
+                    return Err(err(
+                        Some(b.span()),
+                        "`iss_parameter = true` needs the `issuer` to compare `iss` with".into(),
+                    ))
+                }
+                Some(b) => *b.get_ref(),
+                None => false,
+            };
             if let Some(p) = w.listen_port {
                 if p != 0 && !ports.insert(p) {
                     return Err(err(
@@ -390,6 +423,8 @@ impl Config {
                 resource,
                 redirect_port,
                 client_auth,
+                issuer,
+                iss_parameter,
             });
         }
         Ok(cfg)
@@ -419,6 +454,10 @@ pub struct NewWorkload {
     pub redirect_port: Option<u16>,
     /// Written only when not `None`; the secret itself goes to the secret store.
     pub client_auth: ClientAuth,
+    /// The authorization server's `issuer`, as its metadata publishes it.
+    pub issuer: Option<String>,
+    /// Written (as `iss_parameter = true`) only when true.
+    pub iss_parameter: bool,
 }
 
 /// Held while one edit reads, changes and writes the file: `add`, `remove`, the
@@ -543,6 +582,12 @@ pub fn add_workload(path: &Path, w: &NewWorkload) -> Result<Config, ConfigError>
     }
     if w.client_auth.needs_secret() {
         t["client_auth"] = toml_edit::value(w.client_auth.as_str());
+    }
+    if let Some(i) = &w.issuer {
+        t["issuer"] = toml_edit::value(i);
+    }
+    if w.iss_parameter {
+        t["iss_parameter"] = toml_edit::value(true);
     }
     if let Some(p) = w.listen_port {
         t["listen_port"] = toml_edit::value(i64::from(p));
@@ -973,6 +1018,69 @@ listen_port = 8765
         add_workload(&path, &public).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text.matches("client_auth").count(), 1, "{text}");
+    }
+
+    #[test]
+    fn the_issuer_and_its_iss_flag_load_are_checked_and_written() {
+        let w = |extra: &str| {
+            format!("[[workload]]\nname = \"w\"\ntoken_endpoint = \"https://as.example/token\"\nclient_id = \"c\"\n{extra}\n")
+        };
+        let c = parse(&w(
+            "issuer = \"https://as.example/tenant\"\niss_parameter = true",
+        ))
+        .unwrap();
+        assert_eq!(
+            c.workloads[0].issuer.as_deref(),
+            Some("https://as.example/tenant")
+        );
+        assert!(c.workloads[0].iss_parameter);
+        let c = parse(&w("")).unwrap();
+        assert_eq!(
+            (
+                c.workloads[0].issuer.as_deref(),
+                c.workloads[0].iss_parameter
+            ),
+            (None, false)
+        );
+        for (extra, line, needle) in [
+            ("iss_parameter = true", 5, "needs the `issuer`"),
+            ("issuer = \"as.example\"", 5, "absolute URL"),
+            ("issuer = \" https://as.example\"", 5, "absolute URL"),
+            ("issuer = \"\"", 5, "absolute URL"),
+        ] {
+            let e = parse(&w(extra)).unwrap_err();
+            assert_eq!(e.line, Some(line), "{extra}: {e}");
+            assert!(e.message.contains(needle), "{extra}: {e}");
+        }
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        let nw = NewWorkload {
+            name: "w".into(),
+            token_endpoint: "https://as.example/token".into(),
+            client_id: "c".into(),
+            issuer: Some("https://as.example/tenant".into()),
+            iss_parameter: true,
+            ..Default::default()
+        };
+        let cfg = add_workload(&path, &nw).unwrap();
+        let got = cfg.workload("w").unwrap();
+        assert_eq!(got.issuer.as_deref(), Some("https://as.example/tenant"));
+        assert!(got.iss_parameter);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains("issuer = \"https://as.example/tenant\"\niss_parameter = true"),
+            "{text}"
+        );
+        // Without the flag, no `iss_parameter` line.
+        let plain = NewWorkload {
+            name: "v".into(),
+            iss_parameter: false,
+            ..nw
+        };
+        add_workload(&path, &plain).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.matches("iss_parameter").count(), 1, "{text}");
     }
 
     #[test]

@@ -57,6 +57,9 @@ pub struct DiscoveryOptions {
     pub allow_http: bool,
     /// An extra trust root (the workload's `ca_file`).
     pub ca_file: Option<PathBuf>,
+    /// Host names answered with these addresses instead of DNS (as `curl --resolve`
+    /// does): tests reach a loopback server under a public name with it.
+    pub resolve: Vec<(String, std::net::SocketAddr)>,
 }
 
 /// What discovery found: everything `add` writes for a workload.
@@ -70,6 +73,12 @@ pub struct Discovered {
     /// The authorization server (`authorization_servers[0]`, checked against the
     /// metadata's `issuer`).
     pub issuer: Url,
+    /// The metadata's `issuer` exactly as published (what an RFC 9207 `iss` in an
+    /// authorization response is compared with, as a string).
+    pub issuer_identifier: String,
+    /// `authorization_response_iss_parameter_supported` (RFC 9207): the server
+    /// always sends `iss` in its authorization responses.
+    pub iss_parameter_supported: bool,
     pub authorization_endpoint: Url,
     pub token_endpoint: Url,
     /// Present when the authorization server supports dynamic client registration.
@@ -162,6 +171,13 @@ pub enum DiscoveryError {
     },
     #[error("the client registration answer from {endpoint} is not usable: {reason}")]
     BadRegistration { endpoint: String, reason: String },
+    #[error("{found_in} names {url} as its {field}, a loopback address, but the resource {resource} is not on this machine; refusing it (metadata of a remote server must not point Tokenwarden at local services)")]
+    LoopbackEndpoint {
+        found_in: String,
+        field: String,
+        url: String,
+        resource: String,
+    },
     #[error("cannot build the HTTP client: {0}")]
     Client(String),
 }
@@ -502,11 +518,13 @@ pub fn discovery_client(opts: &DiscoveryOptions) -> Result<reqwest::Client, Disc
             attempt.stop()
         }
     });
-    crate::engine::oauth::client_builder(&opts.policy, opts.ca_file.as_deref())
+    let mut b = crate::engine::oauth::client_builder(&opts.policy, opts.ca_file.as_deref())
         .map_err(DiscoveryError::Client)?
-        .redirect(redirects)
-        .build()
-        .map_err(|e| DiscoveryError::Client(e.to_string()))
+        .redirect(redirects);
+    for (host, addr) in &opts.resolve {
+        b = b.resolve(host, *addr);
+    }
+    b.build().map_err(|e| DiscoveryError::Client(e.to_string()))
 }
 
 fn safe_url(
@@ -519,6 +537,67 @@ fn safe_url(
         found_in: found_in.to_string(),
         message,
     })
+}
+
+/// Whether `url` names this machine: a loopback or unspecified IP address
+/// (127.0.0.0/8, `::1`, their IPv4-mapped forms, `0.0.0.0`, `::`), `localhost` or a
+/// name under `.localhost` (RFC 6761: resolvers answer those with loopback).
+pub fn names_this_machine(url: &Url) -> bool {
+    use std::net::IpAddr;
+    let ip_local = |ip: IpAddr| match ip {
+        IpAddr::V4(v4) => v4.is_loopback() || v4.is_unspecified(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4| v4.is_loopback() || v4.is_unspecified())
+        }
+    };
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip_local(IpAddr::V4(ip)),
+        Some(url::Host::Ipv6(ip)) => ip_local(IpAddr::V6(ip)),
+        Some(url::Host::Domain(d)) => {
+            let d = d.trim_end_matches('.').to_ascii_lowercase();
+            d == "localhost" || d.ends_with(".localhost")
+        }
+        None => false,
+    }
+}
+
+/// The loopback rule: metadata of a resource that is not on this machine must not
+/// name an endpoint that is (`url`, the `field` found in `found_in`). A remote
+/// server could otherwise point the client's requests, and a registered client's
+/// redirect, at local services. A loopback resource may name loopback endpoints.
+pub fn check_not_loopback(
+    resource: &Url,
+    found_in: &str,
+    field: &str,
+    url: &Url,
+) -> Result<(), DiscoveryError> {
+    if names_this_machine(url) && !names_this_machine(resource) {
+        return Err(DiscoveryError::LoopbackEndpoint {
+            found_in: found_in.to_string(),
+            field: field.to_string(),
+            url: url.to_string(),
+            resource: resource.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// [`safe_url`] and the loopback rule ([`check_not_loopback`]) for a URL that the
+/// metadata of `resource` names.
+fn named_url(
+    resource: &Url,
+    found_in: &str,
+    what: &str,
+    raw: &str,
+    allow_http: bool,
+) -> Result<Url, DiscoveryError> {
+    let url = safe_url(found_in, what, raw, allow_http)?;
+    check_not_loopback(resource, found_in, what, &url)?;
+    Ok(url)
 }
 
 /// The innermost cause of a transport error, in the operating system's words.
@@ -791,7 +870,8 @@ fn check_resource_metadata(
             metadata_url: metadata_url.to_string(),
         });
     };
-    let authorization_server = safe_url(
+    let authorization_server = named_url(
+        url,
         metadata_url.as_str(),
         "authorization_servers[0]",
         first,
@@ -815,6 +895,8 @@ fn check_resource_metadata(
 
 /// The endpoints of an authorization server's metadata, validated.
 struct ServerMetadata {
+    issuer_identifier: String,
+    iss_parameter_supported: bool,
     authorization_endpoint: Url,
     token_endpoint: Url,
     registration_endpoint: Option<Url>,
@@ -824,6 +906,7 @@ fn check_server_metadata(
     map: &serde_json::Map<String, Value>,
     metadata_url: &Url,
     issuer: &Url,
+    resource: &Url,
     allow_http: bool,
 ) -> Result<ServerMetadata, DiscoveryError> {
     // RFC 8414 §3.3: identical to the identifier the location was made from. Compared
@@ -839,9 +922,10 @@ fn check_server_metadata(
                 .unwrap_or_else(|| "(none)".into()),
         });
     }
+    let issuer_identifier = found.unwrap_or_default().to_string();
     let endpoint = |field: &'static str| -> Result<Option<Url>, DiscoveryError> {
         string_field(map, field, metadata_url)?
-            .map(|raw| safe_url(metadata_url.as_str(), field, raw, allow_http))
+            .map(|raw| named_url(resource, metadata_url.as_str(), field, raw, allow_http))
             .transpose()
     };
     let authorization_endpoint =
@@ -870,7 +954,14 @@ fn check_server_metadata(
             },
         });
     }
+    // RFC 9207 §3: a boolean; anything else (absent, a string) is "no".
+    let iss_parameter_supported = map
+        .get("authorization_response_iss_parameter_supported")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     Ok(ServerMetadata {
+        issuer_identifier,
+        iss_parameter_supported,
         authorization_endpoint,
         token_endpoint,
         registration_endpoint,
@@ -891,7 +982,8 @@ pub async fn discover(url: &Url, opts: &DiscoveryOptions) -> Result<Discovered, 
     let mut candidates = Vec::new();
     if let Some(raw) = &probe.resource_metadata {
         let found_in = format!("the WWW-Authenticate header of {url}");
-        candidates.push(safe_url(
+        candidates.push(named_url(
+            &url,
             &found_in,
             "resource_metadata",
             raw,
@@ -947,7 +1039,7 @@ pub async fn discover(url: &Url, opts: &DiscoveryOptions) -> Result<Discovered, 
             tried: tried.iter().map(Url::to_string).collect(),
         });
     };
-    let sm = check_server_metadata(&as_meta, &as_url, &issuer, opts.allow_http)?;
+    let sm = check_server_metadata(&as_meta, &as_url, &issuer, &url, opts.allow_http)?;
     tracing::debug!(metadata = %as_url, "discovery: authorization server metadata accepted");
 
     let scopes = match probe.scope.as_deref().map(str::trim) {
@@ -958,6 +1050,8 @@ pub async fn discover(url: &Url, opts: &DiscoveryOptions) -> Result<Discovered, 
         resource: url,
         resource_indicator: Some(rm.resource),
         issuer,
+        issuer_identifier: sm.issuer_identifier,
+        iss_parameter_supported: sm.iss_parameter_supported,
         authorization_endpoint: sm.authorization_endpoint,
         token_endpoint: sm.token_endpoint,
         registration_endpoint: sm.registration_endpoint,
@@ -1252,6 +1346,55 @@ mod tests {
         }
     }
 
+    #[test]
+    fn loopback_endpoints_are_refused_for_a_remote_resource_only() {
+        for local in [
+            "http://127.0.0.1:8080/token",
+            "http://127.1.2.3/token",
+            "https://[::1]/token",
+            "http://[::ffff:127.0.0.1]/token",
+            "http://0.0.0.0:9/token",
+            "http://[::]/token",
+            "http://localhost/token",
+            "https://LOCALHOST.:8443/token",
+            "http://api.localhost/token",
+            "http://2130706433/token", // 127.0.0.1 as one number
+            "http://0x7f.1/token",
+        ] {
+            assert!(names_this_machine(&u(local)), "{local}");
+            let e = check_not_loopback(
+                &u("https://remote.example/mcp"),
+                "the metadata at https://remote.example/m",
+                "token_endpoint",
+                &u(local),
+            )
+            .unwrap_err();
+            let msg = e.to_string();
+            assert!(
+                matches!(e, DiscoveryError::LoopbackEndpoint { .. })
+                    && msg.contains("token_endpoint")
+                    && msg.contains("https://remote.example/mcp")
+                    && msg.contains("loopback"),
+                "{msg}"
+            );
+            // A resource on this machine may name local endpoints.
+            for resource in ["http://127.0.0.1:3000/mcp", "http://localhost:3000/mcp"] {
+                check_not_loopback(&u(resource), "m", "token_endpoint", &u(local)).unwrap();
+            }
+        }
+        for remote in [
+            "https://as.example/token",
+            "https://localhost.example/token",
+            "https://mylocalhost/token",
+            "http://10.0.0.1/token",
+            "https://[2001:db8::1]/token",
+            "http://128.0.0.1/token",
+        ] {
+            assert!(!names_this_machine(&u(remote)), "{remote}");
+            check_not_loopback(&u("https://remote.example/mcp"), "m", "f", &u(remote)).unwrap();
+        }
+    }
+
     // ---- against the loopback simulators -------------------------------------
 
     fn opts() -> DiscoveryOptions {
@@ -1301,6 +1444,47 @@ mod tests {
         // The challenge's scope wins over scopes_supported.
         assert_eq!(d.scopes, vec!["mcp:read", "offline"]);
         assert_eq!(remote.unauthorized_responses(), 1, "one probe");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_issuer_is_kept_as_published_with_its_iss_flag() {
+        use crate::sim_issuer::AuthorizationIss;
+        let (issuer, remote) = sims(IssuerOptions::default(), RemoteOptions::default()).await;
+        let d = discover(&u(&remote.url()), &opts()).await.unwrap();
+        // `http://127.0.0.1:PORT` as published (the parsed URL would add a `/`).
+        assert_eq!(d.issuer_identifier, issuer.base_url());
+        assert!(!d.iss_parameter_supported);
+        issuer.set_authorization_iss(AuthorizationIss::On);
+        let d = discover(&u(&remote.url()), &opts()).await.unwrap();
+        assert!(d.iss_parameter_supported);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_remote_resource_pointing_at_loopback_is_refused() {
+        // The SimRemote under a public name: its challenge names its metadata at
+        // 127.0.0.1, which a resource elsewhere must not do.
+        let (_issuer, remote) = sims(IssuerOptions::default(), RemoteOptions::default()).await;
+        let url = u(&format!("http://remote.test:{}/mcp", remote.port()));
+        let o = DiscoveryOptions {
+            allow_http: true,
+            resolve: vec![("remote.test".into(), remote.local_addr())],
+            ..opts()
+        };
+        let e = discover(&url, &o).await.unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            matches!(e, DiscoveryError::LoopbackEndpoint { .. }),
+            "{msg}"
+        );
+        assert!(
+            msg.contains(&format!(
+                "{}/.well-known/oauth-protected-resource/mcp",
+                remote.base_url()
+            )) && msg.contains("resource_metadata")
+                && msg.contains("remote.test"),
+            "{msg}"
+        );
+        assert_eq!(remote.unauthorized_responses(), 1, "the probe only");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

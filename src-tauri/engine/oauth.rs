@@ -25,8 +25,11 @@ use crate::engine::config::{ClientAuth, WorkloadConfig};
 use crate::engine::policy::Policy;
 use crate::engine::secret::Secret;
 use crate::engine::store::{unix_secs, StoredTokens};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
 use url::Url;
 
 /// An HTTP client for one trust configuration (system roots + optional `ca_file`).
@@ -322,6 +325,18 @@ pub enum LoginError {
         error: String,
         description: Option<String>,
     },
+    #[error("the sign-in answer came without `iss`, but the authorization server {expected} always sends it (RFC 9207); refused before using it: it may come from another server (a mix-up attack). Run the login again")]
+    IssuerMissing { expected: String },
+    #[error("the sign-in answer names the issuer `{found}`, but `{workload}` signs in at {expected} (RFC 9207); refused before using it: it may come from another server (a mix-up attack). Run the login again")]
+    IssuerMismatch {
+        workload: String,
+        expected: String,
+        found: String,
+    },
+    #[error("a newer sign-in of `{0}` replaced this one")]
+    Replaced(String),
+    #[error("the earlier sign-in of `{0}` did not stop; try again")]
+    EarlierLoginStuck(String),
     #[error("exchanging the authorization code failed: {}", .0.reason())]
     Exchange(Failure),
     #[error("the issuer granted no refresh token, so the workload could not be kept alive; ask for the `offline_access` scope if the issuer needs it")]
@@ -334,6 +349,7 @@ pub enum LoginError {
 
 /// A prepared login: the loopback listener is bound, the URL is ready to open.
 pub struct PendingLogin {
+    // Declared first: dropped before `registration` says the listener is closed.
     listener: tokio::net::TcpListener,
     pub authorize_url: Url,
     redirect_uri: Url,
@@ -341,6 +357,10 @@ pub struct PendingLogin {
     verifier: oauth2::PkceCodeVerifier,
     workload: WorkloadConfig,
     client_secret: Option<Secret>,
+    /// Cancelled when a newer sign-in of the workload replaces this one.
+    cancel: CancellationToken,
+    /// Its place in [`WaitingLogins`], when it has one.
+    registration: Option<Registered>,
 }
 
 impl std::fmt::Debug for PendingLogin {
@@ -356,23 +376,27 @@ impl std::fmt::Debug for PendingLogin {
 /// workload's `redirect_port` when its client was registered with a fixed one) and
 /// build the authorization URL with PKCE S256, a fresh `state` and the `resource`
 /// indicator. A confidential client's secret is added with
-/// [`PendingLogin::with_client_secret`] before [`PendingLogin::finish`].
+/// [`PendingLogin::with_client_secret`] before [`PendingLogin::finish`]. Where a
+/// second sign-in of the same workload may start while one waits (the desktop
+/// app), [`WaitingLogins::prepare`] is the way in.
 pub async fn prepare_login(w: &WorkloadConfig) -> Result<PendingLogin, LoginError> {
     let auth = w
         .authorization_endpoint
         .clone()
         .ok_or_else(|| LoginError::NoAuthorizationEndpoint(w.name.clone()))?;
-    let listener =
-        match tokio::net::TcpListener::bind(("127.0.0.1", w.redirect_port.unwrap_or(0))).await {
-            Ok(l) => l,
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-                return Err(LoginError::RedirectPortBusy {
-                    workload: w.name.clone(),
-                    port: w.redirect_port.unwrap_or(0),
-                })
-            }
-            Err(e) => return Err(LoginError::Listen(e)),
-        };
+    // The address literally: `localhost` is never resolved for the listener.
+    let bind_to =
+        std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, w.redirect_port.unwrap_or(0)));
+    let listener = match tokio::net::TcpListener::bind(bind_to).await {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            return Err(LoginError::RedirectPortBusy {
+                workload: w.name.clone(),
+                port: w.redirect_port.unwrap_or(0),
+            })
+        }
+        Err(e) => return Err(LoginError::Listen(e)),
+    };
     let port = listener.local_addr().map_err(LoginError::Listen)?.port();
     let redirect_uri =
         Url::parse(&format!("http://127.0.0.1:{port}/callback")).expect("static URL shape");
@@ -396,6 +420,8 @@ pub async fn prepare_login(w: &WorkloadConfig) -> Result<PendingLogin, LoginErro
         verifier,
         workload: w.clone(),
         client_secret: None,
+        cancel: CancellationToken::new(),
+        registration: None,
     })
 }
 
@@ -407,37 +433,155 @@ impl PendingLogin {
         self
     }
 
-    /// Wait for the browser's callback, check `state`, exchange the code. Returns the
-    /// tokens to store.
+    /// Wait for the browser's callback (each connection served on its own, so an
+    /// idle or bogus one holds nothing back), check `state` and the RFC 9207 `iss`,
+    /// exchange the code. Returns the tokens to store. The listener is closed as soon
+    /// as the callback came (or the wait ended).
     pub async fn finish(
         self,
         http: &reqwest::Client,
         policy: &Policy,
         timeout: Duration,
     ) -> Result<StoredTokens, LoginError> {
-        let code = tokio::time::timeout(timeout, wait_for_code(&self.listener, self.csrf.secret()))
-            .await
-            .map_err(|_| LoginError::Timeout(timeout))??;
+        let PendingLogin {
+            listener,
+            redirect_uri,
+            csrf,
+            verifier,
+            workload,
+            client_secret,
+            cancel,
+            registration,
+            ..
+        } = self;
+        let check = std::sync::Arc::new(CallbackCheck {
+            state: Secret::new(csrf.secret().clone()),
+            workload: workload.name.clone(),
+            issuer: workload.issuer.clone(),
+            iss_required: workload.iss_parameter,
+        });
+        let waited = tokio::select! {
+            r = tokio::time::timeout(timeout, wait_for_code(&listener, check)) => Some(r),
+            _ = cancel.cancelled() => None,
+        };
+        drop(listener);
+        drop(registration);
+        let code = match waited {
+            None => return Err(LoginError::Replaced(workload.name.clone())),
+            Some(Err(_)) => return Err(LoginError::Timeout(timeout)),
+            Some(Ok(r)) => r?,
+        };
         let mut form = vec![
             ("grant_type", "authorization_code"),
             ("code", code.expose()),
-            ("redirect_uri", self.redirect_uri.as_str()),
-            ("code_verifier", self.verifier.secret().as_str()),
+            ("redirect_uri", redirect_uri.as_str()),
+            ("code_verifier", verifier.secret().as_str()),
         ];
-        let authorization = client_part(&self.workload, self.client_secret.as_ref(), &mut form);
-        let resp = token_request_as(
-            http,
-            &self.workload.token_endpoint,
-            &form,
-            authorization,
-            policy,
-        )
-        .await
-        .map_err(LoginError::Exchange)?;
+        let authorization = client_part(&workload, client_secret.as_ref(), &mut form);
+        let resp = token_request_as(http, &workload.token_endpoint, &form, authorization, policy)
+            .await
+            .map_err(LoginError::Exchange)?;
         if resp.refresh_token.is_none() {
             return Err(LoginError::NoRefreshToken);
         }
         Ok(to_stored(resp, None, SystemTime::now(), policy).0)
+    }
+}
+
+/// The sign-ins of one process that wait for the browser, one per workload (the
+/// desktop app's "Re-authenticate"). Starting one cancels the waiting one of the same
+/// workload and waits until its listener is closed before binding, so the fixed
+/// `redirect_port` of a registered client is free for the new one.
+#[derive(Default)]
+pub struct WaitingLogins {
+    slots: std::sync::Mutex<HashMap<String, Slot>>,
+    /// Held from cancelling the old sign-in to registering the new one, so two
+    /// presses at once cannot both find the port free (or both busy).
+    binding: tokio::sync::Mutex<()>,
+    next_id: AtomicU64,
+}
+
+struct Slot {
+    id: u64,
+    cancel: CancellationToken,
+    /// Cancelled once the sign-in's listener is closed.
+    closed: CancellationToken,
+}
+
+/// A [`PendingLogin`]'s place in [`WaitingLogins`]: dropped right after its
+/// listener, it says the listener is closed and frees the place.
+struct Registered {
+    logins: std::sync::Weak<WaitingLogins>,
+    name: String,
+    id: u64,
+    closed: CancellationToken,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.closed.cancel();
+        if let Some(logins) = self.logins.upgrade() {
+            let mut slots = logins.slots.lock().unwrap_or_else(|e| e.into_inner());
+            if slots.get(&self.name).is_some_and(|s| s.id == self.id) {
+                slots.remove(&self.name);
+            }
+        }
+    }
+}
+
+/// How long a new sign-in waits for the one it replaces to close its listener.
+const REPLACE_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl WaitingLogins {
+    /// [`prepare_login`], after cancelling the waiting sign-in of the same workload
+    /// and waiting until its listener is closed. The earlier one's
+    /// [`PendingLogin::finish`] ends with [`LoginError::Replaced`].
+    pub async fn prepare(
+        self: &std::sync::Arc<Self>,
+        w: &WorkloadConfig,
+    ) -> Result<PendingLogin, LoginError> {
+        let _one_at_a_time = self.binding.lock().await;
+        let old = self
+            .slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&w.name);
+        if let Some(old) = old {
+            tracing::info!(workload = %w.name, "a new sign-in replaces the waiting one");
+            old.cancel.cancel();
+            if tokio::time::timeout(REPLACE_TIMEOUT, old.closed.cancelled())
+                .await
+                .is_err()
+            {
+                return Err(LoginError::EarlierLoginStuck(w.name.clone()));
+            }
+        }
+        let mut pending = prepare_login(w).await?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let closed = CancellationToken::new();
+        self.slots.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            w.name.clone(),
+            Slot {
+                id,
+                cancel: pending.cancel.clone(),
+                closed: closed.clone(),
+            },
+        );
+        pending.registration = Some(Registered {
+            logins: std::sync::Arc::downgrade(self),
+            name: w.name.clone(),
+            id,
+            closed,
+        });
+        Ok(pending)
+    }
+
+    /// Whether a sign-in of `name` is waiting for the browser.
+    pub fn is_waiting(&self, name: &str) -> bool {
+        self.slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(name)
     }
 }
 
@@ -451,72 +595,131 @@ fn page_error(msg: &str) -> String {
     format!("<!doctype html><meta charset=utf-8><title>Tokenwarden</title><body style=\"font-family:sans-serif;margin:3em\"><h1>Sign-in failed</h1><p>{esc}</p>")
 }
 
+/// How long one callback connection may take to send its request head.
+const CALLBACK_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Callback connections served at once; past it, new ones wait in the backlog
+/// until one ends (each ends within [`CALLBACK_HEAD_TIMEOUT`] plus its answer).
+const CALLBACK_MAX_CONNECTIONS: usize = 64;
+
+/// What a callback must bring to belong to this login.
+struct CallbackCheck {
+    state: Secret,
+    workload: String,
+    /// The workload's `issuer`, what a present `iss` must be.
+    issuer: Option<String>,
+    /// The server always sends `iss` (`iss_parameter`): it must be there.
+    iss_required: bool,
+}
+
+/// RFC 9207 §2.4 for an authorization response (code or error) whose `state` is
+/// right. With a stored issuer, a present `iss` must be it exactly (string
+/// comparison), and with `iss_parameter` it must be present. Without a stored issuer
+/// there is nothing to compare a present `iss` with: it is logged and the response
+/// is used (workloads added with explicit endpoints; `add --url` stores the issuer).
+fn check_iss(check: &CallbackCheck, iss: Option<&str>) -> Result<(), LoginError> {
+    match (check.issuer.as_deref(), iss) {
+        (Some(expected), Some(found)) if found == expected => Ok(()),
+        (Some(expected), Some(found)) => Err(LoginError::IssuerMismatch {
+            workload: check.workload.clone(),
+            expected: expected.to_string(),
+            found: crate::engine::classify::sanitize(found, 200),
+        }),
+        (Some(expected), None) if check.iss_required => Err(LoginError::IssuerMissing {
+            expected: expected.to_string(),
+        }),
+        (Some(_), None) | (None, None) => Ok(()),
+        (None, Some(found)) => {
+            tracing::info!(workload = %check.workload, iss = %crate::engine::classify::sanitize(found, 200), "the sign-in answer names an issuer; the workload has no `issuer` to compare it with, so it is not checked");
+            Ok(())
+        }
+    }
+}
+
 /// Accept connections on the loopback listener until one brings `code` with the right
-/// `state` (or an `error`). Other requests (favicon, a stale tab) get a 404 or an
-/// error page and the wait goes on.
+/// `state` and `iss` (or an `error`, or an `iss` that is wrong). Each connection is
+/// served by a task of its own with its own head timeout, so an idle or slow one
+/// holds nothing back; the first callback that settles the login wins, and the
+/// others still open are dropped with the listener. Other requests (favicon, a stale
+/// tab, a forged callback) get a 404 or an error page and the wait goes on.
 async fn wait_for_code(
     listener: &tokio::net::TcpListener,
-    expected_state: &str,
+    check: std::sync::Arc<CallbackCheck>,
 ) -> Result<Secret, LoginError> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Secret, LoginError>>(1);
+    let settled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Dropped on return: the connections still open are closed.
+    let mut conns = tokio::task::JoinSet::new();
     loop {
-        let (mut sock, _) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(error = %e, "callback accept failed");
-                continue;
+        tokio::select! {
+            biased;
+            Some(outcome) = rx.recv() => return outcome,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            accepted = listener.accept(), if conns.len() < CALLBACK_MAX_CONNECTIONS => {
+                match accepted {
+                    Ok((sock, _)) => {
+                        conns.spawn(serve_callback(sock, check.clone(), tx.clone(), settled.clone()));
+                    }
+                    Err(e) => {
+                        // Out of file descriptors, say: do not spin.
+                        tracing::warn!(error = %e, "callback accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
             }
-        };
-        let target =
-            match tokio::time::timeout(Duration::from_secs(10), read_request_target(&mut sock))
-                .await
-            {
-                Ok(Some(t)) => t,
-                _ => continue,
-            };
-        let Ok(url) = Url::parse(&format!("http://127.0.0.1{target}")) else {
-            respond(&mut sock, 400, &page_error("bad request")).await;
-            continue;
-        };
-        if url.path() != "/callback" {
-            respond(&mut sock, 404, &page_error("not found")).await;
-            continue;
         }
-        let q = |k: &str| {
-            url.query_pairs()
-                .find(|(n, _)| n == k)
-                .map(|(_, v)| v.into_owned())
+    }
+}
+
+/// One connection to the callback listener.
+async fn serve_callback(
+    mut sock: tokio::net::TcpStream,
+    check: std::sync::Arc<CallbackCheck>,
+    tx: tokio::sync::mpsc::Sender<Result<Secret, LoginError>>,
+    settled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    let target =
+        match tokio::time::timeout(CALLBACK_HEAD_TIMEOUT, read_request_target(&mut sock)).await {
+            Ok(Some(t)) => t,
+            _ => return,
         };
-        let state_ok =
-            q("state").is_some_and(|s| constant_time_eq(s.as_bytes(), expected_state.as_bytes()));
-        if !state_ok {
-            tracing::warn!("login callback with a wrong or missing state ignored");
-            respond(
-                &mut sock,
-                400,
-                &page_error("This sign-in link does not belong to the login in progress."),
-            )
-            .await;
-            continue;
-        }
-        if let Some(error) = q("error") {
-            let description =
-                q("error_description").map(|d| crate::engine::classify::sanitize(&d, 200));
-            respond(
-                &mut sock,
-                200,
-                &page_error(&format!("The issuer answered: {error}")),
-            )
-            .await;
-            return Err(LoginError::Denied {
-                error: crate::engine::classify::sanitize(&error, 64),
-                description,
-            });
-        }
+    let Ok(url) = Url::parse(&format!("http://127.0.0.1{target}")) else {
+        respond(&mut sock, 400, &page_error("bad request")).await;
+        return;
+    };
+    if url.path() != "/callback" {
+        respond(&mut sock, 404, &page_error("not found")).await;
+        return;
+    }
+    let q = |k: &str| {
+        url.query_pairs()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.into_owned())
+    };
+    let state_ok =
+        q("state").is_some_and(|s| constant_time_eq(s.as_bytes(), check.state.expose().as_bytes()));
+    if !state_ok {
+        tracing::warn!(workload = %check.workload, "login callback with a wrong or missing state ignored");
+        respond(
+            &mut sock,
+            400,
+            &page_error("This sign-in link does not belong to the login in progress."),
+        )
+        .await;
+        return;
+    }
+    // The response is ours (right state); from here on it settles the login.
+    let (status, page, outcome) = if let Err(e) = check_iss(&check, q("iss").as_deref()) {
+        tracing::warn!(workload = %check.workload, error = %e, "sign-in answer refused");
+        (400, page_error(&e.to_string()), Err(e))
+    } else if let Some(error) = q("error") {
+        let error = crate::engine::classify::sanitize(&error, 64);
+        let description =
+            q("error_description").map(|d| crate::engine::classify::sanitize(&d, 200));
+        let page = page_error(&format!("The issuer answered: {error}"));
+        (200, page, Err(LoginError::Denied { error, description }))
+    } else {
         match q("code") {
-            Some(code) if !code.is_empty() => {
-                respond(&mut sock, 200, PAGE_OK).await;
-                return Ok(Secret::new(code));
-            }
+            Some(code) if !code.is_empty() => (200, PAGE_OK.to_string(), Ok(Secret::new(code))),
             _ => {
                 respond(
                     &mut sock,
@@ -524,9 +727,23 @@ async fn wait_for_code(
                     &page_error("The callback had no authorization code."),
                 )
                 .await;
+                return;
             }
         }
+    };
+    if settled.swap(true, Ordering::SeqCst) {
+        respond(
+            &mut sock,
+            400,
+            &page_error("This sign-in has already been answered."),
+        )
+        .await;
+        return;
     }
+    // The page goes out before the login hears of it: the login ending closes the
+    // connections still open.
+    respond(&mut sock, status, &page).await;
+    let _ = tx.send(outcome).await;
 }
 
 /// Read an HTTP/1 request head (capped at 16 KiB) and return the request target.
@@ -678,5 +895,345 @@ mod tests {
             url.contains("resource=https%3A%2F%2Fr.example%2Fmcp"),
             "{url}"
         );
+    }
+}
+
+/// Logins against the real loopback issuer (the `SimIssuer`), the browser step done
+/// by following the authorization URL as a signed-in user's browser would.
+#[cfg(test)]
+mod login_tests {
+    use super::*;
+    use crate::engine::config::Config;
+    use crate::sim_issuer::{AuthorizationIss, IssuerOptions, SimIssuer};
+    use std::sync::Arc;
+
+    const WAIT: Duration = Duration::from_secs(20);
+
+    async fn issuer() -> SimIssuer {
+        SimIssuer::start(IssuerOptions::default()).await.unwrap()
+    }
+
+    fn workload_of(issuer: &SimIssuer, extra: &str) -> WorkloadConfig {
+        let text = format!(
+            "[[workload]]\nname = \"w\"\nauthorization_endpoint = \"{}\"\ntoken_endpoint = \"{}\"\nclient_id = \"{}\"\n{extra}\n",
+            issuer.authorization_endpoint(),
+            issuer.token_endpoint(),
+            issuer.client_id(),
+        );
+        Config::parse(std::path::Path::new("/x/workloads.toml"), &text)
+            .unwrap()
+            .workloads
+            .remove(0)
+    }
+
+    fn no_redirects() -> reqwest::Client {
+        reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap()
+    }
+
+    /// The issuer's redirect back to the callback, for `authorize_url`.
+    async fn authorize(authorize_url: &str) -> Url {
+        let r = no_redirects().get(authorize_url).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 302, "the issuer redirects back");
+        Url::parse(r.headers()["location"].to_str().unwrap()).unwrap()
+    }
+
+    /// GET `url` (the callback): status and page.
+    async fn get(url: &Url) -> (u16, String) {
+        let r = no_redirects().get(url.clone()).send().await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+
+    /// `url` with its query parameter `name` set to `value` (`None`: removed).
+    fn with_param(url: &Url, name: &str, value: Option<&str>) -> Url {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .filter(|(n, _)| n != name)
+            .map(|(n, v)| (n.into_owned(), v.into_owned()))
+            .collect();
+        let mut out = url.clone();
+        {
+            let mut q = out.query_pairs_mut();
+            q.clear();
+            for (n, v) in &pairs {
+                q.append_pair(n, v);
+            }
+            if let Some(v) = value {
+                q.append_pair(name, v);
+            }
+        }
+        out
+    }
+
+    type Finish = tokio::task::JoinHandle<Result<StoredTokens, LoginError>>;
+
+    fn finish_in_background(pending: PendingLogin) -> Finish {
+        let http = http_client(&Policy::default(), None).unwrap();
+        tokio::spawn(async move { pending.finish(&http, &Policy::default(), WAIT).await })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn forged_callbacks_are_refused_and_the_real_one_completes_the_login() {
+        let issuer = issuer().await;
+        let pending = prepare_login(&workload_of(&issuer, "")).await.unwrap();
+        let authorize_url = pending.authorize_url.to_string();
+        let finish = finish_in_background(pending);
+        let callback = authorize(&authorize_url).await;
+
+        // A forged callback (another login's state, or none) carrying a real code.
+        for forged in [
+            with_param(&callback, "state", Some("forged-state")),
+            with_param(&callback, "state", None),
+            with_param(&callback, "state", Some("")),
+        ] {
+            let (status, page) = get(&forged).await;
+            assert_eq!(status, 400, "{forged}");
+            assert!(page.contains("does not belong to the login"), "{page}");
+        }
+        // An error with a forged state does not end it either.
+        let forged_error = with_param(
+            &with_param(&callback, "code", None),
+            "error",
+            Some("access_denied"),
+        );
+        let forged_error = with_param(&forged_error, "state", Some("x"));
+        assert_eq!(get(&forged_error).await.0, 400);
+        assert_eq!(issuer.code_exchanges(), 0, "nothing exchanged yet");
+        assert!(!finish.is_finished(), "the login still waits");
+
+        // The real callback completes the login.
+        let (status, page) = get(&callback).await;
+        assert_eq!(status, 200, "{page}");
+        assert!(page.contains("Signed in"), "{page}");
+        let tokens = finish.await.unwrap().unwrap();
+        assert!(issuer.is_valid_access_token(tokens.access_token.expose()));
+        assert_eq!(issuer.code_exchanges(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_error_callback_with_the_right_state_ends_the_login_with_the_issuers_error() {
+        let issuer = issuer().await;
+        let pending = prepare_login(&workload_of(&issuer, "")).await.unwrap();
+        // A request the issuer refuses: it redirects back with `error` and our state.
+        let authorize_url = pending
+            .authorize_url
+            .to_string()
+            .replace("code_challenge_method=S256", "code_challenge_method=plain");
+        let finish = finish_in_background(pending);
+        let callback = authorize(&authorize_url).await;
+        assert!(
+            callback.query_pairs().any(|(n, _)| n == "error"),
+            "{callback}"
+        );
+        let (status, page) = get(&callback).await;
+        assert_eq!(status, 200);
+        assert!(
+            page.contains("The issuer answered: invalid_request"),
+            "{page}"
+        );
+        let e = finish.await.unwrap().unwrap_err();
+        assert!(
+            matches!(&e, LoginError::Denied { error, description: Some(d) } if error == "invalid_request" && d.contains("S256")),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string()
+                .contains("the issuer refused the login: invalid_request"),
+            "{e}"
+        );
+        assert_eq!(issuer.code_exchanges(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idle_connections_do_not_hold_the_callback_back() {
+        use tokio::io::AsyncWriteExt as _;
+        let issuer = issuer().await;
+        let pending = prepare_login(&workload_of(&issuer, "")).await.unwrap();
+        let port = pending.redirect_uri.port().unwrap();
+        let authorize_url = pending.authorize_url.to_string();
+        let finish = finish_in_background(pending);
+
+        // Connections that send nothing, or half a request head, and stay open.
+        let mut idle = Vec::new();
+        for i in 0..4 {
+            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap();
+            if i % 2 == 1 {
+                s.write_all(b"GET /callback?state=").await.unwrap();
+            }
+            idle.push(s);
+        }
+        let still_open = |idle: &[tokio::net::TcpStream]| {
+            idle.iter().all(|s| {
+                let mut buf = [0u8; 1];
+                matches!(s.try_read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            })
+        };
+        // A request that does not end the login (a stale tab's callback) is answered
+        // while they are all open: nothing waits behind them.
+        let callback = authorize(&authorize_url).await;
+        let stale = with_param(&callback, "state", Some("stale-tab"));
+        assert_eq!(get(&stale).await.0, 400);
+        assert!(
+            still_open(&idle),
+            "answered only after idle connections were dropped"
+        );
+        // The real redirect completes the login; the idle ones are closed with it.
+        assert_eq!(get(&callback).await.0, 200);
+        let tokens = finish.await.unwrap().unwrap();
+        assert!(issuer.is_valid_access_token(tokens.access_token.expose()));
+        for mut s in idle {
+            use tokio::io::AsyncReadExt as _;
+            let mut buf = [0u8; 64];
+            assert_eq!(s.read(&mut buf).await.unwrap(), 0, "closed with the login");
+        }
+    }
+
+    #[test]
+    fn iss_is_checked_by_exact_string_when_an_issuer_is_stored() {
+        let check = |issuer: Option<&str>, required: bool, iss: Option<&str>| {
+            check_iss(
+                &CallbackCheck {
+                    state: Secret::new("s"),
+                    workload: "w".into(),
+                    issuer: issuer.map(str::to_string),
+                    iss_required: required,
+                },
+                iss,
+            )
+        };
+        let a = Some("https://as.example/tenant");
+        assert!(check(a, true, a).is_ok());
+        assert!(check(a, false, a).is_ok());
+        assert!(
+            check(a, false, None).is_ok(),
+            "not advertised: may be absent"
+        );
+        assert!(matches!(
+            check(a, true, None),
+            Err(LoginError::IssuerMissing { .. })
+        ));
+        for other in [
+            "https://as.example/tenant/",
+            "https://AS.example/tenant",
+            "https://as.example",
+            "https://evil.example/tenant",
+            "",
+        ] {
+            let e = check(a, false, Some(other)).unwrap_err();
+            assert!(matches!(e, LoginError::IssuerMismatch { .. }), "{other}");
+            assert!(e.to_string().contains("https://as.example/tenant"), "{e}");
+        }
+        // Nothing stored: nothing to compare with (logged, used).
+        assert!(check(None, false, Some("https://anything.example")).is_ok());
+        assert!(check(None, false, None).is_ok());
+        // What the server sent is shown sanitized.
+        let e = check(a, false, Some("https://x\n<script>")).unwrap_err();
+        assert!(!e.to_string().contains('\n'), "{e}");
+    }
+
+    /// One login against the issuer answering as `iss` says, for a workload with
+    /// `extra` keys. The callback page's status, and the outcome.
+    async fn login_with_iss(
+        iss: AuthorizationIss,
+        extra: &str,
+    ) -> (SimIssuer, u16, Result<StoredTokens, LoginError>) {
+        let issuer = issuer().await;
+        issuer.set_authorization_iss(iss);
+        let extra = extra.replace("{issuer}", &issuer.base_url());
+        let pending = prepare_login(&workload_of(&issuer, &extra)).await.unwrap();
+        let authorize_url = pending.authorize_url.to_string();
+        let finish = finish_in_background(pending);
+        let (status, _) = get(&authorize(&authorize_url).await).await;
+        (issuer, status, finish.await.unwrap())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rfc9207_iss_is_refused_before_the_code_is_exchanged() {
+        let stored = "issuer = \"{issuer}\"\niss_parameter = true";
+        let stored_not_advertised = "issuer = \"{issuer}\"";
+        let forged = |advertised| AuthorizationIss::Forged {
+            iss: "https://attacker.example".into(),
+            advertised,
+        };
+        // Refused: advertised but missing; present but another issuer.
+        for (iss, extra, want) in [
+            (
+                AuthorizationIss::AdvertisedButOmitted,
+                stored,
+                "without `iss`",
+            ),
+            (forged(true), stored, "https://attacker.example"),
+            (
+                forged(false),
+                stored_not_advertised,
+                "https://attacker.example",
+            ),
+        ] {
+            let what = format!("{iss:?} with {extra}");
+            let (issuer, status, outcome) = login_with_iss(iss, extra).await;
+            let e = outcome.expect_err(&what);
+            assert!(
+                matches!(
+                    e,
+                    LoginError::IssuerMissing { .. } | LoginError::IssuerMismatch { .. }
+                ),
+                "{what}: {e:?}"
+            );
+            assert!(e.to_string().contains(want), "{what}: {e}");
+            assert_eq!(status, 400, "{what}: the page says so");
+            assert_eq!(issuer.code_exchanges(), 0, "{what}: no code exchanged");
+        }
+        // Accepted: the right `iss`; none from a server that does not advertise it;
+        // anything from a workload without a stored issuer (nothing to compare).
+        for (iss, extra) in [
+            (AuthorizationIss::On, stored),
+            (AuthorizationIss::On, stored_not_advertised),
+            (AuthorizationIss::Off, stored_not_advertised),
+            (forged(true), ""),
+        ] {
+            let what = format!("{iss:?} with {extra}");
+            let (issuer, status, outcome) = login_with_iss(iss, extra).await;
+            let tokens = outcome.expect(&what);
+            assert_eq!(status, 200, "{what}");
+            assert!(issuer.is_valid_access_token(tokens.access_token.expose()));
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_new_sign_in_replaces_the_waiting_one_on_the_registered_port() {
+        let issuer = issuer().await;
+        let port = std::net::TcpListener::bind(("127.0.0.1", 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let w = workload_of(&issuer, &format!("redirect_port = {port}"));
+        let logins = Arc::new(WaitingLogins::default());
+        let first = logins.prepare(&w).await.unwrap();
+        let first_url = first.authorize_url.to_string();
+        let first = finish_in_background(first);
+        assert!(logins.is_waiting("w"));
+
+        // Pressed again: the waiting one is cancelled and its port bound anew.
+        let second = logins.prepare(&w).await.unwrap();
+        assert_eq!(second.redirect_uri.port(), Some(port));
+        let e = first.await.unwrap().unwrap_err();
+        assert!(
+            matches!(e, LoginError::Replaced(ref n) if n == "w"),
+            "{e:?}"
+        );
+        let second_url = second.authorize_url.to_string();
+        let second = finish_in_background(second);
+        // The first one's answer (its state) is not the second's.
+        assert_eq!(get(&authorize(&first_url).await).await.0, 400);
+        assert_eq!(get(&authorize(&second_url).await).await.0, 200);
+        second.await.unwrap().unwrap();
+        assert!(!logins.is_waiting("w"), "the place is freed");
+        // Once done, the port is free again.
+        std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
     }
 }
