@@ -8,6 +8,7 @@ use crate::engine::config::{self, Config, WorkloadConfig};
 use crate::engine::discovery::{self, DiscoveryError, DiscoveryOptions};
 use crate::engine::oauth;
 use crate::engine::status::WorkloadStatus;
+use crate::engine::store::Login;
 use crate::engine::Secret;
 use crate::paths::Paths;
 use anyhow::Context;
@@ -685,7 +686,7 @@ async fn login(
     let _ = std::io::stdout().flush();
     let tokens = pending.finish(&http, &cfg.policy, timeout).await?;
     store
-        .save_tokens(name, &tokens)
+        .save_login(&w, &tokens)
         .await
         .context("signed in, but the tokens could not be stored")?;
     reload_tokens(paths, name).await?;
@@ -739,9 +740,16 @@ async fn token(paths: &Paths, name: &str) -> anyhow::Result<()> {
     let cfg = load_config(paths)?;
     let w = workload(&cfg, name)?;
     let store = make_store(&cfg, paths);
-    let stored = store.load_tokens(name).await?.ok_or_else(|| {
-        anyhow::anyhow!("`{name}` is not logged in; run `tokenwarden login {name}`")
-    })?;
+    let stored = match store.load_login(w).await? {
+        Login::Ready(t) => t,
+        Login::Missing => {
+            anyhow::bail!("`{name}` is not logged in; run `tokenwarden login {name}`")
+        }
+        Login::Elsewhere { changed } => anyhow::bail!(
+            "the stored login of `{name}` was made with another {} (workloads.toml changed), so it is not used; log in again: tokenwarden login {name}",
+            changed.join(", ")
+        ),
+    };
     let now = SystemTime::now();
     if stored.expires_at().is_some_and(|e| e > now) {
         println!("{}", stored.access_token.expose());
@@ -760,7 +768,7 @@ async fn token(paths: &Paths, name: &str) -> anyhow::Result<()> {
         .map_err(|f| anyhow::anyhow!("refresh failed: {}", f.reason()))?;
     let (tokens, _) = oauth::to_stored(resp, Some(rt), SystemTime::now(), &cfg.policy);
     store
-        .save_tokens(name, &tokens)
+        .save_login(w, &tokens)
         .await
         .context("could not store the refreshed tokens")?;
     println!("{}", tokens.access_token.expose());

@@ -7,6 +7,7 @@ mod support;
 use std::time::Duration;
 use support::*;
 use tokenwarden::control::Request;
+use tokenwarden::engine::store::{config_dir_key, FileBackend, SecretStore};
 use tokenwarden::engine::Status;
 
 async fn env_with(test: &str, issuer: &SimIssuer, names: &[&str]) -> TestEnv {
@@ -593,4 +594,118 @@ async fn a_proxy_port_lost_by_an_edit_is_kept() {
         Some(first.as_str()),
         "same port"
     );
+}
+
+/// The file store of `env`'s config dir, as the binary keeps it.
+fn file_store(env: &TestEnv) -> SecretStore {
+    SecretStore::new(FileBackend::new(env.paths().secrets_dir)).for_config_dir(&env.config_dir)
+}
+
+/// The file names in `env`'s file store.
+fn secret_files(env: &TestEnv) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(env.paths().secrets_dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// A hand edit that points a logged-in workload at another issuer: the stored login
+/// is not used, so the new token endpoint never sees the old refresh token; the
+/// workload says to log in again, and a login there brings it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_edit_to_another_token_endpoint_does_not_send_it_the_stored_refresh_token() {
+    let opts = || IssuerOptions {
+        strict_rotation: true,
+        ..issuer_opts(2)
+    };
+    let (a, b) = (issuer(opts()).await, issuer(opts()).await);
+    let env = env_with("edit_token_endpoint", &a, &["w"]).await;
+    assert!(env.login("w").await.ok());
+    env.start_daemon().await;
+    env.wait_status("w", Status::Running, Duration::from_secs(10))
+        .await;
+
+    env.write_config(&read(&env.config_file()).replace(&a.base_url(), &b.base_url()));
+    let st = env
+        .wait_for("w", Duration::from_secs(10), |w| {
+            w.token_endpoint == b.token_endpoint() && w.status == Status::Unauthenticated
+        })
+        .await;
+    assert_eq!(b.refresh_requests(), 0, "b never saw a's refresh token");
+    let reason = st.reason.clone().unwrap();
+    assert!(
+        reason.contains("another token_endpoint") && reason.contains("not sent"),
+        "{reason}"
+    );
+    assert_eq!(
+        st.hint.as_deref(),
+        Some("Log in again: tokenwarden login w"),
+        "{st:?}"
+    );
+    let tok = env.run(&["token", "w"]);
+    assert_eq!(tok.code, Some(1), "{tok:?}");
+    // Not deleted (undoing the edit would bring it back), and not sent without a
+    // daemon either.
+    env.stop_daemons();
+    assert!(file_store(&env).load_tokens("w").await.unwrap().is_some());
+    let tok = env.run(&["token", "w"]);
+    assert_eq!(tok.code, Some(1), "{tok:?}");
+    assert!(tok.stderr.contains("log in again"), "{}", tok.stderr);
+    assert_eq!(b.refresh_requests(), 0);
+
+    // A login at the new issuer: running, refreshing there with its own tokens.
+    env.start_daemon().await;
+    assert!(env.login("w").await.ok());
+    assert!(
+        b.wait_for_refresh_requests(1, Duration::from_secs(10))
+            .await
+    );
+    let st = env
+        .wait_for("w", Duration::from_secs(10), |w| {
+            w.status == Status::Running && w.attempts == 0
+        })
+        .await;
+    assert!(st.reason.is_none(), "{st:?}");
+}
+
+/// An entry of an earlier version (`w.tokens.json`, shared by every config dir's
+/// workload `w`) moves to this config dir's name the first time it is read, once, and
+/// the log says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_store_entry_of_an_earlier_version_moves_to_this_config_dir_once() {
+    let issuer = issuer(issuer_opts(30)).await;
+    let env = env_with("file_store_migration", &issuer, &["w"]).await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let tokens = issuer.direct_login(&http).await.unwrap();
+    SecretStore::new(FileBackend::new(env.paths().secrets_dir))
+        .save_tokens("w", &tokens)
+        .await
+        .unwrap();
+    assert_eq!(secret_files(&env), ["w.tokens.json"]);
+
+    let tok = env.run(&["token", "w"]);
+    assert!(tok.ok(), "{tok:?}");
+    assert_eq!(tok.stdout.trim(), tokens.access_token.expose());
+    assert!(
+        tok.stderr
+            .contains("moved a stored entry shared by every config dir"),
+        "{}",
+        tok.stderr
+    );
+    let key = config_dir_key(&env.config_dir);
+    assert_eq!(secret_files(&env), [format!("w.tokens.{key}.json")]);
+
+    let again = env.run(&["token", "w"]);
+    assert!(again.ok(), "{again:?}");
+    assert!(!again.stderr.contains("moved a stored entry"), "once");
+    assert!(env.run(&["logout", "w"]).ok());
+    assert_eq!(secret_files(&env), Vec::<String>::new());
 }

@@ -284,7 +284,7 @@ pub async fn start_reauth(shell: Arc<Shell>, name: String) -> Result<(), CmdErro
                     }
                 }
                 let result = match outcome {
-                    Ok(tokens) => match store.save_tokens(&name, &tokens).await {
+                    Ok(tokens) => match store.save_login(&w, &tokens).await {
                         Ok(()) => shell
                             .engine()
                             .reload(None, vec![name.clone()])

@@ -14,7 +14,10 @@
 //! * no single sleep is longer than `wall_check_interval`, so a refresh that fell due
 //!   during a suspend starts at most that long after wake, even with no wake trigger;
 //! * on shutdown an in-flight refresh is allowed to finish and save (bounded by the
-//!   HTTP timeout), so a rotated refresh token is not lost to a clean stop.
+//!   HTTP timeout), so a rotated refresh token is not lost to a clean stop;
+//! * stored tokens are used only if they were obtained with the workload's current
+//!   configuration (`SecretStore::load_login`): a refresh token is never sent to a
+//!   token endpoint it did not come from.
 
 use crate::engine::classify::{Failure, FailureKind};
 use crate::engine::clock::Clock;
@@ -24,7 +27,7 @@ use crate::engine::oauth;
 use crate::engine::policy::Policy;
 use crate::engine::secret::Secret;
 use crate::engine::status::{view, Persisted, WorkloadStatus};
-use crate::engine::store::{SecretStore, StoredTokens};
+use crate::engine::store::{Login, SecretStore, StoredTokens};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -280,7 +283,7 @@ enum Outcome {
     Adopted(StoredTokens),
     Failed(Failure),
     /// Tokens (re)loaded from the store after a store failure.
-    Loaded(Option<StoredTokens>),
+    Loaded(Login),
 }
 
 type InFlight = Pin<Box<dyn Future<Output = Outcome> + Send>>;
@@ -446,9 +449,9 @@ impl Monitor {
             self.machine = Machine::stopped(now);
             return;
         }
-        let loaded = self.ctx.store.load_tokens(self.name()).await;
+        let loaded = self.ctx.store.load_login(&self.ctx.workload).await;
         match loaded {
-            Ok(tokens) => self.adopt_loaded(tokens),
+            Ok(login) => self.adopt_login(login),
             Err(e) => {
                 // Keychain locked or missing: a transient failure with what to do.
                 self.machine = Machine::with_tokens(now, None, None, &self.ctx.policy, jitter());
@@ -488,8 +491,21 @@ impl Monitor {
         }
     }
 
-    fn adopt_loaded(&mut self, tokens: Option<StoredTokens>) {
+    fn adopt_login(&mut self, login: Login) {
         let now = self.ctx.clock.now();
+        let tokens = match login {
+            Login::Ready(t) => Some(t),
+            Login::Missing => None,
+            Login::Elsewhere { changed } => {
+                tracing::warn!(workload = %self.name(), changed = %changed.join(", "), "the stored login was made with another configuration; not using it (log in again)");
+                self.machine = Machine::no_login(now);
+                self.machine.phase = Phase::Unauthenticated(Unauth::ConfigChanged {
+                    changed: Box::new(changed.into_iter().map(String::from).collect()),
+                });
+                self.tokens = None;
+                return;
+            }
+        };
         self.machine = match &tokens {
             Some(t) => Machine::with_tokens(
                 now,
@@ -512,7 +528,7 @@ impl Monitor {
             None => {
                 // Only reachable after a store failure: read the store again.
                 self.in_flight = Some(Box::pin(async move {
-                    match ctx.store.load_tokens(&ctx.workload.name).await {
+                    match ctx.store.load_login(&ctx.workload).await {
                         Ok(t) => Outcome::Loaded(t),
                         Err(e) => Outcome::Failed(store_failure(&e.to_string())),
                     }
@@ -560,10 +576,10 @@ impl Monitor {
                 self.on_rejected(used, reply)
             }
             Command::Reload => {
-                match self.ctx.store.load_tokens(self.name()).await {
+                match self.ctx.store.load_login(&self.ctx.workload).await {
                     Ok(t) => {
-                        tracing::info!(workload = %self.name(), logged_in = t.is_some(), "stored tokens reloaded");
-                        self.adopt_loaded(t);
+                        tracing::info!(workload = %self.name(), logged_in = matches!(t, Login::Ready(_)), "stored tokens reloaded");
+                        self.adopt_login(t);
                         self.unsaved = None;
                     }
                     Err(e) => {
@@ -777,7 +793,7 @@ impl Monitor {
             }
             Outcome::Failed(f) => self.fail(f),
             Outcome::Loaded(t) => {
-                self.adopt_loaded(t);
+                self.adopt_login(t);
                 self.publish(false, true);
             }
         }
@@ -801,7 +817,7 @@ impl Monitor {
         let Some(t) = self.unsaved.clone() else {
             return;
         };
-        match self.ctx.store.save_tokens(self.name(), &t).await {
+        match self.ctx.store.save_login(&self.ctx.workload, &t).await {
             Ok(()) => {
                 tracing::info!(workload = %self.name(), "saved the tokens kept in memory");
                 self.unsaved = None;
@@ -883,8 +899,8 @@ async fn attempt(ctx: Arc<MonitorCtx>, used: StoredTokens) -> Outcome {
         Ok(resp) => save_new(&ctx, resp, Some(rt)).await,
         Err(f) if f.oauth_code() == Some("invalid_grant") => {
             // Rotated by another writer meanwhile? Read the store once before giving up.
-            match ctx.store.load_tokens(&ctx.workload.name).await {
-                Ok(Some(stored))
+            match ctx.store.load_login(&ctx.workload).await {
+                Ok(Login::Ready(stored))
                     if stored.refresh_token.is_some()
                         && stored.refresh_token != used.refresh_token =>
                 {
@@ -932,7 +948,7 @@ async fn save_new(
     // Write before use. Two quick retries absorb a keychain hiccup.
     let mut saved = Err(String::new());
     for i in 0..3 {
-        match ctx.store.save_tokens(&ctx.workload.name, &tokens).await {
+        match ctx.store.save_login(&ctx.workload, &tokens).await {
             Ok(()) => {
                 saved = Ok(());
                 break;
