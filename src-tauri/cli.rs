@@ -712,11 +712,38 @@ pub(crate) async fn client_secret(
     Ok(Some(secret))
 }
 
+/// `logout`: done by the running daemon or desktop app, whose monitor stops using the
+/// tokens and deletes them after any save under way, so a refresh in flight cannot
+/// store them again. Only when none runs is the entry deleted here, holding the config
+/// dir's lock so that none starts meanwhile.
 async fn logout(paths: &Paths, name: &str) -> anyhow::Result<()> {
     let cfg = load_config(paths)?;
     workload(&cfg, name)?;
-    make_store(&cfg, paths).delete_tokens(name).await?;
-    reload_tokens(paths, name).await?;
+    // A daemon that holds the lock but does not answer yet is starting: wait for it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(mut c) = Client::connect(paths).await? {
+            let req = Request::Logout {
+                name: name.to_string(),
+            };
+            c.call(&req).await.map_err(remote)?;
+            break;
+        }
+        match crate::daemon::acquire_lock(paths) {
+            Ok(_lock) => {
+                make_store(&cfg, paths).delete_tokens(name).await?;
+                break;
+            }
+            Err(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => {
+                return Err(
+                    e.context("cannot log out: the daemon for this config dir does not answer")
+                )
+            }
+        }
+    }
     eprintln!("Logged out of `{name}`");
     Ok(())
 }

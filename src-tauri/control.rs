@@ -28,6 +28,11 @@ pub enum Request {
     Token {
         name: String,
     },
+    /// Log a workload out: the engine stops using its tokens and deletes them (a
+    /// refresh in flight cannot save them again).
+    Logout {
+        name: String,
+    },
     /// Re-read workloads.toml (if `config`) and the stored tokens of `names`.
     Reload {
         #[serde(default)]
@@ -123,6 +128,10 @@ async fn dispatch(engine: &Engine, paths: &Paths, req: Request) -> Reply {
         Request::Token { name } => match engine.token(&name).await {
             // The one place a token leaves the engine: to the same user, on request.
             Ok(t) => Reply::Ok(serde_json::json!({ "access_token": t.expose() })),
+            Err(e) => engine_err(e),
+        },
+        Request::Logout { name } => match engine.logout(&name).await {
+            Ok(()) => Reply::Ok(serde_json::Value::Null),
             Err(e) => engine_err(e),
         },
         Request::Reload { config, names } => {

@@ -352,7 +352,7 @@ async fn add_list_remove_while_the_daemon_runs() {
     let logout = env.run(&["logout", "new"]);
     assert!(logout.ok(), "{logout:?}");
     env.wait_for("new", Duration::from_secs(5), |w| {
-        w.reason.as_deref() == Some("not logged in")
+        w.reason.as_deref() == Some("signed out")
     })
     .await;
     let rm = env.run(&["remove", "new"]);
@@ -612,6 +612,95 @@ fn secret_files(env: &TestEnv) -> Vec<String> {
         .unwrap_or_default();
     v.sort();
     v
+}
+
+/// `logout` while a refresh hangs at the issuer: the daemon abandons the refresh and
+/// deletes the tokens after any save under way, so the refresh, released afterwards,
+/// cannot store them again. The workload stays signed out, also across a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_during_a_refresh_in_flight_is_not_undone_by_that_refresh() {
+    let issuer = issuer(IssuerOptions {
+        strict_rotation: true,
+        ..issuer_opts(30)
+    })
+    .await;
+    let env = env_with("logout_in_flight", &issuer, &["w"]).await;
+    assert!(env.login("w").await.ok());
+    env.start_daemon().await;
+    env.wait_status("w", Status::Running, Duration::from_secs(10))
+        .await;
+
+    issuer.hold_refreshes(true);
+    let n = issuer.refresh_requests();
+    assert!(env.run(&["retry", "w"]).ok());
+    assert!(
+        issuer
+            .wait_for_refresh_requests(n + 1, Duration::from_secs(10))
+            .await
+    );
+    assert_eq!(issuer.refreshes_in_flight(), 1, "the refresh hangs");
+
+    let out = env.run(&["logout", "w"]);
+    assert!(out.ok(), "{out:?}");
+    let st = env.status().await.remove(0);
+    assert_eq!(st.status, Status::Unauthenticated, "{st:?}");
+    assert_eq!(st.reason.as_deref(), Some("signed out"), "{st:?}");
+    assert!(
+        st.hint.as_deref().unwrap().contains("tokenwarden login w"),
+        "{st:?}"
+    );
+    assert!(!st.access_token_valid, "{st:?}");
+    assert_eq!(file_store(&env).load_tokens("w").await.unwrap(), None);
+    let tok = env.run(&["token", "w"]);
+    assert_eq!(tok.code, Some(1), "no token after a logout: {tok:?}");
+
+    // The refresh is released and answered; then a clean stop, which lets whatever
+    // the daemon still has in flight finish and save.
+    issuer.hold_refreshes(false);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while issuer.refreshes_in_flight() > 0 {
+        assert!(std::time::Instant::now() < deadline, "the refresh ends");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    env.stop_daemons();
+    assert_eq!(
+        file_store(&env).load_tokens("w").await.unwrap(),
+        None,
+        "the released refresh stored nothing"
+    );
+    assert_eq!(secret_files(&env), Vec::<String>::new());
+    let out = env.run(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v[0]["status"], "unauthenticated", "{v}");
+    assert_eq!(v[0]["reason"], "signed out", "{v}");
+
+    // Started again, the daemon finds no login and asks the issuer nothing.
+    env.start_daemon().await;
+    let st = env
+        .wait_for("w", Duration::from_secs(5), |w| {
+            w.reason.as_deref() == Some("not logged in")
+        })
+        .await;
+    assert_eq!(st.status, Status::Unauthenticated);
+    assert_eq!(issuer.refresh_requests(), n + 1);
+}
+
+/// Without a daemon, `logout` deletes the entry itself (and holds the config dir's
+/// lock meanwhile, so no daemon starts with the tokens half gone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_without_a_daemon_deletes_the_tokens_itself() {
+    let issuer = issuer(issuer_opts(30)).await;
+    let env = env_with("logout_offline", &issuer, &["w"]).await;
+    assert!(env.login("w").await.ok());
+    assert!(file_store(&env).load_tokens("w").await.unwrap().is_some());
+    let out = env.run(&["logout", "w"]);
+    assert!(out.ok(), "{out:?}");
+    assert_eq!(file_store(&env).load_tokens("w").await.unwrap(), None);
+    assert!(env.run(&["logout", "w"]).ok(), "idempotent");
+    // The lock was released: a daemon starts.
+    env.start_daemon().await;
+    env.wait_status("w", Status::Unauthenticated, Duration::from_secs(5))
+        .await;
 }
 
 /// A hand edit that points a logged-in workload at another issuer: the stored login

@@ -68,6 +68,8 @@ pub enum Unauth {
     NoLogin,
     /// The access token expired and the issuer granted no refresh token.
     NoRefreshToken,
+    /// The user logged out.
+    SignedOut,
     /// The stored login was made with another configuration (these keys of
     /// workloads.toml changed since); its tokens are not sent anywhere.
     /// (Boxed like the failures above.)
@@ -428,9 +430,12 @@ impl Machine {
     pub fn on_trigger(&mut self, trigger: Trigger, now: Now, policy: &Policy, jitter: f64) -> bool {
         match (&self.phase, trigger) {
             (Phase::Stopped, _)
-            | (Phase::Unauthenticated(Unauth::NoLogin | Unauth::ConfigChanged { .. }), _) => {
-                return false
-            }
+            | (
+                Phase::Unauthenticated(
+                    Unauth::NoLogin | Unauth::SignedOut | Unauth::ConfigChanged { .. },
+                ),
+                _,
+            ) => return false,
             // From a verdict or the ceiling only the user may try again.
             (Phase::Unauthenticated(_), Trigger::User) => {}
             (Phase::Unauthenticated(_), _) => return false,

@@ -103,6 +103,10 @@ pub fn view(
             Some("the access token expired and the issuer granted no refresh token".into()),
             Some(format!("Log in again: tokenwarden login {name}")),
         ),
+        Phase::Unauthenticated(Unauth::SignedOut) => (
+            Some("signed out".into()),
+            Some(format!("Log in: tokenwarden login {name}")),
+        ),
         Phase::Unauthenticated(Unauth::ConfigChanged { changed }) => (
             Some(format!(
                 "the stored login was made with another {} (workloads.toml changed); its tokens are not sent to the new one",
