@@ -83,7 +83,8 @@ fn main() {
             ),
         )
         .unwrap();
-        let store = SecretStore::new(FileBackend::new(dir.path().join("secrets")));
+        let store =
+            SecretStore::new(FileBackend::new(dir.path().join("secrets"))).for_config_dir(dir.path());
         login(dir.path(), bin).await;
         let started = Instant::now();
         let refreshes_before = issuer.refresh_requests();

@@ -8,6 +8,7 @@ use crate::engine::config::{self, Config, WorkloadConfig};
 use crate::engine::discovery::{self, DiscoveryError, DiscoveryOptions};
 use crate::engine::oauth;
 use crate::engine::status::WorkloadStatus;
+use crate::engine::store::Login;
 use crate::engine::Secret;
 use crate::paths::Paths;
 use anyhow::Context;
@@ -706,7 +707,7 @@ async fn login(
     let _ = std::io::stdout().flush();
     let tokens = pending.finish(&http, &cfg.policy, timeout).await?;
     store
-        .save_tokens(name, &tokens)
+        .save_login(&w, &tokens)
         .await
         .context("signed in, but the tokens could not be stored")?;
     reload_tokens(paths, name).await?;
@@ -750,11 +751,38 @@ pub(crate) async fn client_secret(
     Ok(Some(secret))
 }
 
+/// `logout`: done by the running daemon or desktop app, whose monitor stops using the
+/// tokens and deletes them after any save under way, so a refresh in flight cannot
+/// store them again. Only when none runs is the entry deleted here, holding the config
+/// dir's lock so that none starts meanwhile.
 async fn logout(paths: &Paths, name: &str) -> anyhow::Result<()> {
     let cfg = load_config(paths)?;
     workload(&cfg, name)?;
-    make_store(&cfg, paths).delete_tokens(name).await?;
-    reload_tokens(paths, name).await?;
+    // A daemon that holds the lock but does not answer yet is starting: wait for it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(mut c) = Client::connect(paths).await? {
+            let req = Request::Logout {
+                name: name.to_string(),
+            };
+            c.call(&req).await.map_err(remote)?;
+            break;
+        }
+        match crate::daemon::acquire_lock(paths) {
+            Ok(_lock) => {
+                make_store(&cfg, paths).delete_tokens(name).await?;
+                break;
+            }
+            Err(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => {
+                return Err(
+                    e.context("cannot log out: the daemon for this config dir does not answer")
+                )
+            }
+        }
+    }
     eprintln!("Logged out of `{name}`");
     Ok(())
 }
@@ -778,9 +806,16 @@ async fn token(paths: &Paths, name: &str) -> anyhow::Result<()> {
     let cfg = load_config(paths)?;
     let w = workload(&cfg, name)?;
     let store = make_store(&cfg, paths);
-    let stored = store.load_tokens(name).await?.ok_or_else(|| {
-        anyhow::anyhow!("`{name}` is not logged in; run `tokenwarden login {name}`")
-    })?;
+    let stored = match store.load_login(w).await? {
+        Login::Ready(t) => t,
+        Login::Missing => {
+            anyhow::bail!("`{name}` is not logged in; run `tokenwarden login {name}`")
+        }
+        Login::Elsewhere { changed } => anyhow::bail!(
+            "the stored login of `{name}` was made with another {} (workloads.toml changed), so it is not used; log in again: tokenwarden login {name}",
+            changed.join(", ")
+        ),
+    };
     let now = SystemTime::now();
     if stored.expires_at().is_some_and(|e| e > now) {
         println!("{}", stored.access_token.expose());
@@ -799,7 +834,7 @@ async fn token(paths: &Paths, name: &str) -> anyhow::Result<()> {
         .map_err(|f| anyhow::anyhow!("refresh failed: {}", f.reason()))?;
     let (tokens, _) = oauth::to_stored(resp, Some(rt), SystemTime::now(), &cfg.policy);
     store
-        .save_tokens(name, &tokens)
+        .save_login(w, &tokens)
         .await
         .context("could not store the refreshed tokens")?;
     println!("{}", tokens.access_token.expose());

@@ -29,6 +29,11 @@ pub enum Request {
     Token {
         name: String,
     },
+    /// Log a workload out: the engine stops using its tokens and deletes them (a
+    /// refresh in flight cannot save them again).
+    Logout {
+        name: String,
+    },
     /// Re-read workloads.toml (if `config`) and the stored tokens of `names`.
     Reload {
         #[serde(default)]
@@ -137,6 +142,10 @@ async fn dispatch(engine: &Engine, paths: &Paths, peer: Peer, req: Request) -> R
                 tracing::info!(workload = %name, peer_pid = ?peer.pid, error = %e, "token request over the control socket refused");
                 engine_err(e)
             }
+        },
+        Request::Logout { name } => match engine.logout(&name).await {
+            Ok(()) => Reply::Ok(serde_json::Value::Null),
+            Err(e) => engine_err(e),
         },
         Request::Reload { config, names } => {
             let cfg = if config {

@@ -22,8 +22,8 @@ pub fn with_env_policy(mut cfg: Config) -> anyhow::Result<Config> {
     Ok(cfg)
 }
 
-/// The secret store the configuration chose. The file store is used only when the
-/// config says `store = "file"`: never as a silent fallback.
+/// The secret store the configuration chose, with this config dir's entries. The file
+/// store is used only when the config says `store = "file"`: never as a silent fallback.
 pub fn make_store(cfg: &Config, paths: &Paths) -> SecretStore {
     match cfg.store {
         StoreKind::Keychain => {
@@ -36,6 +36,7 @@ pub fn make_store(cfg: &Config, paths: &Paths) -> SecretStore {
         }
         StoreKind::File => SecretStore::new(FileBackend::new(&paths.secrets_dir)),
     }
+    .for_config_dir(&paths.config_dir)
 }
 
 /// The held instance lock. Dropping it releases the lock.

@@ -48,8 +48,8 @@
 //! # Modes
 //!
 //! The current [`Mode`] is applied to every `POST /token` request after the
-//! request has been counted (and, for refreshes, after `refresh_delay`), and
-//! before any grant logic. Only a `Healthy` answer ever consumes a code or a
+//! request has been counted (and, for refreshes, after `refresh_delay` and while
+//! [`SimIssuer::hold_refreshes`] holds them), and before any grant logic. Only a `Healthy` answer ever consumes a code or a
 //! refresh token or issues tokens.
 //!
 //! * `Healthy` – normal OAuth behaviour.
@@ -384,6 +384,7 @@ impl SimIssuer {
             strict: opts.strict_rotation,
             revoke_grant_on_reuse: opts.revoke_grant_on_reuse,
             refresh_delay: opts.refresh_delay,
+            hold: watch::channel(false).0,
             runtime: tokio::runtime::Handle::current(),
             generation_root: shutdown.clone(),
             shutdown,
@@ -580,6 +581,13 @@ impl SimIssuer {
         self.inner.raw_bytes_sent.load(Ordering::SeqCst)
     }
 
+    /// `true`: refresh requests that arrive (or wait) are held, counted and in flight
+    /// but unanswered; `false` releases them, and they are answered as the mode then
+    /// says. A test's way to keep a refresh in flight exactly as long as it needs.
+    pub fn hold_refreshes(&self, hold: bool) {
+        self.inner.hold.send_replace(hold);
+    }
+
     /// Refresh requests in flight right now.
     pub fn refreshes_in_flight(&self) -> u64 {
         self.inner.in_flight_refreshes.load(Ordering::SeqCst)
@@ -723,6 +731,8 @@ struct Inner {
     strict: bool,
     revoke_grant_on_reuse: bool,
     refresh_delay: Duration,
+    /// `true`: refresh requests wait ([`SimIssuer::hold_refreshes`]).
+    hold: watch::Sender<bool>,
     runtime: tokio::runtime::Handle,
     shutdown: CancellationToken,
     /// Parent of the per-listener generations (same as `shutdown`).
@@ -1960,6 +1970,13 @@ async fn token(
     if grant_type == "refresh_token" && !inner.refresh_delay.is_zero() {
         tokio::select! {
             _ = tokio::time::sleep(inner.refresh_delay) => {}
+            _ = inner.shutdown.cancelled() => return cut_connection(&conn),
+        }
+    }
+    if grant_type == "refresh_token" {
+        let mut hold = inner.hold.subscribe();
+        tokio::select! {
+            _ = hold.wait_for(|held| !*held) => {}
             _ = inner.shutdown.cancelled() => return cut_connection(&conn),
         }
     }

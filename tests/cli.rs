@@ -7,6 +7,7 @@ mod support;
 use std::time::Duration;
 use support::*;
 use tokenwarden::control::Request;
+use tokenwarden::engine::store::{config_dir_key, FileBackend, SecretStore};
 use tokenwarden::engine::Status;
 
 async fn env_with(test: &str, issuer: &SimIssuer, names: &[&str]) -> TestEnv {
@@ -351,7 +352,7 @@ async fn add_list_remove_while_the_daemon_runs() {
     let logout = env.run(&["logout", "new"]);
     assert!(logout.ok(), "{logout:?}");
     env.wait_for("new", Duration::from_secs(5), |w| {
-        w.reason.as_deref() == Some("not logged in")
+        w.reason.as_deref() == Some("signed out")
     })
     .await;
     let rm = env.run(&["remove", "new"]);
@@ -931,4 +932,207 @@ async fn logind_wake_makes_a_retrying_workload_try_at_once_and_only_logind_can_s
     let count = |s: &str| l.lines().filter(|line| line.contains(s)).count();
     assert_eq!(count("the system is going to sleep"), 1, "{l}");
     assert_eq!(count("woke from sleep (logind)"), 1, "{l}");
+}
+
+/// The file store of `env`'s config dir, as the binary keeps it.
+fn file_store(env: &TestEnv) -> SecretStore {
+    SecretStore::new(FileBackend::new(env.paths().secrets_dir)).for_config_dir(&env.config_dir)
+}
+
+/// The file names in `env`'s file store.
+fn secret_files(env: &TestEnv) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(env.paths().secrets_dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// `logout` while a refresh hangs at the issuer: the daemon abandons the refresh and
+/// deletes the tokens after any save under way, so the refresh, released afterwards,
+/// cannot store them again. The workload stays signed out, also across a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_during_a_refresh_in_flight_is_not_undone_by_that_refresh() {
+    let issuer = issuer(IssuerOptions {
+        strict_rotation: true,
+        ..issuer_opts(30)
+    })
+    .await;
+    let env = env_with("logout_in_flight", &issuer, &["w"]).await;
+    assert!(env.login("w").await.ok());
+    env.start_daemon().await;
+    env.wait_status("w", Status::Running, Duration::from_secs(10))
+        .await;
+
+    issuer.hold_refreshes(true);
+    let n = issuer.refresh_requests();
+    assert!(env.run(&["retry", "w"]).ok());
+    assert!(
+        issuer
+            .wait_for_refresh_requests(n + 1, Duration::from_secs(10))
+            .await
+    );
+    assert_eq!(issuer.refreshes_in_flight(), 1, "the refresh hangs");
+
+    let out = env.run(&["logout", "w"]);
+    assert!(out.ok(), "{out:?}");
+    let st = env.status().await.remove(0);
+    assert_eq!(st.status, Status::Unauthenticated, "{st:?}");
+    assert_eq!(st.reason.as_deref(), Some("signed out"), "{st:?}");
+    assert!(
+        st.hint.as_deref().unwrap().contains("tokenwarden login w"),
+        "{st:?}"
+    );
+    assert!(!st.access_token_valid, "{st:?}");
+    assert_eq!(file_store(&env).load_tokens("w").await.unwrap(), None);
+    let tok = env.run(&["token", "w"]);
+    assert_eq!(tok.code, Some(1), "no token after a logout: {tok:?}");
+
+    // The refresh is released and answered; then a clean stop, which lets whatever
+    // the daemon still has in flight finish and save.
+    issuer.hold_refreshes(false);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while issuer.refreshes_in_flight() > 0 {
+        assert!(std::time::Instant::now() < deadline, "the refresh ends");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    env.stop_daemons();
+    assert_eq!(
+        file_store(&env).load_tokens("w").await.unwrap(),
+        None,
+        "the released refresh stored nothing"
+    );
+    assert_eq!(secret_files(&env), Vec::<String>::new());
+    let out = env.run(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v[0]["status"], "unauthenticated", "{v}");
+    assert_eq!(v[0]["reason"], "signed out", "{v}");
+
+    // Started again, the daemon finds no login and asks the issuer nothing.
+    env.start_daemon().await;
+    let st = env
+        .wait_for("w", Duration::from_secs(5), |w| {
+            w.reason.as_deref() == Some("not logged in")
+        })
+        .await;
+    assert_eq!(st.status, Status::Unauthenticated);
+    assert_eq!(issuer.refresh_requests(), n + 1);
+}
+
+/// Without a daemon, `logout` deletes the entry itself (and holds the config dir's
+/// lock meanwhile, so no daemon starts with the tokens half gone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_without_a_daemon_deletes_the_tokens_itself() {
+    let issuer = issuer(issuer_opts(30)).await;
+    let env = env_with("logout_offline", &issuer, &["w"]).await;
+    assert!(env.login("w").await.ok());
+    assert!(file_store(&env).load_tokens("w").await.unwrap().is_some());
+    let out = env.run(&["logout", "w"]);
+    assert!(out.ok(), "{out:?}");
+    assert_eq!(file_store(&env).load_tokens("w").await.unwrap(), None);
+    assert!(env.run(&["logout", "w"]).ok(), "idempotent");
+    // The lock was released: a daemon starts.
+    env.start_daemon().await;
+    env.wait_status("w", Status::Unauthenticated, Duration::from_secs(5))
+        .await;
+}
+
+/// A hand edit that points a logged-in workload at another issuer: the stored login
+/// is not used, so the new token endpoint never sees the old refresh token; the
+/// workload says to log in again, and a login there brings it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_edit_to_another_token_endpoint_does_not_send_it_the_stored_refresh_token() {
+    let opts = || IssuerOptions {
+        strict_rotation: true,
+        ..issuer_opts(2)
+    };
+    let (a, b) = (issuer(opts()).await, issuer(opts()).await);
+    let env = env_with("edit_token_endpoint", &a, &["w"]).await;
+    assert!(env.login("w").await.ok());
+    env.start_daemon().await;
+    env.wait_status("w", Status::Running, Duration::from_secs(10))
+        .await;
+
+    env.write_config(&read(&env.config_file()).replace(&a.base_url(), &b.base_url()));
+    let st = env
+        .wait_for("w", Duration::from_secs(10), |w| {
+            w.token_endpoint == b.token_endpoint() && w.status == Status::Unauthenticated
+        })
+        .await;
+    assert_eq!(b.refresh_requests(), 0, "b never saw a's refresh token");
+    let reason = st.reason.clone().unwrap();
+    assert!(
+        reason.contains("another token_endpoint") && reason.contains("not sent"),
+        "{reason}"
+    );
+    assert_eq!(
+        st.hint.as_deref(),
+        Some("Log in again: tokenwarden login w"),
+        "{st:?}"
+    );
+    let tok = env.run(&["token", "w"]);
+    assert_eq!(tok.code, Some(1), "{tok:?}");
+    // Not deleted (undoing the edit would bring it back), and not sent without a
+    // daemon either.
+    env.stop_daemons();
+    assert!(file_store(&env).load_tokens("w").await.unwrap().is_some());
+    let tok = env.run(&["token", "w"]);
+    assert_eq!(tok.code, Some(1), "{tok:?}");
+    assert!(tok.stderr.contains("log in again"), "{}", tok.stderr);
+    assert_eq!(b.refresh_requests(), 0);
+
+    // A login at the new issuer: running, refreshing there with its own tokens.
+    env.start_daemon().await;
+    assert!(env.login("w").await.ok());
+    assert!(
+        b.wait_for_refresh_requests(1, Duration::from_secs(10))
+            .await
+    );
+    let st = env
+        .wait_for("w", Duration::from_secs(10), |w| {
+            w.status == Status::Running && w.attempts == 0
+        })
+        .await;
+    assert!(st.reason.is_none(), "{st:?}");
+}
+
+/// An entry of an earlier version (`w.tokens.json`, shared by every config dir's
+/// workload `w`) moves to this config dir's name the first time it is read, once, and
+/// the log says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_store_entry_of_an_earlier_version_moves_to_this_config_dir_once() {
+    let issuer = issuer(issuer_opts(30)).await;
+    let env = env_with("file_store_migration", &issuer, &["w"]).await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let tokens = issuer.direct_login(&http).await.unwrap();
+    SecretStore::new(FileBackend::new(env.paths().secrets_dir))
+        .save_tokens("w", &tokens)
+        .await
+        .unwrap();
+    assert_eq!(secret_files(&env), ["w.tokens.json"]);
+
+    let tok = env.run(&["token", "w"]);
+    assert!(tok.ok(), "{tok:?}");
+    assert_eq!(tok.stdout.trim(), tokens.access_token.expose());
+    assert!(
+        tok.stderr
+            .contains("moved a stored entry shared by every config dir"),
+        "{}",
+        tok.stderr
+    );
+    let key = config_dir_key(&env.config_dir);
+    assert_eq!(secret_files(&env), [format!("w.tokens.{key}.json")]);
+
+    let again = env.run(&["token", "w"]);
+    assert!(again.ok(), "{again:?}");
+    assert!(!again.stderr.contains("moved a stored entry"), "once");
+    assert!(env.run(&["logout", "w"]).ok());
+    assert_eq!(secret_files(&env), Vec::<String>::new());
 }

@@ -34,14 +34,20 @@ fn env_with_file_store(test: &str) -> TestEnv {
     env
 }
 
-/// Files of the file store that belong to `name`.
+/// Files of the file store that belong to `name`, shown without the config dir's key
+/// (`w.tokens.<key>.json` as `w.tokens.json`).
 fn stored_files(env: &TestEnv, name: &str) -> Vec<String> {
     let dir = env.paths().secrets_dir;
+    let key = format!(
+        ".{}.json",
+        tokenwarden::engine::store::config_dir_key(&env.config_dir)
+    );
     let mut v: Vec<String> = std::fs::read_dir(&dir)
         .map(|d| {
             d.filter_map(|e| e.ok())
                 .map(|e| e.file_name().to_string_lossy().into_owned())
                 .filter(|f| f.starts_with(&format!("{name}.")))
+                .map(|f| f.replace(&key, ".json"))
                 .collect()
         })
         .unwrap_or_default();

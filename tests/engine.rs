@@ -815,3 +815,60 @@ async fn only_policy_changes_that_matter_to_monitors_restart_them() {
     );
     s.engine.shutdown().await;
 }
+
+/// A workload whose `url` now names another remote (a hand edit while the engine
+/// runs) does not get its stored login: the access token would go to that remote. It
+/// says to log in again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_made_for_another_remote_is_not_used_after_an_edit() {
+    init_tracing("login_for_another_remote");
+    let issuer = issuer(issuer_opts(30)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("workloads.toml");
+    let with_url = |url: &str| {
+        let mut cfg = Config::parse(
+            &path,
+            &format!("{}url = \"{url}\"\n", workload_toml("w", &issuer)),
+        )
+        .unwrap();
+        cfg.policy = fast_policy();
+        cfg
+    };
+    let cfg = with_url("http://127.0.0.1:9/mcp");
+    let store = SecretStore::memory().for_config_dir(dir.path());
+    login_in_process(&cfg, "w", &store).await;
+    let engine = start_engine(cfg.clone(), store.clone(), None);
+    wait_for(&engine, Duration::from_secs(10), |w| {
+        w.status == Status::Running && w.access_token_valid
+    })
+    .await;
+    assert!(engine.token("w").await.is_ok());
+
+    engine
+        .reload(Some(with_url("http://127.0.0.1:9/other")), vec![])
+        .await
+        .unwrap();
+    let st = wait_for(&engine, Duration::from_secs(10), |w| {
+        w.status == Status::Unauthenticated
+    })
+    .await;
+    assert!(
+        st.reason.as_deref().unwrap().contains("another url"),
+        "{st:?}"
+    );
+    assert_eq!(
+        st.hint.as_deref(),
+        Some("Log in again: tokenwarden login w")
+    );
+    assert!(!st.access_token_valid, "{st:?}");
+    let refused = engine.token("w").await.unwrap_err();
+    assert_eq!(refused.code(), "unauthenticated", "{refused}");
+
+    // Undoing the edit brings the login back.
+    engine.reload(Some(cfg), vec![]).await.unwrap();
+    wait_for(&engine, Duration::from_secs(10), |w| {
+        w.status == Status::Running && w.access_token_valid
+    })
+    .await;
+    engine.shutdown().await;
+}

@@ -253,7 +253,7 @@ pub async fn start_reauth(shell: Arc<Shell>, name: String) -> Result<(), CmdErro
                     return; // the newer sign-in speaks for itself
                 }
                 let result = match outcome {
-                    Ok(tokens) => match store.save_tokens(&name, &tokens).await {
+                    Ok(tokens) => match store.save_login(&w, &tokens).await {
                         Ok(()) => shell
                             .engine()
                             .reload(None, vec![name.clone()])

@@ -68,6 +68,12 @@ pub enum Unauth {
     NoLogin,
     /// The access token expired and the issuer granted no refresh token.
     NoRefreshToken,
+    /// The user logged out.
+    SignedOut,
+    /// The stored login was made with another configuration (these keys of
+    /// workloads.toml changed since); its tokens are not sent anywhere.
+    /// (Boxed like the failures above.)
+    ConfigChanged { changed: Box<Vec<String>> },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -423,7 +429,13 @@ impl Machine {
     /// (now, or for a wake within `wake_spread`); otherwise the schedule stands.
     pub fn on_trigger(&mut self, trigger: Trigger, now: Now, policy: &Policy, jitter: f64) -> bool {
         match (&self.phase, trigger) {
-            (Phase::Stopped, _) | (Phase::Unauthenticated(Unauth::NoLogin), _) => return false,
+            (Phase::Stopped, _)
+            | (
+                Phase::Unauthenticated(
+                    Unauth::NoLogin | Unauth::SignedOut | Unauth::ConfigChanged { .. },
+                ),
+                _,
+            ) => return false,
             // From a verdict or the ceiling only the user may try again.
             (Phase::Unauthenticated(_), Trigger::User) => {}
             (Phase::Unauthenticated(_), _) => return false,

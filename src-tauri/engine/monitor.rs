@@ -14,7 +14,12 @@
 //! * no single sleep is longer than `wall_check_interval`, so a refresh that fell due
 //!   during a suspend starts at most that long after wake, even with no wake trigger;
 //! * on shutdown an in-flight refresh is allowed to finish and save (bounded by the
-//!   HTTP timeout), so a rotated refresh token is not lost to a clean stop.
+//!   HTTP timeout), so a rotated refresh token is not lost to a clean stop;
+//! * stored tokens are used only if they were obtained with the workload's current
+//!   configuration (`SecretStore::load_login`): a refresh token is never sent to a
+//!   token endpoint it did not come from;
+//! * a logout abandons the refresh in flight and deletes the tokens after any save
+//!   already under way (`writes`): nothing saves them again afterwards.
 
 use crate::engine::classify::{Failure, FailureKind};
 use crate::engine::clock::Clock;
@@ -24,7 +29,7 @@ use crate::engine::oauth;
 use crate::engine::policy::Policy;
 use crate::engine::secret::Secret;
 use crate::engine::status::{view, Persisted, WorkloadStatus};
-use crate::engine::store::{SecretStore, StoredTokens};
+use crate::engine::store::{Login, SecretStore, StoreError, StoredTokens};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -62,6 +67,9 @@ pub enum Command {
     Rejected(Box<(Secret, TokenReply)>),
     /// The stored tokens changed (a login or logout by another process).
     Reload,
+    /// Log out: stop using the tokens, abandon a refresh in flight, delete the stored
+    /// tokens (after any save already under way), show "signed out".
+    Logout(oneshot::Sender<Result<(), StoreError>>),
 }
 
 /// What a monitor reports to its supervisor.
@@ -280,7 +288,7 @@ enum Outcome {
     Adopted(StoredTokens),
     Failed(Failure),
     /// Tokens (re)loaded from the store after a store failure.
-    Loaded(Option<StoredTokens>),
+    Loaded(Login),
 }
 
 type InFlight = Pin<Box<dyn Future<Output = Outcome> + Send>>;
@@ -303,6 +311,10 @@ struct Monitor {
     last_attempt_at: Option<Duration>,
     /// The next attempt was asked for (trigger, token request): it goes out for real.
     triggered: bool,
+    /// Held by every write of this workload's tokens and by a logout's delete: a save
+    /// that began finishes before the delete (it runs in a task of its own, so even an
+    /// abandoned refresh completes its write first), and none begins after it.
+    writes: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// At most this many refreshes caused by rejected tokens per window: a remote that
@@ -351,6 +363,7 @@ pub fn spawn(
         rejected_refreshes: (0, Duration::ZERO),
         last_attempt_at: None,
         triggered: false,
+        writes: Arc::new(tokio::sync::Mutex::new(())),
     };
     // Boxed: an `async fn` keeps its arguments twice (as captured and as moved
     // locals), which for a by-value monitor doubled every idle task.
@@ -446,9 +459,9 @@ impl Monitor {
             self.machine = Machine::stopped(now);
             return;
         }
-        let loaded = self.ctx.store.load_tokens(self.name()).await;
+        let loaded = self.ctx.store.load_login(&self.ctx.workload).await;
         match loaded {
-            Ok(tokens) => self.adopt_loaded(tokens),
+            Ok(login) => self.adopt_login(login),
             Err(e) => {
                 // Keychain locked or missing: a transient failure with what to do.
                 self.machine = Machine::with_tokens(now, None, None, &self.ctx.policy, jitter());
@@ -488,8 +501,21 @@ impl Monitor {
         }
     }
 
-    fn adopt_loaded(&mut self, tokens: Option<StoredTokens>) {
+    fn adopt_login(&mut self, login: Login) {
         let now = self.ctx.clock.now();
+        let tokens = match login {
+            Login::Ready(t) => Some(t),
+            Login::Missing => None,
+            Login::Elsewhere { changed } => {
+                tracing::warn!(workload = %self.name(), changed = %changed.join(", "), "the stored login was made with another configuration; not using it (log in again)");
+                self.machine = Machine::no_login(now);
+                self.machine.phase = Phase::Unauthenticated(Unauth::ConfigChanged {
+                    changed: Box::new(changed.into_iter().map(String::from).collect()),
+                });
+                self.tokens = None;
+                return;
+            }
+        };
         self.machine = match &tokens {
             Some(t) => Machine::with_tokens(
                 now,
@@ -512,7 +538,7 @@ impl Monitor {
             None => {
                 // Only reachable after a store failure: read the store again.
                 self.in_flight = Some(Box::pin(async move {
-                    match ctx.store.load_tokens(&ctx.workload.name).await {
+                    match ctx.store.load_login(&ctx.workload).await {
                         Ok(t) => Outcome::Loaded(t),
                         Err(e) => Outcome::Failed(store_failure(&e.to_string())),
                     }
@@ -537,7 +563,7 @@ impl Monitor {
                 let t = self.tokens.clone().expect("matched Some above");
                 tracing::debug!(workload = %self.name(), trigger = ?self.machine.last_trigger, "refresh starting");
                 self.triggered = false;
-                self.in_flight = Some(Box::pin(attempt(ctx, t)));
+                self.in_flight = Some(Box::pin(attempt(ctx, t, self.writes.clone())));
             }
         }
     }
@@ -560,10 +586,10 @@ impl Monitor {
                 self.on_rejected(used, reply)
             }
             Command::Reload => {
-                match self.ctx.store.load_tokens(self.name()).await {
+                match self.ctx.store.load_login(&self.ctx.workload).await {
                     Ok(t) => {
-                        tracing::info!(workload = %self.name(), logged_in = t.is_some(), "stored tokens reloaded");
-                        self.adopt_loaded(t);
+                        tracing::info!(workload = %self.name(), logged_in = matches!(t, Login::Ready(_)), "stored tokens reloaded");
+                        self.adopt_login(t);
                         self.unsaved = None;
                     }
                     Err(e) => {
@@ -578,7 +604,41 @@ impl Monitor {
                 self.publish(false, false);
                 self.answer_waiters();
             }
+            Command::Logout(reply) => self.logout(reply).await,
         }
+    }
+
+    /// Stop using the tokens, then delete them. The refresh in flight is abandoned: a
+    /// save it already began holds `writes`, so the delete comes after it, and it can
+    /// begin none after.
+    async fn logout(&mut self, reply: oneshot::Sender<Result<(), StoreError>>) {
+        let now = self.ctx.clock.now();
+        if self.in_flight.take().is_some() {
+            tracing::info!(workload = %self.name(), "logging out: the refresh in flight is abandoned");
+        }
+        self.tokens = None;
+        self.unsaved = None;
+        self.triggered = false;
+        if self.machine.status() != Status::Stopped {
+            self.machine = Machine::no_login(now);
+            self.machine.phase = Phase::Unauthenticated(Unauth::SignedOut);
+        }
+        // Nobody (the local proxy, a `token` caller) gets the access token from now on.
+        self.publish(false, false);
+        self.answer_waiters();
+        let deleted = {
+            let _writes = self.writes.lock().await;
+            self.ctx.store.delete_tokens(self.name()).await
+        };
+        match &deleted {
+            Ok(()) => {
+                tracing::info!(workload = %self.name(), "signed out: the stored tokens are deleted")
+            }
+            Err(e) => {
+                tracing::error!(workload = %self.name(), error = %e, "signed out, but the stored tokens could not be deleted")
+            }
+        }
+        let _ = reply.send(deleted);
     }
 
     /// During a failure episode, a scheduled attempt is not sent when another workload
@@ -777,7 +837,7 @@ impl Monitor {
             }
             Outcome::Failed(f) => self.fail(f),
             Outcome::Loaded(t) => {
-                self.adopt_loaded(t);
+                self.adopt_login(t);
                 self.publish(false, true);
             }
         }
@@ -801,7 +861,8 @@ impl Monitor {
         let Some(t) = self.unsaved.clone() else {
             return;
         };
-        match self.ctx.store.save_tokens(self.name(), &t).await {
+        let _writes = self.writes.lock().await;
+        match self.ctx.store.save_login(&self.ctx.workload, &t).await {
             Ok(()) => {
                 tracing::info!(workload = %self.name(), "saved the tokens kept in memory");
                 self.unsaved = None;
@@ -859,7 +920,11 @@ fn store_failure(message: &str) -> Failure {
 
 /// One refresh, including the rotation re-read and the save before use. Holds a
 /// permit of the issuer's gate for its whole length.
-async fn attempt(ctx: Arc<MonitorCtx>, used: StoredTokens) -> Outcome {
+async fn attempt(
+    ctx: Arc<MonitorCtx>,
+    used: StoredTokens,
+    writes: Arc<tokio::sync::Mutex<()>>,
+) -> Outcome {
     let Ok(_permit) = ctx.issuer.gate.acquire().await else {
         return Outcome::Failed(Failure::new(FailureKind::Network));
     };
@@ -880,11 +945,11 @@ async fn attempt(ctx: Arc<MonitorCtx>, used: StoredTokens) -> Outcome {
     )
     .await
     {
-        Ok(resp) => save_new(&ctx, resp, Some(rt)).await,
+        Ok(resp) => save_new(&ctx, resp, Some(rt), writes).await,
         Err(f) if f.oauth_code() == Some("invalid_grant") => {
             // Rotated by another writer meanwhile? Read the store once before giving up.
-            match ctx.store.load_tokens(&ctx.workload.name).await {
-                Ok(Some(stored))
+            match ctx.store.load_login(&ctx.workload).await {
+                Ok(Login::Ready(stored))
                     if stored.refresh_token.is_some()
                         && stored.refresh_token != used.refresh_token =>
                 {
@@ -900,7 +965,7 @@ async fn attempt(ctx: Arc<MonitorCtx>, used: StoredTokens) -> Outcome {
                     match oauth::refresh(&ctx.transport, w, &new_rt, client_secret, &ctx.policy)
                         .await
                     {
-                        Ok(resp) => save_new(&ctx, resp, Some(new_rt)).await,
+                        Ok(resp) => save_new(&ctx, resp, Some(new_rt), writes).await,
                         Err(f2) => Outcome::Failed(f2),
                     }
                 }
@@ -924,27 +989,39 @@ async fn client_secret(ctx: &MonitorCtx) -> Result<Option<Secret>, Failure> {
 }
 
 async fn save_new(
-    ctx: &MonitorCtx,
+    ctx: &Arc<MonitorCtx>,
     resp: crate::engine::classify::TokenResponse,
     previous: Option<Secret>,
+    writes: Arc<tokio::sync::Mutex<()>>,
 ) -> Outcome {
     let (tokens, lifetime) = oauth::to_stored(resp, previous, ctx.clock.wall(), &ctx.policy);
-    // Write before use. Two quick retries absorb a keychain hiccup.
-    let mut saved = Err(String::new());
-    for i in 0..3 {
-        match ctx.store.save_tokens(&ctx.workload.name, &tokens).await {
-            Ok(()) => {
-                saved = Ok(());
-                break;
-            }
-            Err(e) => {
-                saved = Err(e.to_string());
-                if i < 2 {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Write before use. Once `writes` is held the save is committed: it runs in a task
+    // of its own, so a logout that abandons this attempt now waits for it to end.
+    let held = writes.lock_owned().await;
+    let (c, t) = (ctx.clone(), tokens.clone());
+    let save = tokio::spawn(async move {
+        let _held = held;
+        // Two quick retries absorb a keychain hiccup.
+        let mut saved = Err(String::new());
+        for i in 0..3 {
+            match c.store.save_login(&c.workload, &t).await {
+                Ok(()) => {
+                    saved = Ok(());
+                    break;
+                }
+                Err(e) => {
+                    saved = Err(e.to_string());
+                    if i < 2 {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
                 }
             }
         }
-    }
+        saved
+    });
+    let saved = save
+        .await
+        .unwrap_or_else(|e| Err(format!("the save task failed: {e}")));
     Outcome::Refreshed {
         tokens,
         lifetime,

@@ -103,6 +103,17 @@ pub fn view(
             Some("the access token expired and the issuer granted no refresh token".into()),
             Some(format!("Log in again: tokenwarden login {name}")),
         ),
+        Phase::Unauthenticated(Unauth::SignedOut) => (
+            Some("signed out".into()),
+            Some(format!("Log in: tokenwarden login {name}")),
+        ),
+        Phase::Unauthenticated(Unauth::ConfigChanged { changed }) => (
+            Some(format!(
+                "the stored login was made with another {} (workloads.toml changed); its tokens are not sent to the new one",
+                changed.join(", ")
+            )),
+            Some(format!("Log in again: tokenwarden login {name}")),
+        ),
         Phase::Stopped => (Some("disabled in workloads.toml".into()), None),
     };
     let mut detail = m.detail(policy);

@@ -10,7 +10,18 @@
 //! The keychain service name separates builds: `tokenwarden` for release builds,
 //! `tokenwarden-dev` for debug builds (so development never touches the user's real
 //! entries), overridable with `[secrets] service` or `TOKENWARDEN_KEYRING_SERVICE`.
+//!
+//! Entries belong to one config dir: a store made with [`SecretStore::for_config_dir`]
+//! names them `NAME/tokens/KEY` and `NAME/client/KEY` (KEY: [`config_dir_key`]), so
+//! two config dirs with a workload of the same name never share tokens. The entries of
+//! earlier versions, `NAME/tokens` and `NAME/client` (shared by every config dir), move
+//! to the new names once, to the first config dir that reads them.
+//!
+//! The tokens are stored with where they came from ([`Provenance`]): a workload whose
+//! configuration now points elsewhere is refused its stored login
+//! ([`SecretStore::load_login`]), so its refresh token never goes to another endpoint.
 
+use crate::engine::config::WorkloadConfig;
 use crate::engine::secret::Secret;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -73,6 +84,90 @@ impl StoredTokens {
     }
 }
 
+/// Where a login came from: the configuration its tokens were obtained (or last
+/// refreshed) with. Stored next to the tokens in the same entry.
+///
+/// Members added later (an `issuer`) must be `#[serde(default)]` options, and a record
+/// without one (written before it existed) must not count as a change; members this
+/// version does not know are ignored when reading.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Provenance {
+    pub token_endpoint: String,
+    pub client_id: String,
+    /// The protected resource (`url`) the access token is sent to.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// The extra trust root (`ca_file`) the token endpoint was reached with.
+    #[serde(default)]
+    pub ca_file: Option<String>,
+}
+
+impl Provenance {
+    /// The provenance of tokens obtained with `w`'s configuration now.
+    pub fn of(w: &WorkloadConfig) -> Self {
+        Provenance {
+            token_endpoint: w.token_endpoint.to_string(),
+            client_id: w.client_id.clone(),
+            url: w.url.as_ref().map(|u| u.to_string()),
+            ca_file: w.ca_file.as_ref().map(|p| p.to_string_lossy().into_owned()),
+        }
+    }
+
+    /// The configuration keys whose values differ between this record and `now`.
+    pub fn changed(&self, now: &Provenance) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        if !same_url(&self.token_endpoint, &now.token_endpoint) {
+            changed.push("token_endpoint");
+        }
+        if self.client_id != now.client_id {
+            changed.push("client_id");
+        }
+        let url_same = match (&self.url, &now.url) {
+            (Some(a), Some(b)) => same_url(a, b),
+            (a, b) => a == b,
+        };
+        if !url_same {
+            changed.push("url");
+        }
+        if self.ca_file != now.ca_file {
+            changed.push("ca_file");
+        }
+        changed
+    }
+}
+
+/// URLs compared as parsed (`HTTP://Host:443/` and `http://host:443/` are one URL).
+fn same_url(a: &str, b: &str) -> bool {
+    match (url::Url::parse(a), url::Url::parse(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
+}
+
+/// What one tokens entry holds: the tokens and, since entries are kept per config dir,
+/// where they came from (`None`: an entry from before, adopted by the next
+/// [`SecretStore::load_login`]).
+#[derive(Serialize, Deserialize)]
+struct TokensEntry {
+    #[serde(flatten)]
+    tokens: StoredTokens,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    provenance: Option<Provenance>,
+}
+
+/// A workload's stored login, checked against its configuration.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Login {
+    /// Nothing stored.
+    Missing,
+    /// Tokens obtained with the configuration the workload has now.
+    Ready(StoredTokens),
+    /// Tokens obtained with another configuration: these keys changed since. They are
+    /// not to be used (their refresh token belongs to another token endpoint, their
+    /// access token to another resource).
+    Elsewhere { changed: Vec<&'static str> },
+}
+
 pub fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -83,22 +178,43 @@ pub fn unix_secs(t: SystemTime) -> u64 {
 #[derive(Clone)]
 pub struct SecretStore {
     backend: Arc<dyn Backend>,
+    /// The config dir's [`config_dir_key`]; `None`: the entry names of earlier
+    /// versions (tests and the demo's in-memory store).
+    scope: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for SecretStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "SecretStore({})", self.backend.describe())
+        match &self.scope {
+            Some(k) => write!(
+                f,
+                "SecretStore({}, config dir {k})",
+                self.backend.describe()
+            ),
+            None => write!(f, "SecretStore({})", self.backend.describe()),
+        }
     }
 }
 
-fn tokens_account(workload: &str) -> String {
-    format!("{workload}/tokens")
+/// What tells one config dir's entries apart from another's: 16 hex digits of the
+/// SHA-256 of its canonical path (the path as given when it cannot be resolved).
+/// A config dir that is moved or renamed therefore needs a new login.
+pub fn config_dir_key(dir: &Path) -> String {
+    use sha2::Digest;
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let digest = sha2::Sha256::digest(dir.to_string_lossy().as_bytes());
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// A dynamically registered client's secret: its own entry, so `logout` (which
-/// forgets the tokens) keeps the registration, and `remove` deletes both.
-fn client_account(workload: &str) -> String {
-    format!("{workload}/client")
+/// The kinds of entry a workload has. A dynamically registered client's secret has its
+/// own entry, so `logout` (which forgets the tokens) keeps the registration, and
+/// `remove` deletes both.
+const TOKENS: &str = "tokens";
+const CLIENT: &str = "client";
+
+/// The entry name of earlier versions (one per workload name, for every config dir).
+fn legacy_account(workload: &str, kind: &str) -> String {
+    format!("{workload}/{kind}")
 }
 
 /// What the client entry holds (JSON, room for more registration data later).
@@ -111,6 +227,7 @@ impl SecretStore {
     pub fn new(backend: impl Backend) -> Self {
         SecretStore {
             backend: Arc::new(backend),
+            scope: None,
         }
     }
 
@@ -118,8 +235,24 @@ impl SecretStore {
         Self::new(MemoryBackend::default())
     }
 
+    /// The same backend, with the entries of the config dir `dir` (see the module
+    /// documentation).
+    pub fn for_config_dir(self, dir: &Path) -> Self {
+        SecretStore {
+            scope: Some(config_dir_key(dir).into()),
+            ..self
+        }
+    }
+
     pub fn describe(&self) -> String {
         self.backend.describe()
+    }
+
+    fn account(&self, workload: &str, kind: &str) -> String {
+        match &self.scope {
+            Some(key) => format!("{workload}/{kind}/{key}"),
+            None => legacy_account(workload, kind),
+        }
     }
 
     async fn run<T: Send + 'static>(
@@ -135,51 +268,164 @@ impl SecretStore {
             .map_err(|e| StoreError::Failed(format!("store task failed: {e}")))?
     }
 
-    pub async fn load_tokens(&self, workload: &str) -> Result<Option<StoredTokens>, StoreError> {
-        let account = tokens_account(workload);
+    /// Read `workload`'s entry of `kind`. A scoped store that has none takes over the
+    /// workload's entries of earlier versions first (write the new, then delete the
+    /// old; both kinds at once, so a login and its registered client stay together).
+    async fn get(&self, workload: &str, kind: &'static str) -> Result<Option<Secret>, StoreError> {
+        let account = self.account(workload, kind);
+        let scoped = self.scope.is_some();
         let name = workload.to_string();
+        let accounts: Vec<(String, String)> = [TOKENS, CLIENT]
+            .into_iter()
+            .map(|k| (self.account(workload, k), legacy_account(workload, k)))
+            .collect();
         self.run(move |b| {
-            b.get(&account)?
-                .map(|s| {
-                    serde_json::from_str::<StoredTokens>(s.expose())
-                        .map_err(|_| StoreError::Corrupt(name.clone()))
-                })
-                .transpose()
+            if let Some(v) = b.get(&account)? {
+                return Ok(Some(v));
+            }
+            if !scoped {
+                return Ok(None);
+            }
+            for (new, old) in &accounts {
+                if b.get(new)?.is_some() {
+                    continue;
+                }
+                let Some(v) = b.get(old)? else { continue };
+                b.set(new, &v)?;
+                b.delete(old)?;
+                tracing::info!(
+                    workload = %name,
+                    from = %old,
+                    to = %new,
+                    "moved a stored entry shared by every config dir to this config dir's own (once)"
+                );
+            }
+            b.get(&account)
         })
         .await
     }
 
+    async fn set(
+        &self,
+        workload: &str,
+        kind: &'static str,
+        value: Secret,
+    ) -> Result<(), StoreError> {
+        let account = self.account(workload, kind);
+        self.run(move |b| b.set(&account, &value)).await
+    }
+
+    /// Delete `workload`'s entry of `kind`, and the entry of earlier versions it would
+    /// otherwise take over on the next read (a logout must not be undone by that).
+    async fn delete(&self, workload: &str, kind: &'static str) -> Result<(), StoreError> {
+        let account = self.account(workload, kind);
+        let legacy = self.scope.is_some().then(|| legacy_account(workload, kind));
+        self.run(move |b| {
+            b.delete(&account)?;
+            match legacy {
+                Some(old) => b.delete(&old),
+                None => Ok(()),
+            }
+        })
+        .await
+    }
+
+    async fn load_entry(&self, workload: &str) -> Result<Option<TokensEntry>, StoreError> {
+        self.get(workload, TOKENS)
+            .await?
+            .map(|s| {
+                serde_json::from_str::<TokensEntry>(s.expose())
+                    .map_err(|_| StoreError::Corrupt(workload.to_string()))
+            })
+            .transpose()
+    }
+
+    async fn save_entry(&self, workload: &str, entry: &TokensEntry) -> Result<(), StoreError> {
+        let value = Secret::new(
+            serde_json::to_string(entry).map_err(|e| StoreError::Failed(e.to_string()))?,
+        );
+        self.set(workload, TOKENS, value).await
+    }
+
+    /// The stored tokens, whatever configuration they came from (see
+    /// [`SecretStore::load_login`] for the check).
+    pub async fn load_tokens(&self, workload: &str) -> Result<Option<StoredTokens>, StoreError> {
+        Ok(self.load_entry(workload).await?.map(|e| e.tokens))
+    }
+
+    /// Store tokens without saying where they came from: the next
+    /// [`SecretStore::load_login`] adopts them for the configuration it has. Logins
+    /// and refreshes of a configured workload use [`SecretStore::save_login`].
     pub async fn save_tokens(
         &self,
         workload: &str,
         tokens: &StoredTokens,
     ) -> Result<(), StoreError> {
-        let account = tokens_account(workload);
-        let value = Secret::new(
-            serde_json::to_string(tokens).map_err(|e| StoreError::Failed(e.to_string()))?,
-        );
-        self.run(move |b| b.set(&account, &value)).await
+        let entry = TokensEntry {
+            tokens: tokens.clone(),
+            provenance: None,
+        };
+        self.save_entry(workload, &entry).await
     }
 
+    /// Store tokens just obtained (login) or refreshed with `w`'s configuration.
+    pub async fn save_login(
+        &self,
+        w: &WorkloadConfig,
+        tokens: &StoredTokens,
+    ) -> Result<(), StoreError> {
+        let entry = TokensEntry {
+            tokens: tokens.clone(),
+            provenance: Some(Provenance::of(w)),
+        };
+        self.save_entry(&w.name, &entry).await
+    }
+
+    /// `w`'s stored login, if it was made with the configuration `w` has now. An entry
+    /// that does not say where it came from (from an earlier version) is adopted:
+    /// stamped with the current configuration and saved so.
+    pub async fn load_login(&self, w: &WorkloadConfig) -> Result<Login, StoreError> {
+        let Some(mut entry) = self.load_entry(&w.name).await? else {
+            return Ok(Login::Missing);
+        };
+        let now = Provenance::of(w);
+        match &entry.provenance {
+            Some(p) => {
+                let changed = p.changed(&now);
+                if !changed.is_empty() {
+                    return Ok(Login::Elsewhere { changed });
+                }
+            }
+            None => {
+                entry.provenance = Some(now);
+                match self.save_entry(&w.name, &entry).await {
+                    Ok(()) => {
+                        tracing::info!(workload = %w.name, "the stored login did not say where it came from; adopted it for the current configuration")
+                    }
+                    Err(e) => {
+                        tracing::warn!(workload = %w.name, error = %e, "could not record where the stored login came from; trying again at the next load")
+                    }
+                }
+            }
+        }
+        Ok(Login::Ready(entry.tokens))
+    }
+
+    /// Idempotent, like every delete.
     pub async fn delete_tokens(&self, workload: &str) -> Result<(), StoreError> {
-        let account = tokens_account(workload);
-        self.run(move |b| b.delete(&account)).await
+        self.delete(workload, TOKENS).await
     }
 
     /// The client secret of a confidential client (`client_auth` other than `none`).
     pub async fn load_client_secret(&self, workload: &str) -> Result<Option<Secret>, StoreError> {
-        let account = client_account(workload);
-        let name = workload.to_string();
-        self.run(move |b| {
-            b.get(&account)?
-                .map(|s| {
-                    serde_json::from_str::<StoredClient>(s.expose())
-                        .map(|c| c.client_secret)
-                        .map_err(|_| StoreError::Corrupt(name.clone()))
-                })
-                .transpose()
-        })
-        .await
+        self.get(workload, CLIENT)
+            .await?
+            .map(|s| {
+                serde_json::from_str::<StoredClient>(s.expose())
+                    .map(|c| c.client_secret)
+                    .map_err(|_| StoreError::Corrupt(workload.to_string()))
+            })
+            .transpose()
     }
 
     pub async fn save_client_secret(
@@ -187,20 +433,18 @@ impl SecretStore {
         workload: &str,
         secret: &Secret,
     ) -> Result<(), StoreError> {
-        let account = client_account(workload);
         let value = Secret::new(
             serde_json::to_string(&StoredClient {
                 client_secret: secret.clone(),
             })
             .map_err(|e| StoreError::Failed(e.to_string()))?,
         );
-        self.run(move |b| b.set(&account, &value)).await
+        self.set(workload, CLIENT, value).await
     }
 
     /// Idempotent, like every delete.
     pub async fn delete_client_secret(&self, workload: &str) -> Result<(), StoreError> {
-        let account = client_account(workload);
-        self.run(move |b| b.delete(&account)).await
+        self.delete(workload, CLIENT).await
     }
 }
 
@@ -512,6 +756,190 @@ mod tests {
             store.load_tokens("w").await.unwrap_err(),
             StoreError::Corrupt("w".into())
         );
+    }
+
+    fn workload(extra: &str) -> WorkloadConfig {
+        let text = format!(
+            "[[workload]]\nname = \"w\"\ntoken_endpoint = \"https://a.example/token\"\nclient_id = \"c\"\n{extra}"
+        );
+        let cfg =
+            crate::engine::config::Config::parse(Path::new("/t/workloads.toml"), &text).unwrap();
+        cfg.workloads[0].clone()
+    }
+
+    #[tokio::test]
+    async fn scoped_stores_keep_the_contract() {
+        let dir = tempfile::tempdir().unwrap();
+        contract(SecretStore::memory().for_config_dir(dir.path())).await;
+        client_secret_contract(SecretStore::memory().for_config_dir(dir.path())).await;
+        let secrets = dir.path().join("secrets");
+        contract(SecretStore::new(FileBackend::new(&secrets)).for_config_dir(dir.path())).await;
+        client_secret_contract(
+            SecretStore::new(FileBackend::new(&secrets)).for_config_dir(dir.path()),
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn two_config_dirs_keep_their_entries_of_one_name_apart() {
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let shared = SecretStore::memory();
+        let one = shared.clone().for_config_dir(d1.path());
+        let two = shared.clone().for_config_dir(d2.path());
+        one.save_tokens("w", &sample()).await.unwrap();
+        one.save_client_secret("w", &Secret::new("cs"))
+            .await
+            .unwrap();
+        assert_eq!(two.load_tokens("w").await.unwrap(), None);
+        assert_eq!(two.load_client_secret("w").await.unwrap(), None);
+        let other = StoredTokens {
+            access_token: Secret::new("at2"),
+            ..sample()
+        };
+        two.save_tokens("w", &other).await.unwrap();
+        assert_eq!(one.load_tokens("w").await.unwrap(), Some(sample()));
+        // Deleting in one (remove, logout) leaves the other signed in.
+        two.delete_tokens("w").await.unwrap();
+        two.delete_client_secret("w").await.unwrap();
+        assert_eq!(one.load_tokens("w").await.unwrap(), Some(sample()));
+        assert_eq!(
+            one.load_client_secret("w").await.unwrap(),
+            Some(Secret::new("cs"))
+        );
+        // The key is the canonical path: another spelling of it is the same dir.
+        let dotted = d1.path().join("x").join("..");
+        std::fs::create_dir(d1.path().join("x")).unwrap();
+        assert_eq!(config_dir_key(&dotted), config_dir_key(d1.path()));
+        assert_ne!(config_dir_key(d1.path()), config_dir_key(d2.path()));
+    }
+
+    #[tokio::test]
+    async fn entries_of_earlier_versions_move_once_to_the_first_config_dir_that_reads_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let secrets = dir.path().join("secrets");
+        let legacy = SecretStore::new(FileBackend::new(&secrets));
+        legacy.save_tokens("w", &sample()).await.unwrap();
+        legacy
+            .save_client_secret("w", &Secret::new("cs"))
+            .await
+            .unwrap();
+        let (d1, d2) = (dir.path().join("one"), dir.path().join("two"));
+        let one = SecretStore::new(FileBackend::new(&secrets)).for_config_dir(&d1);
+        let two = SecretStore::new(FileBackend::new(&secrets)).for_config_dir(&d2);
+        // Reading the tokens moves both entries of the workload (write new, delete old).
+        assert_eq!(one.load_tokens("w").await.unwrap(), Some(sample()));
+        let key = config_dir_key(&d1);
+        let mut files: Vec<String> = std::fs::read_dir(&secrets)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        assert_eq!(
+            files,
+            vec![
+                format!("w.client.{key}.json"),
+                format!("w.tokens.{key}.json")
+            ]
+        );
+        assert_eq!(legacy.load_tokens("w").await.unwrap(), None);
+        assert_eq!(
+            one.load_client_secret("w").await.unwrap(),
+            Some(Secret::new("cs"))
+        );
+        // The second config dir finds nothing: the entry is the first one's now.
+        assert_eq!(two.load_tokens("w").await.unwrap(), None);
+        assert_eq!(two.load_client_secret("w").await.unwrap(), None);
+        assert_eq!(one.load_tokens("w").await.unwrap(), Some(sample()));
+
+        // A logout before any read also deletes the old entry, which the next read
+        // would otherwise take over (and so undo the logout).
+        legacy.save_tokens("v", &sample()).await.unwrap();
+        one.delete_tokens("v").await.unwrap();
+        assert_eq!(one.load_tokens("v").await.unwrap(), None);
+        assert_eq!(legacy.load_tokens("v").await.unwrap(), None);
+
+        // An unscoped store (tests, the demo) reads and writes the old names only.
+        legacy.save_tokens("u", &sample()).await.unwrap();
+        assert_eq!(legacy.load_tokens("u").await.unwrap(), Some(sample()));
+        assert!(secrets.join("u.tokens.json").exists());
+    }
+
+    #[tokio::test]
+    async fn a_login_is_refused_to_a_workload_configured_elsewhere_since() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SecretStore::memory().for_config_dir(dir.path());
+        let w = workload("url = \"https://r.example/mcp\"\n");
+        assert_eq!(store.load_login(&w).await.unwrap(), Login::Missing);
+        store.save_login(&w, &sample()).await.unwrap();
+        assert_eq!(store.load_login(&w).await.unwrap(), Login::Ready(sample()));
+        // Another spelling of the same URLs is the same configuration.
+        let same = workload("url = \"HTTPS://R.example:443/mcp\"\n");
+        assert_eq!(
+            store.load_login(&same).await.unwrap(),
+            Login::Ready(sample())
+        );
+
+        let elsewhere = |w: WorkloadConfig| {
+            let store = store.clone();
+            async move {
+                match store.load_login(&w).await.unwrap() {
+                    Login::Elsewhere { changed } => changed,
+                    other => panic!("{other:?}"),
+                }
+            }
+        };
+        let mut moved = w.clone();
+        moved.token_endpoint = "https://b.example/token".parse().unwrap();
+        assert_eq!(elsewhere(moved).await, vec!["token_endpoint"]);
+        let mut other_client = w.clone();
+        other_client.client_id = "c2".into();
+        assert_eq!(elsewhere(other_client).await, vec!["client_id"]);
+        let mut other_url = w.clone();
+        other_url.url = Some("https://evil.example/mcp".parse().unwrap());
+        assert_eq!(elsewhere(other_url).await, vec!["url"]);
+        let mut no_url = w.clone();
+        no_url.url = None;
+        assert_eq!(elsewhere(no_url).await, vec!["url"]);
+        let mut ca = w.clone();
+        ca.ca_file = Some("/etc/other-ca.pem".into());
+        assert_eq!(elsewhere(ca).await, vec!["ca_file"]);
+        // Refused, not deleted: undoing the edit brings the login back.
+        assert_eq!(store.load_login(&w).await.unwrap(), Login::Ready(sample()));
+    }
+
+    #[tokio::test]
+    async fn an_entry_without_provenance_is_adopted_by_the_current_configuration() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = SecretStore::memory();
+        // An entry of an earlier version: old name, no provenance.
+        shared.save_tokens("w", &sample()).await.unwrap();
+        let store = shared.clone().for_config_dir(dir.path());
+        let w = workload("");
+        assert_eq!(store.load_login(&w).await.unwrap(), Login::Ready(sample()));
+        // Stamped now: a later edit of the configuration is noticed.
+        let mut moved = w.clone();
+        moved.token_endpoint = "https://b.example/token".parse().unwrap();
+        assert_eq!(
+            store.load_login(&moved).await.unwrap(),
+            Login::Elsewhere {
+                changed: vec!["token_endpoint"]
+            }
+        );
+    }
+
+    #[test]
+    fn the_provenance_record_reads_members_it_does_not_know() {
+        // A record written by a later version with more members (an `issuer`) still
+        // reads, and so does one without the optional members.
+        let later: Provenance = serde_json::from_str(
+            r#"{"token_endpoint":"https://a.example/token","client_id":"c","url":null,"ca_file":null,"issuer":"https://a.example"}"#,
+        )
+        .unwrap();
+        let earlier: Provenance =
+            serde_json::from_str(r#"{"token_endpoint":"https://a.example/token","client_id":"c"}"#)
+                .unwrap();
+        assert_eq!(later, earlier);
+        assert_eq!(earlier, Provenance::of(&workload("")));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::engine::oauth;
 use crate::engine::policy::Policy;
 use crate::engine::secret::Secret;
 use crate::engine::status::{Persisted, WorkloadStatus};
-use crate::engine::store::SecretStore;
+use crate::engine::store::{SecretStore, StoreError};
 use crate::engine::triggers::{self, Signal, Sources};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -50,6 +50,8 @@ pub enum EngineError {
     Config(String),
     #[error("the engine has stopped")]
     Stopped,
+    #[error("{0}")]
+    Store(String),
 }
 
 impl EngineError {
@@ -59,6 +61,7 @@ impl EngineError {
             EngineError::Token(t) => t.code(),
             EngineError::Config(_) => "config",
             EngineError::Stopped => "stopped",
+            EngineError::Store(_) => "store",
         }
     }
 }
@@ -74,6 +77,11 @@ enum Cmd {
     Token(
         String,
         oneshot::Sender<Result<oneshot::Receiver<Result<Secret, TokenError>>, EngineError>>,
+    ),
+    /// Log a workload out (its monitor deletes the stored tokens).
+    Logout(
+        String,
+        oneshot::Sender<Result<oneshot::Receiver<Result<(), StoreError>>, EngineError>>,
     ),
     /// Re-read which workloads exist (`Some` config) and/or whose tokens changed.
     Reload(
@@ -209,6 +217,19 @@ impl Engine {
         let n = name.to_string();
         let rx = self.ask(|tx| Cmd::Token(n, tx)).await??;
         Ok(rx.await.map_err(|_| EngineError::Stopped)??)
+    }
+
+    /// Log `name` out: its monitor stops using the tokens, abandons a refresh in flight
+    /// and deletes the stored tokens (after a save already under way, never before);
+    /// the workload shows "signed out".
+    pub async fn logout(&self, name: &str) -> Result<(), EngineError> {
+        let n = name.to_string();
+        let rx = self.ask(|tx| Cmd::Logout(n, tx)).await??;
+        rx.await.map_err(|_| EngineError::Stopped)?.map_err(|e| {
+            EngineError::Store(format!(
+                "signed out, but the stored tokens could not be deleted: {e}"
+            ))
+        })
     }
 
     /// Apply a new configuration and/or reload the tokens of `names`.
@@ -563,6 +584,19 @@ impl Supervisor {
                 Some(m) => {
                     let (tx, rx) = oneshot::channel();
                     let r = match m.shared.send(Command::Token(tx)) {
+                        Ok(()) => Ok(rx),
+                        Err(_) => Err(EngineError::Stopped),
+                    };
+                    let _ = reply.send(r);
+                }
+                None => {
+                    let _ = reply.send(Err(EngineError::UnknownWorkload(name)));
+                }
+            },
+            Cmd::Logout(name, reply) => match self.monitors.get(&name) {
+                Some(m) => {
+                    let (tx, rx) = oneshot::channel();
+                    let r = match m.shared.send(Command::Logout(tx)) {
                         Ok(()) => Ok(rx),
                         Err(_) => Err(EngineError::Stopped),
                     };
