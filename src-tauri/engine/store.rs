@@ -100,6 +100,11 @@ pub struct Provenance {
     /// The extra trust root (`ca_file`) the token endpoint was reached with.
     #[serde(default)]
     pub ca_file: Option<String>,
+    /// The authorization server's issuer (`issuer`, RFC 8414), when the configuration
+    /// names one. A record without it (older, or a workload without `issuer`) matches
+    /// whatever the configuration says now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
 }
 
 impl Provenance {
@@ -110,6 +115,7 @@ impl Provenance {
             client_id: w.client_id.clone(),
             url: w.url.as_ref().map(|u| u.to_string()),
             ca_file: w.ca_file.as_ref().map(|p| p.to_string_lossy().into_owned()),
+            issuer: w.issuer.clone(),
         }
     }
 
@@ -131,6 +137,13 @@ impl Provenance {
         }
         if self.ca_file != now.ca_file {
             changed.push("ca_file");
+        }
+        // Issuers are compared as strings (RFC 8414 §3.3), and only when both sides
+        // name one.
+        if let (Some(a), Some(b)) = (&self.issuer, &now.issuer) {
+            if a != b {
+                changed.push("issuer");
+            }
         }
         changed
     }
@@ -905,6 +918,19 @@ mod tests {
         assert_eq!(elsewhere(ca).await, vec!["ca_file"]);
         // Refused, not deleted: undoing the edit brings the login back.
         assert_eq!(store.load_login(&w).await.unwrap(), Login::Ready(sample()));
+
+        // The issuer: compared when the login and the configuration both name one.
+        let mut with_issuer = w.clone();
+        with_issuer.issuer = Some("https://auth.example".into());
+        assert_eq!(
+            store.load_login(&with_issuer).await.unwrap(),
+            Login::Ready(sample()),
+            "a login from before issuers were recorded still fits"
+        );
+        store.save_login(&with_issuer, &sample()).await.unwrap();
+        let mut other_issuer = with_issuer.clone();
+        other_issuer.issuer = Some("https://auth.example/".into());
+        assert_eq!(elsewhere(other_issuer).await, vec!["issuer"]);
     }
 
     #[tokio::test]
@@ -929,16 +955,17 @@ mod tests {
 
     #[test]
     fn the_provenance_record_reads_members_it_does_not_know() {
-        // A record written by a later version with more members (an `issuer`) still
-        // reads, and so does one without the optional members.
+        // A record written by a later version with more members still reads, and so
+        // does one without the optional members.
         let later: Provenance = serde_json::from_str(
-            r#"{"token_endpoint":"https://a.example/token","client_id":"c","url":null,"ca_file":null,"issuer":"https://a.example"}"#,
+            r#"{"token_endpoint":"https://a.example/token","client_id":"c","url":null,"ca_file":null,"issuer":"https://a.example","tenant":"t"}"#,
         )
         .unwrap();
         let earlier: Provenance =
             serde_json::from_str(r#"{"token_endpoint":"https://a.example/token","client_id":"c"}"#)
                 .unwrap();
-        assert_eq!(later, earlier);
+        assert_eq!(later.issuer.as_deref(), Some("https://a.example"));
+        assert!(later.changed(&earlier).is_empty());
         assert_eq!(earlier, Provenance::of(&workload("")));
     }
 
