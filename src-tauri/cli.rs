@@ -874,7 +874,9 @@ async fn client_config(paths: &Paths, name: &str) -> anyhow::Result<()> {
                     p
                 }
             };
-            crate::proxy::local_url(std::net::SocketAddr::from(([127, 0, 0, 1], port)), url)
+            let secret = crate::proxy::path_secret_for(&paths.config_file, name)?;
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            crate::proxy::local_url(addr, url, secret.as_ref())
         }
     };
     println!(

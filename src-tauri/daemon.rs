@@ -46,7 +46,8 @@ pub struct InstanceLock {
 
 /// Take the per-config-dir lock, or say which process holds it.
 pub fn acquire_lock(paths: &Paths) -> anyhow::Result<InstanceLock> {
-    std::fs::create_dir_all(&paths.config_dir)
+    // Private (0700): an older install's looser dir is tightened here, at start.
+    crate::engine::config::ensure_private_dir(&paths.config_dir)
         .with_context(|| format!("cannot create {}", paths.config_dir.display()))?;
     let mut file = std::fs::OpenOptions::new()
         .read(true)
@@ -215,5 +216,19 @@ mod tests {
         // A relative or empty second line is not trusted.
         std::fs::write(&paths.lock_file, "1\nrelative/dir").unwrap();
         assert_eq!(control_dir_of_owner(&paths), paths.config_dir);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn starting_makes_the_config_dir_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("cfg");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let paths = Paths::resolve(Some(dir.clone())).unwrap();
+        let _lock = acquire_lock(&paths).unwrap();
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
     }
 }

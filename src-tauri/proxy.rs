@@ -2,10 +2,12 @@
 //! `127.0.0.1:<listen_port>`.
 //!
 //! Every method and path is forwarded to the workload's remote origin with
-//! `Authorization: Bearer <access token>`; the client's own `Authorization` is
-//! dropped. Bodies stream both ways (SSE and chunked streamable HTTP arrive event by
-//! event); only a request body of at most `proxy_replay_bytes` is held, so it can be
-//! sent again after a `401`.
+//! `Authorization: Bearer <access token>`; the client's own `Authorization` and
+//! `Cookie` are dropped, and the remote's `Set-Cookie` and `Access-Control-*` never
+//! reach the client (they would belong to `127.0.0.1`, not to the remote). Bodies
+//! stream both ways (SSE and chunked streamable HTTP arrive event by event); only a
+//! request body of at most `proxy_replay_bytes` is held, so it can be sent again after
+//! a `401`.
 //!
 //! Outages are where it differs from a plain bearer-injecting proxy:
 //! * while the access token is valid it serves, even when the workload is `retrying`;
@@ -16,9 +18,26 @@
 //!   only a refresh that ends in an OAuth verdict makes the workload
 //!   `unauthenticated`.
 //!
-//! Requests whose `Host` is not the loopback address, or that carry a non-loopback
-//! `Origin`, are refused (DNS rebinding: a web page must not reach a signed-in
-//! remote through this port).
+//! Who may use it:
+//! * only the user running Tokenwarden: on Linux the owner of the connecting socket is
+//!   looked up per accepted connection ([`peer`]) and another uid gets a `403` (fail
+//!   closed: a failed lookup is a refusal); where the owner cannot be looked up, the
+//!   local URL carries a per-workload secret path prefix ([`PathSecret`]);
+//! * not web pages: `Host` must be this proxy's loopback address and port (DNS
+//!   rebinding), a present `Origin` must be the proxy's own
+//!   (`http://127.0.0.1:PORT`, `http://localhost:PORT`, `http://[::1]:PORT`), a
+//!   present `Sec-Fetch-Site` must be `same-origin` or `none`, and a CORS preflight is
+//!   refused by the proxy itself; all with `403` and a JSON reason, never forwarded.
+//!
+//! Connections: hyper's HTTP/1 under the proxy's own accept loop. A connection must
+//! send a complete request head within `proxy_header_timeout` of opening or of its
+//! previous answer (so idle keep-alive connections close after it too); at most
+//! `proxy_max_connections` are served at once, a new one taking the place of the
+//! longest-idle one, and answered `503 busy` only when every one has a request in
+//! flight.
+
+#[cfg(target_os = "linux")]
+pub mod peer;
 
 use crate::engine::monitor::{Command, MonitorShared, TokenError};
 use crate::engine::policy::Policy;
@@ -26,14 +45,23 @@ use crate::engine::secret::Secret;
 use crate::engine::status::WorkloadStatus;
 use crate::engine::Status;
 use axum::body::{Body, Bytes};
-use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::extract::Request;
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::{StreamExt, TryStreamExt};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
-use tokio::sync::oneshot;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::net::TcpStream;
+use tokio::sync::{oneshot, Semaphore};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
@@ -46,11 +74,16 @@ pub struct ProxyCtx {
     pub monitor: Arc<MonitorShared>,
     pub http: reqwest::Client,
     pub policy: Arc<Policy>,
+    /// The secret path prefix every request must start with, where the owner of a
+    /// connection cannot be looked up ([`path_secret_for`]); `None` on Linux.
+    pub path_secret: Option<PathSecret>,
 }
 
 /// A running proxy. Dropping it (or `stop`) closes the port and ends open streams.
 pub struct Proxy {
     pub addr: SocketAddr,
+    /// See [`ProxyCtx::path_secret`]: part of [`local_url`].
+    pub path_secret: Option<PathSecret>,
     cancel: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -100,14 +133,102 @@ pub fn http_client(
         .map_err(|e| format!("cannot build the proxy's HTTP client: {e}"))
 }
 
-/// `http://127.0.0.1:PORT/<the remote's path>`: what a client is pointed at.
-pub fn local_url(addr: SocketAddr, upstream: &Url) -> String {
+/// `http://127.0.0.1:PORT/<the remote's path>`: what a client is pointed at (with
+/// the path secret in front of the remote's path where there is one).
+pub fn local_url(addr: SocketAddr, upstream: &Url, secret: Option<&PathSecret>) -> String {
     let mut path = upstream.path().to_string();
     if let Some(q) = upstream.query() {
         path.push('?');
         path.push_str(q);
     }
-    format!("http://127.0.0.1:{}{path}", addr.port())
+    let prefix = secret
+        .map(|s| format!("/{}", s.0.expose()))
+        .unwrap_or_default();
+    format!("http://127.0.0.1:{}{prefix}{path}", addr.port())
+}
+
+/// A per-workload secret first path segment (`tw-` + 43 base64url characters), the
+/// owner check where the owner of a connection cannot be looked up: only processes
+/// that can read the user's config dir know it. `client-config` and `local_url` carry
+/// it; the proxy strips it before forwarding. Never logged (`Debug` is redacted).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PathSecret(Secret);
+
+impl PathSecret {
+    /// SHA-256 of the config dir's key and the workload's name: stable across
+    /// restarts (client configs stay valid), different per workload.
+    pub fn derive(key: &[u8], workload: &str) -> PathSecret {
+        use base64::Engine as _;
+        let mut h = Sha256::new();
+        h.update(key);
+        h.update([0u8]);
+        h.update(workload.as_bytes());
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(h.finalize());
+        PathSecret(Secret::new(format!("tw-{b64}")))
+    }
+
+    /// The path without the secret first segment (`/` when nothing follows), or
+    /// `None` when the path does not start with it. The segment is compared in
+    /// constant time.
+    pub fn strip<'a>(&self, path: &'a str) -> Option<&'a str> {
+        let rest = path.strip_prefix('/')?;
+        let (first, tail) = match rest.find('/') {
+            Some(i) => rest.split_at(i),
+            None => (rest, ""),
+        };
+        let want = self.0.expose().as_bytes();
+        let got = first.as_bytes();
+        let mut diff = (want.len() != got.len()) as u8;
+        for (k, w) in want.iter().enumerate() {
+            diff |= w ^ got.get(k).copied().unwrap_or(0);
+        }
+        (diff == 0).then_some(if tail.is_empty() { "/" } else { tail })
+    }
+}
+
+/// The path secret of `workload`, on platforms where the proxy cannot look up who owns
+/// a connection; `None` on Linux, where it can. The key (32 random bytes) lives in
+/// `proxy-path.key` (0600) beside `config_file`, made on first use.
+pub fn path_secret_for(
+    config_file: &std::path::Path,
+    workload: &str,
+) -> std::io::Result<Option<PathSecret>> {
+    if cfg!(target_os = "linux") {
+        return Ok(None);
+    }
+    let dir = config_file.parent().unwrap_or(std::path::Path::new("."));
+    let key_file = dir.join("proxy-path.key");
+    let key = match std::fs::read(&key_file) {
+        Ok(k) if k.len() >= 32 => k,
+        Ok(_) => {
+            return Err(std::io::Error::other(format!(
+                "{} is damaged",
+                key_file.display()
+            )))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key: [u8; 32] = rand::random();
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+            match opts.open(&key_file) {
+                Ok(mut f) => {
+                    use std::io::Write as _;
+                    f.write_all(&key)?;
+                    f.sync_all()?;
+                    key.to_vec()
+                }
+                // Another process made it first: use its key.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    std::fs::read(&key_file)?
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(e) => return Err(e),
+    };
+    Ok(Some(PathSecret::derive(&key, workload)))
 }
 
 /// The JSON an MCP client needs to reach the local proxy.
@@ -115,37 +236,318 @@ pub fn client_config(name: &str, local_url: &str) -> serde_json::Value {
     serde_json::json!({ "mcpServers": { name: { "url": local_url } } })
 }
 
+/// Refusals (another user, busy) answered at once; more are closed unanswered.
+const REFUSING_AT_ONCE: usize = 32;
+
 /// Serve `ctx` on `listener` until stopped.
 pub fn spawn(listener: std::net::TcpListener, ctx: ProxyCtx) -> std::io::Result<Proxy> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
     let addr = listener.local_addr()?;
     let cancel = CancellationToken::new();
+    let path_secret = ctx.path_secret.clone();
     let state = Arc::new(Shared {
+        conns: Conns {
+            max: ctx.policy.proxy_max_connections.max(1) as usize,
+            epoch: Instant::now(),
+            open: Mutex::new((0, HashMap::new())),
+        },
         ctx,
         port: addr.port(),
         cancel: cancel.clone(),
+        refusing: Semaphore::new(REFUSING_AT_ONCE),
+        last_warning: Mutex::new(None),
+        unreported: AtomicU64::new(0),
     });
-    let app = axum::Router::new().fallback(forward).with_state(state);
-    let signal = cancel.clone().cancelled_owned();
-    let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(signal)
-            .await
-        {
-            tracing::warn!(error = %e, "proxy stopped with an error");
-        }
-    });
+    let task = tokio::spawn(accept_loop(listener, addr, state));
     Ok(Proxy {
         addr,
+        path_secret,
         cancel,
         task: Some(task),
     })
+}
+
+/// Accept until stopped; each connection is a task of the set, so stopping the loop
+/// (or aborting it) ends them all.
+async fn accept_loop(listener: tokio::net::TcpListener, local: SocketAddr, s: Arc<Shared>) {
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = s.cancel.cancelled() => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            r = listener.accept() => match r {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    conns.spawn(connection(s.clone(), stream, peer, local));
+                }
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::ConnectionReset) => {}
+                Err(e) => {
+                    // Out of descriptors or memory: pause instead of spinning on it.
+                    s.warn_limited(&format!("the local proxy cannot accept a connection: {e}"));
+                    tokio::select! {
+                        _ = s.cancel.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    }
+                }
+            }
+        }
+    }
+    drop(listener);
+    // Every connection's close token is a child of `s.cancel`: each shuts down
+    // gracefully (an in-flight stream ends, see `relay`).
+    while conns.join_next().await.is_some() {}
+}
+
+/// One accepted connection: owner check, a place among the served ones, then HTTP.
+async fn connection(s: Arc<Shared>, stream: TcpStream, peer: SocketAddr, local: SocketAddr) {
+    if let Err(why) = s.owner_check(peer, local).await {
+        s.warn_limited(&format!("refused a connection from {peer}: {why}"));
+        let message =
+            format!("this proxy serves only the processes of the user running Tokenwarden: {why}");
+        s.refuse(stream, StatusCode::FORBIDDEN, "forbidden_user", message)
+            .await;
+        return;
+    }
+    let Some(slot) = s.admit() else {
+        s.warn_limited(&format!(
+            "busy: all {} connections have a request in flight; answered 503",
+            s.conns.max
+        ));
+        let message = format!(
+            "the local proxy has {} requests in flight, its limit (proxy_max_connections); try again",
+            s.conns.max
+        );
+        s.refuse(stream, StatusCode::SERVICE_UNAVAILABLE, "busy", message)
+            .await;
+        return;
+    };
+    let svc_state = s.clone();
+    let conn_state = slot.state.clone();
+    let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let busy = Busy::start(conn_state.clone(), svc_state.conns.epoch);
+        let s = svc_state.clone();
+        async move {
+            let resp = forward(s, req.map(Body::new)).await;
+            Ok::<_, Infallible>(resp.map(|inner| Tracked { inner, _busy: busy }))
+        }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(s.ctx.policy.proxy_header_timeout);
+    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(workload = %s.ctx.name, "proxy connection ended: {e}");
+            }
+            return;
+        }
+        _ = slot.state.close.cancelled() => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
+}
+
+/// The connections a proxy serves, for its bound.
+struct Conns {
+    max: usize,
+    /// `idle_since` counts milliseconds from here.
+    epoch: Instant,
+    /// Next id, and the open connections by id.
+    open: Mutex<(u64, HashMap<u64, Arc<ConnState>>)>,
+}
+
+struct ConnState {
+    /// Requests whose answer has not ended yet.
+    in_flight: AtomicUsize,
+    /// Since when it has had no request in flight (ms from `Conns::epoch`).
+    idle_since: AtomicU64,
+    /// Closes the connection gracefully (a child of the proxy's stop token).
+    close: CancellationToken,
+}
+
+fn millis_since(epoch: Instant) -> u64 {
+    epoch.elapsed().as_millis() as u64
+}
+
+/// A connection's place among the served ones; dropping it frees the place.
+struct Slot {
+    s: Arc<Shared>,
+    id: u64,
+    state: Arc<ConnState>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        lock(&self.s.conns.open).1.remove(&self.id);
+    }
+}
+
+/// A request in flight on a connection, until its answer's body ends or is dropped.
+struct Busy {
+    conn: Arc<ConnState>,
+    epoch: Instant,
+}
+
+impl Busy {
+    fn start(conn: Arc<ConnState>, epoch: Instant) -> Busy {
+        conn.in_flight.fetch_add(1, Ordering::SeqCst);
+        Busy { conn, epoch }
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.conn
+            .idle_since
+            .store(millis_since(self.epoch), Ordering::SeqCst);
+        self.conn.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// An answer's body that keeps its request counted as in flight until it ends.
+struct Tracked {
+    inner: Body,
+    _busy: Busy,
+}
+
+impl http_body::Body for Tracked {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 struct Shared {
     ctx: ProxyCtx,
     port: u16,
     cancel: CancellationToken,
+    conns: Conns,
+    refusing: Semaphore,
+    /// Refusal warnings: at most one per 10 s, with a count of the others.
+    last_warning: Mutex<Option<Instant>>,
+    unreported: AtomicU64,
+}
+
+impl Shared {
+    /// Is the process at `peer` (connected to `local`) run by this process's user?
+    #[cfg(target_os = "linux")]
+    async fn owner_check(&self, peer: SocketAddr, local: SocketAddr) -> Result<(), String> {
+        let me = peer::own_uid();
+        match tokio::task::spawn_blocking(move || peer::peer_uid(peer, local)).await {
+            Ok(Ok(uid)) if uid == me => Ok(()),
+            Ok(Ok(uid)) => Err(format!("the connection is from uid {uid}, not {me}")),
+            Ok(Err(e)) => Err(format!("the connection's owner cannot be looked up ({e})")),
+            Err(e) => Err(format!("the connection's owner cannot be looked up ({e})")),
+        }
+    }
+
+    /// Elsewhere the owner is not looked up: the path secret is checked per request.
+    #[cfg(not(target_os = "linux"))]
+    async fn owner_check(&self, _peer: SocketAddr, _local: SocketAddr) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// A place for a new connection: free, or the longest-idle connection's (closed
+    /// for it); `None` when every connection has a request in flight.
+    fn admit(self: &Arc<Self>) -> Option<Slot> {
+        let mut open = lock(&self.conns.open);
+        if open.1.len() >= self.conns.max {
+            let victim = open
+                .1
+                .iter()
+                .filter(|(_, c)| c.in_flight.load(Ordering::SeqCst) == 0)
+                .min_by_key(|(_, c)| c.idle_since.load(Ordering::SeqCst))
+                .map(|(id, _)| *id)?;
+            if let Some(c) = open.1.remove(&victim) {
+                c.close.cancel();
+            }
+            tracing::debug!(workload = %self.ctx.name, "closed the longest-idle connection for a new one");
+        }
+        open.0 += 1;
+        let id = open.0;
+        let state = Arc::new(ConnState {
+            in_flight: AtomicUsize::new(0),
+            idle_since: AtomicU64::new(millis_since(self.conns.epoch)),
+            close: self.cancel.child_token(),
+        });
+        open.1.insert(id, state.clone());
+        Some(Slot {
+            s: self.clone(),
+            id,
+            state,
+        })
+    }
+
+    /// Answer one request on `stream` with `status` and a JSON reason, then close;
+    /// with too many refusals under way, just close.
+    async fn refuse(&self, stream: TcpStream, status: StatusCode, code: &str, message: String) {
+        let Ok(_permit) = self.refusing.try_acquire() else {
+            return;
+        };
+        let body = serde_json::json!({ "error": code, "message": message }).to_string();
+        let busy = status == StatusCode::SERVICE_UNAVAILABLE;
+        let svc = hyper::service::service_fn(move |_req: hyper::Request<hyper::body::Incoming>| {
+            let mut r = Response::new(Body::from(body.clone()));
+            *r.status_mut() = status;
+            let h = r.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            if busy {
+                h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            async move { Ok::<_, Infallible>(r) }
+        });
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.ctx.policy.proxy_header_timeout)
+            .keep_alive(false);
+        let conn = builder.serve_connection(TokioIo::new(stream), svc);
+        tokio::select! {
+            _ = conn => {}
+            _ = self.cancel.cancelled() => {}
+        }
+    }
+
+    /// A warning, at most one per 10 s (another user or a client in a loop must not
+    /// fill the log); the next one says how many were left out.
+    fn warn_limited(&self, what: &str) {
+        let mut last = lock(&self.last_warning);
+        if last.is_some_and(|t| t.elapsed() < Duration::from_secs(10)) {
+            self.unreported.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        *last = Some(Instant::now());
+        let more = self.unreported.swap(0, Ordering::Relaxed);
+        if more > 0 {
+            tracing::warn!(workload = %self.ctx.name, "{what} (and {more} more since the last such warning)");
+        } else {
+            tracing::warn!(workload = %self.ctx.name, "{what}");
+        }
+    }
 }
 
 /// Headers that belong to one connection, not to the request (RFC 9110 §7.6.1), plus
@@ -162,7 +564,28 @@ const DROPPED: &[HeaderName] = &[
     header::UPGRADE,
 ];
 
-fn copy_headers(from: &HeaderMap, skip_content_length: bool) -> HeaderMap {
+/// Which way headers are copied: each direction drops what belongs to the
+/// `127.0.0.1` origin, not to the remote.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Way {
+    /// Client to remote: the client's cookies for 127.0.0.1 stay here.
+    Request,
+    /// Remote to client: no cookies for 127.0.0.1, no CORS grants in the remote's name.
+    Response,
+}
+
+fn dropped_for(way: Way, k: &HeaderName) -> bool {
+    match way {
+        Way::Request => *k == header::COOKIE || k.as_str() == "cookie2",
+        Way::Response => {
+            *k == header::SET_COOKIE
+                || k.as_str() == "set-cookie2"
+                || k.as_str().starts_with("access-control-")
+        }
+    }
+}
+
+fn copy_headers(from: &HeaderMap, skip_content_length: bool, way: Way) -> HeaderMap {
     let listed: Vec<String> = from
         .get_all(header::CONNECTION)
         .iter()
@@ -174,6 +597,7 @@ fn copy_headers(from: &HeaderMap, skip_content_length: bool) -> HeaderMap {
     for (k, v) in from {
         if DROPPED.contains(k)
             || k.as_str() == "keep-alive"
+            || dropped_for(way, k)
             || (skip_content_length && *k == header::CONTENT_LENGTH)
             || listed.iter().any(|l| l == k.as_str())
         {
@@ -251,7 +675,7 @@ fn unavailable(s: &Shared, e: &TokenError) -> Response {
     )
 }
 
-/// Is `host` (a `Host` or `Origin` authority) this machine's loopback?
+/// Is `host` (a `Host` authority) this machine's loopback?
 fn loopback_authority(authority: &str, port: Option<u16>) -> bool {
     let Ok(u) = Url::parse(&format!("http://{authority}")) else {
         return false;
@@ -260,27 +684,68 @@ fn loopback_authority(authority: &str, port: Option<u16>) -> bool {
         && port.is_none_or(|p| u.port_or_known_default() == Some(p))
 }
 
-fn check_origin(headers: &HeaderMap, port: u16) -> Result<(), &'static str> {
+/// The proxy's own origins: `http://` + `127.0.0.1`, `localhost` or `[::1]` + `:PORT`
+/// (as browsers write an origin: lower case, no path; no port for port 80).
+fn own_origin(origin: &str, port: u16) -> bool {
+    ["127.0.0.1", "localhost", "[::1]"].iter().any(|h| {
+        origin.eq_ignore_ascii_case(&format!("http://{h}:{port}"))
+            || (port == 80 && origin.eq_ignore_ascii_case(&format!("http://{h}")))
+    })
+}
+
+/// Why a request must not be forwarded, before anything else is done for it: an
+/// error code and a message, answered `403`.
+fn check_request(
+    method: &Method,
+    headers: &HeaderMap,
+    port: u16,
+) -> Result<(), (&'static str, String)> {
     let host_ok = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .is_some_and(|h| loopback_authority(h, Some(port)));
     if !host_ok {
-        return Err("the Host header must name this proxy's loopback address");
+        return Err((
+            "foreign_host",
+            format!("the Host header must name this proxy's loopback address and port {port}"),
+        ));
     }
-    if let Some(origin) = headers.get(header::ORIGIN) {
-        let ok = origin.to_str().ok().is_some_and(|o| {
-            o == "null"
-                || Url::parse(o).is_ok_and(|u| {
-                    crate::engine::config::is_loopback_host(&u)
-                        && matches!(u.scheme(), "http" | "https")
-                })
-        });
+    if method == Method::OPTIONS && headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD) {
+        return Err((
+            "cors_preflight",
+            "CORS preflight requests are refused: web pages may not use this proxy".into(),
+        ));
+    }
+    let own = format!("http://127.0.0.1:{port}, http://localhost:{port} or http://[::1]:{port}");
+    for origin in headers.get_all(header::ORIGIN) {
+        if !origin.to_str().is_ok_and(|o| own_origin(o, port)) {
+            return Err((
+                "foreign_origin",
+                format!("requests from web pages are refused: an Origin must be this proxy's own ({own})"),
+            ));
+        }
+    }
+    for site in headers.get_all("sec-fetch-site") {
+        let ok = site
+            .to_str()
+            .is_ok_and(|v| v.eq_ignore_ascii_case("same-origin") || v.eq_ignore_ascii_case("none"));
         if !ok {
-            return Err("requests from web pages of other sites are refused");
+            return Err((
+                "cross_site",
+                "requests a browser made for a web page of another site are refused (Sec-Fetch-Site)".into(),
+            ));
         }
     }
     Ok(())
+}
+
+/// A `403` before anything was forwarded: the reason, no workload status.
+fn forbidden(s: &Shared, code: &str, message: &str) -> Response {
+    let body = serde_json::json!({ "error": code, "message": message, "workload": s.ctx.name });
+    let mut resp = (StatusCode::FORBIDDEN, axum::Json(body)).into_response();
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
 }
 
 impl Shared {
@@ -395,7 +860,7 @@ impl Shared {
     /// Pass the upstream answer through, body streamed, ending when the proxy stops.
     fn relay(&self, resp: reqwest::Response) -> Response {
         let status = resp.status();
-        let headers = copy_headers(resp.headers(), false);
+        let headers = copy_headers(resp.headers(), false, Way::Response);
         let stream = resp
             .bytes_stream()
             .take_until(self.cancel.clone().cancelled_owned());
@@ -434,14 +899,28 @@ async fn read_body(body: Body, limit: usize) -> Result<ReqBody, axum::Error> {
     }))
 }
 
-async fn forward(State(s): State<Arc<Shared>>, req: Request) -> Response {
+async fn forward(s: Arc<Shared>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
-    if let Err(why) = check_origin(&parts.headers, s.port) {
-        tracing::warn!(workload = %s.ctx.name, "proxy refused a request: {why}");
-        return error(StatusCode::FORBIDDEN, "forbidden", why, &s, None);
+    if let Err((code, why)) = check_request(&parts.method, &parts.headers, s.port) {
+        s.warn_limited(&format!("refused a request: {why}"));
+        return forbidden(&s, code, &why);
     }
+    let path = match &s.ctx.path_secret {
+        None => parts.uri.path(),
+        Some(secret) => match secret.strip(parts.uri.path()) {
+            Some(p) => p,
+            None => {
+                s.warn_limited("refused a request without the proxy's path secret");
+                return forbidden(
+                    &s,
+                    "path_secret",
+                    "this proxy's URL starts with a secret path segment: use the URL `tokenwarden client-config` prints",
+                );
+            }
+        },
+    };
     let mut target = s.ctx.upstream.clone();
-    target.set_path(parts.uri.path());
+    target.set_path(path);
     target.set_query(parts.uri.query());
 
     let token = match s.token(None).await {
@@ -461,7 +940,7 @@ async fn forward(State(s): State<Arc<Shared>>, req: Request) -> Response {
         }
     };
     let streaming = matches!(body, ReqBody::Streaming(_));
-    let headers = copy_headers(&parts.headers, !streaming);
+    let headers = copy_headers(&parts.headers, !streaming, Way::Request);
     let (first, replay) = match body {
         ReqBody::Held(b) => (reqwest::Body::from(b.clone()), Some(b)),
         ReqBody::Streaming(b) => (b, None),
@@ -521,28 +1000,101 @@ async fn forward(State(s): State<Arc<Shared>>, req: Request) -> Response {
 mod tests {
     use super::*;
 
-    #[test]
-    fn only_loopback_hosts_and_origins_pass() {
-        let h = |host: &str, origin: Option<&str>| {
-            let mut m = HeaderMap::new();
-            m.insert(header::HOST, HeaderValue::from_str(host).unwrap());
-            if let Some(o) = origin {
-                m.insert(header::ORIGIN, HeaderValue::from_str(o).unwrap());
-            }
-            check_origin(&m, 8765)
-        };
-        assert!(h("127.0.0.1:8765", None).is_ok());
-        assert!(h("localhost:8765", Some("http://localhost:3000")).is_ok());
-        assert!(h("127.0.0.1:8765", Some("null")).is_ok());
-        assert!(h("evil.example:8765", None).is_err(), "DNS rebinding");
-        assert!(h("127.0.0.1:9999", None).is_err(), "another port");
-        assert!(h("127.0.0.1:8765", Some("https://evil.example")).is_err());
-        assert!(HeaderMap::new().get(header::HOST).is_none());
-        assert!(check_origin(&HeaderMap::new(), 8765).is_err());
+    fn check(method: Method, headers: &[(&str, &str)]) -> Result<(), &'static str> {
+        let mut m = HeaderMap::new();
+        for (k, v) in headers {
+            m.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        check_request(&method, &m, 8765).map_err(|(code, _)| code)
     }
 
     #[test]
-    fn hop_by_hop_and_client_authorization_are_dropped() {
+    fn only_loopback_hosts_and_the_proxys_own_origins_pass() {
+        let get = |h: &[(&str, &str)]| check(Method::GET, h);
+        let host = ("host", "127.0.0.1:8765");
+        assert_eq!(get(&[host]), Ok(()));
+        assert_eq!(get(&[("host", "localhost:8765")]), Ok(()));
+        for o in [
+            "http://127.0.0.1:8765",
+            "http://localhost:8765",
+            "http://[::1]:8765",
+            "HTTP://LOCALHOST:8765",
+        ] {
+            assert_eq!(get(&[host, ("origin", o)]), Ok(()), "{o}");
+        }
+        assert_eq!(
+            get(&[("host", "evil.example:8765")]),
+            Err("foreign_host"),
+            "DNS rebinding"
+        );
+        assert_eq!(
+            get(&[("host", "127.0.0.1:9999")]),
+            Err("foreign_host"),
+            "another port"
+        );
+        assert_eq!(get(&[]), Err("foreign_host"));
+        for o in [
+            "null",
+            "https://evil.example",
+            "http://localhost:3000",
+            "https://127.0.0.1:8765",
+            "http://127.0.0.2:8765",
+            "http://127.0.0.1:8765/",
+            "http://127.0.0.1",
+            "",
+        ] {
+            assert_eq!(get(&[host, ("origin", o)]), Err("foreign_origin"), "{o:?}");
+        }
+        // Every Origin header counts, not only the first.
+        assert_eq!(
+            get(&[
+                host,
+                ("origin", "http://127.0.0.1:8765"),
+                ("origin", "null")
+            ]),
+            Err("foreign_origin")
+        );
+    }
+
+    #[test]
+    fn browser_requests_for_other_sites_and_preflights_are_refused() {
+        let host = ("host", "127.0.0.1:8765");
+        for site in ["cross-site", "same-site", "Cross-Site", "something-new"] {
+            assert_eq!(
+                check(Method::GET, &[host, ("sec-fetch-site", site)]),
+                Err("cross_site"),
+                "{site}"
+            );
+        }
+        for site in ["same-origin", "none"] {
+            assert_eq!(
+                check(Method::GET, &[host, ("sec-fetch-site", site)]),
+                Ok(()),
+                "{site}"
+            );
+        }
+        let pre = [
+            host,
+            ("origin", "http://127.0.0.1:8765"),
+            ("access-control-request-method", "POST"),
+        ];
+        assert_eq!(
+            check(Method::OPTIONS, &pre),
+            Err("cors_preflight"),
+            "even from the proxy's own origin"
+        );
+        assert_eq!(
+            check(Method::OPTIONS, &[host]),
+            Ok(()),
+            "a plain OPTIONS is forwarded"
+        );
+    }
+
+    #[test]
+    fn hop_by_hop_client_authorization_and_cookies_are_dropped() {
         let mut m = HeaderMap::new();
         m.insert(
             header::AUTHORIZATION,
@@ -554,25 +1106,95 @@ mod tests {
         );
         m.insert("x-private", HeaderValue::from_static("1"));
         m.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        m.insert(header::COOKIE, HeaderValue::from_static("session=local"));
         m.insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
         m.insert(
             header::ACCEPT,
             HeaderValue::from_static("text/event-stream"),
         );
-        let out = copy_headers(&m, false);
+        let out = copy_headers(&m, false, Way::Request);
         assert_eq!(out.len(), 2, "{out:?}");
         assert!(out.contains_key(header::ACCEPT) && out.contains_key(header::CONTENT_LENGTH));
-        assert!(!copy_headers(&m, true).contains_key(header::CONTENT_LENGTH));
+        assert!(!copy_headers(&m, true, Way::Request).contains_key(header::CONTENT_LENGTH));
+
+        let mut r = HeaderMap::new();
+        r.insert(header::SET_COOKIE, HeaderValue::from_static("a=b"));
+        r.append(header::SET_COOKIE, HeaderValue::from_static("c=d"));
+        r.insert(
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            HeaderValue::from_static("*"),
+        );
+        r.insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
+        r.insert(
+            "access-control-allow-private-network",
+            HeaderValue::from_static("true"),
+        );
+        r.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        let out = copy_headers(&r, false, Way::Response);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert!(out.contains_key(header::CONTENT_TYPE));
     }
 
     #[test]
     fn local_url_and_client_config() {
         let u = Url::parse("https://remote.example/mcp?x=1").unwrap();
-        let l = local_url("127.0.0.1:8765".parse().unwrap(), &u);
+        let l = local_url("127.0.0.1:8765".parse().unwrap(), &u, None);
         assert_eq!(l, "http://127.0.0.1:8765/mcp?x=1");
         assert_eq!(
             client_config("gh", &l).to_string(),
             r#"{"mcpServers":{"gh":{"url":"http://127.0.0.1:8765/mcp?x=1"}}}"#
         );
+        let secret = PathSecret::derive(&[7; 32], "gh");
+        let l = local_url("127.0.0.1:8765".parse().unwrap(), &u, Some(&secret));
+        let rest = l.strip_prefix("http://127.0.0.1:8765/tw-").unwrap();
+        assert_eq!(rest.len(), 43 + "/mcp?x=1".len(), "{l}");
+        assert!(rest.ends_with("/mcp?x=1"));
+        let path = &l["http://127.0.0.1:8765".len()..l.len() - "?x=1".len()];
+        assert_eq!(secret.strip(path), Some("/mcp"));
+    }
+
+    #[test]
+    fn path_secret_is_per_workload_stable_and_stripped_only_when_whole() {
+        let a = PathSecret::derive(&[1; 32], "a");
+        assert_eq!(a, PathSecret::derive(&[1; 32], "a"), "stable");
+        assert_ne!(a, PathSecret::derive(&[1; 32], "b"), "per workload");
+        assert_ne!(a, PathSecret::derive(&[2; 32], "a"), "per key");
+        assert_eq!(format!("{a:?}"), "PathSecret(Secret(***))", "never printed");
+        let seg = a.0.expose().to_string();
+        assert!(seg.starts_with("tw-") && seg.len() == 46, "{seg}");
+        assert_eq!(a.strip(&format!("/{seg}/mcp/sse")), Some("/mcp/sse"));
+        assert_eq!(a.strip(&format!("/{seg}")), Some("/"));
+        assert_eq!(a.strip(&format!("/{seg}/")), Some("/"));
+        assert_eq!(a.strip("/mcp"), None);
+        assert_eq!(a.strip("/"), None);
+        assert_eq!(a.strip(""), None);
+        assert_eq!(
+            a.strip(&format!("/{}/mcp", &seg[..45])),
+            None,
+            "a prefix of it"
+        );
+        assert_eq!(a.strip(&format!("/{seg}x/mcp")), None, "longer");
+        assert_eq!(a.strip(&format!("{seg}/mcp")), None, "no leading slash");
+        assert_eq!(a.strip(&format!("/mcp/{seg}")), None, "first segment only");
+        let b = PathSecret::derive(&[1; 32], "b");
+        assert_eq!(b.strip(&format!("/{seg}/mcp")), None, "another workload's");
+    }
+
+    #[test]
+    fn path_secret_key_is_made_once_and_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("workloads.toml");
+        let first = path_secret_for(&cfg, "w").unwrap();
+        if cfg!(target_os = "linux") {
+            assert_eq!(first, None, "Linux checks the connection's owner instead");
+            return;
+        }
+        assert_eq!(first, path_secret_for(&cfg, "w").unwrap());
     }
 }

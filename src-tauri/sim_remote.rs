@@ -20,13 +20,19 @@
 //! * `POST /mcp/echo` – the request body streamed back (any size, never buffered).
 //!
 //! Every `/mcp*` request needs the bearer, counts in [`SimRemote::requests`], and
-//! has its `Authorization` header recorded ([`SimRemote::last_authorization`]), so a
-//! test can check that a proxy replaced the client's header.
+//! has its `Authorization` and `Cookie` headers recorded
+//! ([`SimRemote::last_authorization`], [`SimRemote::last_cookie`]), so a test can check
+//! what a proxy replaced or dropped.
 //!
 //! # Knobs
 //!
 //! * [`SimRemote::reject_next_valid_token`] – the next request with a valid token
 //!   gets `401 invalid_token` once (a token revoked at the resource only);
+//! * [`SimRemote::reject_tokens_issued_so_far`] – every token the issuer has issued
+//!   until now gets `401 invalid_token` on every request; tokens issued later (a
+//!   refresh) are accepted;
+//! * [`RemoteOptions::browser_headers`] – `/mcp` answers carry `Set-Cookie` and
+//!   `Access-Control-Allow-*` headers, like a remote made for browsers;
 //! * [`SimRemote::set_hang`] – `/mcp*` requests are accepted and never answered
 //!   until the knob is turned off (then they are served) or the server stops;
 //! * [`SimRemote::set_prm_mode`] – break the protected resource metadata
@@ -74,6 +80,9 @@ pub struct RemoteOptions {
     /// `POST /mcp` answers `405` before anything else (an SSE-only server: a client
     /// probing it has to use GET). Default `false`.
     pub get_only: bool,
+    /// `/mcp` answers carry `Set-Cookie` and `Access-Control-Allow-Origin: *` /
+    /// `-Credentials: true` (a remote made for browsers). Default `false`.
+    pub browser_headers: bool,
 }
 
 impl Default for RemoteOptions {
@@ -84,6 +93,7 @@ impl Default for RemoteOptions {
             challenge_scope: None,
             scopes_supported: vec!["mcp:read".into(), "mcp:write".into()],
             get_only: false,
+            browser_headers: false,
         }
     }
 }
@@ -147,9 +157,11 @@ struct Inner {
     prm_mode: Mutex<PrmMode>,
     hang: watch::Sender<bool>,
     reject_next: AtomicBool,
+    rejected: Mutex<std::collections::HashSet<String>>,
     requests: AtomicU64,
     unauthorized: AtomicU64,
     last_authorization: Mutex<Option<String>>,
+    last_cookie: Mutex<Option<String>>,
     shutdown: CancellationToken,
 }
 
@@ -173,9 +185,11 @@ impl SimRemote {
             prm_mode: Mutex::new(PrmMode::Good),
             hang,
             reject_next: AtomicBool::new(false),
+            rejected: Mutex::new(Default::default()),
             requests: AtomicU64::new(0),
             unauthorized: AtomicU64::new(0),
             last_authorization: Mutex::new(None),
+            last_cookie: Mutex::new(None),
             shutdown: CancellationToken::new(),
         });
         let app = Router::new()
@@ -252,9 +266,22 @@ impl SimRemote {
         lock(&self.inner.last_authorization).clone()
     }
 
+    /// The `Cookie` header of the latest `/mcp*` request (`None` if it had none).
+    pub fn last_cookie(&self) -> Option<String> {
+        lock(&self.inner.last_cookie).clone()
+    }
+
     /// The next request with a valid token gets `401 invalid_token`, once.
     pub fn reject_next_valid_token(&self) {
         self.inner.reject_next.store(true, Ordering::SeqCst);
+    }
+
+    /// Every token the issuer has issued so far gets `401 invalid_token`, on every
+    /// request, from now on (revoked at the resource only); a token issued after this
+    /// call, by a refresh, is accepted.
+    pub fn reject_tokens_issued_so_far(&self) {
+        let issued = self.inner.issuer.issued_tokens();
+        lock(&self.inner.rejected).extend(issued);
     }
 
     /// While on, `/mcp*` requests are accepted and left unanswered.
@@ -388,6 +415,10 @@ async fn admit(inner: &Inner, headers: &HeaderMap) -> Result<(), Response> {
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     *lock(&inner.last_authorization) = authorization.clone();
+    *lock(&inner.last_cookie) = headers
+        .get(header::COOKIE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     if *inner.hang.borrow() {
         let mut rx = inner.hang.subscribe();
         tokio::select! {
@@ -406,7 +437,10 @@ async fn admit(inner: &Inner, headers: &HeaderMap) -> Result<(), Response> {
     let valid = token
         .as_deref()
         .is_some_and(|t| inner.issuer.is_valid_access_token(t));
-    if valid && !inner.reject_next.swap(false, Ordering::SeqCst) {
+    let rejected = token
+        .as_deref()
+        .is_some_and(|t| lock(&inner.rejected).contains(t));
+    if valid && !rejected && !inner.reject_next.swap(false, Ordering::SeqCst) {
         return Ok(());
     }
     inner.unauthorized.fetch_add(1, Ordering::SeqCst);
@@ -459,14 +493,34 @@ async fn mcp(
             Err(_) => break,
         }
     }
-    Json(serde_json::json!({
+    let mut response = Json(serde_json::json!({
         "ok": true,
         "method": method.as_str(),
         "path": uri.path(),
         "body_len": body_len,
         "authorization_seen": true,
     }))
-    .into_response()
+    .into_response();
+    if inner.opts.browser_headers {
+        let h = response.headers_mut();
+        h.append(
+            header::SET_COOKIE,
+            HeaderValue::from_static("sim_session=1; Path=/; HttpOnly"),
+        );
+        h.append(
+            header::SET_COOKIE,
+            HeaderValue::from_static("sim_pref=a; Path=/"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            HeaderValue::from_static("*"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
+    }
+    response
 }
 
 fn unix_millis() -> u128 {

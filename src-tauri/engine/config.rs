@@ -482,14 +482,13 @@ impl EditLock {
             message: format!("cannot {what} {}: {e}", lock_path.display()),
         };
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| fail("create the directory of", e))?;
+            ensure_private_dir(dir).map_err(|e| fail("create the directory of", e))?;
         }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| fail("open", e))?;
+        let mut opts = std::fs::OpenOptions::new();
+        opts.create(true).truncate(false).write(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let file = opts.open(&lock_path).map_err(|e| fail("open", e))?;
         file.lock().map_err(|e| fail("lock", e))?;
         Ok(EditLock { _file: file })
     }
@@ -515,18 +514,67 @@ fn commit_edit(path: &Path, new_text: &str) -> Result<Config, ConfigError> {
     // Validate what we are about to write with the same loader.
     let cfg = Config::parse(path, new_text)?;
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| ConfigError {
+        ensure_private_dir(dir).map_err(|e| ConfigError {
             path: path.to_path_buf(),
             line: None,
             message: format!("cannot create the config directory: {e}"),
         })?;
     }
-    write_atomic(path, new_text.as_bytes(), false).map_err(|e| ConfigError {
+    let looser = looser_mode(path, 0o600);
+    // The file names the proxies' ports and the endpoints: the user's own (0600).
+    write_atomic(path, new_text.as_bytes(), true).map_err(|e| ConfigError {
         path: path.to_path_buf(),
         line: None,
         message: format!("cannot write the file: {e}"),
     })?;
+    if let Some(mode) = looser {
+        tracing::info!(file = %path.display(), "the file was {mode:o}; written 0600");
+    }
     Ok(cfg)
+}
+
+/// The permission bits of `path` when it exists and allows more than `allowed`.
+fn looser_mode(path: &Path, allowed: u32) -> Option<u32> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+        (mode & !allowed != 0).then_some(mode)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (path, allowed);
+        None
+    }
+}
+
+/// Make the config dir exist and be the user's alone (0700): created so, or tightened
+/// (with a log line) when it allows more. A dir that cannot be tightened (another
+/// user's) is left as it is, with a warning.
+pub fn ensure_private_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        if !dir.is_dir() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
+        }
+        if let Some(mode) = looser_mode(dir, 0o700) {
+            match std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)) {
+                Ok(()) => {
+                    tracing::info!(dir = %dir.display(), "the config directory was {mode:o}; now 0700")
+                }
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "the config directory is {mode:o} and cannot be made 0700")
+                }
+            }
+        }
+        Ok(())
+    }
+    #[cfg(not(unix))]
+    std::fs::create_dir_all(dir)
 }
 
 fn edit_error(path: &Path, message: String) -> ConfigError {
@@ -1177,5 +1225,42 @@ listen_port = 8765
                 assert!(cfg.workload(&format!("w{t}-{i}")).is_some(), "w{t}-{i}");
             }
         }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn edits_write_the_file_0600_in_a_0700_dir_and_tighten_looser_ones() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let base = tempfile::tempdir().unwrap();
+        let new = NewWorkload {
+            name: "w".into(),
+            token_endpoint: "https://auth.example/token".into(),
+            client_id: "abc".into(),
+            ..NewWorkload::default()
+        };
+
+        // A new config dir and file.
+        let dir = base.path().join("fresh/tokenwarden");
+        let path = dir.join(FILE_NAME);
+        add_workload(&path, &new).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&path), 0o600);
+        let lock = dir.join(format!(".{FILE_NAME}.edit-lock"));
+        assert_eq!(mode(&lock), 0o600);
+
+        // An older install: 0755 dir, 0644 file. The next write tightens both.
+        let dir = base.path().join("old");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = dir.join(FILE_NAME);
+        std::fs::write(&path, GOOD).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        set_listen_port(&path, "github-mcp", 9000).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&path), 0o600);
+        assert!(std::fs::read_to_string(&path)
+            .unwrap()
+            .contains("listen_port = 9000"));
     }
 }

@@ -69,6 +69,14 @@ pub struct Policy {
     /// Local proxy: request bodies up to this size are held so they can be sent again
     /// after a `401` and a refresh; larger ones stream straight through.
     pub proxy_replay_bytes: usize,
+    /// Local proxy: a connection must send a complete request head within this long of
+    /// opening, or of the end of its previous answer (so it is also how long an idle
+    /// keep-alive connection is kept); then it is closed.
+    pub proxy_header_timeout: Duration,
+    /// Local proxy: connections one proxy serves at once. When full, a new connection
+    /// takes the place of the longest-idle one (no request in flight); when every
+    /// connection has a request in flight, it is answered `503` and closed.
+    pub proxy_max_connections: u32,
     /// How often a running daemon or app looks at workloads.toml for hand edits.
     pub config_check_interval: Duration,
 }
@@ -107,6 +115,8 @@ impl Default for Policy {
             issuer_max_concurrent: 8,
             proxy_upstream_timeout: Duration::from_secs(60),
             proxy_replay_bytes: 64 * 1024,
+            proxy_header_timeout: Duration::from_secs(10),
+            proxy_max_connections: 256,
             config_check_interval: Duration::from_secs(2),
         }
     }
@@ -155,6 +165,8 @@ pub const KEYS: &[(&str, Kind)] = &[
     ("issuer_max_concurrent", Kind::Count),
     ("proxy_upstream_timeout", Kind::Duration),
     ("proxy_replay_bytes", Kind::Bytes),
+    ("proxy_header_timeout", Kind::Duration),
+    ("proxy_max_connections", Kind::Count),
     ("config_check_interval", Kind::Duration),
 ];
 
@@ -199,6 +211,7 @@ impl Policy {
                 match key {
                     "network_burst" => self.network_burst = n as u32,
                     "issuer_max_concurrent" => self.issuer_max_concurrent = n as u32,
+                    "proxy_max_connections" => self.proxy_max_connections = n as u32,
                     _ => self.refresh_max_tries = n as u32,
                 }
             }
@@ -269,6 +282,7 @@ impl Policy {
             "wake_threshold" => &mut self.wake_threshold,
             "wake_spread" => &mut self.wake_spread,
             "proxy_upstream_timeout" => &mut self.proxy_upstream_timeout,
+            "proxy_header_timeout" => &mut self.proxy_header_timeout,
             "config_check_interval" => &mut self.config_check_interval,
             _ => &mut self.wall_check_interval,
         }
@@ -297,6 +311,9 @@ impl Policy {
         }
         if self.refresh_lead_max < self.refresh_lead_min {
             return Err("refresh_lead_max must not be below refresh_lead_min".into());
+        }
+        if self.proxy_header_timeout > Duration::from_secs(30) {
+            return Err("proxy_header_timeout must be at most 30s".into());
         }
         Ok(())
     }

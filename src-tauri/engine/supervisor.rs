@@ -406,6 +406,14 @@ impl Supervisor {
                 }
             },
         };
+        let path_secret = match crate::proxy::path_secret_for(&self.config.path, &w.name) {
+            Ok(s) => s,
+            Err(e) => {
+                let msg = format!("the local proxy's path secret cannot be had: {e}");
+                self.proxy_errors.insert(w.name.clone(), msg);
+                return None;
+            }
+        };
         let port = w.listen_port.unwrap_or(0);
         let started = crate::proxy::bind(port).and_then(|l| {
             crate::proxy::spawn(
@@ -416,12 +424,13 @@ impl Supervisor {
                     monitor: m.shared.clone(),
                     http,
                     policy: self.policy.clone(),
+                    path_secret,
                 },
             )
         });
         match started {
             Ok(p) => {
-                tracing::info!(workload = %w.name, local = %crate::proxy::local_url(p.addr, url), "local proxy listening");
+                tracing::info!(workload = %w.name, local = %crate::proxy::local_url(p.addr, url, None), "local proxy listening");
                 self.proxy_errors.remove(&w.name);
                 let chosen = w.listen_port.is_none().then_some(p.addr.port());
                 if let Some(port) = chosen {
@@ -502,7 +511,7 @@ impl Supervisor {
         let m = self.monitors.get(&s.name);
         s.local_url = self.proxies.get(&s.name).and_then(|p| {
             m.and_then(|m| m.workload.url.as_ref())
-                .map(|u| crate::proxy::local_url(p.addr, u))
+                .map(|u| crate::proxy::local_url(p.addr, u, p.path_secret.as_ref()))
         });
         s.proxy_error = self.proxy_errors.get(&s.name).cloned();
     }
