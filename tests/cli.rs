@@ -876,3 +876,110 @@ async fn logind_wake_makes_a_retrying_workload_try_at_once_and_only_logind_can_s
     assert_eq!(count("the system is going to sleep"), 1, "{l}");
     assert_eq!(count("woke from sleep (logind)"), 1, "{l}");
 }
+
+/// `connect`, `disconnect` and `client-config --client` through the real binary, on a
+/// project's `.vscode/mcp.json` (JSONC with comments and a trailing comma) and a
+/// Claude Desktop file (stdio entry by absolute path, with the config dir).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_and_disconnect_an_mcp_clients_file() {
+    let env = TestEnv::new("clients");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    env.write_config(&format!(
+        "{}[[workload]]\nname = \"gh\"\nurl = \"https://remote.example/mcp\"\ntoken_endpoint = \"https://auth.example/token\"\nclient_id = \"c\"\nlisten_port = {port}\n",
+        file_store_header()
+    ));
+    let local = format!("http://127.0.0.1:{port}/mcp");
+
+    // Without --client: today's output, unchanged.
+    let out = env.run(&["client-config", "gh"]);
+    assert!(out.ok(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v, serde_json::json!({"mcpServers": {"gh": {"url": local}}}));
+    // With --client: the entry alone, in that client's shape.
+    let out = env.run(&["client-config", "gh", "--client", "vscode"]);
+    assert!(out.ok(), "{out:?}");
+    assert_eq!(
+        out.stdout,
+        format!("\"gh\": {{\n  \"type\": \"http\",\n  \"url\": \"{local}\"\n}}\n")
+    );
+    let out = env.run(&["client-config", "gh", "--client", "codex"]);
+    assert_eq!(out.stdout, format!("[mcp_servers.gh]\nurl = \"{local}\"\n"));
+
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/clients");
+    let original = read(&fixtures.join("vscode.json"));
+    let project = env.dir.path().join("project/.vscode");
+    std::fs::create_dir_all(&project).unwrap();
+    let file = project.join("mcp.json");
+    std::fs::write(&file, &original).unwrap();
+    let f = file.to_str().unwrap();
+    let entries = || std::fs::read_dir(&project).unwrap().count();
+
+    // --dry-run: the diff, nothing written.
+    let out = env.run(&["connect", "vscode", "gh", "--file", f, "--dry-run"]);
+    assert!(out.ok(), "{out:?}");
+    assert!(
+        out.stdout.starts_with(&format!("--- {f}\n+++ {f}\n")),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("+\t\t\"gh\": {\n"), "{}", out.stdout);
+    assert!(out
+        .stdout
+        .contains(&format!("+\t\t\t\"url\": \"{local}\"\n")));
+    assert_eq!(read(&file), original);
+    assert_eq!(entries(), 1);
+
+    // --yes: written, with a backup of the original beside it.
+    let out = env.run(&["connect", "vscode", "gh", "--file", f, "--yes"]);
+    assert!(out.ok(), "{out:?}");
+    let connected = read(&file);
+    assert!(connected.contains("// trailing comma: VS Code allows it"));
+    assert!(connected.contains(&format!("\"url\": \"{local}\"")));
+    assert_eq!(entries(), 2);
+    assert!(out.stderr.contains("Backup: "), "{}", out.stderr);
+
+    // Again: already connected, nothing written, no second backup.
+    let out = env.run(&["connect", "vscode", "gh", "--file", f, "--yes"]);
+    assert!(out.ok(), "{out:?}");
+    assert!(out.stderr.contains("already connected"), "{}", out.stderr);
+    assert_eq!(read(&file), connected);
+    assert_eq!(entries(), 2);
+
+    // disconnect: the original bytes back.
+    let out = env.run(&["disconnect", "vscode", "gh", "--file", f, "--yes"]);
+    assert!(out.ok(), "{out:?}");
+    assert_eq!(read(&file), original);
+
+    // A file it cannot parse: refused with file and line, left byte for byte.
+    let broken = "{\n\t\"servers\": {\n\t\t\"x\": {\"url\": \"https://a.example\"\n\t}\n";
+    std::fs::write(&file, broken).unwrap();
+    let out = env.run(&["connect", "vscode", "gh", "--file", f, "--yes"]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stderr.contains(&format!("{f}:")), "{}", out.stderr);
+    assert_eq!(read(&file), broken);
+
+    // Claude Desktop runs the stdio bridge by this program's absolute path, with the
+    // config dir (not the default one). No terminal on stdin: it writes.
+    let desktop = env.dir.path().join("Claude/claude_desktop_config.json");
+    let out = env.run(&[
+        "connect",
+        "claude-desktop",
+        "gh",
+        "--file",
+        desktop.to_str().unwrap(),
+    ]);
+    assert!(out.ok(), "{out:?}");
+    let written: serde_json::Value = serde_json::from_str(&read(&desktop)).unwrap();
+    let exe = std::fs::canonicalize(env!("CARGO_BIN_EXE_tokenwarden")).unwrap();
+    assert_eq!(
+        written,
+        serde_json::json!({"mcpServers": {"gh": {
+            "command": exe.to_str().unwrap(),
+            "args": ["--config-dir", env.config_dir.to_str().unwrap(), "stdio", "gh"]
+        }}})
+    );
+}
