@@ -983,3 +983,85 @@ async fn connect_and_disconnect_an_mcp_clients_file() {
         }}})
     );
 }
+
+/// `import cursor` through the real binary: a Cursor file (in a temp home) names a
+/// remote server (`SimRemote` behind a `SimIssuer`) twice, directly and through
+/// `mcp-remote`; import lists it, adds it by URL (discovery, registration, one login
+/// with the browser stand-in), then rewrites both entries to the local proxy and
+/// leaves the unrelated one alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_adds_a_found_remote_and_rewrites_the_clients_entries() {
+    let issuer = issuer(issuer_opts(30)).await;
+    let remote = tokenwarden::sim_remote::SimRemote::start(
+        issuer.clone(),
+        tokenwarden::sim_remote::RemoteOptions::default(),
+    )
+    .await
+    .unwrap();
+    let mut env = TestEnv::new("clients_import");
+    env.write_config(&file_store_header());
+    let home = env.dir.path().join("home");
+    env.extra_env
+        .push(("HOME".into(), home.display().to_string()));
+    let file = home.join(".cursor/mcp.json");
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    let original = format!(
+        "{{\n  \"mcpServers\": {{\n    \"sim\": {{\n      \"url\": \"{0}\"\n    }},\n    \"local-tool\": {{\n      \"command\": \"uvx\",\n      \"args\": [\"some-tool\"]\n    }}\n  }}\n}}\n",
+        remote.url()
+    );
+    std::fs::write(&file, &original).unwrap();
+
+    // --dry-run: the list, nothing added or written.
+    let out = env.run(&["import", "cursor", "--dry-run"]);
+    assert!(out.ok(), "{out:?}");
+    assert!(
+        out.stderr.contains("Found 1 remote server entries"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("sim "), "{}", out.stderr);
+    assert!(out.stderr.contains("add as a workload"), "{}", out.stderr);
+    assert_eq!(read(&file), original);
+    assert!(!read(&env.config_file()).contains("[[workload]]"));
+
+    let out = env.run_with_browser(&["import", "cursor"]).await;
+    assert!(out.ok(), "{out:?}");
+    assert!(
+        out.stderr.contains("Registered a new public client"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("Signed in"), "{}", out.stderr);
+    let cfg = tokenwarden::engine::config::Config::load(&env.config_file()).unwrap();
+    let w = cfg.workload("sim").expect("imported as a workload");
+    assert_eq!(w.url.as_ref().unwrap().as_str(), remote.url());
+    let local = format!("http://127.0.0.1:{}/mcp", w.listen_port.unwrap());
+    let v: serde_json::Value = serde_json::from_str(&read(&file)).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({"mcpServers": {
+            "sim": {"url": local},
+            "local-tool": {"command": "uvx", "args": ["some-tool"]}
+        }})
+    );
+    let backups = std::fs::read_dir(file.parent().unwrap())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains("tokenwarden-backup-")
+        })
+        .count();
+    assert_eq!(backups, 1);
+
+    // Imported once: a second import finds nothing left to do.
+    let out = env.run(&["import", "cursor"]);
+    assert!(out.ok(), "{out:?}");
+    assert!(
+        out.stderr.contains("No remote MCP servers found"),
+        "{}",
+        out.stderr
+    );
+}

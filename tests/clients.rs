@@ -284,7 +284,7 @@ fn import_finds_url_entries_and_mcp_remote_commands_and_skips_ours() {
         // Our own entry (connected before) is never imported.
         let (text, _) = plan_connect(k, &path, Some(&text), &[wanted(k, "ours")], false).unwrap();
         let doc = Doc::parse(k, &path, &text).unwrap();
-        for f in find_remote(k, &path, &doc.servers(&path).unwrap()) {
+        for f in find_remote(k, &path, &doc.servers(&path).unwrap(), &[8765]) {
             got.push(format!("{} {} {} {}", f.client, f.name, f.how, f.url));
         }
     }
@@ -312,7 +312,7 @@ fn import_rewrites_the_found_entries_in_place_and_keeps_the_rest() {
         let (path, original) = fixture(k);
         let doc = Doc::parse(k, &path, &original).unwrap();
         let servers = doc.servers(&path).unwrap();
-        let found = find_remote(k, &path, &servers);
+        let found = find_remote(k, &path, &servers, &[8765]);
         let want: Vec<Wanted> = found.iter().map(|f| wanted(k, &f.name)).collect();
         let (new, notes) = plan_connect(k, &path, Some(&original), &want, true).unwrap();
         assert_eq!(notes.len(), found.len(), "{k}");
@@ -332,7 +332,7 @@ fn import_rewrites_the_found_entries_in_place_and_keeps_the_rest() {
             }
         }
         // Found again: nothing (they go through Tokenwarden now).
-        assert!(find_remote(k, &path, &after).is_empty(), "{k}");
+        assert!(find_remote(k, &path, &after, &[8765]).is_empty(), "{k}");
     }
 }
 

@@ -608,8 +608,10 @@ pub fn apply(path: &Path, old: Option<&str>, new: &str, mode: Mode) -> anyhow::R
     if old == Some(new) {
         return Ok(false);
     }
-    print!("{}", diff(path, old, new));
-    let _ = std::io::stdout().flush();
+    // A closed stdout (`| head`) must not stop the write the user asked for.
+    let mut out = std::io::stdout();
+    let _ = out.write_all(diff(path, old, new).as_bytes());
+    let _ = out.flush();
     if mode.dry_run {
         eprintln!("(dry run: {} not written)", path.display());
         return Ok(false);
@@ -898,21 +900,25 @@ fn is_loopback(u: &url::Url) -> bool {
     }
 }
 
-fn remote_url(s: &str) -> Option<url::Url> {
-    let u = url::Url::parse(s).ok()?;
-    (matches!(u.scheme(), "http" | "https") && !is_loopback(&u)).then_some(u)
-}
-
 /// The remote servers in one client file: URL entries and stdio entries running
-/// `mcp-remote URL`. Entries on loopback (Tokenwarden's own, or other local
-/// servers) are not remote and are left out.
+/// `mcp-remote URL`. Tokenwarden's own entries (its stdio bridge, or a URL on
+/// 127.0.0.1 at one of `our_ports`, the workloads' local proxies) are left out.
 pub fn find_remote(
     client: ClientKind,
     path: &Path,
     servers: &[(String, serde_json::Value)],
+    our_ports: &[u16],
 ) -> Vec<Found> {
+    let remote_url = |s: &str| -> Option<url::Url> {
+        let u = url::Url::parse(s).ok()?;
+        let ours = is_loopback(&u) && u.port().is_some_and(|p| our_ports.contains(&p));
+        (matches!(u.scheme(), "http" | "https") && !ours).then_some(u)
+    };
     let mut out = Vec::new();
     for (name, v) in servers {
+        if is_our_stdio(name, v) {
+            continue;
+        }
         let typ = v.get("type").and_then(|t| t.as_str()).unwrap_or("");
         if let Some(u) = str_of(v, &URL_KEYS) {
             let Some(u) = remote_url(u) else { continue };
@@ -948,7 +954,7 @@ pub fn find_remote(
                 s == "mcp-remote" || s.starts_with("mcp-remote@")
             })
             .unwrap_or(0);
-        if let Some(u) = all[at + 1..].iter().find_map(|w| remote_url(w)) {
+        if let Some(u) = all[at + 1..].iter().find_map(|w| remote_url(w.as_str())) {
             out.push(Found {
                 client,
                 path: path.to_path_buf(),
@@ -1031,6 +1037,8 @@ pub async fn import(
         clients
     };
     kinds.dedup();
+    let cfg = load_config(paths)?;
+    let our_ports: Vec<u16> = cfg.workloads.iter().filter_map(|w| w.listen_port).collect();
     let mut found = Vec::new();
     let mut looked = Vec::new();
     for k in kinds {
@@ -1047,7 +1055,7 @@ pub async fn import(
         };
         looked.push(path.display().to_string());
         match Doc::parse(k, &path, &text).and_then(|d| d.servers(&path)) {
-            Ok(s) => found.extend(find_remote(k, &path, &s)),
+            Ok(s) => found.extend(find_remote(k, &path, &s, &our_ports)),
             Err(e) => eprintln!("{k}: skipped (left as it is): {e:#}"),
         }
     }
@@ -1062,11 +1070,10 @@ pub async fn import(
         );
         return Ok(());
     }
-    let cfg = load_config(paths)?;
     let plan = decide(&cfg, &found);
-    println!("Found {} remote server entries:", plan.len());
+    eprintln!("Found {} remote server entries:", plan.len());
     for (f, d) in &plan {
-        println!(
+        eprintln!(
             "  {:<20} {:<15} {:<11} {}  -> {}",
             f.name,
             f.client.name(),
