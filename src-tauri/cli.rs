@@ -2,6 +2,7 @@
 //! `desktop` feature). Everything else talks to the running daemon over the control
 //! socket, or works directly on the config and the secret store when none runs.
 
+use crate::clients::ClientKind;
 use crate::control::{Client, RemoteError, Request};
 use crate::daemon::{load_config, make_store};
 use crate::engine::config::{self, Config, WorkloadConfig};
@@ -110,8 +111,71 @@ pub enum Command {
     },
     /// Print a valid access token (refreshing if needed), for scripts.
     Token { name: String },
-    /// Print the JSON an MCP client needs to reach the workload's local proxy.
-    ClientConfig { name: String },
+    /// Print the JSON an MCP client needs to reach the workload's local proxy; with
+    /// --client, the entry alone in that client's format.
+    ClientConfig {
+        name: String,
+        #[arg(long)]
+        client: Option<ClientKind>,
+        /// An entry running `tokenwarden stdio NAME` instead of the local proxy's URL.
+        #[arg(long, requires = "client")]
+        stdio: bool,
+    },
+    /// Point an MCP client at workloads through Tokenwarden: writes the client's
+    /// config file (shows the diff first, asks on a terminal, keeps a backup).
+    Connect {
+        client: ClientKind,
+        #[arg(required_unless_present = "all")]
+        names: Vec<String>,
+        /// Every workload with a remote URL.
+        #[arg(long, conflicts_with = "names")]
+        all: bool,
+        /// Another file than the client's user-level one (e.g. a project's .vscode/mcp.json).
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Show the diff only.
+        #[arg(long)]
+        dry_run: bool,
+        /// Write without asking.
+        #[arg(long)]
+        yes: bool,
+        /// Replace an entry of the same name that Tokenwarden did not write.
+        #[arg(long)]
+        replace: bool,
+        /// Entries running `tokenwarden stdio NAME` even where the client speaks HTTP.
+        #[arg(long)]
+        stdio: bool,
+    },
+    /// Remove Tokenwarden's entries from an MCP client's config file.
+    Disconnect {
+        client: ClientKind,
+        #[arg(required_unless_present = "all")]
+        names: Vec<String>,
+        #[arg(long, conflicts_with = "names")]
+        all: bool,
+        #[arg(long)]
+        file: Option<PathBuf>,
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Find the remote servers in MCP clients' config files (all known clients when
+    /// none is named), add each as a workload and log in, then offer to send the
+    /// clients through Tokenwarden.
+    Import {
+        clients: Vec<ClientKind>,
+        /// List what was found; add and write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Rewrite the clients' files without asking.
+        #[arg(long)]
+        yes: bool,
+        #[arg(long)]
+        no_browser: bool,
+        #[arg(long, default_value = "5m")]
+        timeout: humantime::Duration,
+    },
     /// A built-in demo: an embedded issuer and three workloads you can break and heal,
     /// in the desktop window (or in the terminal with --terminal or without a display).
     Demo {
@@ -269,7 +333,50 @@ async fn run(command: Option<Command>, paths: Paths, hidden: bool) -> anyhow::Re
             Ok(())
         }
         Command::Token { name } => token(&paths, &name).await,
-        Command::ClientConfig { name } => client_config(&paths, &name).await,
+        Command::ClientConfig {
+            name,
+            client: None,
+            stdio: _,
+        } => client_config(&paths, &name).await,
+        Command::ClientConfig {
+            name,
+            client: Some(client),
+            stdio,
+        } => crate::clients::client_config(&paths, &name, client, stdio).await,
+        Command::Connect {
+            client,
+            names,
+            all,
+            file,
+            dry_run,
+            yes,
+            replace,
+            stdio,
+        } => {
+            let mode = crate::clients::Mode { dry_run, yes };
+            crate::clients::connect(&paths, client, names, all, file, replace, stdio, mode).await
+        }
+        Command::Disconnect {
+            client,
+            names,
+            all,
+            file,
+            dry_run,
+            yes,
+        } => {
+            let mode = crate::clients::Mode { dry_run, yes };
+            crate::clients::disconnect(&paths, client, names, all, file, mode).await
+        }
+        Command::Import {
+            clients,
+            dry_run,
+            yes,
+            no_browser,
+            timeout,
+        } => {
+            let mode = crate::clients::Mode { dry_run, yes };
+            crate::clients::import(&paths, clients, mode, no_browser, timeout.into()).await
+        }
         Command::Demo { terminal } => demo(terminal).await,
     }
 }
@@ -518,7 +625,7 @@ async fn notify_daemon(paths: &Paths, req: Request) -> anyhow::Result<()> {
 }
 
 /// A running daemon re-reads workloads.toml (after `add` or `remove` here).
-async fn reload_config(paths: &Paths) -> anyhow::Result<()> {
+pub(crate) async fn reload_config(paths: &Paths) -> anyhow::Result<()> {
     let req = Request::Reload {
         config: true,
         names: vec![],
@@ -548,7 +655,7 @@ async fn require_daemon(paths: &Paths) -> anyhow::Result<Client> {
     })
 }
 
-fn remote(e: anyhow::Error) -> anyhow::Error {
+pub(crate) fn remote(e: anyhow::Error) -> anyhow::Error {
     match e.downcast::<RemoteError>() {
         Ok(r) => anyhow::anyhow!(r.message),
         Err(e) => e,
@@ -666,7 +773,7 @@ async fn retry(paths: &Paths, name: Option<String>) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn login(
+pub(crate) async fn login(
     paths: &Paths,
     name: &str,
     no_browser: bool,
@@ -841,44 +948,11 @@ async fn token(paths: &Paths, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The local proxy's address: the running daemon's, else from the config (a port is
-/// chosen and written to workloads.toml now if none was yet).
+/// `client-config NAME`: the local proxy's address (see `clients::local_url`) in the
+/// `mcpServers` JSON most clients take.
 async fn client_config(paths: &Paths, name: &str) -> anyhow::Result<()> {
     let cfg = load_config(paths)?;
-    let w = workload(&cfg, name)?;
-    let Some(url) = &w.url else {
-        anyhow::bail!(
-            "`{name}` has no `url`, so it has no local proxy (only workloads with a remote URL get one)"
-        );
-    };
-    let mut live = None;
-    if let Some(mut c) = Client::connect(paths).await? {
-        let list: Vec<WorkloadStatus> =
-            serde_json::from_value(c.call(&Request::Status).await.map_err(remote)?)?;
-        if let Some(s) = list.into_iter().find(|s| s.name == name) {
-            if let Some(e) = &s.proxy_error {
-                eprintln!("warning: {e}");
-            }
-            live = s.local_url;
-        }
-    }
-    let local = match live {
-        Some(u) => u,
-        None => {
-            let port = match w.listen_port {
-                Some(p) if p != 0 => p,
-                _ => {
-                    let p = crate::proxy::bind(0)?.local_addr()?.port();
-                    config::set_listen_port(&paths.config_file, name, p)?;
-                    reload_config(paths).await?;
-                    p
-                }
-            };
-            let secret = crate::proxy::path_secret_for(&paths.config_file, name)?;
-            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-            crate::proxy::local_url(addr, url, secret.as_ref())
-        }
-    };
+    let local = crate::clients::local_url(paths, &cfg, name).await?;
     println!(
         "{}",
         serde_json::to_string_pretty(&crate::proxy::client_config(name, &local))?

@@ -5,11 +5,13 @@
 //!   (no GUI; builds with `--no-default-features`);
 //! * [`daemon`], [`control`], [`cli`]: the headless daemon, its local control socket,
 //!   and the command line;
+//! * [`clients`]: MCP clients' config files (`connect`, `disconnect`, `import`);
 //! * [`sim_issuer`]: a loopback OAuth issuer for the demo and the tests;
 //! * [`sim_remote`]: a loopback OAuth-protected resource (a fake remote MCP server)
 //!   in front of a `sim_issuer`, for discovery and proxy tests.
 
 pub mod cli;
+pub mod clients;
 pub mod config_watch;
 pub mod control;
 pub mod daemon;

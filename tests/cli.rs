@@ -1136,3 +1136,192 @@ async fn a_file_store_entry_of_an_earlier_version_moves_to_this_config_dir_once(
     assert!(env.run(&["logout", "w"]).ok());
     assert_eq!(secret_files(&env), Vec::<String>::new());
 }
+
+/// `connect`, `disconnect` and `client-config --client` through the real binary, on a
+/// project's `.vscode/mcp.json` (JSONC with comments and a trailing comma) and a
+/// Claude Desktop file (stdio entry by absolute path, with the config dir).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_and_disconnect_an_mcp_clients_file() {
+    let env = TestEnv::new("clients");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    env.write_config(&format!(
+        "{}[[workload]]\nname = \"gh\"\nurl = \"https://remote.example/mcp\"\ntoken_endpoint = \"https://auth.example/token\"\nclient_id = \"c\"\nlisten_port = {port}\n",
+        file_store_header()
+    ));
+    let local = format!("http://127.0.0.1:{port}/mcp");
+
+    // Without --client: today's output, unchanged.
+    let out = env.run(&["client-config", "gh"]);
+    assert!(out.ok(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v, serde_json::json!({"mcpServers": {"gh": {"url": local}}}));
+    // With --client: the entry alone, in that client's shape.
+    let out = env.run(&["client-config", "gh", "--client", "vscode"]);
+    assert!(out.ok(), "{out:?}");
+    assert_eq!(
+        out.stdout,
+        format!("\"gh\": {{\n  \"type\": \"http\",\n  \"url\": \"{local}\"\n}}\n")
+    );
+    let out = env.run(&["client-config", "gh", "--client", "codex"]);
+    assert_eq!(out.stdout, format!("[mcp_servers.gh]\nurl = \"{local}\"\n"));
+
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/clients");
+    let original = read(&fixtures.join("vscode.json"));
+    let project = env.dir.path().join("project/.vscode");
+    std::fs::create_dir_all(&project).unwrap();
+    let file = project.join("mcp.json");
+    std::fs::write(&file, &original).unwrap();
+    let f = file.to_str().unwrap();
+    let entries = || std::fs::read_dir(&project).unwrap().count();
+
+    // --dry-run: the diff, nothing written.
+    let out = env.run(&["connect", "vscode", "gh", "--file", f, "--dry-run"]);
+    assert!(out.ok(), "{out:?}");
+    assert!(
+        out.stdout.starts_with(&format!("--- {f}\n+++ {f}\n")),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("+\t\t\"gh\": {\n"), "{}", out.stdout);
+    assert!(out
+        .stdout
+        .contains(&format!("+\t\t\t\"url\": \"{local}\"\n")));
+    assert_eq!(read(&file), original);
+    assert_eq!(entries(), 1);
+
+    // --yes: written, with a backup of the original beside it.
+    let out = env.run(&["connect", "vscode", "gh", "--file", f, "--yes"]);
+    assert!(out.ok(), "{out:?}");
+    let connected = read(&file);
+    assert!(connected.contains("// trailing comma: VS Code allows it"));
+    assert!(connected.contains(&format!("\"url\": \"{local}\"")));
+    assert_eq!(entries(), 2);
+    assert!(out.stderr.contains("Backup: "), "{}", out.stderr);
+
+    // Again: already connected, nothing written, no second backup.
+    let out = env.run(&["connect", "vscode", "gh", "--file", f, "--yes"]);
+    assert!(out.ok(), "{out:?}");
+    assert!(out.stderr.contains("already connected"), "{}", out.stderr);
+    assert_eq!(read(&file), connected);
+    assert_eq!(entries(), 2);
+
+    // disconnect: the original bytes back.
+    let out = env.run(&["disconnect", "vscode", "gh", "--file", f, "--yes"]);
+    assert!(out.ok(), "{out:?}");
+    assert_eq!(read(&file), original);
+
+    // A file it cannot parse: refused with file and line, left byte for byte.
+    let broken = "{\n\t\"servers\": {\n\t\t\"x\": {\"url\": \"https://a.example\"\n\t}\n";
+    std::fs::write(&file, broken).unwrap();
+    let out = env.run(&["connect", "vscode", "gh", "--file", f, "--yes"]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stderr.contains(&format!("{f}:")), "{}", out.stderr);
+    assert_eq!(read(&file), broken);
+
+    // Claude Desktop runs the stdio bridge by this program's absolute path, with the
+    // config dir (not the default one). No terminal on stdin: it writes.
+    let desktop = env.dir.path().join("Claude/claude_desktop_config.json");
+    let out = env.run(&[
+        "connect",
+        "claude-desktop",
+        "gh",
+        "--file",
+        desktop.to_str().unwrap(),
+    ]);
+    assert!(out.ok(), "{out:?}");
+    let written: serde_json::Value = serde_json::from_str(&read(&desktop)).unwrap();
+    let exe = std::fs::canonicalize(env!("CARGO_BIN_EXE_tokenwarden")).unwrap();
+    assert_eq!(
+        written,
+        serde_json::json!({"mcpServers": {"gh": {
+            "command": exe.to_str().unwrap(),
+            "args": ["--config-dir", env.config_dir.to_str().unwrap(), "stdio", "gh"]
+        }}})
+    );
+}
+
+/// `import cursor` through the real binary: a Cursor file (in a temp home) names a
+/// remote server (`SimRemote` behind a `SimIssuer`) twice, directly and through
+/// `mcp-remote`; import lists it, adds it by URL (discovery, registration, one login
+/// with the browser stand-in), then rewrites both entries to the local proxy and
+/// leaves the unrelated one alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_adds_a_found_remote_and_rewrites_the_clients_entries() {
+    let issuer = issuer(issuer_opts(30)).await;
+    let remote = tokenwarden::sim_remote::SimRemote::start(
+        issuer.clone(),
+        tokenwarden::sim_remote::RemoteOptions::default(),
+    )
+    .await
+    .unwrap();
+    let mut env = TestEnv::new("clients_import");
+    env.write_config(&file_store_header());
+    let home = env.dir.path().join("home");
+    env.extra_env
+        .push(("HOME".into(), home.display().to_string()));
+    let file = home.join(".cursor/mcp.json");
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    let original = format!(
+        "{{\n  \"mcpServers\": {{\n    \"sim\": {{\n      \"url\": \"{0}\"\n    }},\n    \"local-tool\": {{\n      \"command\": \"uvx\",\n      \"args\": [\"some-tool\"]\n    }}\n  }}\n}}\n",
+        remote.url()
+    );
+    std::fs::write(&file, &original).unwrap();
+
+    // --dry-run: the list, nothing added or written.
+    let out = env.run(&["import", "cursor", "--dry-run"]);
+    assert!(out.ok(), "{out:?}");
+    assert!(
+        out.stderr.contains("Found 1 remote server entries"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("sim "), "{}", out.stderr);
+    assert!(out.stderr.contains("add as a workload"), "{}", out.stderr);
+    assert_eq!(read(&file), original);
+    assert!(!read(&env.config_file()).contains("[[workload]]"));
+
+    let out = env.run_with_browser(&["import", "cursor"]).await;
+    assert!(out.ok(), "{out:?}");
+    assert!(
+        out.stderr.contains("Registered a new public client"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("Signed in"), "{}", out.stderr);
+    let cfg = tokenwarden::engine::config::Config::load(&env.config_file()).unwrap();
+    let w = cfg.workload("sim").expect("imported as a workload");
+    assert_eq!(w.url.as_ref().unwrap().as_str(), remote.url());
+    let local = format!("http://127.0.0.1:{}/mcp", w.listen_port.unwrap());
+    let v: serde_json::Value = serde_json::from_str(&read(&file)).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({"mcpServers": {
+            "sim": {"url": local},
+            "local-tool": {"command": "uvx", "args": ["some-tool"]}
+        }})
+    );
+    let backups = std::fs::read_dir(file.parent().unwrap())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains("tokenwarden-backup-")
+        })
+        .count();
+    assert_eq!(backups, 1);
+
+    // Imported once: a second import finds nothing left to do.
+    let out = env.run(&["import", "cursor"]);
+    assert!(out.ok(), "{out:?}");
+    assert!(
+        out.stderr.contains("No remote MCP servers found"),
+        "{}",
+        out.stderr
+    );
+}
