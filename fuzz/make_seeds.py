@@ -3,6 +3,8 @@
 
 token_response: 2 bytes status (big-endian), "content-type\nretry-after\n", body.
 retry_after:    8 bytes now (big-endian seconds), 4 bytes k, header value.
+www_authenticate: the header's fields, one a line.
+callback_request: the bytes the login callback's socket receives.
 """
 import os, struct
 
@@ -55,6 +57,43 @@ retry_after = {
     "spaces": (1_750_000_000, 1, b"  42  "),
 }
 
+www_authenticate = {
+    "mcp": b'Bearer resource_metadata="https://r.example/.well-known/oauth-protected-resource/mcp", scope="files:read files:write"',
+    "mcp_error": b'Bearer error="invalid_token", error_description="The access token expired", resource_metadata="https://r.example/m"',
+    "several": b'Basic realm="a, b", Bearer error="invalid_token", error_description="say \\"hi\\", then go", resource_metadata="https://r/m"',
+    "token68": b"Negotiate abc+/==, Bearer realm=x ,  , NTLM,bearer   Resource_Metadata = \"u\"",
+    "two_fields": b'Basic realm="x"\nBearer scope="a"',
+    "unterminated": b'Basic realm="x", Bearer realm="never closed',
+    "escape_at_end": b'Bearer a="\\',
+    "empty_value": b'Bearer a=""',
+    "bare": b"Bearer",
+    "commas": b",,, ,Bearer,, ",
+    "utf8_value": 'Bearer realm="caf\u00e9 \u2603", scope=x'.encode(),
+    "tabs": b"Bearer\tscope\t=\t\"a b\"\t,\trealm=r",
+}
+
+CALLBACK = b"/callback?code=sim_code_0123456789&state=Zm9vYmFyYmF6"
+CAP_LINE = b"GET /callback HTTP/1.1\r\nX: "
+callback_request = {
+    "firefox": b"GET " + CALLBACK + b" HTTP/1.1\r\nHost: 127.0.0.1:43117\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0\r\nAccept: text/html\r\nConnection: keep-alive\r\n\r\n",
+    "error": b"GET /callback?error=access_denied&error_description=The+user+said+no&state=s HTTP/1.1\r\nHost: 127.0.0.1:43117\r\n\r\n",
+    "favicon": b"GET /favicon.ico HTTP/1.1\r\nHost: 127.0.0.1:43117\r\n\r\n",
+    "post": b"POST /callback HTTP/1.1\r\nContent-Length: 4\r\n\r\ncode",
+    "absolute_form": b"GET http://127.0.0.1:43117/callback?code=c HTTP/1.1\r\n\r\n",
+    "authority_like": b"GET //evil.example/callback?code=c&state=s HTTP/1.1\r\n\r\n",
+    "backslash": b"GET /\\evil.example\\callback HTTP/1.1\r\n\r\n",
+    "percent": b"GET /callback?code=%00%ff%zz&state=%E2%98%83 HTTP/1.1\r\n\r\n",
+    "bare_lf": b"GET /callback?code=c HTTP/1.1\nHost: x\n\r\n\r\n",
+    "http09": b"GET /callback\r\n\r\n",
+    "partial": b"GET /callback?code=c HTTP/1.1\r\nHost: 127.0.0.1",
+    "tail_not_utf8": b"GET /callback?code=c HTTP/1.1\r\n\r\n\xff\xfe",
+    "header_not_utf8": b"GET /callback?code=c HTTP/1.1\r\nX: \xe9\r\n\r\n",
+    "tls_hello": b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(range(32)),
+    # A head of exactly 16 KiB, blank line included, and one a byte longer.
+    "at_cap": CAP_LINE + b"a" * (16 * 1024 - len(CAP_LINE) - 4) + b"\r\n\r\n",
+    "past_cap": CAP_LINE + b"a" * (16 * 1024 - len(CAP_LINE) - 3) + b"\r\n\r\n",
+}
+
 def write(target, name, data):
     d = os.path.join(HERE, "seeds", target)
     os.makedirs(d, exist_ok=True)
@@ -65,3 +104,7 @@ for name, (status, ct, ra, body) in token_response.items():
     write("token_response", name, struct.pack(">H", status) + ct + b"\n" + ra + b"\n" + body)
 for name, (now, k, value) in retry_after.items():
     write("retry_after", name, struct.pack(">QI", now, k) + value)
+for name, value in www_authenticate.items():
+    write("www_authenticate", name, value)
+for name, value in callback_request.items():
+    write("callback_request", name, value)

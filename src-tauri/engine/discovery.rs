@@ -281,7 +281,9 @@ impl<'a> Cursor<'a> {
         }
         matches!(self.s.get(i), None | Some(b',')).then_some(len)
     }
-    /// At `pos` (after optional whitespace): `token BWS "="`, i.e. an auth-param?
+    /// At `pos` (after optional whitespace): `token BWS "=" BWS ( token /
+    /// quoted-string )`, i.e. an auth-param? (`dXNlcg==` is a token68: no value
+    /// follows its first `=`.)
     fn at_param(&self) -> bool {
         let mut i = self.pos;
         while matches!(self.s.get(i), Some(b' ' | b'\t')) {
@@ -297,7 +299,14 @@ impl<'a> Cursor<'a> {
         while matches!(self.s.get(i), Some(b' ' | b'\t')) {
             i += 1;
         }
-        self.s.get(i) == Some(&b'=')
+        if self.s.get(i) != Some(&b'=') {
+            return false;
+        }
+        i += 1;
+        while matches!(self.s.get(i), Some(b' ' | b'\t')) {
+            i += 1;
+        }
+        self.s.get(i).is_some_and(|&c| c == b'"' || is_tchar(c))
     }
 }
 
@@ -1251,6 +1260,32 @@ mod tests {
         }
         assert_eq!(one("Bearer"), vec![ch("Bearer", &[])]);
         assert_eq!(one("Bearer a=\"\""), vec![ch("Bearer", &[("a", "")])]);
+    }
+
+    #[test]
+    fn www_authenticate_token68_with_padding_is_not_a_parameter() {
+        // Base64 whose characters are all token characters, then `=` padding: not
+        // `name=value`, since no value follows the `=`.
+        let c = one("Basic dXNlcg==, Bearer resource_metadata=\"https://r/m\"");
+        let mut basic = ch("Basic", &[]);
+        basic.token68 = Some("dXNlcg==".into());
+        assert_eq!(
+            c,
+            vec![basic, ch("Bearer", &[("resource_metadata", "https://r/m")])]
+        );
+        let c = one("Negotiate abc= , Bearer realm=x");
+        assert_eq!(c[0].token68.as_deref(), Some("abc="));
+        assert_eq!(c[1], ch("Bearer", &[("realm", "x")]));
+        // A parameter with BWS before its value is still one.
+        assert_eq!(
+            one("Bearer realm= \"x\""),
+            vec![ch("Bearer", &[("realm", "x")])]
+        );
+        // A list element `abc==` after parameters ends the challenge before it (kept).
+        assert_eq!(
+            one("Bearer realm=x, abc=="),
+            vec![ch("Bearer", &[("realm", "x")])]
+        );
     }
 
     fn u(s: &str) -> Url {

@@ -750,18 +750,211 @@ async fn serve_callback(
 async fn read_request_target(sock: &mut tokio::net::TcpStream) -> Option<String> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+    loop {
         let n = sock.read(&mut chunk).await.ok()?;
-        if n == 0 || buf.len() + n > 16 * 1024 {
+        if n == 0 {
             return None;
         }
         buf.extend_from_slice(&chunk[..n]);
+        match parse_request_head(&buf) {
+            Head::Incomplete => {}
+            Head::Target(target) => return Some(target),
+            Head::Invalid => return None,
+        }
     }
-    let head = std::str::from_utf8(&buf).ok()?;
-    let mut parts = head.lines().next()?.split_whitespace();
-    let method = parts.next()?;
-    let target = parts.next()?;
-    (method == "GET" && target.starts_with('/')).then(|| target.to_string())
+}
+
+/// The most bytes a request head on the callback socket may take, its closing blank
+/// line included.
+#[doc(hidden)]
+pub const MAX_REQUEST_HEAD: usize = 16 * 1024;
+
+/// What the bytes read so far from the callback socket make of a request head.
+#[doc(hidden)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Head {
+    /// No blank line yet, and room for one: read on.
+    Incomplete,
+    /// A `GET` with this origin-form target (it starts with `/`).
+    Target(String),
+    /// Anything else: another method or target form, a head that is not UTF-8, or no
+    /// blank line within [`MAX_REQUEST_HEAD`] bytes.
+    Invalid,
+}
+
+/// Read an HTTP/1 request head from the bytes received so far. Only the head (up to
+/// and including the first blank line) is looked at, so the answer does not depend on
+/// how the bytes arrived: once it is not [`Head::Incomplete`], more bytes do not
+/// change it.
+#[doc(hidden)]
+pub fn parse_request_head(buf: &[u8]) -> Head {
+    let window = &buf[..buf.len().min(MAX_REQUEST_HEAD)];
+    let Some(end) = window.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return if buf.len() >= MAX_REQUEST_HEAD {
+            Head::Invalid
+        } else {
+            Head::Incomplete
+        };
+    };
+    let Ok(head) = std::str::from_utf8(&buf[..end]) else {
+        return Head::Invalid;
+    };
+    let mut parts = head.lines().next().unwrap_or_default().split_whitespace();
+    match (parts.next(), parts.next()) {
+        (Some("GET"), Some(target)) if target.starts_with('/') => Head::Target(target.to_string()),
+        _ => Head::Invalid,
+    }
+}
+
+#[cfg(test)]
+mod request_head_tests {
+    use super::*;
+
+    fn target(s: &str) -> Head {
+        Head::Target(s.to_string())
+    }
+
+    #[test]
+    fn a_get_head_gives_its_target() {
+        let head = b"GET /callback?code=c&state=s HTTP/1.1\r\nHost: 127.0.0.1:5000\r\n\r\n";
+        assert_eq!(parse_request_head(head), target("/callback?code=c&state=s"));
+        // Bare LF inside the head, extra spaces between the parts.
+        assert_eq!(
+            parse_request_head(b"GET   /a  HTTP/1.1\nHost: x\r\n\r\n"),
+            target("/a")
+        );
+        for partial in [&b""[..], b"GET /callback", b"GET / HTTP/1.1\r\n\r"] {
+            assert_eq!(parse_request_head(partial), Head::Incomplete, "{partial:?}");
+        }
+    }
+
+    #[test]
+    fn other_methods_target_forms_and_broken_heads_are_invalid() {
+        for head in [
+            &b"POST /callback HTTP/1.1\r\n\r\n"[..],
+            b"get /callback HTTP/1.1\r\n\r\n",
+            b"GET http://127.0.0.1/callback HTTP/1.1\r\n\r\n",
+            b"GET * HTTP/1.1\r\n\r\n",
+            b"GET\r\n\r\n",
+            b"\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+            b"GET /\xff HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX: \xc3\r\n\r\n",
+        ] {
+            assert_eq!(parse_request_head(head), Head::Invalid, "{head:?}");
+        }
+    }
+
+    #[test]
+    fn bytes_after_the_head_do_not_matter() {
+        let head = b"GET /callback?code=c HTTP/1.1\r\n\r\n";
+        for tail in [
+            &b""[..],
+            b"\xff\xfe",
+            b"POST / HTTP/1.1\r\n\r\n",
+            &[b'x'; 20_000],
+        ] {
+            let buf = [&head[..], tail].concat();
+            assert_eq!(parse_request_head(&buf), target("/callback?code=c"));
+        }
+    }
+
+    #[test]
+    fn the_head_is_capped_at_16_kib() {
+        let line = b"GET /callback HTTP/1.1\r\nX: ";
+        let head = |len: usize| {
+            let mut h = line.to_vec();
+            h.resize(len - 4, b'a');
+            h.extend_from_slice(b"\r\n\r\n");
+            h
+        };
+        assert_eq!(
+            parse_request_head(&head(MAX_REQUEST_HEAD)),
+            target("/callback")
+        );
+        assert_eq!(
+            parse_request_head(&head(MAX_REQUEST_HEAD + 1)),
+            Head::Invalid
+        );
+        let endless = vec![b'a'; MAX_REQUEST_HEAD];
+        assert_eq!(
+            parse_request_head(&endless[..MAX_REQUEST_HEAD - 1]),
+            Head::Incomplete
+        );
+        assert_eq!(parse_request_head(&endless), Head::Invalid);
+    }
+
+    /// The async reader over a real loopback socket: `bytes` sent in `pieces`, each
+    /// flushed before the next. The client then closes its side (`close`) or keeps the
+    /// connection open until the reader has given its answer and let go of it.
+    async fn read_from_client(bytes: Vec<u8>, pieces: usize, close: bool) -> Option<String> {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::spawn(async move {
+            let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+            c.set_nodelay(true).unwrap();
+            let size = bytes.len().div_ceil(pieces.max(1)).max(1);
+            for piece in bytes.chunks(size) {
+                if c.write_all(piece).await.is_err() {
+                    return; // the reader gave up and closed
+                }
+                c.flush().await.unwrap();
+                tokio::task::yield_now().await;
+            }
+            if close {
+                let _ = c.shutdown().await;
+            }
+            // Until the reader lets go.
+            let _ = c.read(&mut [0u8; 1]).await;
+        });
+        let (mut sock, _) = listener.accept().await.unwrap();
+        // A bound for a reader that hangs, not a measure of speed.
+        let target = tokio::time::timeout(Duration::from_secs(60), read_request_target(&mut sock))
+            .await
+            .expect("the reader answers without waiting for the client to close");
+        drop(sock);
+        client.await.unwrap();
+        target
+    }
+
+    #[tokio::test]
+    async fn the_reader_takes_the_head_however_it_arrives() {
+        let head = b"GET /callback?code=c&state=s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".to_vec();
+        for pieces in [1, 3, head.len()] {
+            assert_eq!(
+                read_from_client(head.clone(), pieces, false)
+                    .await
+                    .as_deref(),
+                Some("/callback?code=c&state=s"),
+                "{pieces} pieces"
+            );
+        }
+        // What follows the head in the same read is not part of it.
+        let mut with_tail = head.clone();
+        with_tail.extend_from_slice(b"\xff\xfe");
+        assert_eq!(
+            read_from_client(with_tail, 1, false).await.as_deref(),
+            Some("/callback?code=c&state=s")
+        );
+    }
+
+    #[tokio::test]
+    async fn the_reader_gives_up_on_endless_closed_and_bad_heads() {
+        // No blank line within 16 KiB: the reader stops at the cap while the client
+        // still sends (four times that) and keeps the connection open.
+        let endless = vec![b'a'; 4 * MAX_REQUEST_HEAD];
+        assert_eq!(read_from_client(endless, 64, false).await, None);
+        // Closed before the blank line.
+        assert_eq!(
+            read_from_client(b"GET /callback HTTP/1.1\r\n".to_vec(), 1, true).await,
+            None
+        );
+        assert_eq!(
+            read_from_client(b"POST /callback HTTP/1.1\r\n\r\n".to_vec(), 1, false).await,
+            None
+        );
+    }
 }
 
 async fn respond(sock: &mut tokio::net::TcpStream, status: u16, body: &str) {
