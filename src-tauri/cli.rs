@@ -111,6 +111,10 @@ pub enum Command {
     Token { name: String },
     /// Print the JSON an MCP client needs to reach the workload's local proxy.
     ClientConfig { name: String },
+    /// An MCP stdio server for MCP clients that start local servers: JSON-RPC on
+    /// stdin/stdout, carried to the workload's remote through the running
+    /// Tokenwarden's local proxy (which adds the token). Logs on stderr.
+    Stdio { name: String },
     /// A built-in demo: an embedded issuer and three workloads you can break and heal,
     /// in the desktop window (or in the terminal with --terminal or without a display).
     Demo {
@@ -269,6 +273,7 @@ async fn run(command: Option<Command>, paths: Paths, hidden: bool) -> anyhow::Re
         }
         Command::Token { name } => token(&paths, &name).await,
         Command::ClientConfig { name } => client_config(&paths, &name).await,
+        Command::Stdio { name } => crate::stdio::run(&paths, &name).await,
         Command::Demo { terminal } => demo(terminal).await,
     }
 }
