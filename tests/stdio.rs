@@ -377,7 +377,9 @@ async fn stdout_carries_only_json_rpc_lines_even_for_bad_input() {
         &[("RUST_LOG", "trace")],
     )
     .await;
-    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#;
+    // 2025-11-25: the SDK's server then starts each event stream with an empty
+    // "priming" event (an id to resume from), which must not reach stdout.
+    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#;
     let (lines, code) = raw_bridge(
         &s.env,
         "remote",
@@ -401,7 +403,7 @@ async fn stdout_carries_only_json_rpc_lines_even_for_bad_input() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(v[0]["id"], 1);
-    assert_eq!(v[0]["result"]["protocolVersion"], "2025-06-18");
+    assert_eq!(v[0]["result"]["protocolVersion"], "2025-11-25");
     assert_eq!(v[1]["error"]["code"], -32700, "{}", lines[1]);
     assert_eq!(v[2]["error"]["code"], -32600, "{}", lines[2]);
     assert_eq!(v[3]["id"], "two");
@@ -451,6 +453,17 @@ async fn an_outage_mid_session_is_answered_in_time_and_the_same_bridge_carries_o
     assert!(
         message.contains("`remote`") && message.contains("next attempt"),
         "{message}"
+    );
+    // The next attempt was a second away: the request was held, within the bound.
+    let held: u64 = message
+        .split("(held ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("held, and says so: {message}"));
+    assert!(
+        (1..=2).contains(&held),
+        "held within the 2 s bound: {message}"
     );
     assert_eq!(r["pid"], pid);
 
