@@ -314,6 +314,14 @@ async fn an_sdk_client_initializes_lists_and_calls_tools_through_the_bridge() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    // What a bridge costs (printed, not asserted).
+    let proc_status = read(std::path::Path::new(&format!("/proc/{pid}/status")));
+    for key in ["VmRSS", "VmHWM"] {
+        if let Some(l) = proc_status.lines().find(|l| l.starts_with(key)) {
+            eprintln!("bridge {l}");
+        }
+    }
+
     // Every request came from the same process; closing stdin ends the session
     // (DELETE) and the bridge exits 0.
     let deletes = s.server.stats().await["deletes"].as_u64().unwrap();
