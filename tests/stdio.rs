@@ -410,12 +410,23 @@ async fn stdout_carries_only_json_rpc_lines_even_for_bad_input() {
         .iter()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(v[0]["id"], 1);
-    assert_eq!(v[0]["result"]["protocolVersion"], "2025-11-25");
-    assert_eq!(v[1]["error"]["code"], -32700, "{}", lines[1]);
-    assert_eq!(v[2]["error"]["code"], -32600, "{}", lines[2]);
-    assert_eq!(v[3]["id"], "two");
-    assert!(v[3]["result"]["tools"].is_array());
+    let by_id = |id: Value| {
+        v.iter()
+            .find(|m| m["id"] == id && m.get("method").is_none())
+            .unwrap_or_else(|| panic!("no answer to {id}: {lines:#?}"))
+    };
+    assert_eq!(
+        by_id(json!(1))["result"]["protocolVersion"],
+        "2025-11-25",
+        "{lines:#?}"
+    );
+    let errors: Vec<&Value> = v
+        .iter()
+        .filter(|m| m["id"].is_null() && m.get("error").is_some())
+        .map(|m| &m["error"]["code"])
+        .collect();
+    assert_eq!(errors, [&json!(-32700), &json!(-32600)], "{lines:#?}");
+    assert!(by_id(json!("two"))["result"]["tools"].is_array());
     // Three progress notifications, then the answer.
     let progress = v
         .iter()
