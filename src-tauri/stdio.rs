@@ -175,7 +175,6 @@ fn spawn_stdin_reader() -> mpsc::Receiver<Incoming> {
     std::thread::Builder::new()
         .name("stdin".into())
         .spawn(move || {
-            use std::io::BufRead;
             let stdin = std::io::stdin();
             let mut r = stdin.lock();
             loop {
@@ -197,7 +196,6 @@ fn spawn_stdin_reader() -> mpsc::Receiver<Incoming> {
                         break;
                     }
                 }
-                let _ = r.fill_buf();
             }
         })
         .expect("spawn the stdin thread");
