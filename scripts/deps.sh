@@ -15,6 +15,11 @@ PACKAGES=(
   # reading the X clipboard as another app would (tests/desktop/clipboard.py)
   gir1.2-gtk-3.0
 )
+# tests/stdio.rs runs the MCP TypeScript SDK (Node.js >= 18): Debian's nodejs and npm
+# unless a Node.js with npm is already there (e.g. nodesource's, which bundles npm).
+if ! { command -v node && command -v npm; } >/dev/null 2>&1; then
+  PACKAGES+=(nodejs npm)
+fi
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
@@ -55,3 +60,6 @@ if ! command -v tauri-driver >/dev/null 2>&1 && [[ ! -x ${CARGO_HOME:-$HOME/.car
   echo "deps.sh: installing tauri-driver"
   cargo install tauri-driver --version '^2' --locked
 fi
+
+# The MCP SDK peers of tests/stdio.rs, pinned by tests/mcp/package-lock.json.
+bash "$(dirname "${BASH_SOURCE[0]}")/../tests/mcp/install.sh"

@@ -176,6 +176,10 @@ pub enum Command {
         #[arg(long, default_value = "5m")]
         timeout: humantime::Duration,
     },
+    /// An MCP stdio server for MCP clients that start local servers: JSON-RPC on
+    /// stdin/stdout, carried to the workload's remote through the running
+    /// Tokenwarden's local proxy (which adds the token). Logs on stderr.
+    Stdio { name: String },
     /// A built-in demo: an embedded issuer and three workloads you can break and heal,
     /// in the desktop window (or in the terminal with --terminal or without a display).
     Demo {
@@ -377,6 +381,7 @@ async fn run(command: Option<Command>, paths: Paths, hidden: bool) -> anyhow::Re
             let mode = crate::clients::Mode { dry_run, yes };
             crate::clients::import(&paths, clients, mode, no_browser, timeout.into()).await
         }
+        Command::Stdio { name } => crate::stdio::run(&paths, &name).await,
         Command::Demo { terminal } => demo(terminal).await,
     }
 }

@@ -6,6 +6,7 @@
 //! * [`daemon`], [`control`], [`cli`]: the headless daemon, its local control socket,
 //!   and the command line;
 //! * [`clients`]: MCP clients' config files (`connect`, `disconnect`, `import`);
+//! * [`stdio`]: `tokenwarden stdio NAME`, the MCP stdio bridge to a workload's local proxy;
 //! * [`sim_issuer`]: a loopback OAuth issuer for the demo and the tests;
 //! * [`sim_remote`]: a loopback OAuth-protected resource (a fake remote MCP server)
 //!   in front of a `sim_issuer`, for discovery and proxy tests.
@@ -25,3 +26,4 @@ pub mod paths;
 pub mod proxy;
 pub mod sim_issuer;
 pub mod sim_remote;
+pub mod stdio;
