@@ -667,7 +667,16 @@ fn as_root_or_skip(test: &str) -> bool {
     false
 }
 
-/// Everything the daemons of `env` wrote to stderr so far.
+/// Everything the daemons of `env` wrote to stderr so far (a test reading them starts
+/// with [`forget_daemon_logs`], so an earlier run's logs in the same dir do not count).
+fn forget_daemon_logs(env: &TestEnv) {
+    for e in std::fs::read_dir(log_dir(&env.test)).unwrap().flatten() {
+        if e.file_name().to_string_lossy().starts_with("daemon-") {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 fn daemon_logs(env: &TestEnv) -> String {
     let mut all = String::new();
     for e in std::fs::read_dir(log_dir(&env.test)).unwrap().flatten() {
@@ -688,6 +697,7 @@ async fn control_socket_serves_only_its_user_and_logs_who_took_a_token() {
     use std::os::unix::fs::PermissionsExt;
     let issuer = issuer(issuer_opts(60)).await;
     let env = env_with("control_only_owner", &issuer, &["w"]).await;
+    forget_daemon_logs(&env);
     env.start_daemon().await;
     assert!(env.login("w").await.ok());
     env.wait_status("w", Status::Running, Duration::from_secs(10))
@@ -896,6 +906,7 @@ async fn logind_wake_makes_a_retrying_workload_try_at_once_and_only_logind_can_s
     ] {
         env.extra_env.push((k.into(), v.into()));
     }
+    forget_daemon_logs(&env);
     env.start_daemon().await;
     assert!(env.login("w").await.ok());
     env.wait_status("w", Status::Running, Duration::from_secs(10))
