@@ -604,7 +604,7 @@ async fn demo(terminal: bool) -> anyhow::Result<()> {
     crate::demo::run_headless().await
 }
 
-fn workload<'a>(cfg: &'a Config, name: &str) -> anyhow::Result<&'a WorkloadConfig> {
+pub(crate) fn workload<'a>(cfg: &'a Config, name: &str) -> anyhow::Result<&'a WorkloadConfig> {
     cfg.workload(name).ok_or_else(|| {
         let known: Vec<&str> = cfg.workloads.iter().map(|w| w.name.as_str()).collect();
         anyhow::anyhow!(

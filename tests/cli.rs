@@ -652,21 +652,6 @@ async fn a_proxy_port_lost_by_an_edit_is_kept() {
     );
 }
 
-/// Root only (CI runs as root): whether this test may use a second OS user.
-fn as_root_or_skip(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        gate::ran("root", test);
-        return true;
-    }
-    assert!(
-        std::env::var("TOKENWARDEN_TEST_ROOT").as_deref() != Ok("1"),
-        "TOKENWARDEN_TEST_ROOT=1 but not running as root"
-    );
-    eprintln!("{test}: skipped (needs root to act as a second user)");
-    false
-}
-
 /// Everything the daemons of `env` wrote to stderr so far (a test reading them starts
 /// with [`forget_daemon_logs`], so an earlier run's logs in the same dir do not count).
 fn forget_daemon_logs(env: &TestEnv) {
@@ -691,7 +676,7 @@ fn daemon_logs(env: &TestEnv) -> String {
 /// file were loosened by hand; a token handed out is logged with the taker's pid.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn control_socket_serves_only_its_user_and_logs_who_took_a_token() {
-    if !as_root_or_skip("control_socket_serves_only_its_user") {
+    if !gate::root("control_socket_serves_only_its_user") {
         return;
     }
     use std::os::unix::fs::PermissionsExt;
@@ -769,7 +754,7 @@ async fn control_socket_serves_only_its_user_and_logs_who_took_a_token() {
 /// go to its config dir, never to a temp dir shared with other users.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_home_the_logs_go_to_the_config_dir() {
-    if !as_root_or_skip("without_a_home_the_logs_go_to_the_config_dir") {
+    if !gate::root("without_a_home_the_logs_go_to_the_config_dir") {
         return;
     }
     // A uid with no passwd entry: no home directory can be found for it.

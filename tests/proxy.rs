@@ -591,16 +591,10 @@ fn curl_as_nobody(args: &[&str]) -> (String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_os_user_is_refused_and_the_owner_is_served() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        assert!(
-            std::env::var("TOKENWARDEN_TEST_ROOT").as_deref() != Ok("1"),
-            "TOKENWARDEN_TEST_ROOT=1 but not running as root"
-        );
-        eprintln!("SKIPPED: needs root to run a client as another user (setpriv)");
+    let test = "proxy_other_user";
+    if !gate::root(test) {
         return;
     }
-    let test = "proxy_other_user";
     let s = setup(test, Duration::from_secs(3600), &[]).await;
     let before = s.remote.requests();
     let (code, body) = curl_as_nobody(&[

@@ -550,47 +550,19 @@ pub fn write_keeping_mode(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let old = std::fs::metadata(&path).ok();
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "file".into());
-    let tmp = dir.join(format!(
-        ".{file_name}.tokenwarden-{}-{}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    let result = (|| -> std::io::Result<()> {
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
-        let mut f = opts.open(&tmp)?;
-        f.write_all(bytes)?;
+    crate::engine::config::write_atomic_with(&path, bytes, 0o600, |f| {
         if let Some(m) = &old {
             #[cfg(unix)]
             {
                 use std::os::unix::fs::MetadataExt;
                 // Keep the owner when root edits another user's file (a no-op otherwise).
-                let _ = std::os::unix::fs::fchown(&f, Some(m.uid()), Some(m.gid()));
+                let _ = std::os::unix::fs::fchown(f, Some(m.uid()), Some(m.gid()));
             }
             f.set_permissions(m.permissions())?;
         }
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, &path)?;
-        #[cfg(unix)]
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
         Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.with_context(|| format!("cannot write {}", path.display()))
+    })
+    .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// How a change is carried out.
@@ -641,7 +613,7 @@ pub fn apply(path: &Path, old: Option<&str>, new: &str, mode: Mode) -> anyhow::R
 /// The local proxy's address of workload `name`: the running daemon's, else from the
 /// config (a port is chosen and written to workloads.toml now if none was yet).
 pub async fn local_url(paths: &Paths, cfg: &Config, name: &str) -> anyhow::Result<String> {
-    let w = workload(cfg, name)?;
+    let w = crate::cli::workload(cfg, name)?;
     let Some(url) = &w.url else {
         anyhow::bail!(
             "`{name}` has no `url`, so it has no local proxy (only workloads with a remote URL get one)"
@@ -671,24 +643,6 @@ pub async fn local_url(paths: &Paths, cfg: &Config, name: &str) -> anyhow::Resul
     let secret = crate::proxy::path_secret_for(&paths.config_file, name)?;
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     Ok(crate::proxy::local_url(addr, url, secret.as_ref()))
-}
-
-fn workload<'a>(
-    cfg: &'a Config,
-    name: &str,
-) -> anyhow::Result<&'a crate::engine::config::WorkloadConfig> {
-    cfg.workload(name).ok_or_else(|| {
-        let known: Vec<&str> = cfg.workloads.iter().map(|w| w.name.as_str()).collect();
-        anyhow::anyhow!(
-            "no workload named `{name}` in {}{}",
-            cfg.path.display(),
-            if known.is_empty() {
-                String::new()
-            } else {
-                format!(" (known: {})", known.join(", "))
-            }
-        )
-    })
 }
 
 /// `tokenwarden [--config-dir DIR] stdio NAME` by the absolute path of this program;
@@ -756,7 +710,7 @@ fn names_or_all(cfg: &Config, names: Vec<String>, all: bool) -> anyhow::Result<V
         anyhow::bail!("name the workloads to connect, or pass --all");
     }
     for n in &names {
-        workload(cfg, n)?;
+        crate::cli::workload(cfg, n)?;
     }
     Ok(names)
 }

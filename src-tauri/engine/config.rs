@@ -728,6 +728,17 @@ pub fn set_listen_port(path: &Path, name: &str, port: u16) -> Result<Config, Con
 /// Write `bytes` to `path` atomically: temp file in the same directory, fsync, rename,
 /// fsync the directory. `private` makes the file 0600 from its creation on.
 pub fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> std::io::Result<()> {
+    write_atomic_with(path, bytes, if private { 0o600 } else { 0o644 }, |_| Ok(()))
+}
+
+/// [`write_atomic`] with the temp file created with `mode` (Unix) and handed to
+/// `prepare` before it is synced and renamed (to copy an old file's mode or owner).
+pub fn write_atomic_with(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    prepare: impl FnOnce(&std::fs::File) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let file_name = path
         .file_name()
@@ -743,13 +754,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> std::io::Result
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(if private { 0o600 } else { 0o644 });
+        opts.mode(mode);
     }
     #[cfg(not(unix))]
-    let _ = private;
+    let _ = mode;
     let result = (|| {
         let mut f = opts.open(&tmp)?;
         f.write_all(bytes)?;
+        prepare(&f)?;
         f.sync_all()?;
         drop(f);
         std::fs::rename(&tmp, path)?;

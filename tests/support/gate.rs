@@ -26,3 +26,20 @@ pub fn ran(gate: &str, test: &str) {
         );
     }
 }
+
+/// Whether `test` may act as a second OS user (root only; CI runs as root). Not root:
+/// `false` after a SKIPPED line, or a failure under `TOKENWARDEN_TEST_ROOT=1`.
+#[allow(dead_code)] // not every test binary has root-only tests
+pub fn root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        ran("root", test);
+        return true;
+    }
+    assert!(
+        std::env::var("TOKENWARDEN_TEST_ROOT").as_deref() != Ok("1"),
+        "TOKENWARDEN_TEST_ROOT=1 but not running as root"
+    );
+    eprintln!("SKIPPED {test}: needs root to act as a second user (run scripts/test.sh as root)");
+    false
+}
