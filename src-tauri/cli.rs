@@ -39,8 +39,16 @@ pub struct Cli {
 pub enum Command {
     /// Run the engine and the control socket without a GUI.
     Daemon,
-    /// Show every workload's status.
+    /// Show the status of every workload, or of the named ones.
+    ///
+    /// With names, the exit code says how they are (the worst of them): 0 running,
+    /// 3 retrying, 4 unauthenticated, 5 stopped, 1 a name that is not configured.
+    #[command(
+        after_help = "Examples:\n  tokenwarden status\n  tokenwarden status github-mcp || echo \"needs attention\"\n  tokenwarden status --json | jq '.[] | select(.status != \"running\")'"
+    )]
     Status {
+        /// Only these workloads (and an exit code for them).
+        names: Vec<String>,
         /// One JSON array, one object per workload.
         #[arg(long)]
         json: bool,
@@ -110,7 +118,26 @@ pub enum Command {
         json: bool,
     },
     /// Print a valid access token (refreshing if needed), for scripts.
+    ///
+    /// Exit codes: 0 a token was printed, 4 a login is needed, 3 no valid token now
+    /// because of a transient failure (Tokenwarden keeps retrying), 5 the workload is
+    /// disabled, 1 anything else.
+    #[command(
+        after_help = "Example:\n  curl -H \"Authorization: Bearer $(tokenwarden token github-mcp)\" https://api.example/"
+    )]
     Token { name: String },
+    /// Start monitoring a disabled workload again (removes `enabled = false`).
+    Enable { name: String },
+    /// Stop monitoring a workload and close its local proxy; its login is kept
+    /// (`enabled = false` in workloads.toml).
+    Disable { name: String },
+    /// Print a shell completion script: `tokenwarden completions bash > ~/.local/share/bash-completion/completions/tokenwarden`.
+    Completions {
+        /// The shell: bash, zsh or fish.
+        shell: CompletionShell,
+    },
+    /// Print the manual page (roff): `tokenwarden man | man -l -`.
+    Man,
     /// Print the JSON an MCP client needs to reach the workload's local proxy; with
     /// --client, the entry alone in that client's format.
     ClientConfig {
@@ -233,6 +260,13 @@ pub fn main() -> std::process::ExitCode {
     match rt.block_on(run(cli.command, paths, cli.hidden)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
+            if let Some(Exit(code)) = e.downcast_ref::<Exit>() {
+                // A state, not a failure: only a message that was added is printed.
+                if e.chain().count() > 1 {
+                    eprintln!("tokenwarden: {e}");
+                }
+                return std::process::ExitCode::from(*code);
+            }
             eprintln!("tokenwarden: {e:#}");
             let usage = e.downcast_ref::<config::ConfigError>().is_some();
             std::process::ExitCode::from(if usage { 2 } else { 1 })
@@ -251,7 +285,7 @@ async fn run(command: Option<Command>, paths: Paths, hidden: bool) -> anyhow::Re
     }
     match command {
         Command::Daemon => crate::daemon::run(paths).await,
-        Command::Status { json } => status(&paths, json).await,
+        Command::Status { names, json } => status(&paths, &names, json).await,
         Command::Watch { json } => watch(&paths, json).await,
         Command::Retry { name, all: _ } => retry(&paths, name).await,
         Command::Login {
@@ -260,6 +294,26 @@ async fn run(command: Option<Command>, paths: Paths, hidden: bool) -> anyhow::Re
             timeout,
         } => login(&paths, &name, no_browser, timeout.into()).await,
         Command::Logout { name } => logout(&paths, &name).await,
+        Command::Enable { name } => set_enabled(&paths, &name, true).await,
+        Command::Disable { name } => set_enabled(&paths, &name, false).await,
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let shell = match shell {
+                CompletionShell::Bash => clap_complete::Shell::Bash,
+                CompletionShell::Zsh => clap_complete::Shell::Zsh,
+                CompletionShell::Fish => clap_complete::Shell::Fish,
+            };
+            clap_complete::generate(shell, &mut cmd, "tokenwarden", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            let mut out = Vec::new();
+            clap_mangen::Man::new(cmd).render(&mut out)?;
+            use std::io::Write;
+            std::io::stdout().write_all(&out)?;
+            Ok(())
+        }
         Command::Add {
             name,
             url,
@@ -667,8 +721,8 @@ pub(crate) fn remote(e: anyhow::Error) -> anyhow::Error {
     }
 }
 
-async fn status(paths: &Paths, json: bool) -> anyhow::Result<()> {
-    let list: Vec<WorkloadStatus> = match Client::connect(paths).await? {
+async fn status(paths: &Paths, names: &[String], json: bool) -> anyhow::Result<()> {
+    let mut list: Vec<WorkloadStatus> = match Client::connect(paths).await? {
         Some(mut c) => serde_json::from_value(c.call(&Request::Status).await.map_err(remote)?)?,
         None => {
             let cfg = load_config(paths)?;
@@ -685,17 +739,71 @@ async fn status(paths: &Paths, json: bool) -> anyhow::Result<()> {
                 .collect()
         }
     };
+    let unknown: Vec<&String> = names
+        .iter()
+        .filter(|n| !list.iter().any(|s| &s.name == *n))
+        .collect();
+    if !names.is_empty() {
+        list.retain(|s| names.contains(&s.name));
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&list)?);
-        return Ok(());
+    } else {
+        if list.is_empty() && names.is_empty() {
+            eprintln!("No workloads. Add one with `tokenwarden add`.");
+        }
+        for s in &list {
+            print_status_line(s);
+        }
     }
-    if list.is_empty() {
-        eprintln!("No workloads. Add one with `tokenwarden add`.");
+    if !unknown.is_empty() {
+        let unknown: Vec<&str> = unknown.iter().map(|s| s.as_str()).collect();
+        return Err(anyhow::Error::new(Exit(1)).context(format!(
+            "no workload named {} (see `tokenwarden list`)",
+            unknown.join(", ")
+        )));
     }
-    for s in &list {
-        print_status_line(s);
+    match names.is_empty() {
+        true => Ok(()),
+        false => match status_exit_code(&list) {
+            0 => Ok(()),
+            code => Err(Exit(code).into()),
+        },
     }
-    Ok(())
+}
+
+/// The exit code of `status NAME...`: the worst state among them.
+pub fn status_exit_code(list: &[WorkloadStatus]) -> u8 {
+    use crate::engine::Status;
+    let has = |st: Status| list.iter().any(|s| s.status == st);
+    if has(Status::Unauthenticated) {
+        4
+    } else if has(Status::Retrying) {
+        3
+    } else if has(Status::Stopped) {
+        5
+    } else {
+        0
+    }
+}
+
+/// An exit code a script can use (`status`, `token`); its context, if any, is printed.
+#[derive(Debug)]
+pub struct Exit(pub u8);
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit code {}", self.0)
+    }
+}
+impl std::error::Error for Exit {}
+
+/// The shells `completions` writes for.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 fn offline_unknown(w: &WorkloadConfig) -> WorkloadStatus {
@@ -899,6 +1007,21 @@ async fn logout(paths: &Paths, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `message` with the exit code `code` (see [`Exit`]).
+fn exit_with(code: u8, message: String) -> anyhow::Error {
+    anyhow::Error::new(Exit(code)).context(message)
+}
+
+/// The exit code of a refused `token` request, by the engine's error code.
+fn token_exit_code(code: &str) -> u8 {
+    match code {
+        "unauthenticated" => 4,
+        "unavailable" => 3,
+        "stopped" => 5,
+        _ => 1,
+    }
+}
+
 async fn token(paths: &Paths, name: &str) -> anyhow::Result<()> {
     if let Some(mut c) = Client::connect(paths).await? {
         let v = c
@@ -906,7 +1029,16 @@ async fn token(paths: &Paths, name: &str) -> anyhow::Result<()> {
                 name: name.to_string(),
             })
             .await
-            .map_err(remote)?;
+            .map_err(|e| match e.downcast::<RemoteError>() {
+                Ok(r) => match token_exit_code(&r.code) {
+                    4 => exit_with(
+                        4,
+                        format!("{}; sign in with `tokenwarden login {name}`", r.message),
+                    ),
+                    code => exit_with(code, r.message),
+                },
+                Err(e) => e,
+            })?;
         let t = v
             .get("access_token")
             .and_then(|t| t.as_str())
@@ -921,35 +1053,61 @@ async fn token(paths: &Paths, name: &str) -> anyhow::Result<()> {
     let stored = match store.load_login(w).await? {
         Login::Ready(t) => t,
         Login::Missing => {
-            anyhow::bail!("`{name}` is not logged in; run `tokenwarden login {name}`")
+            return Err(exit_with(
+                4,
+                format!("`{name}` is not logged in; run `tokenwarden login {name}`"),
+            ))
         }
-        Login::Elsewhere { changed } => anyhow::bail!(
+        Login::Elsewhere { changed } => return Err(exit_with(4, format!(
             "the stored login of `{name}` was made with another {} (workloads.toml changed), so it is not used; log in again: tokenwarden login {name}",
             changed.join(", ")
-        ),
+        ))),
     };
     let now = SystemTime::now();
     if stored.expires_at().is_some_and(|e| e > now) {
         println!("{}", stored.access_token.expose());
         return Ok(());
     }
-    let rt = stored
-        .refresh_token
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("the access token expired and there is no refresh token; run `tokenwarden login {name}`"))?;
+    let rt = stored.refresh_token.clone().ok_or_else(|| {
+        exit_with(
+            4,
+            format!("the access token expired and there is no refresh token; run `tokenwarden login {name}`"),
+        )
+    })?;
     let http =
         oauth::http_client(&cfg.policy, w.ca_file.as_deref()).map_err(|e| anyhow::anyhow!(e))?;
     let client_secret = client_secret(&store, w).await?;
     let transport = oauth::Transport::Http(http);
     let resp = oauth::refresh(&transport, w, &rt, client_secret.as_ref(), &cfg.policy)
         .await
-        .map_err(|f| anyhow::anyhow!("refresh failed: {}", f.reason()))?;
+        .map_err(|f| {
+            if f.is_permanent() {
+                exit_with(4, format!("refresh refused ({}); run `tokenwarden login {name}`", f.reason()))
+            } else {
+                exit_with(3, format!("no valid access token now: the refresh failed ({}); try again later, or start `tokenwarden daemon`, which keeps retrying", f.reason()))
+            }
+        })?;
     let (tokens, _) = oauth::to_stored(resp, Some(rt), SystemTime::now(), &cfg.policy);
     store
         .save_login(w, &tokens)
         .await
         .context("could not store the refreshed tokens")?;
     println!("{}", tokens.access_token.expose());
+    Ok(())
+}
+
+/// `enable` / `disable NAME`: the config edit, applied by the running daemon at once.
+async fn set_enabled(paths: &Paths, name: &str, enabled: bool) -> anyhow::Result<()> {
+    config::set_enabled(&paths.config_file, name, enabled)?;
+    reload_config(paths).await?;
+    eprintln!(
+        "`{name}` is {}",
+        if enabled {
+            "enabled: monitored again"
+        } else {
+            "disabled: not monitored, its local proxy closed (its login is kept)"
+        }
+    );
     Ok(())
 }
 

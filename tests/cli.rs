@@ -1321,3 +1321,87 @@ async fn import_adds_a_found_remote_and_rewrites_the_clients_entries() {
         out.stderr
     );
 }
+
+/// The exit codes scripts use: `status NAME...` (0 running, 3 retrying, 4
+/// unauthenticated, 5 stopped, 1 unknown) and `token NAME` (4 a login is needed, 3 no
+/// valid token because of a transient failure, 5 disabled); `enable` / `disable`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_token_exit_codes_a_script_can_use() {
+    let issuer = issuer(issuer_opts(2)).await;
+    let env = env_with("exit_codes", &issuer, &["a", "b", "c"]).await;
+    env.start_daemon().await;
+    assert!(env.login("a").await.ok());
+    env.wait_status("a", Status::Running, Duration::from_secs(10))
+        .await;
+    let code = |args: &[&str]| env.run(args);
+
+    let out = code(&["status", "a"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(
+        out.stdout.contains("a ") && out.stdout.contains("running"),
+        "{out:?}"
+    );
+    assert!(!out.stdout.contains("b "), "only the named one: {out:?}");
+    assert_eq!(code(&["status", "b"]).code, Some(4));
+    assert_eq!(code(&["status", "a", "b"]).code, Some(4), "the worst");
+    let out = code(&["status", "a", "nope"]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stderr.contains("no workload named nope"), "{out:?}");
+    assert_eq!(code(&["status"]).code, Some(0), "all, no names: 0");
+    let out = code(&["token", "b"]);
+    assert_eq!(out.code, Some(4), "{out:?}");
+    assert!(out.stdout.is_empty());
+    assert!(out.stderr.contains("tokenwarden login b"), "{out:?}");
+
+    // Disabled: 5, for status and token; enabled again: back to needing a login.
+    assert!(code(&["disable", "c"]).ok());
+    env.wait_status("c", Status::Stopped, Duration::from_secs(10))
+        .await;
+    assert_eq!(code(&["status", "c"]).code, Some(5));
+    assert_eq!(code(&["token", "c"]).code, Some(5));
+    assert!(std::fs::read_to_string(env.config_file())
+        .unwrap()
+        .contains("enabled = false"));
+    assert!(code(&["enable", "c"]).ok());
+    env.wait_status("c", Status::Unauthenticated, Duration::from_secs(10))
+        .await;
+    assert!(!std::fs::read_to_string(env.config_file())
+        .unwrap()
+        .contains("enabled"));
+
+    // A WAF blocks the issuer: retrying, and once the 2 s token is gone, no token (3).
+    issuer.set_mode(Mode::Waf403);
+    env.wait_for("a", Duration::from_secs(20), |w| {
+        w.status == Status::Retrying && !w.access_token_valid
+    })
+    .await;
+    assert_eq!(code(&["status", "a"]).code, Some(3));
+    let out = code(&["token", "a"]);
+    assert_eq!(out.code, Some(3), "{out:?}");
+    assert!(out.stdout.is_empty());
+}
+
+/// Shell completions and the manual page come from the same command definitions.
+#[test]
+fn completions_and_the_man_page_name_every_command() {
+    let env = TestEnv::new("completions");
+    for shell in ["bash", "zsh", "fish"] {
+        let out = env.run(&["completions", shell]);
+        assert!(out.ok(), "{out:?}");
+        for cmd in ["daemon", "status", "connect", "stdio", "enable", "disable"] {
+            assert!(out.stdout.contains(cmd), "{shell}: {cmd} missing");
+        }
+    }
+    let out = env.run(&["completions", "tcsh"]);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    let man = env.run(&["man"]);
+    assert!(man.ok(), "{man:?}");
+    assert!(
+        man.stdout.starts_with(".ie") || man.stdout.contains(".TH tokenwarden"),
+        "{}",
+        &man.stdout[..200.min(man.stdout.len())]
+    );
+    for cmd in ["daemon", "status", "token", "connect"] {
+        assert!(man.stdout.contains(cmd), "man: {cmd} missing");
+    }
+}

@@ -699,6 +699,23 @@ pub fn remove_workload(path: &Path, name: &str) -> Result<Config, ConfigError> {
     })
 }
 
+/// Set `enabled` of workload `name` (`enabled = true` is the default, so enabling
+/// removes the key), keeping everything else of the file.
+pub fn set_enabled(path: &Path, name: &str, enabled: bool) -> Result<Config, ConfigError> {
+    edit_existing(path, name, |doc| {
+        let table = workload_tables(doc)?
+            .iter_mut()
+            .find(|t| t.get("name").and_then(|v| v.as_str()) == Some(name))
+            .ok_or_else(|| format!("no workload named `{name}`"))?;
+        if enabled {
+            table.remove("enabled");
+        } else {
+            table["enabled"] = toml_edit::value(false);
+        }
+        Ok(())
+    })
+}
+
 /// Set (or replace) `listen_port` of workload `name`, keeping everything else of the
 /// file. Refuses a broken file, an unknown name, and a port another workload uses.
 pub fn set_listen_port(path: &Path, name: &str, port: u16) -> Result<Config, ConfigError> {
