@@ -125,7 +125,12 @@ pub enum Command {
     #[command(
         after_help = "Example:\n  curl -H \"Authorization: Bearer $(tokenwarden token github-mcp)\" https://api.example/"
     )]
-    Token { name: String },
+    Token {
+        name: String,
+        /// `{"access_token": ..., "expires_at": RFC 3339 or null}` instead of the bare token.
+        #[arg(long)]
+        json: bool,
+    },
     /// Start monitoring a disabled workload again (removes `enabled = false`).
     Enable { name: String },
     /// Stop monitoring a workload and close its local proxy; its login is kept
@@ -390,7 +395,7 @@ async fn run(command: Option<Command>, paths: Paths, hidden: bool) -> anyhow::Re
             }
             Ok(())
         }
-        Command::Token { name } => token(&paths, &name).await,
+        Command::Token { name, json } => token(&paths, &name, json).await,
         Command::ClientConfig {
             name,
             client: None,
@@ -1022,7 +1027,25 @@ fn token_exit_code(code: &str) -> u8 {
     }
 }
 
-async fn token(paths: &Paths, name: &str) -> anyhow::Result<()> {
+/// Print a token as `token` does: bare, or with `--json` its expiry too.
+fn print_token(token: &str, expires_at: Option<SystemTime>, json: bool) {
+    if json {
+        let at = expires_at
+            .and_then(crate::engine::status::rfc3339)
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            });
+        println!(
+            "{}",
+            serde_json::json!({ "access_token": token, "expires_at": at })
+        );
+    } else {
+        println!("{token}");
+    }
+}
+
+async fn token(paths: &Paths, name: &str, json: bool) -> anyhow::Result<()> {
     if let Some(mut c) = Client::connect(paths).await? {
         let v = c
             .call(&Request::Token {
@@ -1043,7 +1066,14 @@ async fn token(paths: &Paths, name: &str) -> anyhow::Result<()> {
             .get("access_token")
             .and_then(|t| t.as_str())
             .ok_or_else(|| anyhow::anyhow!("the daemon sent no token"))?;
-        println!("{t}");
+        let expires_at = v
+            .get("expires_at")
+            .and_then(|t| t.as_str())
+            .and_then(|t| {
+                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+            })
+            .map(SystemTime::from);
+        print_token(t, expires_at, json);
         return Ok(());
     }
     // No daemon: use the stored token, or refresh it here (saving before printing).
@@ -1065,7 +1095,7 @@ async fn token(paths: &Paths, name: &str) -> anyhow::Result<()> {
     };
     let now = SystemTime::now();
     if stored.expires_at().is_some_and(|e| e > now) {
-        println!("{}", stored.access_token.expose());
+        print_token(stored.access_token.expose(), stored.expires_at(), json);
         return Ok(());
     }
     let rt = stored.refresh_token.clone().ok_or_else(|| {
@@ -1092,7 +1122,7 @@ async fn token(paths: &Paths, name: &str) -> anyhow::Result<()> {
         .save_login(w, &tokens)
         .await
         .context("could not store the refreshed tokens")?;
-    println!("{}", tokens.access_token.expose());
+    print_token(tokens.access_token.expose(), tokens.expires_at(), json);
     Ok(())
 }
 

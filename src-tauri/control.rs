@@ -132,11 +132,17 @@ async fn dispatch(engine: &Engine, paths: &Paths, peer: Peer, req: Request) -> R
             Ok(names) => Reply::Ok(serde_json::json!(names)),
             Err(e) => engine_err(e),
         },
-        Request::Token { name } => match engine.token(&name).await {
+        Request::Token { name } => match engine.granted(&name).await {
             // The one place a token leaves the engine: to the same user, on request.
-            Ok(t) => {
+            Ok(g) => {
                 tracing::info!(workload = %name, peer_pid = ?peer.pid, "access token handed out over the control socket");
-                Reply::Ok(serde_json::json!({ "access_token": t.expose() }))
+                Reply::Ok(serde_json::json!({
+                    "access_token": g.token.expose(),
+                    "expires_at": g
+                        .expires_at
+                        .and_then(crate::engine::status::rfc3339)
+                        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok()),
+                }))
             }
             Err(e) => {
                 tracing::info!(workload = %name, peer_pid = ?peer.pid, error = %e, "token request over the control socket refused");

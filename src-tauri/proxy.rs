@@ -792,7 +792,7 @@ impl Shared {
         }
         let wait = self.ctx.policy.http_timeout + Duration::from_secs(2);
         match tokio::time::timeout(wait, rx).await {
-            Ok(Ok(Ok(t))) => Ok(t),
+            Ok(Ok(Ok(g))) => Ok(g.token),
             Ok(Ok(Err(e))) => Err(unavailable(self, &e)),
             Ok(Err(_)) => Err(unavailable(self, &stopped())),
             Err(_) => Err(unavailable(

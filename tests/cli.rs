@@ -1335,6 +1335,26 @@ async fn status_and_token_exit_codes_a_script_can_use() {
         .await;
     let code = |args: &[&str]| env.run(args);
 
+    // `token --json`: the token and when it expires, the expiry the status shows.
+    let out = code(&["token", "a", "--json"]);
+    assert!(out.ok(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert!(issuer.is_valid_access_token(v["access_token"].as_str().unwrap()));
+    let at = |s: &str| {
+        time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).unwrap()
+    };
+    let expires = at(v["expires_at"].as_str().expect("an expiry"));
+    let st = env
+        .wait_for("a", Duration::from_secs(5), |w| w.access_token_valid)
+        .await;
+    let shown = st.access_token_expires_at.expect("status shows the expiry");
+    // The same token's expiry, or an older one's when a refresh came in between.
+    assert!(
+        expires <= shown + time::Duration::seconds(1),
+        "{expires} vs {shown}"
+    );
+    assert!(expires > time::OffsetDateTime::now_utc());
+
     let out = code(&["status", "a"]);
     assert_eq!(out.code, Some(0), "{out:?}");
     assert!(

@@ -57,7 +57,15 @@ impl TokenError {
     }
 }
 
-pub type TokenReply = oneshot::Sender<Result<Secret, TokenError>>;
+/// A valid access token handed out, with the wall-clock time it expires at (as the
+/// monitor schedules by it; `None` when the issuer gave no lifetime).
+#[derive(Clone, Debug)]
+pub struct Granted {
+    pub token: Secret,
+    pub expires_at: Option<std::time::SystemTime>,
+}
+
+pub type TokenReply = oneshot::Sender<Result<Granted, TokenError>>;
 
 pub enum Command {
     Trigger(Trigger),
@@ -688,7 +696,10 @@ impl Monitor {
         }
         if let Some(t) = &self.tokens {
             if self.machine.access_token_valid(now) && self.in_flight.is_none() {
-                let _ = reply.send(Ok(t.access_token.clone()));
+                let _ = reply.send(Ok(Granted {
+                    token: t.access_token.clone(),
+                    expires_at: self.machine.access_expires_at,
+                }));
                 return;
             }
         }
@@ -774,7 +785,10 @@ impl Monitor {
         }
         let now = self.ctx.clock.now();
         let result = match &self.tokens {
-            Some(t) if self.machine.access_token_valid(now) => Ok(t.access_token.clone()),
+            Some(t) if self.machine.access_token_valid(now) => Ok(Granted {
+                token: t.access_token.clone(),
+                expires_at: self.machine.access_expires_at,
+            }),
             _ => Err(self.token_error()),
         };
         for w in self.waiters.drain(..) {

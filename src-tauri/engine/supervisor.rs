@@ -76,7 +76,9 @@ enum Cmd {
     ),
     Token(
         String,
-        oneshot::Sender<Result<oneshot::Receiver<Result<Secret, TokenError>>, EngineError>>,
+        oneshot::Sender<
+            Result<oneshot::Receiver<Result<monitor::Granted, TokenError>>, EngineError>,
+        >,
     ),
     /// Log a workload out (its monitor deletes the stored tokens).
     Logout(
@@ -214,6 +216,11 @@ impl Engine {
 
     /// A valid access token, refreshing (single-flight) if needed.
     pub async fn token(&self, name: &str) -> Result<Secret, EngineError> {
+        Ok(self.granted(name).await?.token)
+    }
+
+    /// [`Engine::token`] with the time the token expires at.
+    pub async fn granted(&self, name: &str) -> Result<monitor::Granted, EngineError> {
         let n = name.to_string();
         let rx = self.ask(|tx| Cmd::Token(n, tx)).await??;
         Ok(rx.await.map_err(|_| EngineError::Stopped)??)
