@@ -6,7 +6,7 @@
 //! the dynamic linker and the initialisers touched; the desktop app after its window
 //! closed holds WebKit's, JavaScriptCore's and Mesa's. They are clean pages of files,
 //! so the kernel would reclaim them under memory pressure; [`mapped_files`] has it do
-//! so at once. Measured in `scripts/measure-desktop.sh` (README, "Desktop footprint").
+//! so at once. Measured in `scripts/measure-desktop.sh` (docs/footprint.md).
 //!
 //! The kernel does this only for files the process owns or may write (so that one user
 //! cannot evict another's pages): for root (the daemon as a system service) that is

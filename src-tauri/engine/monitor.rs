@@ -2,7 +2,7 @@
 //! on `select!` over its command queue (which also carries "stop"), the in-flight
 //! refresh and a timer (mini-redis `Handler::run` style). What others may see of it
 //! (status, usable token) and its queue live in one [`MonitorShared`] slot: an idle
-//! workload costs under 2 KB (README, "Footprint at scale").
+//! workload costs under 2 KB (docs/footprint.md, "At scale").
 //!
 //! Invariants:
 //! * at most one refresh is in flight per workload, whatever asked for it (timer,
