@@ -757,8 +757,8 @@ async fn status(paths: &Paths, names: &[String], json: bool) -> anyhow::Result<(
         if list.is_empty() && names.is_empty() {
             eprintln!("No workloads. Add one with `tokenwarden add`.");
         }
-        for s in &list {
-            print_status_line(s);
+        if !list.is_empty() {
+            print_status_table(&list);
         }
     }
     if !unknown.is_empty() {
@@ -833,6 +833,138 @@ fn local_time(t: &time::OffsetDateTime) -> String {
     t.format(&fmt).unwrap_or_default()
 }
 
+/// Whether to colour the status words: stdout is a terminal and `NO_COLOR` is not set
+/// (<https://no-color.org>).
+fn colour() -> bool {
+    use std::io::IsTerminal;
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// A status word, coloured on a terminal: red needs you, yellow retries, green runs.
+fn status_word(st: crate::engine::Status, width: usize, colour: bool) -> String {
+    use crate::engine::Status;
+    let word = format!("{:<width$}", st.as_str());
+    if !colour {
+        return word;
+    }
+    let code = match st {
+        Status::Unauthenticated => "31",
+        Status::Retrying => "33",
+        Status::Running => "32",
+        Status::Stopped => "2",
+    };
+    format!("\x1b[{code}m{word}\x1b[0m")
+}
+
+/// `t` relative to `now` in a few characters: `in 4m`, `3h ago`, `now`.
+pub fn relative(t: time::OffsetDateTime, now: time::OffsetDateTime) -> String {
+    let d = t - now;
+    let secs = d.whole_seconds();
+    let a = secs.unsigned_abs();
+    let span = match a {
+        0..=4 => return "now".into(),
+        5..=89 => format!("{a}s"),
+        90..=5399 => format!("{}m", (a + 30) / 60),
+        5400..=129_599 => format!("{}h", (a + 1800) / 3600),
+        _ => format!("{}d", (a + 43_200) / 86_400),
+    };
+    if secs > 0 {
+        format!("in {span}")
+    } else {
+        format!("{span} ago")
+    }
+}
+
+/// `status` for people: a table with headers, times relative to now (the local
+/// zone named in the header), then hints and proxy problems under it.
+fn print_status_table(list: &[WorkloadStatus]) {
+    use crate::engine::Status;
+    let now = time::OffsetDateTime::now_utc();
+    let zone = time::UtcOffset::current_local_offset()
+        .map(|o| {
+            let (h, m, _) = o.as_hms();
+            format!(
+                "UTC{}{:02}:{:02}",
+                if o.is_negative() { '-' } else { '+' },
+                h.unsigned_abs(),
+                m.unsigned_abs()
+            )
+        })
+        .unwrap_or_else(|_| "UTC".into());
+    let rows: Vec<[String; 5]> = list
+        .iter()
+        .map(|s| {
+            let since = s.since.map(|t| relative(t, now)).unwrap_or_default();
+            let next = match (&s.next_attempt_at, s.status) {
+                (Some(t), Status::Retrying) => format!("attempt {}", relative(*t, now)),
+                (Some(t), Status::Running) if s.attempts > 0 => {
+                    format!("attempt {}", relative(*t, now))
+                }
+                (Some(t), Status::Running) => format!("refresh {}", relative(*t, now)),
+                _ => String::new(),
+            };
+            let token = match (&s.access_token_expires_at, s.access_token_valid) {
+                (Some(t), true) => format!("valid, ends {}", relative(*t, now)),
+                _ if s.live && s.status != Status::Stopped => "none valid".into(),
+                _ => String::new(),
+            };
+            let detail = match (&s.reason, &s.gives_up_at) {
+                (Some(r), Some(g)) => format!("{r} (gives up {})", relative(*g, now)),
+                (Some(r), None) => r.clone(),
+                (None, _) => s
+                    .local_url
+                    .clone()
+                    .map(|u| format!("proxy {u}"))
+                    .unwrap_or_default(),
+            };
+            [s.name.clone(), since, next, token, detail]
+        })
+        .collect();
+    let header = ["NAME", "STATUS", "SINCE", "NEXT", "TOKEN", "DETAIL"];
+    let width = |i: usize| {
+        rows.iter()
+            .map(|r| r[i].chars().count())
+            .chain(std::iter::once(
+                header[if i == 0 { 0 } else { i + 1 }].len(),
+            ))
+            .max()
+            .unwrap_or(0)
+    };
+    let (w_name, w_since, w_next, w_token) = (width(0), width(1), width(2), width(3));
+    let w_status = list
+        .iter()
+        .map(|s| s.status.as_str().len())
+        .chain(std::iter::once(6))
+        .max()
+        .unwrap_or(6);
+    println!(
+        "{:<w_name$}  {:<w_status$}  {:<w_since$}  {:<w_next$}  {:<w_token$}  DETAIL  (times: {zone})",
+        header[0], header[1], header[2], header[3], header[4]
+    );
+    let colour = colour();
+    for (s, r) in list.iter().zip(&rows) {
+        let line = format!(
+            "{:<w_name$}  {}  {:<w_since$}  {:<w_next$}  {:<w_token$}  {}",
+            r[0],
+            status_word(s.status, w_status, colour),
+            r[1],
+            r[2],
+            r[3],
+            r[4]
+        );
+        println!("{}", line.trim_end());
+    }
+    for s in list {
+        if let Some(e) = &s.proxy_error {
+            println!("{}: proxy: {e}", s.name);
+        }
+        if let Some(h) = &s.hint {
+            println!("{}: {h}", s.name);
+        }
+    }
+}
+
+/// One status change for `watch`: a line per change.
 fn print_status_line(s: &WorkloadStatus) {
     let mut line = format!("{:<20} {:<16}", s.name, s.status.as_str());
     if let Some(t) = &s.since {
@@ -846,26 +978,10 @@ fn print_status_line(s: &WorkloadStatus) {
             line.push_str(&format!("  next attempt {}", local_time(t)));
         }
     }
-    if let Some(t) = &s.gives_up_at {
-        line.push_str(&format!("  gives up {}", local_time(t)));
-    }
-    match (&s.access_token_expires_at, s.access_token_valid) {
-        (Some(t), true) => line.push_str(&format!("  token valid until {}", local_time(t))),
-        _ if s.live && s.status != crate::engine::Status::Stopped => {
-            line.push_str("  no valid token")
-        }
-        _ => {}
-    }
-    if let Some(u) = &s.local_url {
-        line.push_str(&format!("  proxy {u}"));
+    if let Some(h) = &s.hint {
+        line.push_str(&format!("  hint: {h}"));
     }
     println!("{line}");
-    if let Some(e) = &s.proxy_error {
-        println!("{:<20} proxy: {e}", "");
-    }
-    if let Some(h) = &s.hint {
-        println!("{:<20} hint: {h}", "");
-    }
 }
 
 async fn watch(paths: &Paths, json: bool) -> anyhow::Result<()> {
@@ -1151,4 +1267,44 @@ async fn client_config(paths: &Paths, name: &str) -> anyhow::Result<()> {
         serde_json::to_string_pretty(&crate::proxy::client_config(name, &local))?
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::Status;
+
+    #[test]
+    fn relative_times_read_at_a_glance() {
+        let now = time::OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let at = |s: i64| now + time::Duration::seconds(s);
+        assert_eq!(relative(at(0), now), "now");
+        assert_eq!(relative(at(3), now), "now");
+        assert_eq!(relative(at(42), now), "in 42s");
+        assert_eq!(relative(at(-42), now), "42s ago");
+        assert_eq!(relative(at(4 * 60), now), "in 4m");
+        assert_eq!(relative(at(-3 * 3600), now), "3h ago");
+        assert_eq!(relative(at(3 * 86_400), now), "in 3d");
+    }
+
+    #[test]
+    fn status_words_are_coloured_only_when_asked_and_keep_their_width() {
+        assert_eq!(status_word(Status::Running, 15, false), "running        ");
+        let red = status_word(Status::Unauthenticated, 15, true);
+        assert!(red.starts_with("\x1b[31munauthenticated") && red.ends_with("\x1b[0m"));
+        assert_eq!(
+            status_exit_code(&[
+                WorkloadStatus::bare("a", Status::Running, "https://a.example/t"),
+                WorkloadStatus::bare("b", Status::Stopped, "https://a.example/t"),
+            ]),
+            5
+        );
+        assert_eq!(
+            status_exit_code(&[
+                WorkloadStatus::bare("a", Status::Retrying, "https://a.example/t"),
+                WorkloadStatus::bare("b", Status::Unauthenticated, "https://a.example/t"),
+            ]),
+            4
+        );
+    }
 }

@@ -88,9 +88,17 @@ async fn daemon_and_status_json_as_a_user_sees_them() {
         time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).unwrap();
     }
     let human = env.run(&["status"]);
+    let mut lines = human.stdout.lines();
+    let header = lines.next().unwrap_or_default();
     assert!(
-        human.stdout.contains("alpha") && human.stdout.contains("retrying"),
+        header.starts_with("NAME") && header.contains("STATUS") && header.contains("(times: UTC"),
         "{human:?}"
+    );
+    let alpha = lines.find(|l| l.starts_with("alpha")).unwrap_or_default();
+    assert!(alpha.contains("retrying"), "{human:?}");
+    assert!(
+        !alpha.contains('\x1b'),
+        "no colour codes off a terminal: {alpha:?}"
     );
 
     issuer.set_mode(Mode::Healthy);
