@@ -20,6 +20,9 @@ const COMMANDS: &[&str] = &[
     "demo_control",
     "set_notifications",
     "set_autostart",
+    "start_demo",
+    "client_connections",
+    "connect_client",
 ];
 
 #[cfg(feature = "desktop")]

@@ -218,6 +218,10 @@ pub enum Command {
         /// Keyboard controls in the terminal instead of the window.
         #[arg(long)]
         terminal: bool,
+        /// The empty private directory to run on (the desktop app's "Try the demo"
+        /// makes one); removed when the demo ends.
+        #[arg(long, hide = true, conflicts_with = "terminal")]
+        dir: Option<PathBuf>,
     },
 }
 
@@ -226,7 +230,13 @@ pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // Still one thread: the desktop app's environment for WebKitGTK goes in now.
     #[cfg(feature = "desktop")]
-    if matches!(cli.command, None | Some(Command::Demo { terminal: false })) {
+    if matches!(
+        cli.command,
+        None | Some(Command::Demo {
+            terminal: false,
+            ..
+        })
+    ) {
         crate::desktop::memory::prepare_env();
     }
     let paths = match Paths::resolve(cli.config_dir.clone()) {
@@ -236,11 +246,15 @@ pub fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    // The demo (also what a bare `tokenwarden` runs with nothing configured) prints
-    // its own story on stdout; the daemon logs at info to stderr and its log file.
+    // The demo (also what a bare `tokenwarden` runs headless with nothing configured)
+    // prints its own story on stdout; the daemon and the desktop app log at info to
+    // stderr and their log file.
     let runs_demo = match &cli.command {
         Some(Command::Demo { .. }) => true,
-        None => Config::load(&paths.config_file).is_ok_and(|c| c.workloads.is_empty()),
+        None => {
+            Config::load(&paths.config_file).is_ok_and(|c| c.workloads.is_empty())
+                && !desktop_shows_a_window()
+        }
         _ => false,
     };
     let is_daemon = !runs_demo && matches!(cli.command, Some(Command::Daemon) | None);
@@ -441,7 +455,7 @@ async fn run(command: Option<Command>, paths: Paths, hidden: bool) -> anyhow::Re
             crate::clients::import(&paths, clients, mode, no_browser, timeout.into()).await
         }
         Command::Stdio { name } => crate::stdio::run(&paths, &name).await,
-        Command::Demo { terminal } => demo(terminal).await,
+        Command::Demo { terminal, dir } => demo(terminal, dir).await,
     }
 }
 
@@ -626,11 +640,20 @@ pub async fn add_workload(
     Ok(cfg)
 }
 
-/// `tokenwarden` with no subcommand: the demo when nothing is configured, otherwise
-/// the engine. (The desktop shell, when built, takes this over.)
+/// Whether a bare `tokenwarden` is the desktop app with its window and tray (a desktop
+/// build with a display).
+fn desktop_shows_a_window() -> bool {
+    #[cfg(feature = "desktop")]
+    return crate::desktop::has_display();
+    #[cfg(not(feature = "desktop"))]
+    false
+}
+
+/// `tokenwarden` with no subcommand: the desktop app when built (over the user's
+/// config, even an empty one); headless, the demo when nothing is configured,
+/// otherwise the engine.
 async fn run_default(paths: Paths, hidden: bool) -> anyhow::Result<()> {
     let cfg = load_config(&paths)?;
-    // The desktop app runs over the demo itself when nothing is configured.
     #[cfg(feature = "desktop")]
     return crate::desktop::main(paths, cfg, hidden).await;
     #[cfg(not(feature = "desktop"))]
@@ -649,15 +672,16 @@ async fn run_default(paths: Paths, hidden: bool) -> anyhow::Result<()> {
 
 /// The demo never touches the user's configuration: it runs on a throwaway config
 /// directory (its own instance lock and control socket) with an in-memory store.
-async fn demo(terminal: bool) -> anyhow::Result<()> {
+async fn demo(terminal: bool, dir: Option<PathBuf>) -> anyhow::Result<()> {
     #[cfg(feature = "desktop")]
     if !terminal {
-        let dir = tempfile::Builder::new()
-            .prefix("tokenwarden-demo-")
-            .tempdir()?;
-        let paths = Paths::resolve(Some(dir.path().to_path_buf()))?;
-        let cfg = Config::empty(paths.config_file.clone());
-        return crate::desktop::main(paths, cfg, false).await;
+        return crate::desktop::demo(dir).await;
+    }
+    if let Some(d) = dir {
+        anyhow::bail!(
+            "--dir {} is for the desktop demo (this build has none)",
+            d.display()
+        );
     }
     let _ = terminal;
     crate::demo::run_headless().await

@@ -7,7 +7,7 @@
 //!
 //! Demo data lives apart from the user's: an in-memory secret store and a temporary
 //! config directory (its control socket works, so `tokenwarden --config-dir DIR status`
-//! in another shell shows the demo too).
+//! in another shell shows the demo too), removed when the demo ends.
 
 use crate::engine::config::Config;
 use crate::engine::policy::Policy;
@@ -52,11 +52,44 @@ pub struct Demo {
     pub engine: Engine,
     pub store: SecretStore,
     pub config: Config,
-    pub dir: tempfile::TempDir,
+    pub dir: ThrowawayDir,
+}
+
+/// The demo's config directory, removed with everything in it when dropped.
+pub struct ThrowawayDir(std::path::PathBuf);
+
+impl ThrowawayDir {
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+
+    /// Remove it now (the demo ended; whoever still holds the demo cannot use it).
+    pub fn remove(&self) {
+        match std::fs::remove_dir_all(&self.0) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                tracing::warn!(dir = %self.0.display(), error = %e, "cannot remove the demo's directory");
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Drop for ThrowawayDir {
+    fn drop(&mut self) {
+        self.remove();
+    }
 }
 
 impl Demo {
+    /// The demo on a new temporary directory.
     pub async fn start() -> anyhow::Result<Demo> {
+        Demo::start_in(None).await
+    }
+
+    /// The demo on `dir` (an empty, private directory made for it by whoever started
+    /// this process: the desktop app's "Try the demo"), else on a new temporary one.
+    /// Either is removed when the demo ends.
+    pub async fn start_in(dir: Option<std::path::PathBuf>) -> anyhow::Result<Demo> {
         let issuer = SimIssuer::start(IssuerOptions {
             client_id: "tokenwarden-demo".into(),
             access_token_lifetime: Duration::from_secs(20),
@@ -67,9 +100,24 @@ impl Demo {
         })
         .await?;
         let remote = SimRemote::start(issuer.clone(), RemoteOptions::default()).await?;
-        let dir = tempfile::Builder::new()
-            .prefix("tokenwarden-demo-")
-            .tempdir()?;
+        let dir = match dir {
+            Some(d) => {
+                crate::engine::config::ensure_private_dir(&d)?;
+                if std::fs::read_dir(&d)?.next().is_some() {
+                    anyhow::bail!(
+                        "{} is not empty: the demo runs only on a directory of its own",
+                        d.display()
+                    );
+                }
+                ThrowawayDir(d)
+            }
+            None => ThrowawayDir(
+                tempfile::Builder::new()
+                    .prefix("tokenwarden-demo-")
+                    .tempdir()?
+                    .keep(),
+            ),
+        };
         let mut text = String::new();
         for name in WORKLOADS {
             text.push_str(&format!(

@@ -242,14 +242,18 @@ impl Wd {
         v["value"].clone()
     }
 
-    async fn start(port: u16) -> Wd {
+    /// A session on the app started as `tokenwarden ARGS...`.
+    async fn start(port: u16, args: &[&str]) -> Wd {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
             .build()
             .unwrap();
         let base = format!("http://127.0.0.1:{port}");
         let caps = json!({"capabilities": {"alwaysMatch": {
-            "tauri:options": {"application": root().join("tests/desktop/app-under-test.sh")}
+            "tauri:options": {
+                "application": root().join("tests/desktop/app-under-test.sh"),
+                "args": args,
+            }
         }}});
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -781,7 +785,7 @@ async fn demo_degrades_notifies_recovers_and_reauthenticates() {
     let (drv, port) = driver(&display, config.path(), &log, &[]);
     let mut app = App {
         _driver: drv,
-        wd: Some(Wd::start(port).await),
+        wd: Some(Wd::start(port, &["demo"]).await),
     };
     let wd = app.wd.as_ref().unwrap();
     wd.wait(
@@ -862,7 +866,13 @@ async fn demo_degrades_notifies_recovers_and_reauthenticates() {
         .unwrap()
         .to_string();
     let pid = app_pid(Path::new(&control_dir)).await;
-    wait_tray(pid, "All 3 workloads running", Duration::from_secs(10)).await;
+    // The demo's tray says it is the demo.
+    wait_tray(
+        pid,
+        "Demo: All 3 workloads running",
+        Duration::from_secs(10),
+    )
+    .await;
     wait_tray_icon(pid, "running", Duration::from_secs(10)).await;
     // The icon's file is in the instance's private run dir, not a shared /tmp one.
     let icon_file = tray(pid, &["icon"])["file"].as_str().unwrap().to_string();
@@ -870,11 +880,10 @@ async fn demo_degrades_notifies_recovers_and_reauthenticates() {
         Path::new(&icon_file).starts_with(Path::new(&control_dir).join("run")),
         "{icon_file} not in {control_dir}/run"
     );
-    // A second launch finds the demo (its control socket is the demo's own dir, noted
-    // in the lock file of this one) and hands over.
+    // The demo holds its own dir's lock: a launch there hands over to it.
     second_launch(
         &display,
-        config.path(),
+        Path::new(&control_dir),
         &log,
         pid,
         &[],
@@ -884,9 +893,11 @@ async fn demo_degrades_notifies_recovers_and_reauthenticates() {
     let labels = tray_labels(pid);
     for want in [
         "github-mcp — running",
+        "github-mcp — running › Copy local address",
+        "jira-mcp — running › Retry now",
         "Retry all now",
         "Open Tokenwarden",
-        "Quit",
+        "Quit the demo",
     ] {
         assert!(
             labels.iter().any(|l| l == want),
@@ -958,7 +969,12 @@ async fn demo_degrades_notifies_recovers_and_reauthenticates() {
         .wait_for("recovered", Duration::from_secs(20))
         .await;
     assert!(n["body"].as_str().unwrap().contains("running"), "{n}");
-    wait_tray(pid, "All 3 workloads running", Duration::from_secs(10)).await;
+    wait_tray(
+        pid,
+        "Demo: All 3 workloads running",
+        Duration::from_secs(10),
+    )
+    .await;
     wait_tray_icon(pid, "running", Duration::from_secs(10)).await;
 
     // Revoke the grant: invalid_grant is a verdict → unauthenticated, at once.
@@ -1004,9 +1020,19 @@ async fn demo_degrades_notifies_recovers_and_reauthenticates() {
         }
     }
 
-    // Quit from the tray: the process ends cleanly.
-    tray(pid, &["click", "Quit"]);
+    // Quit from the tray: the process ends cleanly, and its throwaway dir goes with it;
+    // the config dir it was started with was never touched.
+    tray(pid, &["click", "Quit the demo"]);
     wait_exit(pid, Duration::from_secs(15)).await;
+    assert!(
+        !Path::new(&control_dir).exists(),
+        "the demo's dir {control_dir} is removed when it quits"
+    );
+    assert_eq!(
+        std::fs::read_dir(config.path()).unwrap().count(),
+        0,
+        "the demo wrote nothing to the config dir it was started with"
+    );
     if let Some(wd) = app.wd.take() {
         wd.end().await;
     }
@@ -1065,7 +1091,7 @@ async fn real_workload_login_retry_now_and_single_instance() {
     );
     let mut app = App {
         _driver: drv,
-        wd: Some(Wd::start(port).await),
+        wd: Some(Wd::start(port, &[]).await),
     };
     let wd = app.wd.as_ref().unwrap();
     wd.wait(
@@ -1790,5 +1816,267 @@ async fn real_workload_login_retry_now_and_single_instance() {
             !secrets.contains(&t),
             "a token leaked into the app's stderr"
         );
+    }
+}
+
+/// The app's `tokenwarden demo --dir DIR` child ("Try the demo"): its pid and dir.
+fn demo_child(pid: u32) -> Option<(u32, PathBuf)> {
+    descendants(pid).into_iter().find_map(|c| {
+        let cmdline = std::fs::read_to_string(format!("/proc/{c}/cmdline")).unwrap_or_default();
+        let args: Vec<&str> = cmdline.split('\0').collect();
+        let at = args.iter().position(|a| *a == "--dir")?;
+        let dir = args.get(at + 1)?;
+        (args.contains(&"demo") && pid_alive(c)).then(|| (c, PathBuf::from(dir)))
+    })
+}
+
+/// A first run: nothing configured. The window opens on the empty state ("Add a
+/// server", "Try the demo"); the demo runs as a process of its own on a throwaway dir
+/// that goes when it quits, never in the user's config or tray; a server added by URL
+/// alone ends running; "Connect to…" writes VS Code's file (in a home of its own); the
+/// tray's per-workload submenu copies the local address and retries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_run_adds_a_server_by_url_connects_a_client_and_tries_the_demo() {
+    let Some(display) = gate("first_run_adds_a_server_by_url_connects_a_client_and_tries_the_demo")
+    else {
+        return;
+    };
+    let _serial = serial();
+    let log = log_dir(&format!("desktop-first-run-{}", std::process::id()));
+    let _recorder = Recorder::start(&log);
+    let issuer = SimIssuer::start(IssuerOptions {
+        ledger: std::env::var_os("TOKENWARDEN_TEST_LOG_DIR")
+            .map(|d| PathBuf::from(d).join("issued-tokens.txt")),
+        ..IssuerOptions::default()
+    })
+    .await
+    .unwrap();
+    let remote = tokenwarden::sim_remote::SimRemote::start(
+        issuer.clone(),
+        tokenwarden::sim_remote::RemoteOptions::default(),
+    )
+    .await
+    .unwrap();
+    // Nothing configured: the config dir does not even exist yet.
+    let base = tempfile::tempdir().unwrap();
+    let config = base.path().join("config");
+    // A home of its own, with VS Code's user config file (and no other client's).
+    let home = tempfile::tempdir().unwrap();
+    let xdg_config = home.path().join("config");
+    let vscode = xdg_config.join("Code/User/mcp.json");
+    std::fs::create_dir_all(vscode.parent().unwrap()).unwrap();
+    let vscode_before = "{\n  // my servers\n  \"servers\": {}\n}\n";
+    std::fs::write(&vscode, vscode_before).unwrap();
+    let (drv, port) = driver(
+        &display,
+        &config,
+        &log,
+        &[
+            (
+                "TOKENWARDEN_BROWSER",
+                root()
+                    .join("tests/desktop/browser.sh")
+                    .display()
+                    .to_string(),
+            ),
+            ("HOME", home.path().display().to_string()),
+            ("XDG_CONFIG_HOME", xdg_config.display().to_string()),
+        ],
+    );
+    let mut app = App {
+        _driver: drv,
+        wd: Some(Wd::start(port, &[]).await),
+    };
+    let wd = app.wd.as_ref().unwrap();
+    wd.wait(
+        "the window to load",
+        "document.body.dataset.ready === '1'",
+        Duration::from_secs(30),
+    )
+    .await;
+    let empty = wd
+        .js("const e = document.querySelector('#empty'); return [e.hidden, document.querySelector('#empty-add').textContent, document.querySelector('#empty-demo').textContent, document.querySelector('#add').hidden, document.querySelector('#demo').hidden, document.querySelectorAll('li[data-workload]').length];")
+        .await;
+    assert_eq!(
+        empty,
+        json!([false, "Add a server", "Try the demo", false, true, 0]),
+        "the empty state, the add form shown, no demo"
+    );
+    let pid = app_pid(&config).await;
+    wait_tray(pid, "No workloads configured", Duration::from_secs(10)).await;
+
+    // "Try the demo": a process of its own on a throwaway dir, with its own tray.
+    wd.click("#empty-demo").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (demo_pid, demo_dir) = loop {
+        if let Some(d) = demo_child(pid) {
+            break d;
+        }
+        assert!(Instant::now() < deadline, "Try the demo started no demo");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        app_pid(&demo_dir).await,
+        demo_pid,
+        "the demo serves its own dir"
+    );
+    wait_tray(
+        demo_pid,
+        "Demo: All 3 workloads running",
+        Duration::from_secs(60),
+    )
+    .await;
+    // A second click brings the running demo forward instead of starting another.
+    wd.click("#empty-demo").await;
+    wd.wait(
+        "the notice that the demo runs already",
+        "document.querySelector('#notice').textContent.includes('runs already')",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(demo_child(pid).map(|d| d.0), Some(demo_pid), "one demo");
+    // The user's tray, window and config never show the demo's workloads.
+    let labels = tray_labels(pid);
+    assert!(
+        labels.iter().any(|l| l == "No workloads configured")
+            && !labels.iter().any(|l| l.contains("github-mcp")),
+        "{labels:?}"
+    );
+    assert_eq!(
+        wd.js("return document.querySelectorAll('li[data-workload]').length")
+            .await,
+        json!(0)
+    );
+    let cfg = std::fs::read_to_string(config.join("workloads.toml")).unwrap_or_default();
+    assert!(!cfg.contains("[[workload]]"), "{cfg}");
+    // Quitting the demo from its tray removes its dir; the app runs on.
+    tray(demo_pid, &["click", "Quit the demo"]);
+    wait_exit(demo_pid, Duration::from_secs(15)).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while demo_dir.exists() {
+        assert!(Instant::now() < deadline, "{} left", demo_dir.display());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(pid_alive(pid));
+    wd.screenshot("empty-state").await;
+
+    // "Add a server": the form opens at its URL field; a URL and a name are enough.
+    wd.click("#empty-add").await;
+    assert_eq!(
+        wd.js("return document.activeElement === document.querySelector('#add-form [name=url]');")
+            .await,
+        json!(true),
+        "Add a server puts the focus on the URL"
+    );
+    wd.type_into("#add-form [name=url]", &remote.url()).await;
+    wd.type_into("#add-form [name=name]", "mcp").await;
+    wd.click("#add-form button[type=submit]").await;
+    wd.wait_status("mcp", "running", Duration::from_secs(30))
+        .await;
+    assert!(
+        wd.js("return document.querySelector('#empty').hidden")
+            .await
+            == json!(true)
+    );
+    let local_url = wd
+        .wait(
+            "the mcp card's local address",
+            "document.querySelector('li[data-workload=\"mcp\"] .local-url').value",
+            Duration::from_secs(10),
+        )
+        .await
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // "Connect to…": the eight clients, VS Code's file found; connecting writes it.
+    wd.click("li[data-workload=\"mcp\"] .connect summary").await;
+    let vs = "li[data-workload=\"mcp\"] .client[data-client=\"vscode\"]";
+    let listed = wd
+        .wait(
+            "the clients to be listed",
+            &format!("document.querySelector('{vs}') && [...document.querySelectorAll('li[data-workload=\"mcp\"] .client')].map(c => c.dataset.client + ': ' + c.querySelector('.client-state').textContent)"),
+            Duration::from_secs(10),
+        )
+        .await;
+    let listed: Vec<String> = serde_json::from_value(listed).unwrap();
+    assert_eq!(listed.len(), 8, "{listed:?}");
+    assert!(
+        listed.contains(&"vscode: found, not connected".to_string()),
+        "{listed:?}"
+    );
+    assert!(
+        listed.contains(&"cursor: no config file here".to_string()),
+        "{listed:?}"
+    );
+    wd.screenshot("connect-to").await;
+    wd.click(&format!("{vs} .client-toggle")).await;
+    let said = wd
+        .wait(
+            "the connect result",
+            &format!("document.querySelector('{vs}').dataset.connected === '1' && document.querySelector('li[data-workload=\"mcp\"] .connect-result').textContent"),
+            Duration::from_secs(10),
+        )
+        .await;
+    let said = said.as_str().unwrap();
+    assert!(
+        said.starts_with("Connected mcp to VS Code: wrote ") && said.contains("kept as "),
+        "{said}"
+    );
+    let text = std::fs::read_to_string(&vscode).unwrap();
+    assert!(text.contains("// my servers"), "{text}");
+    let v: Value = jsonc_parser::parse_to_serde_value(&text, &Default::default()).unwrap();
+    assert_eq!(
+        v["servers"]["mcp"],
+        json!({"type": "http", "url": local_url})
+    );
+    let backup = said
+        .split("kept as ")
+        .nth(1)
+        .unwrap()
+        .trim_end_matches(").");
+    assert_eq!(std::fs::read_to_string(backup).unwrap(), vscode_before);
+    assert_eq!(
+        wd.js(&format!(
+            "return document.querySelector('{vs} .client-toggle').getAttribute('aria-label');"
+        ))
+        .await,
+        json!("Disconnect mcp from VS Code")
+    );
+
+    // The tray: a submenu per workload. "Copy local address" puts it on the clipboard
+    // (read as another application would); "Retry now" makes one refresh.
+    let sub = "mcp — running";
+    wait_tray(
+        pid,
+        &format!("{sub} › Copy local address"),
+        Duration::from_secs(10),
+    )
+    .await;
+    tray(pid, &["click", &format!("{sub} › Copy local address")]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while clipboard_text(&display).as_deref() != Some(local_url.as_str()) {
+        assert!(
+            Instant::now() < deadline,
+            "the clipboard holds {:?}, not the local address",
+            clipboard_text(&display)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let before = issuer.refresh_requests();
+    tray(pid, &["click", &format!("{sub} › Retry now")]);
+    assert!(
+        issuer
+            .wait_for_refresh_requests(before + 1, Duration::from_secs(10))
+            .await,
+        "Retry now from the tray made no refresh request"
+    );
+    wd.wait_status("mcp", "running", Duration::from_secs(10))
+        .await;
+
+    tray(pid, &["click", "Quit"]);
+    wait_exit(pid, Duration::from_secs(15)).await;
+    if let Some(wd) = app.wd.take() {
+        wd.end().await;
     }
 }

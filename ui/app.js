@@ -88,11 +88,19 @@ function card(name) {
   const id = `w-${name.replace(/[^A-Za-z0-9_-]/g, "_")}`;
   $(".name", li).id = id;
   li.setAttribute("aria-labelledby", id);
+  // Every button says whose it is (a screen reader lists them out of their card).
+  const named = (action, label) => li.querySelector(`[data-action="${action}"]`).setAttribute("aria-label", label);
+  named("retry", `Retry ${name} now`);
+  named("reauth", `Re-authenticate ${name}`);
+  named("remove", `Remove ${name}`);
+  named("copy-config", `Copy ${name}'s client config`);
+  named("connect", `Connect ${name} to an MCP client`);
   li.querySelector('[data-action="retry"]').addEventListener("click", () => retry(name));
   li.querySelector('[data-action="reauth"]').addEventListener("click", () => reauth(name));
   li.querySelector('[data-action="remove"]').addEventListener("click", (ev) => remove(name, ev.currentTarget));
   li.querySelector('[data-action="notify"]').addEventListener("change", (ev) => setNotify(name, ev.currentTarget));
   li.querySelector('[data-action="copy-config"]').addEventListener("click", (ev) => copyConfig(name, li, ev.currentTarget));
+  $(".connect", li).addEventListener("toggle", (ev) => { if (ev.currentTarget.open) loadClients(name, li); });
   // One click (or focus) selects the whole local address, ready for Ctrl+C.
   $(".local-url", li).addEventListener("focus", (ev) => ev.currentTarget.select());
   // keep cards sorted by name
@@ -139,6 +147,8 @@ function render(row) {
   const reauth = li.querySelector('[data-action="reauth"]');
   reauth.classList.toggle("primary", row.status === "unauthenticated");
   li.querySelector('[data-action="remove"]').hidden = isDemo;
+  // The demo's workloads go with the demo: nothing to connect a client to.
+  $(".connect", li).hidden = isDemo;
   li.querySelector('[data-action="notify"]').checked = row.notifications !== false;
   const ol = $(".timeline ol", li);
   ol.replaceChildren(...(row.timeline || []).slice().reverse().map((t) => {
@@ -203,7 +213,8 @@ function summarize() {
   else text = `${n("running")} of ${all.length} running.`;
   $("#summary").textContent = text;
   document.body.dataset.overall = n("unauthenticated") ? "unauthenticated" : n("retrying") ? "retrying" : all.length ? "running" : "idle";
-  $("#empty").hidden = all.length > 0;
+  $("#empty").hidden = all.length > 0 || isDemo;
+  $("#retry-all").hidden = !all.length; // nothing to retry yet
 }
 
 function replaceAll(list) {
@@ -234,7 +245,8 @@ async function remove(name, button) {
   if (button.dataset.confirm !== "1") {
     button.dataset.confirm = "1";
     button.textContent = "Confirm remove";
-    setTimeout(() => { button.dataset.confirm = ""; button.textContent = "Remove"; }, 5000);
+    button.setAttribute("aria-label", `Confirm: remove ${name}`);
+    setTimeout(() => { button.dataset.confirm = ""; button.textContent = "Remove"; button.setAttribute("aria-label", `Remove ${name}`); }, 5000);
     return;
   }
   await call("remove_workload", { name });
@@ -299,6 +311,51 @@ async function copyConfig(name, li, button) {
   sel.addRange(range);
 }
 
+// ---------- "Connect to…" ----------
+function clientWords(c) {
+  if (c.error) return `cannot be read: ${c.error}`;
+  if (!c.found) return "no config file here";
+  if (c.connected) return "connected";
+  if (c.other) return `has ${c.other} of this name`;
+  return "found, not connected";
+}
+function renderClients(name, li, list) {
+  const ul = $(".clients", li);
+  ul.replaceChildren(...list.map((c) => {
+    const item = $("#client").content.firstElementChild.cloneNode(true);
+    item.dataset.client = c.client;
+    item.dataset.found = c.found ? "1" : "";
+    item.dataset.connected = c.connected ? "1" : "";
+    $(".client-name", item).textContent = c.label;
+    $(".client-state", item).textContent = clientWords(c);
+    if (c.path) item.title = c.path;
+    const b = $(".client-toggle", item);
+    b.textContent = c.connected ? "Disconnect" : "Connect";
+    b.setAttribute("aria-label", c.connected ? `Disconnect ${name} from ${c.label}` : `Connect ${name} to ${c.label}`);
+    // A file that cannot be read is left alone; another entry of this name is not replaced.
+    b.disabled = !!c.error || (!c.connected && !!c.other);
+    b.addEventListener("click", () => toggleClient(name, li, c));
+    return item;
+  }));
+}
+async function loadClients(name, li) {
+  try {
+    renderClients(name, li, await call("client_connections", { name }));
+  } catch (_) { /* shown */ }
+}
+async function toggleClient(name, li, c) {
+  const result = $(".connect-result", li);
+  try {
+    const r = await call("connect_client", { name, client: c.client, connect: !c.connected });
+    result.textContent = r.message;
+    await loadClients(name, li);
+    const again = li.querySelector(`.client[data-client="${CSS.escape(c.client)}"] .client-toggle`);
+    if (again) again.focus();
+  } catch (e) {
+    result.textContent = e.message;
+  }
+}
+
 function setDemo(d) {
   if (!d) return;
   $("#demo-mode").textContent = d.mode;
@@ -350,6 +407,9 @@ async function submitAdd(ev) {
     $("#add").open = false;
     notice(`Added ${data.name}. Sign in in your browser.`);
     replaceAll(await call("list_status"));
+    // The new card takes the focus (the form it came from is closed).
+    const added = document.querySelector(`li[data-workload="${CSS.escape(data.name)}"] .name`);
+    if (added) { added.tabIndex = -1; added.focus(); }
   } catch (e) {
     const err = normalize(e);
     if (err.field) fieldError(form, err.field, err.message);
@@ -391,6 +451,18 @@ async function start() {
     notice({ waf: "The issuer now answers 403 with a web page, like a WAF block.", down: "The issuer is down: connections are refused.", revoke: "The grant is revoked: the next refresh gets invalid_grant.", heal: "The issuer is healthy again." }[b.dataset.demo]);
   }));
   $("#add-form").addEventListener("submit", submitAdd);
+  $("#empty-add").addEventListener("click", () => {
+    $("#add").open = true;
+    $("#add-form").elements.url.focus();
+  });
+  $("#empty-demo").addEventListener("click", async () => {
+    try {
+      const d = await call("start_demo");
+      notice(d.state === "focused"
+        ? "The demo runs already: its window was brought to the front."
+        : "The demo opens in a window of its own. Quit it from its tray menu; your configuration is not touched.");
+    } catch (_) { /* shown */ }
+  });
 
   await listen("status", (e) => render(e.payload));
   await listen("row", (e) => render(e.payload));

@@ -97,7 +97,7 @@ fn set_autostart(shell: &Shell, enabled: bool) -> Result<bool, CmdError> {
     if shell.demo().is_some() {
         return Err(CmdError::new(
             "demo",
-            "The demo does not start at login. Add your own workloads with `tokenwarden add`, then switch it on.",
+            "The demo does not start at login: switch it on in Tokenwarden's own window.",
         ));
     }
     super::autostart::set(&shell.paths, enabled).map_err(|m| CmdError::new("autostart", m))
@@ -143,6 +143,19 @@ pub async fn dispatch(
             arg(&args, "enabled")?,
         )?),
         "set_autostart" => json(set_autostart(&shell, arg(&args, "enabled")?)?),
+        // "Try the demo" (the user's app only).
+        "start_demo" => json(start_demo(&shell).await?),
+        // "Connect to…" on a card: the clients, and connecting / disconnecting one.
+        "client_connections" => json(client_connections(shell, arg(&args, "name")?).await?),
+        "connect_client" => json(
+            connect_client(
+                shell,
+                arg(&args, "name")?,
+                arg(&args, "client")?,
+                arg(&args, "connect")?,
+            )
+            .await?,
+        ),
         // Not commands the page may invoke. From a second launch of the app:
         "show_window" => {
             if shell.quitting.load(std::sync::atomic::Ordering::Acquire) {
@@ -290,7 +303,7 @@ async fn remove_workload(shell: &Shell, name: String) -> Result<(), CmdError> {
     let Backend::Real { store, .. } = &shell.backend else {
         return Err(CmdError::new(
             "demo",
-            "The demo's workloads cannot be removed. Add your own with `tokenwarden add`; the demo stops once one exists.",
+            "The demo's workloads cannot be removed: they go when you quit the demo.",
         ));
     };
     config::remove_workload(&shell.paths.config_file, &name)?;
@@ -395,7 +408,7 @@ async fn add_workload(shell: Arc<Shell>, form: AddForm) -> Result<(), CmdError> 
     if shell.demo().is_some() {
         return Err(CmdError::new(
             "demo",
-            "This is the demo. Add your own workloads with `tokenwarden add NAME --url URL`, then start Tokenwarden again.",
+            "This is the demo: add your own servers in Tokenwarden's own window (`tokenwarden`), which the demo never touches.",
         ));
     }
     let args = validate(&form)?;
@@ -460,5 +473,147 @@ fn set_notifications(shell: &Shell, name: String, enabled: bool) -> Result<(), C
             "io",
             format!("cannot save the notification setting: {e}"),
         )),
+    }
+}
+
+async fn start_demo(shell: &Shell) -> Result<super::DemoStarted, CmdError> {
+    if shell.demo().is_some() {
+        return Err(CmdError::new("demo", "This is the demo already."));
+    }
+    super::start_demo(shell)
+        .await
+        .map_err(|m| CmdError::new("demo", m))
+}
+
+/// The workload `name` of the user's config with its local address (for "Connect
+/// to…"), or why it cannot be connected.
+fn connectable(shell: &Shell, name: &str) -> Result<Option<String>, CmdError> {
+    if shell.demo().is_some() {
+        return Err(CmdError::new(
+            "demo",
+            "The demo's workloads go away with the demo: connect your own workloads to your clients.",
+        ));
+    }
+    let st = lock(&shell.state);
+    let w = st
+        .statuses
+        .get(name)
+        .ok_or_else(|| EngineError::UnknownWorkload(name.to_string()))?;
+    Ok(w.local_url.clone())
+}
+
+async fn client_connections(
+    shell: Arc<Shell>,
+    name: String,
+) -> Result<Vec<super::connect::ClientState>, CmdError> {
+    let local = connectable(&shell, &name)?;
+    tokio::task::spawn_blocking(move || {
+        let w = super::connect::Workload {
+            name: &name,
+            local_url: local.as_deref(),
+            paths: &shell.paths,
+        };
+        super::connect::states(&w, &|k| k.default_path())
+    })
+    .await
+    .map_err(|e| CmdError::new("internal", e.to_string()))
+}
+
+async fn connect_client(
+    shell: Arc<Shell>,
+    name: String,
+    client: String,
+    connect: bool,
+) -> Result<super::connect::ConnectResult, CmdError> {
+    let local = connectable(&shell, &name)?;
+    let kind = super::connect::kind_of(&client).ok_or_else(|| {
+        CmdError::new(
+            "bad_request",
+            format!("no client `{}`", client.escape_debug()),
+        )
+    })?;
+    let path = kind.default_path().ok_or_else(|| {
+        CmdError::new(
+            "client",
+            format!(
+                "cannot find {}'s config file (no home directory)",
+                super::connect::label(kind)
+            ),
+        )
+    })?;
+    tokio::task::spawn_blocking(move || {
+        let w = super::connect::Workload {
+            name: &name,
+            local_url: local.as_deref(),
+            paths: &shell.paths,
+        };
+        super::connect::change(kind, &path, &w, connect)
+    })
+    .await
+    .map_err(|e| CmdError::new("internal", e.to_string()))?
+    .map_err(|e| anyhow_err("client", e))
+}
+
+#[cfg(test)]
+mod tests {
+    /// The window's commands are listed in four places that must agree: `dispatch`
+    /// here, `build.rs` (each gets an `allow-<name>` permission), the capability that
+    /// grants them and the window program's forwarding handlers.
+    #[test]
+    fn every_window_command_is_listed_granted_forwarded_and_dispatched() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap();
+        let build = read("build.rs");
+        let list = build
+            .split("const COMMANDS: &[&str] = &[")
+            .nth(1)
+            .and_then(|r| r.split("];").next())
+            .expect("COMMANDS in build.rs");
+        let commands: Vec<String> = list
+            .split(',')
+            .map(|c| c.trim().trim_matches('"').to_string())
+            .filter(|c| !c.is_empty())
+            .collect();
+        assert!(commands.len() >= 12, "{commands:?}");
+        let caps: serde_json::Value =
+            serde_json::from_str(&read("capabilities/default.json")).unwrap();
+        let granted: Vec<String> = caps["permissions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|p| p.as_str()?.strip_prefix("allow-").map(str::to_string))
+            .collect();
+        let want: Vec<String> = commands.iter().map(|c| c.replace('_', "-")).collect();
+        assert_eq!(
+            granted, want,
+            "capabilities/default.json grants exactly build.rs's list"
+        );
+        let window = read("src-tauri/window/main.rs");
+        let handlers = window
+            .split("generate_handler![")
+            .nth(1)
+            .and_then(|r| r.split(']').next())
+            .expect("generate_handler! in the window program");
+        let handlers: Vec<&str> = handlers
+            .split(',')
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+            .collect();
+        assert_eq!(
+            handlers, commands,
+            "the window forwards exactly build.rs's list"
+        );
+        let here = read("src-tauri/desktop/commands.rs");
+        let window_flat: String = window.split_whitespace().collect();
+        for c in &commands {
+            assert!(
+                window_flat.contains(&format!("link.call(\"{c}\",")),
+                "the window's `{c}` forwards under its own name"
+            );
+            assert!(
+                here.contains(&format!("        \"{c}\" => ")),
+                "dispatch runs `{c}`"
+            );
+        }
     }
 }

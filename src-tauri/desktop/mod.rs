@@ -25,6 +25,7 @@
 
 pub mod autostart;
 pub mod commands;
+pub mod connect;
 pub mod memory;
 pub mod notify;
 pub mod tray;
@@ -125,7 +126,7 @@ struct ShellState {
     versions: HashMap<String, u64>,
     timeline: HashMap<String, VecDeque<TimelineEntry>>,
     muted: BTreeSet<String>,
-    menu_key: Option<Vec<(String, Status)>>,
+    menu_key: Option<tray::MenuKey>,
 }
 
 /// Everything the commands, the tray and the event forwarder share.
@@ -158,6 +159,8 @@ pub struct Shell {
     /// The window's program as it was when this process started (a package upgrade
     /// replaces it: the new one is not started against this old app).
     window_stamp: Option<(u64, std::time::SystemTime)>,
+    /// The demo started by "Try the demo", while it runs (a process of its own).
+    demo_process: Mutex<Option<DemoProcess>>,
     /// The tray's loop ended: no new window.
     quitting: AtomicBool,
     /// The runtime the engine runs on (the window's process is watched there).
@@ -210,6 +213,7 @@ impl Shell {
             tray_made: AtomicBool::new(false),
             window: Mutex::new(None),
             window_stamp: window_program().ok().and_then(|p| file_stamp(&p)),
+            demo_process: Mutex::new(None),
             quitting: AtomicBool::new(false),
             rt: tokio::runtime::Handle::current(),
         }
@@ -582,6 +586,138 @@ async fn close_window(shell: &Shell) {
     }
 }
 
+/// The demo started from the window ("Try the demo"): `tokenwarden demo --dir DIR`,
+/// a tray app and window of its own on a throwaway config dir.
+struct DemoProcess {
+    dir: PathBuf,
+    /// Becomes true once the process ended (and was reaped, its dir removed).
+    done: tokio::sync::watch::Receiver<bool>,
+    /// Stops it (SIGTERM: its clean stop; killed after five seconds).
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// What "Try the demo" did.
+#[derive(Clone, Debug, Serialize)]
+pub struct DemoStarted {
+    /// `started`, or `focused` (it ran already: its window was brought to the front).
+    pub state: &'static str,
+    /// Its config dir (`tokenwarden --config-dir DIR status` shows it).
+    pub dir: String,
+}
+
+/// "Try the demo": start the demo as a process of its own on a new private temporary
+/// dir, or bring the running one's window to the front. The demo removes its dir when
+/// it ends; this app removes it too once the process is gone (killed, say).
+pub async fn start_demo(shell: &Shell) -> Result<DemoStarted, String> {
+    if shell.quitting.load(Ordering::Acquire) {
+        return Err("Tokenwarden is quitting".into());
+    }
+    let running = lock(&shell.demo_process)
+        .as_ref()
+        .filter(|d| !*d.done.borrow())
+        .map(|d| d.dir.clone());
+    if let Some(dir) = running {
+        let paths = Paths::resolve(Some(dir.clone())).map_err(|e| format!("{e:#}"))?;
+        return match ask_first(&paths, false).await {
+            Asked::Done(_) => Ok(DemoStarted {
+                state: "focused",
+                dir: dir.display().to_string(),
+            }),
+            Asked::NoAnswer(_) => {
+                Err("The demo is still starting: its window opens in a moment.".into())
+            }
+            Asked::Failed(why) => Err(format!(
+                "The demo runs, but its window cannot be opened: {why}"
+            )),
+            Asked::Daemon => Err("The demo runs without a window.".into()),
+        };
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("Cannot find this program: {e}."))?;
+    let dir = tempfile::Builder::new()
+        .prefix("tokenwarden-demo-")
+        .tempdir()
+        .map_err(|e| format!("Cannot make a directory for the demo: {e}."))?
+        .keep();
+    let _rt = shell.rt.enter();
+    let spawned = tokio::process::Command::new(&exe)
+        .arg("demo")
+        .arg("--dir")
+        .arg(&dir)
+        // The demo never reads the user's config dir.
+        .env_remove("TOKENWARDEN_CONFIG_DIR")
+        .env_remove("TOKENWARDEN_START_HIDDEN")
+        .stdin(std::process::Stdio::null())
+        .spawn();
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(format!("Starting the demo failed ({e})."));
+        }
+    };
+    let pid = child.id();
+    tracing::info!(pid, dir = %dir.display(), "demo started");
+    let (done_tx, done) = tokio::sync::watch::channel(false);
+    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let gone = dir.clone();
+    shell.rt.spawn(async move {
+        let status = tokio::select! {
+            status = child.wait() => status,
+            Ok(()) = stop_rx => {
+                // Not reaped yet (this task owns it): the pid is still the demo's.
+                #[cfg(unix)]
+                if let Some(pid) = child.id() {
+                    // SAFETY: kill(2) on our own unreaped child.
+                    unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+                }
+                #[cfg(not(unix))]
+                let _ = child.start_kill();
+                match tokio::time::timeout(std::time::Duration::from_secs(5), child.wait()).await {
+                    Ok(status) => status,
+                    Err(_) => {
+                        tracing::warn!(pid, "the demo did not stop within 5 s: killed");
+                        let _ = child.kill().await;
+                        child.wait().await
+                    }
+                }
+            }
+        };
+        match status {
+            Ok(s) if s.success() => tracing::info!(pid, "demo ended"),
+            Ok(s) => tracing::warn!(pid, status = %s, "the demo ended abnormally"),
+            Err(e) => tracing::warn!(pid, error = %e, "cannot wait for the demo"),
+        }
+        match std::fs::remove_dir_all(&gone) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                tracing::warn!(dir = %gone.display(), error = %e, "cannot remove the demo's directory")
+            }
+            _ => {}
+        }
+        let _ = done_tx.send(true);
+    });
+    *lock(&shell.demo_process) = Some(DemoProcess {
+        dir: dir.clone(),
+        done,
+        stop: Some(stop),
+    });
+    Ok(DemoStarted {
+        state: "started",
+        dir: dir.display().to_string(),
+    })
+}
+
+/// The app quits: the demo it started quits too, and its dir goes.
+async fn stop_demo(shell: &Shell) {
+    let Some(mut d) = lock(&shell.demo_process).take() else {
+        return;
+    };
+    if let Some(stop) = d.stop.take() {
+        let _ = stop.send(());
+    }
+    let wait = std::time::Duration::from_secs(12);
+    let _ = tokio::time::timeout(wait, d.done.wait_for(|x| *x)).await;
+}
+
 /// The shell as the control socket's [`crate::control::UiHost`].
 struct Host(Arc<Shell>);
 
@@ -700,7 +836,10 @@ fn on_tray_click(shell: &Arc<Shell>, id: &str) {
             });
         }
         other => {
-            if let Some(name) = other.strip_prefix("reauth:") {
+            if let Some(name) = other
+                .strip_prefix("reauth:")
+                .or_else(|| other.strip_prefix("reauth-w:"))
+            {
                 let name = name.to_string();
                 let _ = show_window(&shell);
                 shell.rt.clone().spawn(async move {
@@ -710,6 +849,33 @@ fn on_tray_click(shell: &Arc<Shell>, id: &str) {
                         shell.emit("error", &e);
                     }
                 });
+            } else if let Some(name) = other.strip_prefix("retry:") {
+                let name = name.to_string();
+                shell.rt.clone().spawn(async move {
+                    match shell.engine().retry(Some(&name)).await {
+                        Ok(_) => tracing::info!(workload = %name, "retry now from the tray"),
+                        Err(e) => tracing::warn!(workload = %name, error = %e, "retry from the tray failed"),
+                    }
+                });
+            } else if let Some(name) = other.strip_prefix("copy:") {
+                // On the UI loop's thread already (the clipboard lives there).
+                let url = lock(&shell.state)
+                    .statuses
+                    .get(name)
+                    .and_then(|w| w.local_url.clone());
+                match url.map(|u| tray::copy_to_clipboard(&u)) {
+                    Some(Ok(())) => {
+                        tracing::info!(workload = %name, "local address copied from the tray")
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(workload = %name, error = %e, "cannot copy the local address");
+                        notify::show_problem(
+                            "Tokenwarden cannot copy the local address",
+                            &format!("{e}"),
+                        );
+                    }
+                    None => tracing::warn!(workload = %name, "no local address to copy"),
+                }
             } else if other.starts_with("workload:") {
                 let _ = show_window(&shell);
             }
@@ -800,7 +966,7 @@ async fn lock_or_hand_over(
     }
 }
 
-fn has_display() -> bool {
+pub fn has_display() -> bool {
     if cfg!(any(
         target_os = "linux",
         target_os = "freebsd",
@@ -814,9 +980,10 @@ fn has_display() -> bool {
     }
 }
 
-/// `tokenwarden` with no subcommand, desktop build: the app over the engine (or the
-/// demo when nothing is configured). Without a display it runs headless instead.
-/// `start_hidden` (`--hidden`, or `TOKENWARDEN_START_HIDDEN` set): tray only, no window.
+/// `tokenwarden` with no subcommand, desktop build: the app over the user's config
+/// (nothing configured: an empty window whose first actions are "Add a server" and "Try
+/// the demo"). Without a display it runs headless instead. `start_hidden` (`--hidden`,
+/// or `TOKENWARDEN_START_HIDDEN` set): tray only, no window.
 pub async fn main(paths: Paths, cfg: Config, start_hidden: bool) -> anyhow::Result<()> {
     if !has_display() {
         eprintln!("tokenwarden: no display (DISPLAY/WAYLAND_DISPLAY unset): running without the window and tray");
@@ -826,51 +993,83 @@ pub async fn main(paths: Paths, cfg: Config, start_hidden: bool) -> anyhow::Resu
         return crate::daemon::run(paths).await;
     }
     let start_hidden = start_hidden || std::env::var_os("TOKENWARDEN_START_HIDDEN").is_some();
-    let rt = tokio::runtime::Handle::current();
-    let Some(mut lock_guard) = lock_or_hand_over(&paths, start_hidden).await? else {
+    let Some(lock_guard) = lock_or_hand_over(&paths, start_hidden).await? else {
         return Ok(());
     };
-    // Hand edits of workloads.toml are applied while the app runs (not for the demo).
-    let watched = (!cfg.workloads.is_empty()).then(|| crate::config_watch::running(&cfg));
-    let (backend, control_paths) = if cfg.workloads.is_empty() {
+    // Hand edits of workloads.toml are applied while the app runs.
+    let watched = crate::config_watch::running(&cfg);
+    if cfg.workloads.is_empty() {
         eprintln!(
-            "No workloads in {}: starting the built-in demo. Add your own with `tokenwarden add`.",
+            "No workloads in {} yet: add one in the window, or with `tokenwarden add NAME --url URL`. `tokenwarden demo` shows the built-in demo.",
             paths.config_file.display()
         );
-        let demo = Demo::start().await?;
-        let p = Paths::resolve(Some(demo.dir.path().to_path_buf()))?;
-        eprintln!(
-            "Demo: watch from another shell with: tokenwarden --config-dir {} status",
-            p.config_dir.display()
-        );
-        (Backend::Demo(Box::new(demo)), p)
-    } else {
-        let store = make_store(&cfg, &paths);
-        tracing::info!(
-            config = %paths.config_file.display(),
-            workloads = cfg.workloads.len(),
-            store = %store.describe(),
-            pid = std::process::id(),
-            "desktop app starting"
-        );
-        let engine = Engine::start(EngineOptions {
-            state_path: Some(paths.state_file.clone()),
-            sources: crate::engine::triggers::Sources::all(),
-            ..EngineOptions::new(cfg, store.clone())
-        });
-        (Backend::Real { engine, store }, paths.clone())
-    };
-    if control_paths.config_dir != paths.config_dir {
-        if let Err(e) = lock_guard.note_control_dir(&control_paths.config_dir) {
-            tracing::warn!(error = %e, "cannot note the demo's control dir in the lock file");
-        }
     }
-    let shell = Arc::new(Shell::new(backend, paths.clone(), control_paths.clone()));
+    let store = make_store(&cfg, &paths);
+    tracing::info!(
+        config = %paths.config_file.display(),
+        workloads = cfg.workloads.len(),
+        store = %store.describe(),
+        pid = std::process::id(),
+        "desktop app starting"
+    );
+    let engine = Engine::start(EngineOptions {
+        state_path: Some(paths.state_file.clone()),
+        sources: crate::engine::triggers::Sources::all(),
+        ..EngineOptions::new(cfg, store.clone())
+    });
+    let shell = Arc::new(Shell::new(
+        Backend::Real { engine, store },
+        paths.clone(),
+        paths,
+    ));
+    serve(shell, lock_guard, Some(watched), start_hidden).await
+}
+
+/// `tokenwarden demo`, desktop build: the built-in demo in a tray app and window of its
+/// own, on a throwaway config dir (`dir`, made for it by the app's "Try the demo", else
+/// a new temporary one) with its own lock and control socket; the dir goes when the
+/// demo ends. The user's config, workloads and tray never see it.
+pub async fn demo(dir: Option<PathBuf>) -> anyhow::Result<()> {
+    if !has_display() {
+        eprintln!("tokenwarden: no display (DISPLAY/WAYLAND_DISPLAY unset): the demo runs in the terminal");
+        return crate::demo::run_headless().await;
+    }
+    let demo = Demo::start_in(dir).await?;
+    let paths = Paths::resolve(Some(demo.dir.path().to_path_buf()))?;
+    let lock_guard = crate::daemon::acquire_lock(&paths)?;
+    eprintln!(
+        "Demo: watch from another shell with: tokenwarden --config-dir {} status",
+        paths.config_dir.display()
+    );
+    let shell = Arc::new(Shell::new(
+        Backend::Demo(Box::new(demo)),
+        paths.clone(),
+        paths,
+    ));
+    serve(shell, lock_guard, None, false).await
+}
+
+/// What the config watcher needs ([`crate::config_watch::running`]).
+type Watched = (
+    crate::engine::config::StoreKind,
+    Option<String>,
+    std::time::Duration,
+);
+
+/// The app around `shell` until "Quit" or a signal: hand edits of the config (for the
+/// user's), the control socket, the tray and the window; then a clean stop.
+async fn serve(
+    shell: Arc<Shell>,
+    lock_guard: crate::daemon::InstanceLock,
+    watched: Option<Watched>,
+    start_hidden: bool,
+) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Handle::current();
     let cancel = CancellationToken::new();
     if let Some(running) = watched {
         let s = shell.clone();
         tokio::spawn(crate::config_watch::run(
-            paths,
+            shell.paths.clone(),
             shell.engine().clone(),
             running,
             cancel.clone(),
@@ -888,6 +1087,7 @@ pub async fn main(paths: Paths, cfg: Config, start_hidden: bool) -> anyhow::Resu
             },
         ));
     }
+    let control_paths = shell.control_paths.clone();
     let server = match crate::control::bind(&control_paths) {
         Ok(listener) => tokio::spawn(crate::control::serve(
             listener,
@@ -906,10 +1106,16 @@ pub async fn main(paths: Paths, cfg: Config, start_hidden: bool) -> anyhow::Resu
     shell.quitting.store(true, Ordering::Release);
     tracing::info!("stopping");
     cancel.cancel();
+    stop_demo(&shell).await;
     shell.engine().shutdown().await;
     let _ = server.await;
     close_window(&shell).await;
     drop(lock_guard);
+    // The tray's handler and other tasks may still hold the shell: the demo's dir goes
+    // now, not when the last of them lets go.
+    if let Some(demo) = shell.demo() {
+        demo.dir.remove();
+    }
     tracing::info!("stopped");
     result
 }
@@ -941,7 +1147,8 @@ fn run_app(
         let s = shell.clone();
         // The control socket's private directory (it exists: the socket listens).
         let icon_dir = shell.control_paths.run_dir.clone();
-        match tray::create(&initial, &icon_dir, move |id| on_tray_click(&s, id)) {
+        let demo = shell.demo().is_some();
+        match tray::create(&initial, &icon_dir, demo, move |id| on_tray_click(&s, id)) {
             Ok(()) => shell.tray_made.store(true, Ordering::Release),
             // Without a tray host the app still works through the window.
             Err(e) => tracing::warn!(error = %e, "no tray icon"),

@@ -1,14 +1,20 @@
 //! The tray icon: the worst state at a glance, and a menu that carries the detail
-//! (tray tooltips do not work on Linux). The menu is rebuilt only when a workload's
-//! status word changes, not on every refresh.
+//! (tray tooltips do not work on Linux): a submenu per workload ("Copy local address",
+//! "Retry now", "Re-authenticate…"). The menu is rebuilt only when a workload's status
+//! word (or whether it has a local address) changes, not on every refresh. The demo's
+//! tray says it is the demo.
 
 use crate::engine::status::WorkloadStatus;
 use crate::engine::Status;
 use std::cell::RefCell;
-use tray_icon::menu::{Menu, MenuEvent, MenuItem, PredefinedMenuItem};
+use std::sync::atomic::{AtomicBool, Ordering};
+use tray_icon::menu::{Menu, MenuEvent, MenuItem, PredefinedMenuItem, Submenu};
 use tray_icon::{Icon, TrayIcon, TrayIconBuilder};
 
 pub const TRAY_ID: &str = "tokenwarden";
+
+/// This tray is the demo's (set once, before the tray is made).
+static DEMO: AtomicBool = AtomicBool::new(false);
 
 /// The overall state the icon shows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,8 +70,17 @@ fn decode_png(bytes: &[u8]) -> anyhow::Result<(Vec<u8>, u32, u32)> {
     Ok((rgba, info.width, info.height))
 }
 
-/// The first line of the menu: the overall state in words.
+/// The first line of the menu: the overall state in words (the demo's says so).
 pub fn headline(list: &[WorkloadStatus]) -> String {
+    let words = state_words(list);
+    if DEMO.load(Ordering::Relaxed) {
+        format!("Demo: {words}")
+    } else {
+        words
+    }
+}
+
+fn state_words(list: &[WorkloadStatus]) -> String {
     let count = |s: Status| list.iter().filter(|w| w.status == s).count();
     match overall(list) {
         Overall::Idle if list.is_empty() => "No workloads configured".into(),
@@ -86,13 +101,33 @@ pub fn headline(list: &[WorkloadStatus]) -> String {
     }
 }
 
-/// What a menu is built from; the menu is rebuilt only when this changes.
-pub fn menu_key(list: &[WorkloadStatus]) -> Vec<(String, Status)> {
-    list.iter().map(|w| (w.name.clone(), w.status)).collect()
+/// What a menu is built from (name, status word, has a local address); the menu is
+/// rebuilt only when this changes.
+pub type MenuKey = Vec<(String, Status, bool)>;
+
+pub fn menu_key(list: &[WorkloadStatus]) -> MenuKey {
+    list.iter()
+        .map(|w| (w.name.clone(), w.status, w.local_url.is_some()))
+        .collect()
 }
 
-/// The menu of `list`. Item ids: `workload:NAME`, `reauth:NAME`, `retry-all`, `open`,
-/// `quit`.
+/// A workload's submenu: its label, and its items (id, label).
+pub fn workload_items(w: &WorkloadStatus) -> (String, Vec<(String, String)>) {
+    let mut items = Vec::new();
+    if w.local_url.is_some() {
+        items.push((format!("copy:{}", w.name), "Copy local address".to_string()));
+    }
+    items.push((format!("retry:{}", w.name), "Retry now".to_string()));
+    items.push((
+        format!("reauth-w:{}", w.name),
+        "Re-authenticate…".to_string(),
+    ));
+    (format!("{} — {}", w.name, w.status.as_str()), items)
+}
+
+/// The menu of `list`. Item ids: per workload (in its submenu) `copy:NAME`,
+/// `retry:NAME`, `reauth-w:NAME`; `reauth:NAME` (those needing a sign-in),
+/// `retry-all`, `open`, `quit`.
 fn build_menu(list: &[WorkloadStatus]) -> anyhow::Result<Menu> {
     let menu = Menu::new();
     menu.append(&MenuItem::with_id("headline", headline(list), false, None))?;
@@ -100,13 +135,12 @@ fn build_menu(list: &[WorkloadStatus]) -> anyhow::Result<Menu> {
         menu.append(&PredefinedMenuItem::separator())?;
     }
     for w in list {
-        let label = format!("{} — {}", w.name, w.status.as_str());
-        menu.append(&MenuItem::with_id(
-            format!("workload:{}", w.name),
-            label,
-            true,
-            None,
-        ))?;
+        let (label, items) = workload_items(w);
+        let sub = Submenu::with_id(format!("workload:{}", w.name), label, true);
+        for (id, text) in items {
+            sub.append(&MenuItem::with_id(id, text, true, None))?;
+        }
+        menu.append(&sub)?;
     }
     let needs_login: Vec<&WorkloadStatus> = list
         .iter()
@@ -131,7 +165,12 @@ fn build_menu(list: &[WorkloadStatus]) -> anyhow::Result<Menu> {
         None,
     ))?;
     menu.append(&MenuItem::with_id("open", "Open Tokenwarden", true, None))?;
-    menu.append(&MenuItem::with_id("quit", "Quit", true, None))?;
+    let quit = if DEMO.load(Ordering::Relaxed) {
+        "Quit the demo"
+    } else {
+        "Quit"
+    };
+    menu.append(&MenuItem::with_id("quit", quit, true, None))?;
     Ok(menu)
 }
 
@@ -148,8 +187,15 @@ thread_local! {
 pub fn create(
     list: &[WorkloadStatus],
     icon_dir: &std::path::Path,
+    demo: bool,
     on_click: impl Fn(&str) + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
+    DEMO.store(demo, Ordering::Relaxed);
+    let title = if demo {
+        "Tokenwarden demo"
+    } else {
+        "Tokenwarden"
+    };
     MenuEvent::set_event_handler(Some(move |event: MenuEvent| on_click(event.id().as_ref())));
     // The icon's own events (enter, move, click; not sent on Linux) are not used: with
     // no handler they would pile up in tray-icon's unbounded channel.
@@ -158,8 +204,8 @@ pub fn create(
         .with_id(TRAY_ID)
         .with_temp_dir_path(icon_dir)
         .with_icon(icon(overall(list))?)
-        .with_title("Tokenwarden")
-        .with_tooltip("Tokenwarden")
+        .with_title(title)
+        .with_tooltip(title)
         .with_menu(Box::new(build_menu(list)?))
         .with_menu_on_left_click(true)
         .build()?;
@@ -185,6 +231,24 @@ pub fn update(list: Vec<WorkloadStatus>) {
             }
         })
     });
+}
+
+/// Put `text` on the clipboard (on the UI loop's thread), as a copy in any other
+/// application would: GTK's CLIPBOARD selection, served by this process while it runs.
+pub fn copy_to_clipboard(text: &str) -> anyhow::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        let clipboard = gtk::Clipboard::get(&gtk::gdk::SELECTION_CLIPBOARD);
+        clipboard.set_text(text);
+        // Kept by a clipboard manager, where there is one, after this app quits.
+        clipboard.store();
+        Ok(())
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = text;
+        anyhow::bail!("the clipboard is not available from the tray on this system")
+    }
 }
 
 /// Take the tray icon down (on the UI loop's thread, before it ends).
@@ -240,6 +304,29 @@ mod tests {
         assert_eq!(
             headline(&[w("a", Running), w("b", Retrying)]),
             "1 of 2 retrying"
+        );
+    }
+
+    #[test]
+    fn a_workload_submenu_copies_its_local_address_only_when_it_has_one() {
+        let mut a = w("a", Status::Running);
+        let (label, items) = workload_items(&a);
+        assert_eq!(label, "a — running");
+        assert_eq!(
+            items,
+            [
+                ("retry:a".to_string(), "Retry now".to_string()),
+                ("reauth-w:a".to_string(), "Re-authenticate…".to_string()),
+            ]
+        );
+        let before = menu_key(std::slice::from_ref(&a));
+        a.local_url = Some("http://127.0.0.1:8765/mcp".into());
+        let (_, items) = workload_items(&a);
+        assert_eq!(items[0], ("copy:a".into(), "Copy local address".into()));
+        assert_ne!(
+            menu_key(std::slice::from_ref(&a)),
+            before,
+            "a local address appearing rebuilds the menu"
         );
     }
 }

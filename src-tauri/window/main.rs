@@ -5,7 +5,8 @@
 //! It holds nothing but the web view: each command the page invokes is forwarded, as
 //! the page passed it, to the app over the control socket (`commands::dispatch` runs
 //! it there), and each event the app sends is emitted to the page. The commands keep
-//! their names, so `capabilities/default.json` grants exactly the same set.
+//! their names, so `capabilities/default.json` grants exactly the same set (a unit
+//! test in `desktop/commands.rs` checks the four lists agree).
 
 use clap::Parser;
 use serde_json::{json, Value};
@@ -136,6 +137,31 @@ async fn set_autostart(link: L<'_>, enabled: bool) -> Result<Value, CmdError> {
         .await
 }
 
+#[tauri::command]
+async fn start_demo(link: L<'_>) -> Result<Value, CmdError> {
+    link.call("start_demo", json!({})).await
+}
+
+#[tauri::command]
+async fn client_connections(link: L<'_>, name: String) -> Result<Value, CmdError> {
+    link.call("client_connections", json!({ "name": name }))
+        .await
+}
+
+#[tauri::command]
+async fn connect_client(
+    link: L<'_>,
+    name: String,
+    client: String,
+    connect: bool,
+) -> Result<Value, CmdError> {
+    link.call(
+        "connect_client",
+        json!({ "name": name, "client": client, "connect": connect }),
+    )
+    .await
+}
+
 /// The window over the app serving `control`'s socket.
 async fn window(control: Paths) -> anyhow::Result<()> {
     let mut events = Client::connect(&control).await?.ok_or_else(|| {
@@ -168,6 +194,9 @@ fn run(control: Paths, events: Client, rt: tokio::runtime::Handle) -> anyhow::Re
             demo_control,
             set_notifications,
             set_autostart,
+            start_demo,
+            client_connections,
+            connect_client,
         ])
         .setup(move |app| {
             let handle = app.handle().clone();

@@ -3,6 +3,8 @@
 
     /usr/bin/python3 tray.py PID layout          # prints the menu as JSON: [{id, label, enabled}]
     /usr/bin/python3 tray.py PID click LABEL     # sends Event(id, "clicked") to the item
+
+A submenu's items follow it, labelled "SUBMENU › ITEM" (its own line keeps its label).
     /usr/bin/python3 tray.py PID icon            # which icons/tray-*.png the item shows:
                                                  # {"state": "running"|...|null, "file": PATH}
 
@@ -39,16 +41,18 @@ def find_menu(bus, pid):
     return None, None
 
 
-def items(layout):
+def items(layout, prefix=""):
     out = []
     _id, props, children = layout
     for c in children:
-        cid, cprops, _ = c
+        cid, cprops, grandchildren = c
         # GTK mnemonics: "_" marks an access key, "__" is a literal underscore.
         label = str(cprops.get("label", "")).replace("__", "\0").replace("_", "").replace("\0", "_")
         if cprops.get("type", "") == "separator":
             continue
-        out.append({"id": int(cid), "label": label, "enabled": bool(cprops.get("enabled", True))})
+        out.append({"id": int(cid), "label": prefix + label, "enabled": bool(cprops.get("enabled", True))})
+        if grandchildren:
+            out.extend(items(c, prefix + label + " › "))
     return out
 
 
