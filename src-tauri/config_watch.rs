@@ -104,7 +104,9 @@ pub async fn run(
         let text = match read {
             Ok(t) => t,
             Err(e) => {
-                if now.is_none() {
+                if now.is_none() && last_text.is_none() {
+                    // Never there (a first run with nothing configured): nothing to say.
+                } else if now.is_none() {
                     tracing::warn!(config = %paths.config_file.display(), "workloads.toml is gone; the running configuration stays");
                 } else {
                     tracing::warn!(config = %paths.config_file.display(), error = %e, "cannot read workloads.toml; the running configuration stays");

@@ -994,7 +994,7 @@ async fn logout_during_a_refresh_in_flight_is_not_undone_by_that_refresh() {
     assert!(!st.access_token_valid, "{st:?}");
     assert_eq!(file_store(&env).load_tokens("w").await.unwrap(), None);
     let tok = env.run(&["token", "w"]);
-    assert_eq!(tok.code, Some(1), "no token after a logout: {tok:?}");
+    assert_eq!(tok.code, Some(4), "no token after a logout: {tok:?}");
 
     // The refresh is released and answered; then a clean stop, which lets whatever
     // the daemon still has in flight finish and save.
@@ -1079,13 +1079,13 @@ async fn a_hand_edit_to_another_token_endpoint_does_not_send_it_the_stored_refre
         "{st:?}"
     );
     let tok = env.run(&["token", "w"]);
-    assert_eq!(tok.code, Some(1), "{tok:?}");
+    assert_eq!(tok.code, Some(4), "a login is needed: {tok:?}");
     // Not deleted (undoing the edit would bring it back), and not sent without a
     // daemon either.
     env.stop_daemons();
     assert!(file_store(&env).load_tokens("w").await.unwrap().is_some());
     let tok = env.run(&["token", "w"]);
-    assert_eq!(tok.code, Some(1), "{tok:?}");
+    assert_eq!(tok.code, Some(4), "a login is needed: {tok:?}");
     assert!(tok.stderr.contains("log in again"), "{}", tok.stderr);
     assert_eq!(b.refresh_requests(), 0);
 

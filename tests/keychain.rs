@@ -285,7 +285,7 @@ async fn keychain_entries_of_an_earlier_version_move_to_the_first_config_dir_onc
     let mut other = keychain_env("keychain_migration_other", &issuer);
     other.service = env.service.clone();
     let tok = other.run(&["token", "w"]);
-    assert_eq!(tok.code, Some(1), "{tok:?}");
+    assert_eq!(tok.code, Some(4), "a login is needed: {tok:?}");
     assert!(tok.stderr.contains("not logged in"), "{}", tok.stderr);
     env.stop_daemons();
     assert!(keychain_store(&env)
