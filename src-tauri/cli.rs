@@ -459,6 +459,10 @@ async fn run(command: Option<Command>, paths: Paths, hidden: bool) -> anyhow::Re
     }
 }
 
+/// The scope that asks an authorization server for a refresh token (OpenID Connect
+/// Core §11), requested by `add --url` when the server lists it.
+const OFFLINE_ACCESS: &str = "offline_access";
+
 /// What `add` was given (the CLI flags, or the window's add form).
 #[derive(Clone, Debug, Default)]
 pub struct AddArgs {
@@ -543,7 +547,8 @@ pub async fn add_workload(
         };
         say(format!("Discovering how {url} signs in..."));
         let d = discovery::discover(&url, &opts).await?;
-        say(format!("  authorization server:   {}", d.issuer));
+        // As published (RFC 8414 §3.3), never a normalised URL.
+        say(format!("  authorization server:   {}", d.issuer_identifier));
         say(format!(
             "  authorization endpoint: {}",
             d.authorization_endpoint
@@ -583,11 +588,18 @@ pub async fn add_workload(
         }
         if nw.scopes.is_empty() {
             nw.scopes = d.scopes.clone();
+            // Without --scope: ask for a refresh token where the server says how.
+            if d.server_scopes.iter().any(|s| s == OFFLINE_ACCESS)
+                && !nw.scopes.iter().any(|s| s == OFFLINE_ACCESS)
+            {
+                nw.scopes.push(OFFLINE_ACCESS.into());
+                say(format!("  also asking for:        {OFFLINE_ACCESS} (the authorization server lists it: it grants refresh tokens with it)"));
+            }
         }
         if nw.client_id.is_empty() {
             let endpoint = d.registration_endpoint.clone().ok_or_else(|| {
                 DiscoveryError::NoRegistrationEndpoint {
-                    issuer: d.issuer.to_string(),
+                    issuer: d.issuer_identifier.clone(),
                 }
             })?;
             // The callback port the client is registered with; logins bind it again.
@@ -927,11 +939,16 @@ fn print_status_table(list: &[WorkloadStatus]) {
                 (Some(t), Status::Running) => format!("refresh {}", relative(*t, now)),
                 _ => String::new(),
             };
-            let token = match (&s.access_token_expires_at, s.access_token_valid) {
+            let mut token = match (&s.access_token_expires_at, s.access_token_valid) {
                 (Some(t), true) => format!("valid, ends {}", relative(*t, now)),
+                (None, true) => "valid until rejected".into(),
                 _ if s.live && s.status != Status::Stopped => "none valid".into(),
                 _ => String::new(),
             };
+            if !s.can_renew && s.status == Status::Running {
+                // No refresh token: a new sign-in when this one ends.
+                token.push_str(", cannot renew (no refresh token)");
+            }
             let detail = match (&s.reason, &s.gives_up_at) {
                 (Some(r), Some(g)) => format!("{r} (gives up {})", relative(*g, now)),
                 (Some(r), None) => r.clone(),
@@ -1077,7 +1094,22 @@ pub(crate) async fn login(
         .context("signed in, but the tokens could not be stored")?;
     reload_tokens(paths, name).await?;
     eprintln!("Signed in: `{name}` is running");
+    if tokens.refresh_token.is_none() {
+        eprintln!("{}", no_refresh_token_note(tokens.expires_at()));
+    }
     Ok(())
+}
+
+/// Said at login when the server issued no refresh token: the workload runs until
+/// the access token ends, then needs a new sign-in.
+pub fn no_refresh_token_note(expires_at: Option<std::time::SystemTime>) -> String {
+    match expires_at {
+        Some(t) => format!(
+            "This server issued no refresh token: the workload will need a new sign-in when the token expires at {}",
+            humantime::format_rfc3339_seconds(t)
+        ),
+        None => "This server issued no refresh token (and gave the token no expiry): the workload will need a new sign-in when the remote rejects the token".into(),
+    }
 }
 
 /// Open `url` in the browser: `TOKENWARDEN_BROWSER` (a command given the URL as its

@@ -756,7 +756,8 @@ impl Shared {
     async fn token(&self, rejected: Option<Secret>) -> Result<Secret, Response> {
         if rejected.is_none() {
             if let Some((t, exp)) = self.ctx.monitor.usable_token() {
-                if exp > SystemTime::now() + Duration::from_secs(1) {
+                // No expiry: a token used until the remote rejects it.
+                if exp.is_none_or(|e| e > SystemTime::now() + Duration::from_secs(1)) {
                     return Ok(t);
                 }
             }

@@ -21,12 +21,17 @@
 //!   client authenticated by `client_id` in the form or by HTTP Basic; a
 //!   dynamically registered confidential client must authenticate exactly as it
 //!   was registered (`client_secret_post` or `client_secret_basic`).
-//! * `GET /.well-known/oauth-authorization-server` (RFC 8414) and
-//!   `GET /.well-known/openid-configuration` – the metadata: `issuer` =
-//!   [`SimIssuer::base_url`], the endpoints, `code_challenge_methods_supported:
-//!   ["S256"]`, `registration_endpoint`. [`MetadataMode`] breaks it on purpose
-//!   (wrong issuer, no S256, not JSON, huge, a redirect to another host, only at
-//!   the OpenID location, missing).
+//! * `GET /.well-known/oauth-authorization-server<path>` (RFC 8414),
+//!   `GET /.well-known/openid-configuration<path>` and
+//!   `GET <path>/.well-known/openid-configuration` (OpenID Connect Discovery), where
+//!   `<path>` is [`IssuerOptions::issuer_path`] (a Keycloak realm, an Entra tenant;
+//!   empty by default) – the metadata: `issuer` = [`SimIssuer::issuer`], the
+//!   endpoints, `code_challenge_methods_supported: ["S256"]`,
+//!   `registration_endpoint`, `scopes_supported` when
+//!   [`IssuerOptions::scopes_supported`] says so. [`MetadataMode`] breaks it on
+//!   purpose (wrong issuer, a trailing `/` added to it, no S256, not JSON, huge, a
+//!   redirect to another host, only at one location, missing); every metadata
+//!   request is recorded ([`SimIssuer::metadata_requests`]).
 //! * `POST /register` – RFC 7591 dynamic client registration. A registered client
 //!   is valid alongside the configured `client_id`; its redirect URIs are checked
 //!   exactly at `/authorize`. [`IssuerOptions::registration_auth`] makes it a
@@ -161,6 +166,38 @@ pub struct IssuerOptions {
     pub port: u16,
     /// What `POST /register` makes: public clients (default) or confidential ones.
     pub registration_auth: RegistrationAuth,
+    /// The path of the issuer identifier (`/realms/x`; `/` for an identifier with a
+    /// trailing slash). Default empty: the issuer is [`SimIssuer::base_url`].
+    pub issuer_path: String,
+    /// `scopes_supported` in the metadata. Default `None`: not published.
+    pub scopes_supported: Option<Vec<String>>,
+    /// When the code exchange issues a refresh token. Default `Always`.
+    pub refresh_tokens: RefreshTokens,
+    /// Token answers carry `expires_in`. Default `true`. (The access token still
+    /// stops working after `access_token_lifetime`.)
+    pub send_expires_in: bool,
+}
+
+/// When the authorization code exchange issues a refresh token.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RefreshTokens {
+    #[default]
+    Always,
+    /// Never (GitHub OAuth apps, many API gateways).
+    Never,
+    /// Only when the authorization request asked for the `offline_access` scope.
+    WithOfflineAccess,
+}
+
+/// One of the well-known metadata locations of an issuer with path `<path>`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WellKnown {
+    /// `/.well-known/oauth-authorization-server<path>` (RFC 8414).
+    OAuth,
+    /// `/.well-known/openid-configuration<path>`.
+    OidcInserted,
+    /// `<path>/.well-known/openid-configuration`.
+    OidcAppended,
 }
 
 /// The kind of client `POST /register` creates, whatever the request asked for.
@@ -204,6 +241,10 @@ pub enum MetadataMode {
     RedirectToOtherHost,
     /// Only at `/.well-known/openid-configuration`; `404` at the RFC 8414 location.
     OidcOnly,
+    /// Only at this location; `404` at the others.
+    OnlyAt(WellKnown),
+    /// `issuer` is [`SimIssuer::issuer`] with a `/` appended.
+    IssuerTrailingSlash,
     /// `404` at both.
     Missing,
 }
@@ -250,6 +291,10 @@ impl Default for IssuerOptions {
             ledger: None,
             port: 0,
             registration_auth: RegistrationAuth::Public,
+            issuer_path: String::new(),
+            scopes_supported: None,
+            refresh_tokens: RefreshTokens::Always,
+            send_expires_in: true,
         }
     }
 }
@@ -380,6 +425,11 @@ impl SimIssuer {
             resources: Mutex::new(Vec::new()),
             metadata_mode: Mutex::new(MetadataMode::Good),
             authorization_iss: Mutex::new(AuthorizationIss::Off),
+            issuer_path: opts.issuer_path,
+            scopes_supported: opts.scopes_supported,
+            refresh_tokens: opts.refresh_tokens,
+            send_expires_in: opts.send_expires_in,
+            metadata_requests: Mutex::new(Vec::new()),
             rotate: opts.rotate_refresh_tokens,
             strict: opts.strict_rotation,
             revoke_grant_on_reuse: opts.revoke_grant_on_reuse,
@@ -417,12 +467,9 @@ impl SimIssuer {
             .route("/", get(index_page))
             .route("/authorize", get(authorize))
             .route("/token", post(token))
-            .route(
-                "/.well-known/oauth-authorization-server",
-                get(metadata_rfc8414),
-            )
-            .route("/.well-known/openid-configuration", get(metadata_oidc))
             .route("/register", post(register))
+            // The well-known locations depend on the issuer's path.
+            .fallback(get(metadata).fallback(not_found))
             .with_state(inner.clone());
         let make_service = app.into_make_service_with_connect_info::<ConnHandle>();
         let listener = SimListener {
@@ -447,6 +494,17 @@ impl SimIssuer {
     /// `http://127.0.0.1:PORT`
     pub fn base_url(&self) -> String {
         format!("http://{}", self.inner.addr)
+    }
+
+    /// The issuer identifier: `base_url() + issuer_path`, what the metadata's
+    /// `issuer` says (and a protected resource names in `authorization_servers`).
+    pub fn issuer(&self) -> String {
+        self.inner.issuer()
+    }
+
+    /// The paths of the metadata requests received, in order.
+    pub fn metadata_requests(&self) -> Vec<String> {
+        lock(&self.inner.metadata_requests).clone()
     }
 
     /// `base_url() + "/token"`
@@ -727,6 +785,11 @@ struct Inner {
     resources: Mutex<Vec<ResourceSeen>>,
     metadata_mode: Mutex<MetadataMode>,
     authorization_iss: Mutex<AuthorizationIss>,
+    issuer_path: String,
+    scopes_supported: Option<Vec<String>>,
+    refresh_tokens: RefreshTokens,
+    send_expires_in: bool,
+    metadata_requests: Mutex<Vec<String>>,
     rotate: bool,
     strict: bool,
     revoke_grant_on_reuse: bool,
@@ -1265,7 +1328,15 @@ impl Inner {
             entry.redeemed = Some(grant);
         }
         let (access_token, expires_in) = tokens.issue_access(grant);
-        let refresh_token = Some(tokens.issue_refresh(grant));
+        let offline = scope
+            .as_deref()
+            .is_some_and(|s| s.split(' ').any(|x| x == "offline_access"));
+        let refresh_token = match self.refresh_tokens {
+            RefreshTokens::Always => true,
+            RefreshTokens::Never => false,
+            RefreshTokens::WithOfflineAccess => offline,
+        }
+        .then(|| tokens.issue_refresh(grant));
         Ok(Issued {
             access_token,
             expires_in,
@@ -1508,6 +1579,10 @@ impl Inner {
         format!("http://{}", self.addr)
     }
 
+    fn issuer(&self) -> String {
+        format!("{}{}", self.base_url(), self.issuer_path)
+    }
+
     fn record_resource(&self, request: ResourceRequest, resource: Option<&str>) {
         lock(&self.resources).push(ResourceSeen {
             request,
@@ -1519,7 +1594,7 @@ impl Inner {
     fn iss_parameter(&self) -> (Option<String>, bool) {
         match &*lock(&self.authorization_iss) {
             AuthorizationIss::Off => (None, false),
-            AuthorizationIss::On => (Some(self.base_url()), true),
+            AuthorizationIss::On => (Some(self.issuer()), true),
             AuthorizationIss::AdvertisedButOmitted => (None, true),
             AuthorizationIss::Forged { iss, advertised } => (Some(iss.clone()), *advertised),
         }
@@ -1529,7 +1604,7 @@ impl Inner {
     fn metadata_json(&self) -> serde_json::Value {
         let base = self.base_url();
         let mut v = serde_json::json!({
-            "issuer": base,
+            "issuer": self.issuer(),
             "authorization_endpoint": format!("{base}/authorize"),
             "token_endpoint": format!("{base}/token"),
             "registration_endpoint": format!("{base}/register"),
@@ -1540,6 +1615,9 @@ impl Inner {
         });
         if self.iss_parameter().1 {
             v["authorization_response_iss_parameter_supported"] = serde_json::Value::Bool(true);
+        }
+        if let Some(scopes) = &self.scopes_supported {
+            v["scopes_supported"] = serde_json::json!(scopes);
         }
         v
     }
@@ -1568,15 +1646,39 @@ pub(crate) fn huge_json_response(bytes: usize) -> Response {
         .into_response()
 }
 
-async fn metadata_rfc8414(State(inner): State<Arc<Inner>>, headers: HeaderMap) -> Response {
-    serve_metadata(&inner, &headers, "oauth-authorization-server")
+async fn not_found() -> Response {
+    html_page(StatusCode::NOT_FOUND, "Not found", "nothing here")
 }
 
-async fn metadata_oidc(State(inner): State<Arc<Inner>>, headers: HeaderMap) -> Response {
-    serve_metadata(&inner, &headers, "openid-configuration")
+/// `GET` of any other path: the metadata when it is one of the issuer's well-known
+/// locations, else `404`.
+async fn metadata(
+    State(inner): State<Arc<Inner>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
+    let path = uri.path();
+    let issuer_path = inner.issuer_path.trim_end_matches('/');
+    const AS: &str = "/.well-known/oauth-authorization-server";
+    const OIDC: &str = "/.well-known/openid-configuration";
+    let location = if path == format!("{AS}{issuer_path}") {
+        WellKnown::OAuth
+    } else if path == format!("{OIDC}{issuer_path}") {
+        WellKnown::OidcInserted
+    } else if path == format!("{issuer_path}{OIDC}") {
+        WellKnown::OidcAppended
+    } else {
+        return not_found().await;
+    };
+    lock(&inner.metadata_requests).push(path.to_string());
+    serve_metadata(&inner, &headers, location, path)
 }
 
-fn serve_metadata(inner: &Inner, headers: &HeaderMap, suffix: &str) -> Response {
+fn serve_metadata(inner: &Inner, headers: &HeaderMap, location: WellKnown, path: &str) -> Response {
+    let suffix = match location {
+        WellKnown::OAuth => "oauth-authorization-server",
+        WellKnown::OidcInserted | WellKnown::OidcAppended => "openid-configuration",
+    };
     let host = headers
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
@@ -1609,14 +1711,17 @@ fn serve_metadata(inner: &Inner, headers: &HeaderMap, suffix: &str) -> Response 
         ),
         MetadataMode::Huge { bytes } => huge_json_response(bytes),
         MetadataMode::RedirectToOtherHost => {
-            let to = format!(
-                "http://localhost:{}/.well-known/{suffix}",
-                inner.addr.port()
-            );
+            let to = format!("http://localhost:{}{path}", inner.addr.port());
             (StatusCode::FOUND, [(header::LOCATION, to)]).into_response()
         }
         MetadataMode::OidcOnly if suffix == "openid-configuration" => json(inner.metadata_json()),
-        MetadataMode::OidcOnly | MetadataMode::Missing => {
+        MetadataMode::OnlyAt(at) if at == location => json(inner.metadata_json()),
+        MetadataMode::IssuerTrailingSlash => {
+            let mut v = inner.metadata_json();
+            v["issuer"] = serde_json::Value::String(format!("{}/", inner.issuer()));
+            json(v)
+        }
+        MetadataMode::OidcOnly | MetadataMode::OnlyAt(_) | MetadataMode::Missing => {
             html_page(StatusCode::NOT_FOUND, "Not found", "no metadata here")
         }
     }
@@ -2051,8 +2156,10 @@ async fn token(
             let mut json = serde_json::json!({
                 "access_token": issued.access_token,
                 "token_type": "Bearer",
-                "expires_in": issued.expires_in,
             });
+            if inner.send_expires_in {
+                json["expires_in"] = issued.expires_in.into();
+            }
             if let Some(refresh_token) = issued.refresh_token {
                 json["refresh_token"] = serde_json::Value::String(refresh_token);
             }

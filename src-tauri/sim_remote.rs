@@ -8,7 +8,7 @@
 //!
 //! * `GET /.well-known/oauth-protected-resource/mcp` – RFC 9728 metadata for the
 //!   `/mcp` resource: `resource` = [`SimRemote::url`], `authorization_servers` =
-//!   the issuer's [`SimIssuer::base_url`], `scopes_supported`.
+//!   the issuer's [`SimIssuer::issuer`], `scopes_supported`.
 //! * `GET /.well-known/oauth-protected-resource` – the root variant (its
 //!   `resource` is the origin, [`SimRemote::base_url`]).
 //! * `/mcp` (any method) – without a valid bearer: `401` with
@@ -313,7 +313,7 @@ impl Inner {
         let base = self.base_url();
         serde_json::json!({
             "resource": if path_specific { format!("{base}/mcp") } else { base.clone() },
-            "authorization_servers": [self.issuer.base_url()],
+            "authorization_servers": [self.issuer.issuer()],
             "scopes_supported": self.opts.scopes_supported,
             "bearer_methods_supported": ["header"],
             "resource_name": "tokenwarden sim remote",

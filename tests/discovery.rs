@@ -10,8 +10,11 @@ mod support;
 use std::time::Duration;
 use support::*;
 use tokenwarden::engine::config::{ClientAuth, Config};
+use tokenwarden::engine::discovery::{self, Discovered, DiscoveryError, DiscoveryOptions};
 use tokenwarden::engine::Status;
-use tokenwarden::sim_issuer::{AuthorizationIss, MetadataMode, RegistrationAuth, ResourceRequest};
+use tokenwarden::sim_issuer::{
+    AuthorizationIss, MetadataMode, RefreshTokens, RegistrationAuth, ResourceRequest, WellKnown,
+};
 use tokenwarden::sim_remote::{PrmMode, RemoteOptions, SimRemote};
 
 async fn remote(issuer: &SimIssuer) -> SimRemote {
@@ -515,4 +518,365 @@ async fn the_issuer_is_stored_and_its_iss_checked_at_every_login() {
         (v.issuer.clone(), v.iss_parameter),
         (Some(issuer.base_url()), false)
     );
+}
+
+async fn discover(remote: &SimRemote) -> Result<Discovered, DiscoveryError> {
+    let url = url::Url::parse(&remote.url()).unwrap();
+    discovery::discover(&url, &DiscoveryOptions::default()).await
+}
+
+/// An authorization server whose issuer has a path (a Keycloak realm): its metadata
+/// is looked for at the MCP authorization spec's three locations, in its order, and
+/// discovery stops at the first that answers. The error names every URL tried with
+/// what it answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issuer_with_a_path_is_found_at_each_well_known_location_in_order() {
+    let issuer = issuer(IssuerOptions {
+        issuer_path: "/realms/x".into(),
+        ..issuer_opts(30)
+    })
+    .await;
+    let remote = remote(&issuer).await;
+    let base = issuer.base_url();
+    assert_eq!(issuer.issuer(), format!("{base}/realms/x"));
+    let order = [
+        "/.well-known/oauth-authorization-server/realms/x",
+        "/.well-known/openid-configuration/realms/x",
+        "/realms/x/.well-known/openid-configuration",
+    ];
+    for (n, at) in [
+        WellKnown::OAuth,
+        WellKnown::OidcInserted,
+        WellKnown::OidcAppended,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        issuer.set_metadata_mode(MetadataMode::OnlyAt(at));
+        let before = issuer.metadata_requests().len();
+        let d = discover(&remote)
+            .await
+            .unwrap_or_else(|e| panic!("{at:?}: {e}"));
+        assert_eq!(d.issuer_identifier, issuer.issuer(), "{at:?}");
+        assert_eq!(d.token_endpoint.as_str(), issuer.token_endpoint(), "{at:?}");
+        assert_eq!(
+            issuer.metadata_requests()[before..],
+            order[..=n],
+            "{at:?}: tried in order, stopped at the first answer"
+        );
+    }
+
+    // None answers: every URL is named, each with its answer, in order.
+    issuer.set_metadata_mode(MetadataMode::Missing);
+    let e = discover(&remote).await.unwrap_err().to_string();
+    let listed: Vec<String> = order
+        .iter()
+        .map(|p| format!("{base}{p} (HTTP 404)"))
+        .collect();
+    assert!(e.contains(&listed.join(", ")), "{e}");
+    assert!(
+        e.contains(&format!("{base}/realms/x publishes no metadata")),
+        "{e}"
+    );
+
+    // The whole add with the path: the issuer identifier is stored as published.
+    issuer.set_metadata_mode(MetadataMode::OnlyAt(WellKnown::OidcAppended));
+    let env = env_with_file_store("discovery_issuer_path");
+    let out = add(&env, &["w", "--url", &remote.url()]).await;
+    assert!(out.ok(), "{out:?}");
+    assert!(
+        out.stderr
+            .contains(&format!("authorization server:   {base}/realms/x\n")),
+        "{}",
+        out.stderr
+    );
+    let cfg = Config::load(&env.config_file()).unwrap();
+    assert_eq!(
+        cfg.workload("w").unwrap().issuer.as_deref(),
+        Some(format!("{base}/realms/x").as_str())
+    );
+}
+
+/// Without a path: the RFC 8414 location, then OpenID discovery (one URL for the
+/// inserted and appended forms).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issuer_without_a_path_has_two_well_known_locations() {
+    let issuer = issuer(issuer_opts(30)).await;
+    let remote = remote(&issuer).await;
+    let base = issuer.base_url();
+    issuer.set_metadata_mode(MetadataMode::OnlyAt(WellKnown::OidcInserted));
+    discover(&remote).await.unwrap();
+    assert_eq!(
+        issuer.metadata_requests(),
+        [
+            "/.well-known/oauth-authorization-server",
+            "/.well-known/openid-configuration"
+        ]
+    );
+    issuer.set_metadata_mode(MetadataMode::Missing);
+    let e = discover(&remote).await.unwrap_err().to_string();
+    assert!(
+        e.ends_with(&format!(
+            "tried {base}/.well-known/oauth-authorization-server (HTTP 404), {base}/.well-known/openid-configuration (HTTP 404)"
+        )),
+        "{e}"
+    );
+}
+
+/// RFC 8414 §3.3: the metadata's `issuer` is identical to the identifier the
+/// location was made from, string for string; what is shown and stored is that
+/// string, never a normalised URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_issuer_must_match_string_for_string() {
+    let issuer = issuer(issuer_opts(30)).await;
+    let remote = remote(&issuer).await;
+    let base = issuer.base_url();
+
+    // The resource names `base/`, the metadata says `base`: refused, both named.
+    remote.set_prm_mode(PrmMode::AuthorizationServer(format!("{base}/")));
+    let e = discover(&remote).await.unwrap_err();
+    assert!(matches!(e, DiscoveryError::IssuerMismatch { .. }), "{e}");
+    let e = e.to_string();
+    assert!(
+        e.contains(&format!("its issuer is `{base}`"))
+            && e.contains(&format!("fetched for `{base}/`"))
+            && e.contains("RFC 8414 §3.3"),
+        "{e}"
+    );
+    // The other way round: the metadata adds a `/` the resource never named.
+    remote.set_prm_mode(PrmMode::Good);
+    issuer.set_metadata_mode(MetadataMode::IssuerTrailingSlash);
+    let e = discover(&remote).await.unwrap_err().to_string();
+    assert!(
+        e.contains(&format!("its issuer is `{base}/`"))
+            && e.contains(&format!("fetched for `{base}`")),
+        "{e}"
+    );
+    // Through `add`: refused, nothing written.
+    let env = env_with_file_store("discovery_issuer_exact");
+    let out = add(&env, &["w", "--url", &remote.url()]).await;
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stderr.contains("issuer mismatch"), "{}", out.stderr);
+    assert!(Config::load(&env.config_file())
+        .unwrap()
+        .workloads
+        .is_empty());
+
+    // Identical strings pass, and that string is what is shown and stored: no `/`
+    // the server never published.
+    issuer.set_metadata_mode(MetadataMode::Good);
+    let d = discover(&remote).await.unwrap();
+    assert_eq!(d.issuer_identifier, base);
+    let out = add(&env, &["w", "--url", &remote.url()]).await;
+    assert!(out.ok(), "{out:?}");
+    assert!(
+        out.stderr
+            .contains(&format!("authorization server:   {base}\n")),
+        "{}",
+        out.stderr
+    );
+    let cfg = Config::load(&env.config_file()).unwrap();
+    assert_eq!(
+        cfg.workload("w").unwrap().issuer.as_deref(),
+        Some(base.as_str())
+    );
+
+    // An issuer published with a trailing `/`, named so by the resource: identical,
+    // accepted, and kept with its `/`.
+    let slash = tokenwarden::sim_issuer::SimIssuer::start(IssuerOptions {
+        issuer_path: "/".into(),
+        ..issuer_opts(30)
+    })
+    .await
+    .unwrap();
+    let slash_remote = SimRemote::start(slash.clone(), RemoteOptions::default())
+        .await
+        .unwrap();
+    let d = discover(&slash_remote).await.unwrap();
+    assert_eq!(d.issuer_identifier, format!("{}/", slash.base_url()));
+}
+
+async fn post_initialize(url: &str) -> (u16, String) {
+    let r = reqwest::Client::new()
+        .post(url)
+        .body(r#"{"jsonrpc":"2.0","id":1,"method":"initialize"}"#)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap_or_default())
+}
+
+/// `add --url` asks for `offline_access` when the authorization server lists it
+/// (here the server grants a refresh token only with it); a `--scope` list stands
+/// as given, and a login that then gets no refresh token says so at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_access_is_requested_when_listed_unless_the_scopes_are_given() {
+    let issuer = issuer(IssuerOptions {
+        scopes_supported: Some(vec![
+            "mcp:read".into(),
+            "mcp:write".into(),
+            "offline_access".into(),
+        ]),
+        refresh_tokens: RefreshTokens::WithOfflineAccess,
+        ..issuer_opts(3600)
+    })
+    .await;
+    let remote = remote(&issuer).await;
+    let env = env_with_file_store("discovery_offline_access");
+    env.start_daemon().await;
+
+    let out = add(&env, &["w", "--url", &remote.url()]).await;
+    assert!(out.ok(), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("also asking for:        offline_access"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("no refresh token"), "{}", out.stderr);
+    assert!(
+        out.stdout.contains("offline_access"),
+        "authorize: {}",
+        out.stdout
+    );
+    let cfg = Config::load(&env.config_file()).unwrap();
+    assert_eq!(
+        cfg.workload("w").unwrap().scopes,
+        ["mcp:read", "mcp:write", "offline_access"]
+    );
+    let w = env
+        .wait_for("w", Duration::from_secs(10), |w| {
+            w.status == Status::Running
+        })
+        .await;
+    assert!(w.can_renew, "{w:?}");
+
+    // --scope given: exactly that; the server then issues no refresh token, and the
+    // login says what that means.
+    let out = add(&env, &["v", "--url", &remote.url(), "--scope", "mcp:read"]).await;
+    assert!(out.ok(), "{out:?}");
+    assert!(!out.stderr.contains("also asking for"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(
+            "This server issued no refresh token: the workload will need a new sign-in when the token expires at "
+        ),
+        "{}",
+        out.stderr
+    );
+    let cfg = Config::load(&env.config_file()).unwrap();
+    assert_eq!(cfg.workload("v").unwrap().scopes, ["mcp:read"]);
+    let v = env
+        .wait_for("v", Duration::from_secs(10), |w| {
+            w.status == Status::Running
+        })
+        .await;
+    assert!(!v.can_renew && v.access_token_valid, "{v:?}");
+    let st = env.run(&["status", "--json", "v"]);
+    let st: serde_json::Value = serde_json::from_str(&st.stdout).unwrap();
+    assert_eq!(st[0]["can_renew"], false, "{st}");
+    let human = env.run(&["status", "v"]);
+    assert!(
+        human.stdout.contains("cannot renew (no refresh token)"),
+        "{human:?}"
+    );
+    assert_eq!(issuer.refresh_requests(), 0);
+}
+
+/// A server that issues no refresh token (and no `expires_in`): the sign-in is
+/// accepted, the workload runs until the remote rejects its token, then it is
+/// `unauthenticated` with the reason, nothing is sent to the token endpoint, and a
+/// new sign-in brings it back. With an `expires_in`, the expiry ends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_refresh_tokens_runs_until_the_token_ends() {
+    let issuer = issuer(IssuerOptions {
+        refresh_tokens: RefreshTokens::Never,
+        send_expires_in: false,
+        ..issuer_opts(3600)
+    })
+    .await;
+    let remote = remote(&issuer).await;
+    let env = env_with_file_store("discovery_no_refresh_token");
+    env.start_daemon().await;
+
+    let out = add(&env, &["w", "--url", &remote.url()]).await;
+    assert!(
+        out.ok(),
+        "a login without refresh token is accepted: {out:?}"
+    );
+    assert!(
+        out.stderr.contains("This server issued no refresh token (and gave the token no expiry): the workload will need a new sign-in when the remote rejects the token"),
+        "{}",
+        out.stderr
+    );
+    let w = env
+        .wait_for("w", Duration::from_secs(10), |w| {
+            w.status == Status::Running
+        })
+        .await;
+    assert!(
+        !w.can_renew && w.access_token_valid && w.access_token_expires_at.is_none(),
+        "valid until rejected: {w:?}"
+    );
+    let local = w.local_url.clone().expect("proxy");
+    assert_eq!(post_initialize(&local).await.0, 200);
+    let tok = env.run(&["token", "w"]);
+    assert!(tok.ok(), "{tok:?}");
+
+    // The remote rejects the token: unauthenticated, said plainly, no refresh tried.
+    remote.reject_tokens_issued_so_far();
+    let (status, body) = post_initialize(&local).await;
+    assert_ne!(status, 200, "{body}");
+    let w = env
+        .wait_status("w", Status::Unauthenticated, Duration::from_secs(10))
+        .await;
+    assert_eq!(
+        w.reason.as_deref(),
+        Some("the remote rejected the access token; this server issues no refresh token: sign in again"),
+        "{w:?}"
+    );
+    assert_eq!(w.hint.as_deref(), Some("Log in again: tokenwarden login w"));
+    assert!(!w.access_token_valid && !w.can_renew, "{w:?}");
+    assert_eq!(issuer.refresh_requests(), 0, "nothing to refresh with");
+    assert_eq!(env.run(&["token", "w"]).code, Some(4), "login needed");
+
+    // One sign-in brings it back.
+    let out = env.run_with_browser(&["login", "w"]).await;
+    assert!(out.ok(), "{out:?}");
+    env.wait_for("w", Duration::from_secs(10), |w| {
+        w.status == Status::Running && w.access_token_valid
+    })
+    .await;
+    assert_eq!(post_initialize(&local).await.0, 200);
+
+    // With `expires_in`: running until then, then unauthenticated by the clock.
+    let short = tokenwarden::sim_issuer::SimIssuer::start(IssuerOptions {
+        refresh_tokens: RefreshTokens::Never,
+        ..issuer_opts(2)
+    })
+    .await
+    .unwrap();
+    let short_remote = SimRemote::start(short.clone(), RemoteOptions::default())
+        .await
+        .unwrap();
+    let out = add(&env, &["x", "--url", &short_remote.url()]).await;
+    assert!(out.ok(), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("the workload will need a new sign-in when the token expires at "),
+        "{}",
+        out.stderr
+    );
+    let x = env
+        .wait_for("x", Duration::from_secs(10), |w| {
+            w.status == Status::Unauthenticated
+                && w.reason.as_deref().is_some_and(|r| r.contains("expired"))
+        })
+        .await;
+    assert_eq!(
+        x.reason.as_deref(),
+        Some("the access token expired; this server issues no refresh token: sign in again"),
+        "{x:?}"
+    );
+    assert!(!x.can_renew, "{x:?}");
+    assert_eq!(short.refresh_requests(), 0);
 }

@@ -8,10 +8,13 @@
 //! 2. fetch the protected resource metadata: the `resource_metadata` URL when given,
 //!    else `/.well-known/oauth-protected-resource/<path>`, then the root one; its
 //!    `resource` must identify the URL (origin + path, or the origin);
-//! 3. fetch the metadata of `authorization_servers[0]`: RFC 8414 `/.well-known/
-//!    oauth-authorization-server/<path>`, then OpenID discovery (inserted, then
-//!    appended); its `issuer` must be that authorization server; it must have an
-//!    authorization and a token endpoint and support PKCE `S256`.
+//! 3. fetch the metadata of `authorization_servers[0]`, in the MCP authorization
+//!    spec's order: RFC 8414 `/.well-known/oauth-authorization-server<path>`, then
+//!    OpenID discovery with the path inserted (`/.well-known/openid-configuration
+//!    <path>`), then appended (`<path>/.well-known/openid-configuration`; for an
+//!    issuer without a path the last two are one URL); its `issuer` must be the
+//!    identifier the locations were made from, string for string (RFC 8414 §3.3);
+//!    it must have an authorization and a token endpoint and support PKCE `S256`.
 //!
 //! Invariants:
 //! * every URL met (the resource, metadata URLs, endpoints) is `https://`, or
@@ -70,11 +73,12 @@ pub struct Discovered {
     /// The protected resource metadata's `resource` value, sent as the RFC 8707
     /// `resource` parameter.
     pub resource_indicator: Option<String>,
-    /// The authorization server (`authorization_servers[0]`, checked against the
-    /// metadata's `issuer`).
+    /// The authorization server (`authorization_servers[0]`) as a parsed URL, to
+    /// build its well-known locations. Shown and stored is `issuer_identifier`.
     pub issuer: Url,
-    /// The metadata's `issuer` exactly as published (what an RFC 9207 `iss` in an
-    /// authorization response is compared with, as a string).
+    /// The metadata's `issuer` exactly as published, identical to
+    /// `authorization_servers[0]` (what an RFC 9207 `iss` in an authorization
+    /// response is compared with, as a string).
     pub issuer_identifier: String,
     /// `authorization_response_iss_parameter_supported` (RFC 9207): the server
     /// always sends `iss` in its authorization responses.
@@ -85,6 +89,9 @@ pub struct Discovered {
     pub registration_endpoint: Option<Url>,
     /// The challenge's `scope`, else the resource's `scopes_supported`, else empty.
     pub scopes: Vec<String>,
+    /// The authorization server metadata's `scopes_supported` (empty when absent):
+    /// `add` asks for `offline_access` when it is listed.
+    pub server_scopes: Vec<String>,
 }
 
 /// A client registered by [`register`].
@@ -141,9 +148,10 @@ pub enum DiscoveryError {
     },
     #[error("the protected resource metadata at {metadata_url} names no authorization server (`authorization_servers` is missing or empty)")]
     NoAuthorizationServer { metadata_url: String },
+    /// `tried`: each URL with what it answered, in the order tried.
     #[error("the authorization server {issuer} publishes no metadata (RFC 8414 or OpenID discovery); tried {}", list(.tried))]
     NoServerMetadata { issuer: String, tried: Vec<String> },
-    #[error("issuer mismatch: the metadata at {metadata_url} says its issuer is `{found}`, but it was fetched for {expected}; refusing it (RFC 8414 §3.3)")]
+    #[error("issuer mismatch: the metadata at {metadata_url} says its issuer is `{found}`, but it was fetched for `{expected}`; the two must be identical, character for character; refusing it (RFC 8414 §3.3)")]
     IssuerMismatch {
         metadata_url: String,
         expected: String,
@@ -727,20 +735,20 @@ async fn read_json(
     }
 }
 
-/// GET a metadata document. `Ok(None)` for a `4xx` (not published here).
+/// GET a metadata document. `Ok(Err(status))` for a `4xx` (not published here).
 async fn fetch_metadata(
     http: &reqwest::Client,
     url: &Url,
     what: &'static str,
     policy: &Policy,
-) -> Result<Option<serde_json::Map<String, Value>>, DiscoveryError> {
+) -> Result<Result<serde_json::Map<String, Value>, u16>, DiscoveryError> {
     tracing::debug!(%url, what, "discovery: fetching");
     let req = http.get(url.clone()).header(ACCEPT, "application/json");
     let resp = send(req, url, policy).await?;
     let status = resp.status();
     if status.is_client_error() {
         tracing::debug!(%url, status = status.as_u16(), "discovery: not here");
-        return Ok(None);
+        return Ok(Err(status.as_u16()));
     }
     if !status.is_success() {
         return Err(DiscoveryError::Status {
@@ -749,7 +757,7 @@ async fn fetch_metadata(
             status: status.as_u16(),
         });
     }
-    read_json(resp, policy).await.map(Some)
+    read_json(resp, policy).await.map(Ok)
 }
 
 /// What the unauthenticated probe learnt.
@@ -851,6 +859,8 @@ fn string_field<'a>(
 struct ResourceMetadata {
     resource: String,
     authorization_server: Url,
+    /// `authorization_servers[0]` as written: the issuer identifier.
+    authorization_server_id: String,
     scopes_supported: Vec<String>,
 }
 
@@ -898,6 +908,7 @@ fn check_resource_metadata(
     Ok(ResourceMetadata {
         resource: resource.to_string(),
         authorization_server,
+        authorization_server_id: first.clone(),
         scopes_supported: string_list(map, "scopes_supported", metadata_url)?.unwrap_or_default(),
     })
 }
@@ -909,29 +920,32 @@ struct ServerMetadata {
     authorization_endpoint: Url,
     token_endpoint: Url,
     registration_endpoint: Option<Url>,
+    scopes_supported: Vec<String>,
 }
 
+/// `issuer` is the identifier the metadata locations were made from, as written in
+/// the protected resource metadata.
 fn check_server_metadata(
     map: &serde_json::Map<String, Value>,
     metadata_url: &Url,
-    issuer: &Url,
+    issuer: &str,
     resource: &Url,
     allow_http: bool,
 ) -> Result<ServerMetadata, DiscoveryError> {
-    // RFC 8414 §3.3: identical to the identifier the location was made from. Compared
-    // as parsed URLs, so only scheme/host case, a default port and the `/` of an
-    // empty path may differ.
+    // RFC 8414 §3.3 (and OpenID Connect Discovery §4.3): identical to the identifier
+    // the location was made from, compared as strings: a trailing `/`, a default
+    // port or upper-case letters make another issuer.
     let found = map.get("issuer").and_then(Value::as_str);
-    if found.and_then(|f| Url::parse(f).ok()).as_ref() != Some(issuer) {
+    if found != Some(issuer) {
         return Err(DiscoveryError::IssuerMismatch {
             metadata_url: metadata_url.to_string(),
-            expected: issuer.to_string(),
+            expected: sanitize(issuer, 200),
             found: found
                 .map(|f| sanitize(f, 200))
                 .unwrap_or_else(|| "(none)".into()),
         });
     }
-    let issuer_identifier = found.unwrap_or_default().to_string();
+    let issuer_identifier = issuer.to_string();
     let endpoint = |field: &'static str| -> Result<Option<Url>, DiscoveryError> {
         string_field(map, field, metadata_url)?
             .map(|raw| named_url(resource, metadata_url.as_str(), field, raw, allow_http))
@@ -954,7 +968,7 @@ fn check_server_metadata(
         .is_some_and(|m| m.iter().any(|x| x == "S256"))
     {
         return Err(DiscoveryError::PkceS256Required {
-            issuer: issuer.to_string(),
+            issuer: sanitize(issuer, 200),
             metadata_url: metadata_url.to_string(),
             methods: match methods {
                 None => "absent".into(),
@@ -974,6 +988,7 @@ fn check_server_metadata(
         authorization_endpoint,
         token_endpoint,
         registration_endpoint,
+        scopes_supported: string_list(map, "scopes_supported", metadata_url)?.unwrap_or_default(),
     })
 }
 
@@ -1003,7 +1018,7 @@ pub async fn discover(url: &Url, opts: &DiscoveryOptions) -> Result<Discovered, 
     let candidates = dedup(candidates);
     let mut prm = None;
     for candidate in &candidates {
-        if let Some(map) =
+        if let Ok(map) =
             fetch_metadata(&http, candidate, "the protected resource metadata", policy).await?
         {
             prm = Some((candidate.clone(), map));
@@ -1027,28 +1042,32 @@ pub async fn discover(url: &Url, opts: &DiscoveryOptions) -> Result<Discovered, 
 
     // 3. Authorization server metadata.
     let issuer = rm.authorization_server;
-    let tried = server_metadata_urls(&issuer);
+    let issuer_id = rm.authorization_server_id;
+    let mut tried = Vec::new();
     let mut found = None;
-    for candidate in &tried {
-        if let Some(map) = fetch_metadata(
+    for candidate in server_metadata_urls(&issuer) {
+        match fetch_metadata(
             &http,
-            candidate,
+            &candidate,
             "the authorization server metadata",
             policy,
         )
         .await?
         {
-            found = Some((candidate.clone(), map));
-            break;
+            Ok(map) => {
+                found = Some((candidate, map));
+                break;
+            }
+            Err(status) => tried.push(format!("{candidate} (HTTP {status})")),
         }
     }
     let Some((as_url, as_meta)) = found else {
         return Err(DiscoveryError::NoServerMetadata {
-            issuer: issuer.to_string(),
-            tried: tried.iter().map(Url::to_string).collect(),
+            issuer: sanitize(&issuer_id, 200),
+            tried,
         });
     };
-    let sm = check_server_metadata(&as_meta, &as_url, &issuer, &url, opts.allow_http)?;
+    let sm = check_server_metadata(&as_meta, &as_url, &issuer_id, &url, opts.allow_http)?;
     tracing::debug!(metadata = %as_url, "discovery: authorization server metadata accepted");
 
     let scopes = match probe.scope.as_deref().map(str::trim) {
@@ -1065,6 +1084,7 @@ pub async fn discover(url: &Url, opts: &DiscoveryOptions) -> Result<Discovered, 
         token_endpoint: sm.token_endpoint,
         registration_endpoint: sm.registration_endpoint,
         scopes,
+        server_scopes: sm.scopes_supported,
     })
 }
 

@@ -21,6 +21,12 @@
 //! ```
 //! `stopped` is set by the user (the workload is disabled) and left only by enabling it.
 //!
+//! A login without a refresh token (a server that issues none) cannot renew: such a
+//! machine is `running` while its access token lasts, with nothing scheduled but the
+//! token's expiry (a token without `expires_in` lasts until the remote rejects it),
+//! and goes straight to `unauthenticated` (`Unauth::NoRefreshToken`) when the token
+//! expires or the remote rejects it. No trigger starts an attempt for it.
+//!
 //! Invariants:
 //! * only a permanent verdict (`Failure::is_permanent`) or the ceiling leads to
 //!   `unauthenticated`; the registration hint is given for the verdict only;
@@ -66,8 +72,12 @@ pub enum Unauth {
     Ceiling { failure: Box<Failure> },
     /// There is no stored login.
     NoLogin,
-    /// The access token expired and the issuer granted no refresh token.
-    NoRefreshToken,
+    /// The access token ended (it expired, or the remote rejected it when `rejected`)
+    /// and the server issues no refresh token.
+    NoRefreshToken {
+        #[serde(default)]
+        rejected: bool,
+    },
     /// The user logged out.
     SignedOut,
     /// The stored login was made with another configuration (these keys of
@@ -177,6 +187,9 @@ pub struct Machine {
     /// The current attempt was caused by a network change: if it fails to connect,
     /// one quick follow-up is allowed (DNS or routes may not have been ready).
     pub followup_armed: bool,
+    /// The login has a refresh token (or there is no login yet). `false`: see
+    /// [`Machine::without_refresh`].
+    pub renewable: bool,
 }
 
 impl Machine {
@@ -193,6 +206,7 @@ impl Machine {
             net_budget: f64::MAX,
             net_budget_at: now.awake,
             followup_armed: false,
+            renewable: true,
         }
     }
 
@@ -225,6 +239,51 @@ impl Machine {
             m.due = Due::Wall(refresh_at(exp, life, policy, jitter));
         }
         m
+    }
+
+    /// Tokens without a refresh token were loaded (a login at a server that issues
+    /// none): `running` while the access token lasts, due at its expiry (never, for
+    /// a token without one: it lasts until the remote rejects it); already expired
+    /// means `unauthenticated`.
+    pub fn without_refresh(now: Now, access_expires_at: Option<SystemTime>) -> Self {
+        let mut m = Machine {
+            phase: Phase::Running,
+            since: now.wall,
+            due: access_expires_at.map_or(Due::Never, Due::Wall),
+            renewable: false,
+            ..Machine::no_login(now)
+        };
+        m.access_expires_at = access_expires_at;
+        if !m.access_token_valid(now) {
+            m.token_ended(now, false);
+        }
+        m
+    }
+
+    /// A machine that cannot renew: its access token expired (`rejected`: the remote
+    /// refused it). Ends in `unauthenticated`, nothing scheduled.
+    pub fn token_ended(&mut self, now: Now, rejected: bool) -> Effect {
+        debug_assert!(
+            !self.renewable,
+            "only a machine without refresh token ends so"
+        );
+        let before = self.status();
+        if matches!(self.phase, Phase::Stopped) {
+            return Effect::default();
+        }
+        // The token is useless now, whatever its expiry said.
+        self.access_expires_at = Some(self.access_expires_at.map_or(now.wall, |e| e.min(now.wall)));
+        self.due = Due::Never;
+        self.episode = None;
+        self.last_trigger = None;
+        if before != Status::Unauthenticated {
+            self.since = now.wall;
+        }
+        self.phase = Phase::Unauthenticated(Unauth::NoRefreshToken { rejected });
+        Effect {
+            status_changed: before != Status::Unauthenticated,
+            recovered: false,
+        }
     }
 
     pub fn status(&self) -> Status {
@@ -269,8 +328,13 @@ impl Machine {
         Some(now.wall + policy.retrying_ceiling.saturating_sub(ep.awake_spent(now)))
     }
 
+    /// A token without expiry is valid only when it cannot be renewed (it lasts
+    /// until the remote rejects it).
     pub fn access_token_valid(&self, now: Now) -> bool {
-        self.access_expires_at.is_some_and(|t| t > now.wall)
+        match self.access_expires_at {
+            Some(t) => t > now.wall,
+            None => !self.renewable && matches!(self.phase, Phase::Running),
+        }
     }
 
     /// A refresh succeeded; the new tokens are already in the secret store.
@@ -428,6 +492,10 @@ impl Machine {
     /// Something asks for an attempt now. Returns whether the monitor should attempt
     /// (now, or for a wake within `wake_spread`); otherwise the schedule stands.
     pub fn on_trigger(&mut self, trigger: Trigger, now: Now, policy: &Policy, jitter: f64) -> bool {
+        if !self.renewable {
+            // Nothing to attempt: the token lasts until it ends (`token_ended`).
+            return false;
+        }
         match (&self.phase, trigger) {
             (Phase::Stopped, _)
             | (
@@ -1013,5 +1081,79 @@ mod tests {
         let m = running(&p);
         assert!(!m.is_due(at(60.0, 0.0)));
         assert!(m.is_due(at(60.0, 8.0 * 3600.0)));
+    }
+
+    /// A login without a refresh token, through every way it can go: the table is
+    /// (expiry, event, status after, reason tag, token still valid).
+    #[test]
+    fn a_login_without_refresh_token_runs_until_its_token_ends() {
+        let p = Policy::default();
+        let end = t0() + Duration::from_secs(3600);
+        let hour = Some(end);
+        // Expiry at one hour: running, due exactly then, nothing earlier.
+        let m = Machine::without_refresh(at(0.0, 0.0), hour);
+        assert_eq!((m.status(), m.due), (Status::Running, Due::Wall(end)));
+        assert!(m.access_token_valid(at(3599.0, 0.0)) && !m.renewable);
+        assert!(!m.is_due(at(3599.0, 0.0)) && m.is_due(at(3600.0, 0.0)));
+        // No expiry: valid until rejected, nothing scheduled.
+        let m = Machine::without_refresh(at(0.0, 0.0), None);
+        assert_eq!((m.status(), m.due), (Status::Running, Due::Never));
+        assert!(m.access_token_valid(at(1e7, 0.0)));
+        // Loaded already expired: unauthenticated at once.
+        let m = Machine::without_refresh(at(3600.0, 0.0), hour);
+        assert_eq!(
+            m.phase,
+            Phase::Unauthenticated(Unauth::NoRefreshToken { rejected: false })
+        );
+        assert_eq!(m.due, Due::Never);
+
+        for (expiry, rejected) in [(hour, false), (hour, true), (None, true)] {
+            let mut m = Machine::without_refresh(at(0.0, 0.0), expiry);
+            // No trigger asks for an attempt: there is nothing to renew with.
+            for t in [
+                Trigger::User,
+                Trigger::TokenRequest,
+                Trigger::Network,
+                Trigger::Wake,
+                Trigger::IssuerRecovered,
+                Trigger::Rejected,
+            ] {
+                assert!(!m.on_trigger(t, at(10.0, 0.0), &p, MID), "{t:?}");
+                assert_eq!(m.due, expiry.map_or(Due::Never, Due::Wall), "{t:?}");
+            }
+            let e = m.token_ended(at(20.0, 0.0), rejected);
+            assert!(e.status_changed && !e.recovered);
+            assert_eq!(
+                m.phase,
+                Phase::Unauthenticated(Unauth::NoRefreshToken { rejected }),
+                "{expiry:?}"
+            );
+            assert_eq!((m.due, m.since), (Due::Never, at(20.0, 0.0).wall));
+            assert!(!m.access_token_valid(at(20.0, 0.0)), "{expiry:?}");
+            // Said once: a second end changes nothing.
+            assert!(!m.token_ended(at(30.0, 0.0), rejected).status_changed);
+            assert_eq!(m.since, at(20.0, 0.0).wall);
+            // And "Retry now" does not leave it: only a new sign-in does.
+            assert!(!m.on_trigger(Trigger::User, at(40.0, 0.0), &p, MID));
+            assert_eq!(m.status(), Status::Unauthenticated);
+        }
+        // A machine that can renew keeps the old meaning of "no expiry": not valid.
+        let mut m = Machine::no_login(at(0.0, 0.0));
+        m.phase = Phase::Running;
+        assert!(m.renewable && !m.access_token_valid(at(0.0, 0.0)));
+    }
+
+    #[test]
+    fn the_no_refresh_token_reason_reads_from_state_written_before_it_said_why() {
+        let old: Phase =
+            serde_json::from_str(r#"{"phase":"unauthenticated","why":"no_refresh_token"}"#)
+                .unwrap();
+        assert_eq!(
+            old,
+            Phase::Unauthenticated(Unauth::NoRefreshToken { rejected: false })
+        );
+        let p = Phase::Unauthenticated(Unauth::NoRefreshToken { rejected: true });
+        let back: Phase = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
+        assert_eq!(back, p);
     }
 }

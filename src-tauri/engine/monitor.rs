@@ -19,7 +19,11 @@
 //!   configuration (`SecretStore::load_login`): a refresh token is never sent to a
 //!   token endpoint it did not come from;
 //! * a logout abandons the refresh in flight and deletes the tokens after any save
-//!   already under way (`writes`): nothing saves them again afterwards.
+//!   already under way (`writes`): nothing saves them again afterwards;
+//! * a login without a refresh token is used while its access token lasts (until
+//!   its expiry, or until the remote rejects it when it has none) and then ends in
+//!   `unauthenticated` with nothing sent to the token endpoint
+//!   ([`Machine::without_refresh`]).
 
 use crate::engine::classify::{Failure, FailureKind};
 use crate::engine::clock::Clock;
@@ -151,7 +155,7 @@ struct SharedState {
     status: WorkloadStatus,
     /// The access token while it may be handed out (running or retrying, not expired
     /// when published), with its expiry: the local proxy's fast path.
-    token: Option<(Secret, std::time::SystemTime)>,
+    token: Option<(Secret, Option<std::time::SystemTime>)>,
 }
 
 /// The monitor has stopped; the command was not queued.
@@ -227,8 +231,9 @@ impl MonitorShared {
         self.lock().status.reason.clone()
     }
 
-    /// The access token while it may be handed out, with its expiry.
-    pub fn usable_token(&self) -> Option<(Secret, std::time::SystemTime)> {
+    /// The access token while it may be handed out, with its expiry (`None`: it has
+    /// none and lasts until the remote rejects it).
+    pub fn usable_token(&self) -> Option<(Secret, Option<std::time::SystemTime>)> {
         self.lock().token.clone()
     }
 
@@ -525,6 +530,7 @@ impl Monitor {
             }
         };
         self.machine = match &tokens {
+            Some(t) if t.refresh_token.is_none() => Machine::without_refresh(now, t.expires_at()),
             Some(t) => Machine::with_tokens(
                 now,
                 t.expires_at(),
@@ -557,11 +563,7 @@ impl Monitor {
                 if self.machine.access_token_valid(now) {
                     self.machine.due = t.expires_at().map_or(Due::Never, Due::Wall);
                 } else {
-                    self.machine.phase = Phase::Unauthenticated(Unauth::NoRefreshToken);
-                    self.machine.since = now.wall;
-                    self.machine.due = Due::Never;
-                    self.publish(false, false);
-                    self.answer_waiters();
+                    self.token_ended(false);
                 }
             }
             Some(_) => {
@@ -685,10 +687,28 @@ impl Monitor {
         true
     }
 
+    /// A login without a refresh token ended (expired, or `rejected` by the remote):
+    /// `unauthenticated`, said once, and whoever waits is told so.
+    fn token_ended(&mut self, rejected: bool) {
+        let now = self.ctx.clock.now();
+        if self.machine.token_ended(now, rejected).status_changed {
+            tracing::warn!(workload = %self.name(), rejected, "the access token ended and this server issues no refresh token: a new sign-in is needed");
+        }
+        self.publish(false, false);
+        self.answer_waiters();
+    }
+
     /// Hand out the access token, or start a refresh (single-flight) and answer when
     /// it ends.
     fn give_token(&mut self, reply: TokenReply) {
         let now = self.ctx.clock.now();
+        if !self.machine.renewable
+            && self.machine.status() == Status::Running
+            && !self.machine.access_token_valid(now)
+        {
+            // Expired before the timer noticed: end it now rather than say "retry".
+            self.token_ended(false);
+        }
         // After a verdict the grant is gone: do not hand out what is left of it.
         if self.machine.status() == Status::Unauthenticated {
             let _ = reply.send(Err(self.token_error()));
@@ -729,6 +749,14 @@ impl Monitor {
     /// `REJECTED_REFRESH_WINDOW`); otherwise hand out the newer one.
     fn on_rejected(&mut self, used: Secret, reply: TokenReply) {
         let current = self.tokens.as_ref().map(|t| &t.access_token);
+        if current == Some(&used)
+            && !self.machine.renewable
+            && self.machine.status() == Status::Running
+        {
+            tracing::info!(workload = %self.name(), "the remote rejected the access token, and there is no refresh token to renew it with");
+            self.token_ended(true);
+            return self.give_token(reply);
+        }
         if current != Some(&used)
             || self.in_flight.is_some()
             || self.machine.status() != Status::Running && self.machine.status() != Status::Retrying
@@ -897,12 +925,12 @@ impl Monitor {
             &self.ctx.policy,
         );
         let previous = self.last_status.replace(status.status);
-        let usable = match (&self.tokens, self.machine.access_expires_at) {
-            (Some(t), Some(exp))
+        let usable = match &self.tokens {
+            Some(t)
                 if matches!(status.status, Status::Running | Status::Retrying)
                     && self.machine.access_token_valid(now) =>
             {
-                Some((t.access_token.clone(), exp))
+                Some((t.access_token.clone(), self.machine.access_expires_at))
             }
             _ => None,
         };

@@ -291,12 +291,30 @@ pub async fn refresh(
 
 /// Turn a token response into what is stored. A response without `refresh_token`
 /// keeps `previous_refresh` (RFC 6749 §6: the old one stays valid).
+///
+/// Without any refresh token (a server that issues none) and without a usable
+/// `expires_in`, the access token has no expiry: it is used until the remote
+/// rejects it (there is nothing to renew it with ahead of time, so assuming a
+/// lifetime would only end a working session early). Otherwise a missing
+/// `expires_in` means `assumed_token_lifetime`.
 pub fn to_stored(
     resp: TokenResponse,
     previous_refresh: Option<Secret>,
     now: SystemTime,
     policy: &Policy,
 ) -> (StoredTokens, Duration) {
+    let refresh_token = resp.refresh_token.or(previous_refresh);
+    if refresh_token.is_none() && resp.expires_in.is_none() {
+        tracing::info!("no refresh token and no expires_in: the access token is used until the remote rejects it");
+        let tokens = StoredTokens {
+            access_token: resp.access_token,
+            refresh_token: None,
+            expires_at: None,
+            lifetime: None,
+            obtained_at: unix_secs(now),
+        };
+        return (tokens, policy.assumed_token_lifetime);
+    }
     if resp.expires_in_invalid {
         tracing::warn!(
             assumed = %humantime::format_duration(policy.assumed_token_lifetime),
@@ -306,7 +324,7 @@ pub fn to_stored(
     let lifetime = resp.expires_in.unwrap_or(policy.assumed_token_lifetime);
     let tokens = StoredTokens {
         access_token: resp.access_token,
-        refresh_token: resp.refresh_token.or(previous_refresh),
+        refresh_token,
         expires_at: Some(unix_secs(now + lifetime).max(unix_secs(now) + 1)),
         lifetime: Some(lifetime.as_secs().max(1)),
         obtained_at: unix_secs(now),
@@ -339,8 +357,6 @@ pub enum LoginError {
     EarlierLoginStuck(String),
     #[error("exchanging the authorization code failed: {}", .0.reason())]
     Exchange(Failure),
-    #[error("the issuer granted no refresh token, so the workload could not be kept alive; ask for the `offline_access` scope if the issuer needs it")]
-    NoRefreshToken,
     #[error("cannot listen for the browser callback on 127.0.0.1: {0}")]
     Listen(std::io::Error),
     #[error("the callback port 127.0.0.1:{port} that `{workload}`'s client was registered with is in use (another sign-in still waiting, or another program); close it and try again, or register a new client with `tokenwarden remove {workload}` and `tokenwarden add {workload} --url URL`")]
@@ -482,7 +498,9 @@ impl PendingLogin {
             .await
             .map_err(LoginError::Exchange)?;
         if resp.refresh_token.is_none() {
-            return Err(LoginError::NoRefreshToken);
+            // Accepted: the workload runs while the access token lasts, then needs
+            // a new sign-in (the monitor says so).
+            tracing::info!(workload = %workload.name, "the sign-in returned no refresh token");
         }
         Ok(to_stored(resp, None, SystemTime::now(), policy).0)
     }

@@ -42,6 +42,15 @@ pub struct WorkloadStatus {
     pub proxy_error: Option<String>,
     /// False when read from the persisted state because no daemon runs.
     pub live: bool,
+    /// The workload renews its access token by itself (its login has a refresh
+    /// token, or there is no login yet). `false`: the server issues no refresh
+    /// token, so the workload needs a new sign-in whenever its access token ends.
+    #[serde(default = "yes")]
+    pub can_renew: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl WorkloadStatus {
@@ -64,6 +73,7 @@ impl WorkloadStatus {
             local_url: None,
             proxy_error: None,
             live: true,
+            can_renew: true,
         }
     }
 }
@@ -99,8 +109,15 @@ pub fn view(
             Some("not logged in".into()),
             Some(format!("Log in: tokenwarden login {name}")),
         ),
-        Phase::Unauthenticated(Unauth::NoRefreshToken) => (
-            Some("the access token expired and the issuer granted no refresh token".into()),
+        Phase::Unauthenticated(Unauth::NoRefreshToken { rejected }) => (
+            Some(format!(
+                "{}; this server issues no refresh token: sign in again",
+                if *rejected {
+                    "the remote rejected the access token"
+                } else {
+                    "the access token expired"
+                }
+            )),
             Some(format!("Log in again: tokenwarden login {name}")),
         ),
         Phase::Unauthenticated(Unauth::SignedOut) => (
@@ -140,6 +157,7 @@ pub fn view(
         local_url: None,
         proxy_error: None,
         live: true,
+        can_renew: m.renewable,
     }
 }
 
@@ -156,6 +174,9 @@ pub struct Persisted {
     pub last_error: Option<Box<Failure>>,
     pub episode: Option<PersistedEpisode>,
     pub saved_at_ms: u64,
+    /// [`WorkloadStatus::can_renew`] when saved.
+    #[serde(default = "yes")]
+    pub can_renew: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -190,6 +211,7 @@ impl Persisted {
                 retrying_attempts: e.retrying_attempts,
             }),
             saved_at_ms: unix_ms(now.wall),
+            can_renew: m.renewable,
         }
     }
 
@@ -225,6 +247,7 @@ impl Persisted {
         m.since = from_ms(self.since_ms);
         m.last_error = self.last_error.clone();
         m.due = crate::engine::machine::Due::Never;
+        m.renewable = self.can_renew;
         let mut v = view(
             name,
             token_endpoint,
