@@ -38,6 +38,8 @@
 
 #[cfg(target_os = "linux")]
 pub mod peer;
+#[cfg(target_os = "linux")]
+pub mod quickack;
 
 use crate::engine::monitor::{Command, MonitorShared, TokenError};
 use crate::engine::policy::Policy;
@@ -859,12 +861,25 @@ impl Shared {
     }
 
     /// Pass the upstream answer through, body streamed, ending when the proxy stops.
+    /// When the body is not there with the head, the upstream connection ACKs at once
+    /// (see [`quickack`]: a Nagle-on server holds the body until the head is ACKed).
     fn relay(&self, resp: reqwest::Response) -> Response {
         let status = resp.status();
         let headers = copy_headers(resp.headers(), false, Way::Response);
-        let stream = resp
-            .bytes_stream()
-            .take_until(self.cancel.clone().cancelled_owned());
+        #[cfg(target_os = "linux")]
+        let mut remote = resp.remote_addr();
+        let mut body = resp.bytes_stream();
+        let stream = futures::stream::poll_fn(move |cx| {
+            let next = body.poll_next_unpin(cx);
+            #[cfg(target_os = "linux")]
+            if next.is_pending() {
+                if let Some(addr) = remote.take() {
+                    quickack::quickack_to(addr);
+                }
+            }
+            next
+        })
+        .take_until(self.cancel.clone().cancelled_owned());
         let mut out = Response::new(Body::from_stream(stream));
         *out.status_mut() = status;
         *out.headers_mut() = headers;
