@@ -823,7 +823,9 @@ fn check(row: &Row, out: &Outcome, p: &Policy) -> Vec<String> {
                     t.expires_in, t.expires_in_invalid
                 ));
             }
-            let (stored, lifetime) = oauth::to_stored(t.clone(), None, SystemTime::now(), p);
+            // As a refresh stores it: the refresh token it was sent with is kept.
+            let sent = tokenwarden::engine::Secret::new("the refresh token sent");
+            let (stored, lifetime) = oauth::to_stored(t.clone(), Some(sent), SystemTime::now(), p);
             let want_lifetime = expires_in.unwrap_or(ASSUMED);
             if lifetime != want_lifetime {
                 bad(format!(

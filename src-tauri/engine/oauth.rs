@@ -304,7 +304,9 @@ pub fn to_stored(
     policy: &Policy,
 ) -> (StoredTokens, Duration) {
     let refresh_token = resp.refresh_token.or(previous_refresh);
-    if refresh_token.is_none() && resp.expires_in.is_none() {
+    // Only a lifetime that was left out means "until rejected"; one that was sent but
+    // cannot be used is replaced by the assumed lifetime, as for every other token.
+    if refresh_token.is_none() && resp.expires_in.is_none() && !resp.expires_in_invalid {
         tracing::info!("no refresh token and no expires_in: the access token is used until the remote rejects it");
         let tokens = StoredTokens {
             access_token: resp.access_token,
@@ -1006,6 +1008,40 @@ mod tests {
             .unwrap()
             .workloads
             .remove(0)
+    }
+
+    #[test]
+    fn a_lifetime_left_out_without_a_refresh_token_means_until_rejected() {
+        let policy = Policy::default();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let resp = |expires_in: Option<u64>, invalid: bool, refresh: bool| TokenResponse {
+            access_token: Secret::new("at"),
+            refresh_token: refresh.then(|| Secret::new("rt")),
+            expires_in: expires_in.map(Duration::from_secs),
+            expires_in_invalid: invalid,
+            scope: None,
+        };
+        // Left out, no refresh token: no expiry (used until the remote rejects it).
+        let (t, _) = to_stored(resp(None, false, false), None, now, &policy);
+        assert_eq!((t.expires_at, t.lifetime), (None, None));
+        // Sent but unusable: the assumed lifetime, refresh token or not.
+        let assumed = unix_secs(now + policy.assumed_token_lifetime);
+        let (t, _) = to_stored(resp(None, true, false), None, now, &policy);
+        assert_eq!(t.expires_at, Some(assumed));
+        // Left out with a refresh token (this one's or the one kept): assumed too.
+        let (t, _) = to_stored(resp(None, false, true), None, now, &policy);
+        assert_eq!(t.expires_at, Some(assumed));
+        let (t, _) = to_stored(
+            resp(None, false, false),
+            Some(Secret::new("old")),
+            now,
+            &policy,
+        );
+        assert_eq!(t.expires_at, Some(assumed));
+        assert_eq!(t.refresh_token, Some(Secret::new("old")));
+        // A lifetime that was sent is used.
+        let (t, _) = to_stored(resp(Some(60), false, false), None, now, &policy);
+        assert_eq!(t.expires_at, Some(unix_secs(now) + 60));
     }
 
     #[test]
