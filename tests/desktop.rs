@@ -459,6 +459,32 @@ struct App {
     wd: Option<Wd>,
 }
 
+/// Start the app under tauri-driver (`args` for the app, `extra` environment) and wait
+/// until its window has loaded.
+async fn open_app(
+    display: &str,
+    config_dir: &Path,
+    log: &Path,
+    extra: &[(&str, String)],
+    args: &[&str],
+) -> App {
+    let (drv, port) = driver(display, config_dir, log, extra);
+    let app = App {
+        _driver: drv,
+        wd: Some(Wd::start(port, args).await),
+    };
+    app.wd
+        .as_ref()
+        .expect("just started")
+        .wait(
+            "the window to load",
+            "document.body.dataset.ready === '1'",
+            Duration::from_secs(30),
+        )
+        .await;
+    app
+}
+
 fn driver(display: &str, config_dir: &Path, log: &Path, extra: &[(&str, String)]) -> (Group, u16) {
     let port = free_port();
     let native = free_port();
@@ -782,18 +808,8 @@ async fn demo_degrades_notifies_recovers_and_reauthenticates() {
     let recorder = Recorder::start(&log);
     let config = tempfile::tempdir().unwrap();
     let t0 = Instant::now();
-    let (drv, port) = driver(&display, config.path(), &log, &[]);
-    let mut app = App {
-        _driver: drv,
-        wd: Some(Wd::start(port, &["demo"]).await),
-    };
+    let mut app = open_app(&display, config.path(), &log, &[], &["demo"]).await;
     let wd = app.wd.as_ref().unwrap();
-    wd.wait(
-        "the window to load",
-        "document.body.dataset.ready === '1'",
-        Duration::from_secs(30),
-    )
-    .await;
     for name in tokenwarden::demo::WORKLOADS {
         wd.wait_status(name, "running", Duration::from_secs(30))
             .await;
@@ -1077,7 +1093,7 @@ async fn real_workload_login_retry_now_and_single_instance() {
     // A home of its own, so the start-at-login entry lands where the test looks.
     let home = tempfile::tempdir().unwrap();
     let xdg_config = home.path().join("config");
-    let (drv, port) = driver(
+    let mut app = open_app(
         &display,
         config.path(),
         &log,
@@ -1088,18 +1104,10 @@ async fn real_workload_login_retry_now_and_single_instance() {
             ("HOME", home.path().display().to_string()),
             ("XDG_CONFIG_HOME", xdg_config.display().to_string()),
         ],
-    );
-    let mut app = App {
-        _driver: drv,
-        wd: Some(Wd::start(port, &[]).await),
-    };
-    let wd = app.wd.as_ref().unwrap();
-    wd.wait(
-        "the window to load",
-        "document.body.dataset.ready === '1'",
-        Duration::from_secs(30),
+        &[],
     )
     .await;
+    let wd = app.wd.as_ref().unwrap();
     wd.wait_status("api", "unauthenticated", Duration::from_secs(20))
         .await;
     assert!(wd.js("return document.querySelector('#demo').hidden").await == json!(true));
@@ -1867,33 +1875,20 @@ async fn first_run_adds_a_server_by_url_connects_a_client_and_tries_the_demo() {
     std::fs::create_dir_all(vscode.parent().unwrap()).unwrap();
     let vscode_before = "{\n  // my servers\n  \"servers\": {}\n}\n";
     std::fs::write(&vscode, vscode_before).unwrap();
-    let (drv, port) = driver(
+    let browser = root().join("tests/desktop/browser.sh");
+    let mut app = open_app(
         &display,
         &config,
         &log,
         &[
-            (
-                "TOKENWARDEN_BROWSER",
-                root()
-                    .join("tests/desktop/browser.sh")
-                    .display()
-                    .to_string(),
-            ),
+            ("TOKENWARDEN_BROWSER", browser.display().to_string()),
             ("HOME", home.path().display().to_string()),
             ("XDG_CONFIG_HOME", xdg_config.display().to_string()),
         ],
-    );
-    let mut app = App {
-        _driver: drv,
-        wd: Some(Wd::start(port, &[]).await),
-    };
-    let wd = app.wd.as_ref().unwrap();
-    wd.wait(
-        "the window to load",
-        "document.body.dataset.ready === '1'",
-        Duration::from_secs(30),
+        &[],
     )
     .await;
+    let wd = app.wd.as_ref().unwrap();
     let empty = wd
         .js("const e = document.querySelector('#empty'); return [e.hidden, document.querySelector('#empty-add').textContent, document.querySelector('#empty-demo').textContent, document.querySelector('#add').hidden, document.querySelector('#demo').hidden, document.querySelectorAll('li[data-workload]').length];")
         .await;
