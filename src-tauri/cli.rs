@@ -68,6 +68,7 @@ pub enum Command {
     },
     /// Sign in in the browser (authorization code + PKCE) and store the tokens.
     Login {
+        /// The workload's name.
         name: String,
         /// Print the authorization URL instead of opening a browser.
         #[arg(long)]
@@ -77,20 +78,27 @@ pub enum Command {
         timeout: humantime::Duration,
     },
     /// Forget a workload's tokens.
-    Logout { name: String },
+    Logout {
+        /// The workload's name.
+        name: String,
+    },
     /// Add a workload to workloads.toml, then log in. With --url alone, everything
     /// else is discovered (RFC 9728, RFC 8414) and a client is registered (RFC 7591).
     Add {
+        /// The workload's name.
         name: String,
         /// The protected resource (a remote MCP server's URL). Without
         /// --token-endpoint the authorization server is discovered from it; without
         /// --client-id a client is registered there.
         #[arg(long)]
         url: Option<String>,
+        /// The token endpoint (no discovery then).
         #[arg(long)]
         token_endpoint: Option<String>,
+        /// The authorization endpoint for the browser sign-in (no discovery then).
         #[arg(long)]
         authorization_endpoint: Option<String>,
+        /// A client ID registered at the authorization server (no registration then).
         #[arg(long)]
         client_id: Option<String>,
         /// A scope to request (repeatable; default with --url: what the server asks for).
@@ -105,13 +113,18 @@ pub enum Command {
         /// Only write the configuration; log in later.
         #[arg(long)]
         no_login: bool,
+        /// Print the authorization URL instead of opening a browser.
         #[arg(long)]
         no_browser: bool,
+        /// How long to wait for the browser's callback.
         #[arg(long, default_value = "5m")]
         timeout: humantime::Duration,
     },
     /// Remove a workload and its stored tokens.
-    Remove { name: String },
+    Remove {
+        /// The workload's name.
+        name: String,
+    },
     /// List the configured workloads.
     List {
         #[arg(long)]
@@ -126,16 +139,23 @@ pub enum Command {
         after_help = "Example:\n  curl -H \"Authorization: Bearer $(tokenwarden token github-mcp)\" https://api.example/"
     )]
     Token {
+        /// The workload's name.
         name: String,
         /// `{"access_token": ..., "expires_at": RFC 3339 or null}` instead of the bare token.
         #[arg(long)]
         json: bool,
     },
     /// Start monitoring a disabled workload again (removes `enabled = false`).
-    Enable { name: String },
+    Enable {
+        /// The workload's name.
+        name: String,
+    },
     /// Stop monitoring a workload and close its local proxy; its login is kept
     /// (`enabled = false` in workloads.toml).
-    Disable { name: String },
+    Disable {
+        /// The workload's name.
+        name: String,
+    },
     /// Print a shell completion script: `tokenwarden completions bash > ~/.local/share/bash-completion/completions/tokenwarden`.
     Completions {
         /// The shell: bash, zsh or fish.
@@ -146,7 +166,10 @@ pub enum Command {
     /// Print the JSON an MCP client needs to reach the workload's local proxy; with
     /// --client, the entry alone in that client's format.
     ClientConfig {
+        /// The workload's name.
         name: String,
+        /// The entry alone, in this client's format (claude-desktop, claude-code, vscode,
+        /// cursor, windsurf, gemini-cli, codex, goose).
         #[arg(long)]
         client: Option<ClientKind>,
         /// An entry running `tokenwarden stdio NAME` instead of the local proxy's URL.
@@ -155,22 +178,14 @@ pub enum Command {
     },
     /// Point an MCP client at workloads through Tokenwarden: writes the client's
     /// config file (shows the diff first, asks on a terminal, keeps a backup).
+    #[command(
+        after_help = "Examples:\n  tokenwarden connect vscode github-mcp\n  tokenwarden connect claude-desktop --all\n  tokenwarden connect vscode --all --file .vscode/mcp.json --dry-run"
+    )]
     Connect {
+        /// The client: claude-desktop, claude-code, vscode, cursor, windsurf, gemini-cli, codex, goose.
         client: ClientKind,
-        #[arg(required_unless_present = "all")]
-        names: Vec<String>,
-        /// Every workload with a remote URL.
-        #[arg(long, conflicts_with = "names")]
-        all: bool,
-        /// Another file than the client's user-level one (e.g. a project's .vscode/mcp.json).
-        #[arg(long)]
-        file: Option<PathBuf>,
-        /// Show the diff only.
-        #[arg(long)]
-        dry_run: bool,
-        /// Write without asking.
-        #[arg(long)]
-        yes: bool,
+        #[command(flatten)]
+        target: ClientTarget,
         /// Replace an entry of the same name that Tokenwarden did not write.
         #[arg(long)]
         replace: bool,
@@ -180,17 +195,10 @@ pub enum Command {
     },
     /// Remove Tokenwarden's entries from an MCP client's config file.
     Disconnect {
+        /// The client (as for connect).
         client: ClientKind,
-        #[arg(required_unless_present = "all")]
-        names: Vec<String>,
-        #[arg(long, conflicts_with = "names")]
-        all: bool,
-        #[arg(long)]
-        file: Option<PathBuf>,
-        #[arg(long)]
-        dry_run: bool,
-        #[arg(long)]
-        yes: bool,
+        #[command(flatten)]
+        target: ClientTarget,
     },
     /// Find the remote servers in MCP clients' config files (all known clients when
     /// none is named), add each as a workload and log in, then offer to send the
@@ -203,15 +211,20 @@ pub enum Command {
         /// Rewrite the clients' files without asking.
         #[arg(long)]
         yes: bool,
+        /// Print each authorization URL instead of opening a browser.
         #[arg(long)]
         no_browser: bool,
+        /// How long to wait for each browser callback.
         #[arg(long, default_value = "5m")]
         timeout: humantime::Duration,
     },
     /// An MCP stdio server for MCP clients that start local servers: JSON-RPC on
     /// stdin/stdout, carried to the workload's remote through the running
     /// Tokenwarden's local proxy (which adds the token). Logs on stderr.
-    Stdio { name: String },
+    Stdio {
+        /// The workload's name.
+        name: String,
+    },
     /// A built-in demo: an embedded issuer and three workloads you can break and heal,
     /// in the desktop window (or in the terminal with --terminal or without a display).
     Demo {
@@ -422,27 +435,23 @@ async fn run(command: Option<Command>, paths: Paths, hidden: bool) -> anyhow::Re
         } => crate::clients::client_config(&paths, &name, client, stdio).await,
         Command::Connect {
             client,
-            names,
-            all,
-            file,
-            dry_run,
-            yes,
+            target: t,
             replace,
             stdio,
         } => {
-            let mode = crate::clients::Mode { dry_run, yes };
-            crate::clients::connect(&paths, client, names, all, file, replace, stdio, mode).await
+            let mode = crate::clients::Mode {
+                dry_run: t.dry_run,
+                yes: t.yes,
+            };
+            crate::clients::connect(&paths, client, t.names, t.all, t.file, replace, stdio, mode)
+                .await
         }
-        Command::Disconnect {
-            client,
-            names,
-            all,
-            file,
-            dry_run,
-            yes,
-        } => {
-            let mode = crate::clients::Mode { dry_run, yes };
-            crate::clients::disconnect(&paths, client, names, all, file, mode).await
+        Command::Disconnect { client, target: t } => {
+            let mode = crate::clients::Mode {
+                dry_run: t.dry_run,
+                yes: t.yes,
+            };
+            crate::clients::disconnect(&paths, client, t.names, t.all, t.file, mode).await
         }
         Command::Import {
             clients,
@@ -838,6 +847,26 @@ impl std::fmt::Display for Exit {
     }
 }
 impl std::error::Error for Exit {}
+
+/// Which workloads `connect` / `disconnect` act on, in which file, and how.
+#[derive(clap::Args, Debug)]
+pub struct ClientTarget {
+    /// The workloads.
+    #[arg(required_unless_present = "all")]
+    names: Vec<String>,
+    /// Every workload with a remote URL.
+    #[arg(long, conflicts_with = "names")]
+    all: bool,
+    /// Another file than the client's user-level one (e.g. a project's .vscode/mcp.json).
+    #[arg(long)]
+    file: Option<PathBuf>,
+    /// Show the diff only; write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Write without asking (also what happens without a terminal).
+    #[arg(long)]
+    yes: bool,
+}
 
 /// The shells `completions` writes for.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
