@@ -1433,3 +1433,87 @@ fn completions_and_the_man_page_name_every_command() {
         assert!(man.stdout.contains(cmd), "man: {cmd} missing");
     }
 }
+
+/// A rotated refresh token that the store refuses to take is kept in memory (the
+/// daemon goes on handing out valid tokens and refreshing with it), saved as soon as
+/// the store takes it again, and nothing is lost: a restarted daemon refreshes with
+/// what is stored. (The store's directory is replaced by a file: that refuses writes
+/// for root too, where a mode would not.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_refresh_token_the_store_refuses_is_kept_and_saved_once_it_can_be() {
+    let issuer = issuer(IssuerOptions {
+        strict_rotation: true,
+        ..issuer_opts(2)
+    })
+    .await;
+    let env = env_with("unsaved_rotation", &issuer, &["w"]).await;
+    env.start_daemon().await;
+    assert!(env.login("w").await.ok());
+    env.wait_status("w", Status::Running, Duration::from_secs(10))
+        .await;
+
+    let dir = env.paths().secrets_dir;
+    let aside = dir.with_extension("aside");
+    std::fs::rename(&dir, &aside).unwrap();
+    std::fs::write(&dir, "not a directory").unwrap();
+    let stored_in = |d: &std::path::Path| {
+        SecretStore::new(FileBackend::new(d.to_path_buf())).for_config_dir(&env.config_dir)
+    };
+    let before = issuer.refresh_requests();
+    assert!(
+        issuer
+            .wait_for_refresh_requests(before + 2, Duration::from_secs(20))
+            .await,
+        "two rotations while the store refuses"
+    );
+    let t = env.run(&["token", "w"]);
+    assert!(t.ok(), "{t:?}");
+    assert!(issuer.is_valid_access_token(t.stdout.trim()));
+    // What the store holds was rotated away: only the daemon's memory has the live one.
+    let stale = stored_in(&aside)
+        .load_tokens("w")
+        .await
+        .unwrap()
+        .and_then(|t| t.refresh_token)
+        .expect("the login's refresh token");
+    assert!(!issuer.is_valid_refresh_token(stale.expose()));
+
+    // The store takes writes again while the issuer is down (so no new refresh can save
+    // anything): the refresh token kept in memory reaches the store by itself.
+    issuer.set_mode(Mode::Down);
+    std::fs::remove_file(&dir).unwrap();
+    std::fs::rename(&aside, &dir).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let stored = stored_in(&dir).load_tokens("w").await.unwrap();
+        if stored
+            .and_then(|t| t.refresh_token)
+            .is_some_and(|rt| issuer.is_valid_refresh_token(rt.expose()))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the refresh token kept in memory never reached the store"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Nothing lost: after a clean stop a new daemon refreshes with what is stored.
+    issuer.set_mode(Mode::Healthy);
+    env.stop_daemons();
+    let before = issuer.refresh_requests();
+    env.start_daemon().await;
+    assert!(
+        issuer
+            .wait_for_refresh_requests(before + 1, Duration::from_secs(20))
+            .await
+    );
+    env.wait_for("w", Duration::from_secs(20), |w| {
+        w.status == Status::Running && w.attempts == 0 && w.access_token_valid
+    })
+    .await;
+    let t = env.run(&["token", "w"]);
+    assert!(t.ok(), "{t:?}");
+    assert!(issuer.is_valid_access_token(t.stdout.trim()));
+}
