@@ -191,13 +191,26 @@ impl TestEnv {
 
     /// [`Env::run`] for another of the package's programs.
     pub fn run_of(&self, program: &str, args: &[&str]) -> Output {
-        let err_path = log_dir(&self.test).join(format!("cli-{}.stderr", rand::random::<u32>()));
+        let id = rand::random::<u32>();
+        let err_path = log_dir(&self.test).join(format!("cli-{id}.stderr"));
         let out = self
             .command_of(program, args)
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&err_path).unwrap())
             .output()
             .expect("run tokenwarden");
+        // stdout is a log too, for the secret scan: all of it but `token`'s, whose
+        // stdout is the token by design.
+        if args.first() != Some(&"token") {
+            let _ = std::fs::write(
+                log_dir(&self.test).join(format!("cli-{id}.stdout")),
+                format!(
+                    "$ tokenwarden {}\n{}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stdout)
+                ),
+            );
+        }
         Output {
             code: out.status.code(),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -335,6 +348,7 @@ impl TestEnv {
         })
         .await
         .unwrap();
+        let _ = std::fs::write(err_path.with_extension("stdout"), format!("{url}\n"));
         if url.starts_with("http") {
             assert_eq!(browse(&url).await, 200, "callback page");
         }
