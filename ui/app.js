@@ -131,9 +131,13 @@ function render(row) {
   $(".gives-up", li).textContent = row.gives_up_at ? clock(parseTime(row.gives_up_at)) : "—";
   $(".f-gives", li).hidden = !row.gives_up_at;
   const exp = parseTime(row.access_token_expires_at);
-  $(".token", li).textContent = exp
+  const token = exp
     ? `${row.access_token_valid ? "valid until" : "expired at"} ${clock(exp)}`
-    : "none";
+    : row.access_token_valid ? "valid until the remote rejects it" : "none";
+  // A server that issues no refresh token: this workload cannot renew by itself.
+  $(".token", li).textContent = row.can_renew === false && row.status === "running"
+    ? `${token} · cannot renew by itself (no refresh token): sign in again when it ends`
+    : token;
   $(".detail", li).textContent = row.detail || "";
   $(".f-detail", li).hidden = !row.detail;
   // The local proxy: its address and client config, or why it is not serving.

@@ -103,11 +103,11 @@ fn state_words(list: &[WorkloadStatus]) -> String {
 
 /// What a menu is built from (name, status word, has a local address); the menu is
 /// rebuilt only when this changes.
-pub type MenuKey = Vec<(String, Status, bool)>;
+pub type MenuKey = Vec<(String, Status, bool, bool)>;
 
 pub fn menu_key(list: &[WorkloadStatus]) -> MenuKey {
     list.iter()
-        .map(|w| (w.name.clone(), w.status, w.local_url.is_some()))
+        .map(|w| (w.name.clone(), w.status, w.local_url.is_some(), w.can_renew))
         .collect()
 }
 
@@ -122,7 +122,9 @@ pub fn workload_items(w: &WorkloadStatus) -> (String, Vec<(String, String)>) {
         format!("reauth-w:{}", w.name),
         "Re-authenticate…".to_string(),
     ));
-    (format!("{} — {}", w.name, w.status.as_str()), items)
+    // A workload whose server issues no refresh token says so: it will need a sign-in.
+    let renew = if w.can_renew { "" } else { ", cannot renew" };
+    (format!("{} — {}{renew}", w.name, w.status.as_str()), items)
 }
 
 /// The menu of `list`. Item ids: per workload (in its submenu) `copy:NAME`,
@@ -328,5 +330,10 @@ mod tests {
             before,
             "a local address appearing rebuilds the menu"
         );
+        // A server without refresh tokens: the label says the workload cannot renew.
+        let before = menu_key(std::slice::from_ref(&a));
+        a.can_renew = false;
+        assert_eq!(workload_items(&a).0, "a — running, cannot renew");
+        assert_ne!(menu_key(std::slice::from_ref(&a)), before);
     }
 }
