@@ -459,6 +459,18 @@ struct App {
     wd: Option<Wd>,
 }
 
+/// A loopback issuer that records every token it issues in the ledger
+/// scripts/scan-secrets.sh checks all logs against.
+async fn ledger_issuer() -> SimIssuer {
+    SimIssuer::start(IssuerOptions {
+        ledger: std::env::var_os("TOKENWARDEN_TEST_LOG_DIR")
+            .map(|d| PathBuf::from(d).join("issued-tokens.txt")),
+        ..IssuerOptions::default()
+    })
+    .await
+    .unwrap()
+}
+
 /// Start the app under tauri-driver (`args` for the app, `extra` environment) and wait
 /// until its window has loaded.
 async fn open_app(
@@ -1066,13 +1078,7 @@ async fn real_workload_login_retry_now_and_single_instance() {
     let recorder = Recorder::start(&log);
     // Every token it issues goes to the ledger scripts/scan-secrets.sh checks all
     // logs against (the app's logs and the recorded notifications included).
-    let issuer = SimIssuer::start(IssuerOptions {
-        ledger: std::env::var_os("TOKENWARDEN_TEST_LOG_DIR")
-            .map(|d| PathBuf::from(d).join("issued-tokens.txt")),
-        ..IssuerOptions::default()
-    })
-    .await
-    .unwrap();
+    let issuer = ledger_issuer().await;
     let config = tempfile::tempdir().unwrap();
     // `api` reaches a remote resource through its local proxy; `blocked` would too, but
     // its listen_port is held by another program (this test).
@@ -1852,13 +1858,7 @@ async fn first_run_adds_a_server_by_url_connects_a_client_and_tries_the_demo() {
     let _serial = serial();
     let log = log_dir(&format!("desktop-first-run-{}", std::process::id()));
     let _recorder = Recorder::start(&log);
-    let issuer = SimIssuer::start(IssuerOptions {
-        ledger: std::env::var_os("TOKENWARDEN_TEST_LOG_DIR")
-            .map(|d| PathBuf::from(d).join("issued-tokens.txt")),
-        ..IssuerOptions::default()
-    })
-    .await
-    .unwrap();
+    let issuer = ledger_issuer().await;
     let remote = tokenwarden::sim_remote::SimRemote::start(
         issuer.clone(),
         tokenwarden::sim_remote::RemoteOptions::default(),

@@ -404,38 +404,11 @@ async fn bad_metadata_is_refused_clearly_and_nothing_is_written() {
 /// `login NAME --no-browser`, the printed URL followed as a browser would; the
 /// callback page's status whatever it is, and how the command ended.
 async fn login_answered(env: &TestEnv, name: &str) -> (u16, Output) {
-    use std::io::BufRead;
-    let err_path = log_dir(&env.test).join(format!("login-{}.stderr", rand::random::<u32>()));
-    let mut child = env
-        .command(&["login", name, "--no-browser", "--timeout", "20s"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::fs::File::create(&err_path).unwrap())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let url = tokio::task::spawn_blocking(move || {
-        let mut line = String::new();
-        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
-        line.trim().to_string()
-    })
-    .await
-    .unwrap();
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let r = http.get(&url).send().await.unwrap();
-    let callback = r.headers()["location"].to_str().unwrap().to_string();
-    let page = http.get(&callback).send().await.unwrap().status().as_u16();
-    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap();
-    let out = Output {
-        code: status.code(),
-        stdout: url,
-        stderr: read(&err_path),
-    };
-    (page, out)
+    let (page, out) = env.run_following(&["login", name]).await;
+    (
+        page.unwrap_or_else(|| panic!("no authorization URL: {out:?}")),
+        out,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -329,6 +329,16 @@ impl TestEnv {
     /// prints an authorization URL, "open" it, then wait for the command to exit.
     /// `stdout` is the first line it printed.
     pub async fn run_with_browser(&self, args: &[&str]) -> Output {
+        let (page, out) = self.run_following(args).await;
+        if let Some(page) = page {
+            assert_eq!(page, 200, "callback page");
+        }
+        out
+    }
+
+    /// [`TestEnv::run_with_browser`] that accepts any callback page: its status (`None`
+    /// when no authorization URL was printed) and how the command ended.
+    pub async fn run_following(&self, args: &[&str]) -> (Option<u16>, Output) {
         use std::io::BufRead;
         let err_path =
             log_dir(&self.test).join(format!("{}-{}.stderr", args[0], rand::random::<u32>()));
@@ -349,17 +359,20 @@ impl TestEnv {
         .await
         .unwrap();
         let _ = std::fs::write(err_path.with_extension("stdout"), format!("{url}\n"));
-        if url.starts_with("http") {
-            assert_eq!(browse(&url).await, 200, "callback page");
-        }
+        let page = if url.starts_with("http") {
+            Some(browse(&url).await)
+        } else {
+            None
+        };
         let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
             .await
             .unwrap();
-        Output {
+        let out = Output {
             code: status.code(),
             stdout: url,
             stderr: std::fs::read_to_string(&err_path).unwrap_or_default(),
-        }
+        };
+        (page, out)
     }
 
     /// `login NAME --no-browser` as a user would (see [`TestEnv::run_with_browser`]).
