@@ -862,12 +862,16 @@ impl Bridge {
         } {
             Ok(r) => r,
             Err(e) => {
-                tracing::warn!("the local proxy at {} cannot be reached: {e}", self.url);
+                // Named by its origin: where the owner of a connection cannot be looked
+                // up, the local URL's path carries the proxy's path secret.
+                let e = e.without_url();
+                let at = self.url.origin().ascii_serialization();
+                tracing::warn!("the local proxy at {at} cannot be reached: {e}");
                 return Ok(Sent::Fail(
                     format!(
                         "Tokenwarden: its local proxy for `{}` ({}) cannot be reached ({}). Is Tokenwarden still running? Start it with `tokenwarden daemon` or the desktop app; this MCP server carries on once it is back.",
                         self.name,
-                        self.url,
+                        at,
                         crate::engine::classify::classify_transport(&e).reason()
                     ),
                     None,
@@ -1116,7 +1120,7 @@ impl Bridge {
             req = req.header("last-event-id", l);
         }
         let resp = tokio::select! {
-            r = req.send() => r.map_err(|e| format!("the local proxy cannot be reached: {e}"))?,
+            r = req.send() => r.map_err(|e| format!("the local proxy cannot be reached: {}", e.without_url()))?,
             _ = self.cancel.cancelled() => return Err("stopping".into()),
         };
         if resp.status() == StatusCode::OK && is_event_stream(resp.headers()) {
@@ -1190,7 +1194,7 @@ impl Bridge {
     async fn start_legacy(self: Arc<Self>) -> Result<(), String> {
         let resp = tokio::select! {
             r = self.http.get(self.url.clone()).header(ACCEPT, "text/event-stream").send() =>
-                r.map_err(|e| format!("the local proxy cannot be reached: {e}"))?,
+                r.map_err(|e| format!("the local proxy cannot be reached: {}", e.without_url()))?,
             _ = self.cancel.cancelled() => return Err("stopping".into()),
         };
         if resp.status() != StatusCode::OK || !is_event_stream(resp.headers()) {
@@ -1304,7 +1308,7 @@ impl Bridge {
             }
             match tokio::time::timeout(DELETE_WAIT, req.send()).await {
                 Ok(Ok(r)) => tracing::debug!("DELETE of the session: {}", r.status()),
-                Ok(Err(e)) => tracing::debug!("DELETE of the session failed: {e}"),
+                Ok(Err(e)) => tracing::debug!("DELETE of the session failed: {}", e.without_url()),
                 Err(_) => tracing::debug!("DELETE of the session: no answer in time"),
             }
         }
