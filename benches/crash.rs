@@ -10,7 +10,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tokenwarden::engine::store::{FileBackend, SecretStore};
-use tokenwarden::sim_issuer::{IssuerOptions, SimIssuer};
+use tokenwarden_sim::issuer::{IssuerOptions, SimIssuer};
 
 async fn login(dir: &std::path::Path, bin: &str) {
     use std::io::BufRead;

@@ -16,7 +16,7 @@ use tokenwarden::engine::config::Config;
 use tokenwarden::engine::store::SecretStore;
 use tokenwarden::engine::triggers::Sources;
 use tokenwarden::engine::{Clock, Engine, EngineOptions};
-use tokenwarden::sim_issuer::{IssuerOptions, SimIssuer};
+use tokenwarden_sim::issuer::{IssuerOptions, SimIssuer};
 
 const ISSUERS: usize = 4;
 
@@ -79,7 +79,10 @@ async fn measure(n: usize, idle: Duration) -> Row {
             iss.client_id()
         ));
         store
-            .save_tokens(&format!("w{i}"), &iss.direct_login(&http).await.unwrap())
+            .save_tokens(
+                &format!("w{i}"),
+                &tokenwarden::demo::stored_tokens(iss.direct_login(&http).await.unwrap()),
+            )
             .await
             .unwrap();
     }

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use tokenwarden::control::{Client, Request};
 use tokenwarden::engine::store::{FileBackend, SecretStore};
 use tokenwarden::paths::Paths;
-use tokenwarden::sim_issuer::{IssuerOptions, SimIssuer};
+use tokenwarden_sim::issuer::{IssuerOptions, SimIssuer};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// The whole client run per server variant must end within this.
@@ -274,7 +274,8 @@ async fn run() {
         .unwrap();
     let store = SecretStore::new(FileBackend::new(&paths.secrets_dir));
     for (variant, _) in VARIANTS {
-        let tokens = issuer.direct_login(&no_redirects).await.unwrap();
+        let tokens =
+            tokenwarden::demo::stored_tokens(issuer.direct_login(&no_redirects).await.unwrap());
         store.save_tokens(variant, &tokens).await.unwrap();
     }
     let daemon = start_daemon(&config);

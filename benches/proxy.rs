@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use tokenwarden::control::{Client, Request};
 use tokenwarden::engine::store::{FileBackend, SecretStore};
 use tokenwarden::paths::Paths;
-use tokenwarden::sim_issuer::{IssuerOptions, SimIssuer};
-use tokenwarden::sim_remote::{RemoteOptions, SimRemote};
+use tokenwarden_sim::issuer::{IssuerOptions, SimIssuer};
+use tokenwarden_sim::remote::{RemoteOptions, SimRemote};
 
 fn env_num(k: &str, default: u64) -> u64 {
     std::env::var(k)
@@ -220,7 +220,8 @@ async fn run() {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
-    let tokens = issuer.direct_login(&no_redirects).await.unwrap();
+    let tokens =
+        tokenwarden::demo::stored_tokens(issuer.direct_login(&no_redirects).await.unwrap());
     let http = reqwest::Client::new();
     SecretStore::new(FileBackend::new(&paths.secrets_dir))
         .save_tokens("w", &tokens)

@@ -16,7 +16,7 @@ use tokenwarden::engine::policy::{Policy, RawValue};
 use tokenwarden::engine::store::SecretStore;
 use tokenwarden::engine::triggers::Sources;
 use tokenwarden::engine::{oauth, Engine, EngineOptions, Status};
-use tokenwarden::sim_issuer::{IssuerOptions, SimIssuer};
+use tokenwarden_sim::issuer::{IssuerOptions, SimIssuer};
 
 fn policy(triggers: bool) -> Policy {
     let mut p = Policy::default();

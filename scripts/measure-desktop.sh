@@ -11,10 +11,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 
 echo "== building the release binary (this takes a few minutes cold)"
-cargo build --release --locked
+cargo build --release --locked --workspace --bins
 echo "== measuring"
 bash scripts/session.sh bash scripts/desktop-xvfb.sh \
-  cargo test --release --locked --test desktop_measure -- --ignored --nocapture --test-threads 1
+  cargo test --release --locked --test tests desktop_measure:: -- --ignored --nocapture --test-threads 1
 
 mb() { awk -v b="$(stat -c %s "$1")" 'BEGIN { printf "%.1f MB", b / 1000000 }'; }
 echo

@@ -26,11 +26,14 @@ disk_report "before the build"
 export RUST_LOG=${RUST_LOG:-trace}
 export RUST_BACKTRACE=1
 
+# Every package of the workspace; the window is another package's binary, which the
+# app's tests start: build every binary first.
+cargo build --workspace --bins
 if cargo nextest --version >/dev/null 2>&1; then
-  runner=(cargo nextest run --no-fail-fast)
+  runner=(cargo nextest run --workspace --no-fail-fast)
 else
   echo "test.sh: cargo-nextest unavailable, falling back to cargo test" >&2
-  runner=(cargo test --no-fail-fast)
+  runner=(cargo test --workspace --no-fail-fast)
 fi
 # Console output (incl. captured output of failing tests) is a log too: keep a
 # copy in the log dir so the secret scan covers it. Keep colours on a terminal.

@@ -1349,7 +1349,7 @@ async fn client_config(paths: &Paths, name: &str) -> anyhow::Result<()> {
     let local = crate::clients::local_url(paths, &cfg, name).await?;
     println!(
         "{}",
-        serde_json::to_string_pretty(&crate::proxy::client_config(name, &local))?
+        serde_json::to_string_pretty(&crate::engine::proxy::client_config(name, &local))?
     );
     Ok(())
 }

@@ -13,9 +13,9 @@ use crate::engine::config::Config;
 use crate::engine::policy::Policy;
 use crate::engine::store::SecretStore;
 use crate::engine::{oauth, Engine, EngineOptions, Status};
-use crate::sim_issuer::{IssuerOptions, Mode, SimIssuer};
-use crate::sim_remote::{RemoteOptions, SimRemote};
 use std::time::Duration;
+use tokenwarden_sim::issuer::{IssuerOptions, Mode, SimIssuer};
+use tokenwarden_sim::remote::{RemoteOptions, SimRemote};
 use tokio::io::AsyncBufReadExt;
 
 pub const WORKLOADS: [&str; 3] = ["github-mcp", "jira-mcp", "notion-api"];
@@ -282,4 +282,17 @@ pub async fn run_headless() -> anyhow::Result<()> {
     demo.engine.shutdown().await;
     let _ = server.await;
     Ok(())
+}
+
+/// The tokens of a login made straight against the simulated issuer, as the store
+/// keeps them (benchmarks and tests that need many logins fast).
+pub fn stored_tokens(
+    login: tokenwarden_sim::issuer::DirectLogin,
+) -> crate::engine::store::StoredTokens {
+    use crate::engine::Secret;
+    crate::engine::store::StoredTokens::issued_now(
+        Secret::new(login.access_token),
+        Some(Secret::new(login.refresh_token)),
+        login.lifetime,
+    )
 }

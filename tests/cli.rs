@@ -2,7 +2,7 @@
 //! another, against a loopback issuer. Secret store: the opt-in file store (the
 //! keychain is covered by `keychain.rs`), so these tests need no D-Bus.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 use support::*;
@@ -274,7 +274,7 @@ async fn one_daemon_per_config_dir() {
     assert_eq!(err.code, "no_window", "{err:?}");
     #[cfg(feature = "desktop")]
     {
-        let window = env.run_of(env!("CARGO_BIN_EXE_tokenwarden-window"), &[]);
+        let window = env.run_of(support::window_bin(), &[]);
         assert_eq!(window.code, Some(1), "{window:?}");
         // the daemon's answer
         let why = "this is `tokenwarden daemon`, which has no window";
@@ -1115,7 +1115,7 @@ async fn a_file_store_entry_of_an_earlier_version_moves_to_this_config_dir_once(
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
-    let tokens = issuer.direct_login(&http).await.unwrap();
+    let tokens = tokenwarden::demo::stored_tokens(issuer.direct_login(&http).await.unwrap());
     SecretStore::new(FileBackend::new(env.paths().secrets_dir))
         .save_tokens("w", &tokens)
         .await
@@ -1256,9 +1256,9 @@ async fn connect_and_disconnect_an_mcp_clients_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn import_adds_a_found_remote_and_rewrites_the_clients_entries() {
     let issuer = issuer(issuer_opts(30)).await;
-    let remote = tokenwarden::sim_remote::SimRemote::start(
+    let remote = tokenwarden_sim::remote::SimRemote::start(
         issuer.clone(),
-        tokenwarden::sim_remote::RemoteOptions::default(),
+        tokenwarden_sim::remote::RemoteOptions::default(),
     )
     .await
     .unwrap();

@@ -13,11 +13,12 @@
 //! Screenshots of the window in its states land in `artifacts/screenshots/`.
 #![cfg(feature = "desktop")]
 
+use crate::support;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use tokenwarden::sim_issuer::{IssuerOptions, SimIssuer};
+use tokenwarden_sim::issuer::{IssuerOptions, SimIssuer};
 
 /// Both scenarios own the notification name on the shared bus: one at a time, also
 /// across processes (nextest runs each test in its own process): an OS file lock.
@@ -37,8 +38,7 @@ const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 const TAB: &str = "\u{E004}";
 const ENTER: &str = "\u{E007}";
 
-#[path = "support/gate.rs"]
-mod gate;
+use crate::support::gate;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -1258,9 +1258,10 @@ async fn real_workload_login_retry_now_and_single_instance() {
 
     // "Copy client config" puts exactly what `tokenwarden client-config api` prints on
     // the clipboard, and says so.
-    let expected =
-        serde_json::to_string_pretty(&tokenwarden::proxy::client_config("api", &local_url))
-            .unwrap();
+    let expected = serde_json::to_string_pretty(&tokenwarden::engine::proxy::client_config(
+        "api", &local_url,
+    ))
+    .unwrap();
     wd.click("li[data-workload=\"api\"] [data-action=\"copy-config\"]")
         .await;
     wd.wait(
@@ -1493,9 +1494,9 @@ async fn real_workload_login_retry_now_and_single_instance() {
 
     // Add by URL alone: the app discovers the issuer from the remote (RFC 9728, RFC
     // 8414), registers a client (RFC 7591), signs in, and serves it on a local address.
-    let remote = tokenwarden::sim_remote::SimRemote::start(
+    let remote = tokenwarden_sim::remote::SimRemote::start(
         issuer.clone(),
-        tokenwarden::sim_remote::RemoteOptions::default(),
+        tokenwarden_sim::remote::RemoteOptions::default(),
     )
     .await
     .unwrap();
@@ -1670,7 +1671,7 @@ async fn real_workload_login_retry_now_and_single_instance() {
     // A window program replaced since the app started (a package upgrade) is not
     // started against it: the user is told to restart. Its mtime is moved, then put back
     // (utimensat: opening a program for writing would make running it fail meanwhile).
-    let window_bin = env!("CARGO_BIN_EXE_tokenwarden-window");
+    let window_bin = support::window_bin();
     let set_mtime = |t: std::time::SystemTime| {
         let d = t.duration_since(std::time::UNIX_EPOCH).unwrap();
         let times = [
@@ -1859,9 +1860,9 @@ async fn first_run_adds_a_server_by_url_connects_a_client_and_tries_the_demo() {
     let log = log_dir(&format!("desktop-first-run-{}", std::process::id()));
     let _recorder = Recorder::start(&log);
     let issuer = ledger_issuer().await;
-    let remote = tokenwarden::sim_remote::SimRemote::start(
+    let remote = tokenwarden_sim::remote::SimRemote::start(
         issuer.clone(),
-        tokenwarden::sim_remote::RemoteOptions::default(),
+        tokenwarden_sim::remote::RemoteOptions::default(),
     )
     .await
     .unwrap();

@@ -8,13 +8,14 @@
 //! hidden as the start-at-login entry does (the window never opened).
 #![cfg(feature = "desktop")]
 
+use crate::support;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tokenwarden::engine::config::Config;
 use tokenwarden::engine::oauth;
 use tokenwarden::engine::store::{FileBackend, SecretStore};
-use tokenwarden::sim_issuer::{IssuerOptions, SimIssuer};
+use tokenwarden_sim::issuer::{IssuerOptions, SimIssuer};
 
 const WORKLOADS: usize = 10;
 
@@ -285,7 +286,7 @@ async fn measure_desktop_footprint() {
     };
     let bin = Path::new(env!("CARGO_BIN_EXE_tokenwarden"));
     let size = std::fs::metadata(bin).map(|m| m.len()).unwrap_or(0);
-    let window_bin = Path::new(env!("CARGO_BIN_EXE_tokenwarden-window"));
+    let window_bin = Path::new(support::window_bin());
     let window_size = std::fs::metadata(window_bin).map(|m| m.len()).unwrap_or(0);
 
     // As the start-at-login entry starts it: `--hidden`, the window never opened.

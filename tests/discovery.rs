@@ -5,17 +5,17 @@
 //! metadata of every kind is refused with a clear message and nothing written.
 //! Secret store: the opt-in file store, so the store's content can be checked.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 use support::*;
 use tokenwarden::engine::config::{ClientAuth, Config};
 use tokenwarden::engine::discovery::{self, Discovered, DiscoveryError, DiscoveryOptions};
 use tokenwarden::engine::Status;
-use tokenwarden::sim_issuer::{
+use tokenwarden_sim::issuer::{
     AuthorizationIss, MetadataMode, RefreshTokens, RegistrationAuth, ResourceRequest, WellKnown,
 };
-use tokenwarden::sim_remote::{PrmMode, RemoteOptions, SimRemote};
+use tokenwarden_sim::remote::{PrmMode, RemoteOptions, SimRemote};
 
 async fn remote(issuer: &SimIssuer) -> SimRemote {
     SimRemote::start(issuer.clone(), RemoteOptions::default())
@@ -656,7 +656,7 @@ async fn the_issuer_must_match_string_for_string() {
 
     // An issuer published with a trailing `/`, named so by the resource: identical,
     // accepted, and kept with its `/`.
-    let slash = tokenwarden::sim_issuer::SimIssuer::start(IssuerOptions {
+    let slash = tokenwarden_sim::issuer::SimIssuer::start(IssuerOptions {
         issuer_path: "/".into(),
         ..issuer_opts(30)
     })
@@ -822,7 +822,7 @@ async fn a_server_without_refresh_tokens_runs_until_the_token_ends() {
     assert_eq!(post_initialize(&local).await.0, 200);
 
     // With `expires_in`: running until then, then unauthenticated by the clock.
-    let short = tokenwarden::sim_issuer::SimIssuer::start(IssuerOptions {
+    let short = tokenwarden_sim::issuer::SimIssuer::start(IssuerOptions {
         refresh_tokens: RefreshTokens::Never,
         ..issuer_opts(2)
     })

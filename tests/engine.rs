@@ -2,9 +2,8 @@
 //! compressed to milliseconds. Store: the in-memory store (these tests are about the
 //! monitor; the keychain has its own tests in `keychain.rs`).
 
-#[path = "support/inproc.rs"]
-mod inproc;
-mod support;
+use crate::support;
+use crate::support::inproc;
 
 use inproc::*;
 use std::time::Duration;

@@ -19,9 +19,8 @@
 //! then drive a real engine through representative rows: the workload ends in the
 //! right status and is not stuck (the issuer heals, "Retry now", `running` again).
 
-#[path = "support/inproc.rs"]
-mod inproc;
-mod support;
+use crate::support;
+use crate::support::inproc;
 
 use inproc::*;
 use std::net::SocketAddr;

@@ -8,7 +8,7 @@
 //! They need the session: with `TOKENWARDEN_TEST_KEYCHAIN=1` (set by scripts/test.sh)
 //! they run and must pass; without it they say they were skipped.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 use support::*;
@@ -243,7 +243,7 @@ async fn keychain_entries_of_an_earlier_version_move_to_the_first_config_dir_onc
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
-    let tokens = issuer.direct_login(&http).await.unwrap();
+    let tokens = tokenwarden::demo::stored_tokens(issuer.direct_login(&http).await.unwrap());
     legacy.save_tokens("w", &tokens).await.unwrap();
     legacy
         .save_client_secret("w", &Secret::new("registered-client-secret"))

@@ -2,9 +2,8 @@
 //! a real HTTP client and the loopback fake remote (`SimRemote`, a protected resource
 //! that checks bearer tokens against the `SimIssuer`).
 
-#[path = "support/inproc.rs"]
-mod inproc;
-mod support;
+use crate::support;
+use crate::support::inproc;
 
 use futures::StreamExt;
 use inproc::*;
@@ -12,7 +11,7 @@ use std::time::{Duration, Instant};
 use support::*;
 use tokenwarden::engine::config::Config;
 use tokenwarden::engine::{Engine, Status, WorkloadStatus};
-use tokenwarden::sim_remote::{RemoteOptions, SimRemote};
+use tokenwarden_sim::remote::{RemoteOptions, SimRemote};
 
 struct Setup {
     engine: Engine,

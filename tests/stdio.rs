@@ -8,7 +8,7 @@
 //!
 //! Needs Node.js and `npm ci --prefix tests/mcp` (scripts/deps.sh does it).
 
-mod support;
+use crate::support;
 
 use serde_json::{json, Value};
 use std::collections::HashSet;

@@ -3,10 +3,9 @@
 //! outage and re-adding it a real recovery, seen by the daemon through if-watch.
 //! Traffic goes only to loopback and to the namespace this test made.
 
-mod support;
+use crate::support;
 
-#[path = "support/netlab.rs"]
-mod netlab;
+use crate::support::netlab;
 
 use std::time::{Duration, Instant};
 use support::*;

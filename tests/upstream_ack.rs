@@ -9,9 +9,8 @@
 //! timer (`DelayedACKs` in `/proc/net/netstat`), in a network namespace of this test's
 //! own so that nothing else on the machine adds to it. Root only (a namespace).
 
-#[path = "support/inproc.rs"]
-mod inproc;
-mod support;
+use crate::support;
+use crate::support::inproc;
 
 use inproc::*;
 use std::io::{Read, Write};

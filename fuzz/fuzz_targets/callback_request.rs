@@ -17,7 +17,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tokenwarden::engine::oauth::{parse_request_head, Head, MAX_REQUEST_HEAD};
+use tokenwarden_engine::oauth::{parse_request_head, Head, MAX_REQUEST_HEAD};
 
 const BLANK: &[u8] = b"\r\n\r\n";
 

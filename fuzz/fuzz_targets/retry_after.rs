@@ -16,7 +16,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use std::time::{Duration, SystemTime};
-use tokenwarden::engine::classify::parse_retry_after;
+use tokenwarden_engine::classify::parse_retry_after;
 
 /// 9999-12-31T23:59:59Z, the last instant an HTTP-date can name.
 const MAX_DATE_SECS: u64 = 253_402_300_799;

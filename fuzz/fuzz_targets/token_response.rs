@@ -18,7 +18,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use std::time::{Duration, SystemTime};
-use tokenwarden::engine::classify::{
+use tokenwarden_engine::classify::{
     classify_response, sanitize, verdict_status, Class, Failure, FailureKind, MAX_EXPIRES_IN,
     PERMANENT_CODES,
 };

@@ -22,7 +22,7 @@
 
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use tokenwarden::engine::discovery::{parse_www_authenticate, Challenge};
+use tokenwarden_engine::discovery::{parse_www_authenticate, Challenge};
 
 const TCHAR: &[u8] =
     b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";

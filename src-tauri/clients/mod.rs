@@ -634,15 +634,15 @@ pub async fn local_url(paths: &Paths, cfg: &Config, name: &str) -> anyhow::Resul
     let port = match w.listen_port {
         Some(p) if p != 0 => p,
         _ => {
-            let p = crate::proxy::bind(0)?.local_addr()?.port();
+            let p = crate::engine::proxy::bind(0)?.local_addr()?.port();
             config::set_listen_port(&paths.config_file, name, p)?;
             crate::cli::reload_config(paths).await?;
             p
         }
     };
-    let secret = crate::proxy::path_secret_for(&paths.config_file, name)?;
+    let secret = crate::engine::proxy::path_secret_for(&paths.config_file, name)?;
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    Ok(crate::proxy::local_url(addr, url, secret.as_ref()))
+    Ok(crate::engine::proxy::local_url(addr, url, secret.as_ref()))
 }
 
 /// `tokenwarden [--config-dir DIR] stdio NAME` by the absolute path of this program;
@@ -775,10 +775,10 @@ pub async fn disconnect(
         // The local URL as configured; no port is chosen for a disconnect.
         let local = match cfg.workload(&n) {
             Some(w) => match (&w.url, w.listen_port) {
-                (Some(u), Some(p)) if p != 0 => Some(crate::proxy::local_url(
+                (Some(u), Some(p)) if p != 0 => Some(crate::engine::proxy::local_url(
                     std::net::SocketAddr::from(([127, 0, 0, 1], p)),
                     u,
-                    crate::proxy::path_secret_for(&paths.config_file, &n)
+                    crate::engine::proxy::path_secret_for(&paths.config_file, &n)
                         .ok()
                         .flatten()
                         .as_ref(),

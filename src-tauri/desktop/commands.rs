@@ -8,10 +8,10 @@ use super::{lock, Backend, DemoState, LoginEvent, Shell};
 use crate::engine::config;
 use crate::engine::oauth;
 use crate::engine::EngineError;
-use crate::sim_issuer::Mode;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
+use tokenwarden_sim::issuer::Mode;
 
 /// How long a sign-in waits for the browser.
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(300);
@@ -563,7 +563,7 @@ mod tests {
     fn every_window_command_is_listed_granted_forwarded_and_dispatched() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap();
-        let build = read("build.rs");
+        let build = read("src-tauri/window/build.rs");
         let list = build
             .split("const COMMANDS: &[&str] = &[")
             .nth(1)
@@ -576,7 +576,7 @@ mod tests {
             .collect();
         assert!(commands.len() >= 12, "{commands:?}");
         let caps: serde_json::Value =
-            serde_json::from_str(&read("capabilities/default.json")).unwrap();
+            serde_json::from_str(&read("src-tauri/window/capabilities/default.json")).unwrap();
         let granted: Vec<String> = caps["permissions"]
             .as_array()
             .unwrap()

@@ -39,7 +39,6 @@ use crate::engine::status::WorkloadStatus;
 use crate::engine::store::SecretStore;
 use crate::engine::{Engine, EngineOptions, Status, StatusChange};
 use crate::paths::Paths;
-use crate::sim_issuer::Mode;
 use notify::{Notifier, NotifyPolicy};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -47,6 +46,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use time::OffsetDateTime;
+use tokenwarden_sim::issuer::Mode;
 use tokio_util::sync::CancellationToken;
 
 /// The event that brings the window to the front (the window's process does not pass
@@ -282,7 +282,7 @@ impl Shell {
                 .unwrap_or_default(),
             notifications: !st.muted.contains(&w.name),
             client_config: w.local_url.as_deref().map(|u| {
-                serde_json::to_string_pretty(&crate::proxy::client_config(&w.name, u))
+                serde_json::to_string_pretty(&crate::engine::proxy::client_config(&w.name, u))
                     .unwrap_or_default()
             }),
             plain_proxy_error: w.proxy_error.as_deref().map(plain_proxy_error),

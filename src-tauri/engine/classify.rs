@@ -31,7 +31,7 @@
 //! printable, bounded, and never repeating a token value of the same body. The fuzz
 //! target `token_response` (fuzz/) checks these invariants on arbitrary answers.
 
-use crate::engine::secret::Secret;
+use crate::secret::Secret;
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, SystemTime};
 

@@ -7,7 +7,7 @@
 //! * edits go through `toml_edit`, so the user's comments and layout survive;
 //! * secrets are never written here (client secrets and tokens go to the secret store).
 
-use crate::engine::policy::{Policy, RawValue};
+use crate::policy::{Policy, RawValue};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write;

@@ -32,10 +32,10 @@
 //! redirect, a document that contradicts the URL) stops discovery with a
 //! [`DiscoveryError`] naming the URL and the problem.
 
-use crate::engine::classify::sanitize;
-use crate::engine::config::{check_endpoint, ClientAuth};
-use crate::engine::policy::Policy;
-use crate::engine::secret::Secret;
+use crate::classify::sanitize;
+use crate::config::{check_endpoint, ClientAuth};
+use crate::policy::Policy;
+use crate::secret::Secret;
 use reqwest::header::{HeaderValue, ACCEPT, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
 use serde_json::Value;
 use std::path::PathBuf;
@@ -535,7 +535,7 @@ pub fn discovery_client(opts: &DiscoveryOptions) -> Result<reqwest::Client, Disc
             attempt.stop()
         }
     });
-    let mut b = crate::engine::oauth::client_builder(&opts.policy, opts.ca_file.as_deref())
+    let mut b = crate::oauth::client_builder(&opts.policy, opts.ca_file.as_deref())
         .map_err(DiscoveryError::Client)?
         .redirect(redirects);
     for (host, addr) in &opts.resolve {
@@ -1198,8 +1198,8 @@ pub async fn register(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim_issuer::{IssuerOptions, MetadataMode, RegistrationAuth, SimIssuer};
-    use crate::sim_remote::{PrmMode, RemoteOptions, SimRemote};
+    use tokenwarden_sim::issuer::{IssuerOptions, MetadataMode, RegistrationAuth, SimIssuer};
+    use tokenwarden_sim::remote::{PrmMode, RemoteOptions, SimRemote};
 
     fn one(header: &str) -> Vec<Challenge> {
         parse_www_authenticate(&[header])
@@ -1503,7 +1503,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_issuer_is_kept_as_published_with_its_iss_flag() {
-        use crate::sim_issuer::AuthorizationIss;
+        use tokenwarden_sim::issuer::AuthorizationIss;
         let (issuer, remote) = sims(IssuerOptions::default(), RemoteOptions::default()).await;
         let d = discover(&u(&remote.url()), &opts()).await.unwrap();
         // `http://127.0.0.1:PORT` as published (the parsed URL would add a `/`).

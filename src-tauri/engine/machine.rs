@@ -33,9 +33,9 @@
 //! * the ceiling counts awake time (`Now::awake`), so sleep never counts;
 //! * a `Retry-After` is honoured by every attempt except the user's "Retry now".
 
-use crate::engine::classify::Failure;
-use crate::engine::clock::Now;
-use crate::engine::policy::Policy;
+use crate::classify::Failure;
+use crate::clock::Now;
+use crate::policy::Policy;
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, SystemTime};
 
@@ -623,7 +623,7 @@ pub fn backoff(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::classify::{BodyShape, FailureKind};
+    use crate::classify::{BodyShape, FailureKind};
 
     const MID: f64 = 0.5; // jitter value that yields no jitter
 

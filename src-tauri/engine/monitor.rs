@@ -25,15 +25,15 @@
 //!   `unauthenticated` with nothing sent to the token endpoint
 //!   ([`Machine::without_refresh`]).
 
-use crate::engine::classify::{Failure, FailureKind};
-use crate::engine::clock::Clock;
-use crate::engine::config::WorkloadConfig;
-use crate::engine::machine::{Due, Machine, Phase, Status, Trigger, Unauth};
-use crate::engine::oauth;
-use crate::engine::policy::Policy;
-use crate::engine::secret::Secret;
-use crate::engine::status::{view, Persisted, WorkloadStatus};
-use crate::engine::store::{Login, SecretStore, StoreError, StoredTokens};
+use crate::classify::{Failure, FailureKind};
+use crate::clock::Clock;
+use crate::config::WorkloadConfig;
+use crate::machine::{Due, Machine, Phase, Status, Trigger, Unauth};
+use crate::oauth;
+use crate::policy::Policy;
+use crate::secret::Secret;
+use crate::status::{view, Persisted, WorkloadStatus};
+use crate::store::{Login, SecretStore, StoreError, StoredTokens};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -350,7 +350,7 @@ pub fn spawn(
     let mut machine = Machine::no_login(now);
     if let Some(r) = &restored {
         machine.phase = r.phase.clone();
-        machine.since = crate::engine::status::from_ms(r.since_ms);
+        machine.since = crate::status::from_ms(r.since_ms);
         machine.last_error = r.last_error.clone();
         machine.episode = r.restore_episode(now);
     }
@@ -495,20 +495,20 @@ impl Monitor {
                 if r.since_ms / 1000 >= tokens.obtained_at =>
             {
                 self.machine.phase = r.phase.clone();
-                self.machine.since = crate::engine::status::from_ms(r.since_ms);
+                self.machine.since = crate::status::from_ms(r.since_ms);
                 self.machine.last_error = r.last_error.clone();
                 self.machine.due = Due::Never;
             }
             Phase::Running | Phase::Retrying if r.episode.is_some() => {
                 self.machine.phase = r.phase.clone();
-                self.machine.since = crate::engine::status::from_ms(r.since_ms);
+                self.machine.since = crate::status::from_ms(r.since_ms);
                 self.machine.last_error = r.last_error.clone();
                 self.machine.episode = r.restore_episode(now);
                 self.machine.due = Due::Now;
             }
             Phase::Running => {
                 // Keep "running since" across a restart.
-                self.machine.since = crate::engine::status::from_ms(r.since_ms);
+                self.machine.since = crate::status::from_ms(r.since_ms);
             }
             _ => {}
         }
@@ -1032,7 +1032,7 @@ async fn client_secret(ctx: &MonitorCtx) -> Result<Option<Secret>, Failure> {
 
 async fn save_new(
     ctx: &Arc<MonitorCtx>,
-    resp: crate::engine::classify::TokenResponse,
+    resp: crate::classify::TokenResponse,
     previous: Option<Secret>,
     writes: Arc<tokio::sync::Mutex<()>>,
 ) -> Outcome {
@@ -1076,7 +1076,7 @@ mod tests {
     use super::*;
 
     fn shared() -> MonitorShared {
-        let cfg = crate::engine::config::Config::parse(
+        let cfg = crate::config::Config::parse(
             std::path::Path::new("/t/workloads.toml"),
             "[[workload]]\nname = \"w1\"\ntoken_endpoint = \"http://127.0.0.1:9/token\"\nclient_id = \"c\"\n",
         )

@@ -18,13 +18,13 @@
 //! not followed (a captive portal's 302 is a transient failure), the whole exchange has
 //! a deadline (`http_timeout`), and bodies past `max_response_bytes` are abandoned.
 
-use crate::engine::classify::{
+use crate::classify::{
     classify_response_sent, classify_transport, Failure, FailureKind, TokenResponse,
 };
-use crate::engine::config::{ClientAuth, WorkloadConfig};
-use crate::engine::policy::Policy;
-use crate::engine::secret::Secret;
-use crate::engine::store::{unix_secs, StoredTokens};
+use crate::config::{ClientAuth, WorkloadConfig};
+use crate::policy::Policy;
+use crate::secret::Secret;
+use crate::store::{unix_secs, StoredTokens};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
@@ -62,7 +62,7 @@ pub fn trust_ca_file(
     ca_file: Option<&std::path::Path>,
 ) -> Result<reqwest::ClientBuilder, String> {
     if let Some(path) = ca_file {
-        let pem = crate::engine::config::read_ca_file(path)?;
+        let pem = crate::config::read_ca_file(path)?;
         for cert in reqwest::Certificate::from_pem_bundle(&pem)
             .map_err(|e| format!("ca_file {}: {e}", path.display()))?
         {
@@ -642,14 +642,14 @@ fn check_iss(check: &CallbackCheck, iss: Option<&str>) -> Result<(), LoginError>
         (Some(expected), Some(found)) => Err(LoginError::IssuerMismatch {
             workload: check.workload.clone(),
             expected: expected.to_string(),
-            found: crate::engine::classify::sanitize(found, 200),
+            found: crate::classify::sanitize(found, 200),
         }),
         (Some(expected), None) if check.iss_required => Err(LoginError::IssuerMissing {
             expected: expected.to_string(),
         }),
         (Some(_), None) | (None, None) => Ok(()),
         (None, Some(found)) => {
-            tracing::info!(workload = %check.workload, iss = %crate::engine::classify::sanitize(found, 200), "the sign-in answer names an issuer; the workload has no `issuer` to compare it with, so it is not checked");
+            tracing::info!(workload = %check.workload, iss = %crate::classify::sanitize(found, 200), "the sign-in answer names an issuer; the workload has no `issuer` to compare it with, so it is not checked");
             Ok(())
         }
     }
@@ -732,9 +732,8 @@ async fn serve_callback(
         tracing::warn!(workload = %check.workload, error = %e, "sign-in answer refused");
         (400, page_error(&e.to_string()), Err(e))
     } else if let Some(error) = q("error") {
-        let error = crate::engine::classify::sanitize(&error, 64);
-        let description =
-            q("error_description").map(|d| crate::engine::classify::sanitize(&d, 200));
+        let error = crate::classify::sanitize(&error, 64);
+        let description = q("error_description").map(|d| crate::classify::sanitize(&d, 200));
         let page = page_error(&format!("The issuer answered: {error}"));
         (200, page, Err(LoginError::Denied { error, description }))
     } else {
@@ -998,7 +997,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::config::Config;
+    use crate::config::Config;
 
     fn workload(extra: &str) -> WorkloadConfig {
         let text = format!(
@@ -1150,9 +1149,9 @@ mod tests {
 #[cfg(test)]
 mod login_tests {
     use super::*;
-    use crate::engine::config::Config;
-    use crate::sim_issuer::{AuthorizationIss, IssuerOptions, SimIssuer};
+    use crate::config::Config;
     use std::sync::Arc;
+    use tokenwarden_sim::issuer::{AuthorizationIss, IssuerOptions, SimIssuer};
 
     const WAIT: Duration = Duration::from_secs(20);
 

@@ -3,10 +3,10 @@
 //!
 //! Neither type holds a secret; both are safe to log, send to a UI or write to disk.
 
-use crate::engine::classify::Failure;
-use crate::engine::clock::Now;
-use crate::engine::machine::{Episode, Machine, Phase, Status, Unauth};
-use crate::engine::policy::Policy;
+use crate::classify::Failure;
+use crate::clock::Now;
+use crate::machine::{Episode, Machine, Phase, Status, Unauth};
+use crate::policy::Policy;
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, SystemTime};
 use time::OffsetDateTime;
@@ -246,7 +246,7 @@ impl Persisted {
         m.phase = self.phase.clone();
         m.since = from_ms(self.since_ms);
         m.last_error = self.last_error.clone();
-        m.due = crate::engine::machine::Due::Never;
+        m.due = crate::machine::Due::Never;
         m.renewable = self.can_renew;
         let mut v = view(
             name,

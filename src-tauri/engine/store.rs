@@ -21,8 +21,8 @@
 //! configuration now points elsewhere is refused its stored login
 //! ([`SecretStore::load_login`]), so its refresh token never goes to another endpoint.
 
-use crate::engine::config::WorkloadConfig;
-use crate::engine::secret::Secret;
+use crate::config::WorkloadConfig;
+use crate::secret::Secret;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -72,6 +72,24 @@ pub struct StoredTokens {
 }
 
 impl StoredTokens {
+    /// Tokens just issued with an access token lifetime (a login made outside the
+    /// engine, e.g. against the simulated issuer).
+    pub fn issued_now(
+        access_token: Secret,
+        refresh_token: Option<Secret>,
+        lifetime: Duration,
+    ) -> Self {
+        let now = unix_secs(SystemTime::now());
+        let lifetime = lifetime.as_secs().max(1);
+        StoredTokens {
+            access_token,
+            refresh_token,
+            expires_at: Some(now + lifetime),
+            lifetime: Some(lifetime),
+            obtained_at: now,
+        }
+    }
+
     pub fn expires_at(&self) -> Option<SystemTime> {
         self.expires_at
             .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s))
@@ -591,7 +609,7 @@ impl Backend for FileBackend {
             StoreError::Failed(format!("cannot create {}: {e}", self.dir.display()))
         })?;
         let path = self.path(account);
-        crate::engine::config::write_atomic(&path, value.expose().as_bytes(), true)
+        crate::config::write_atomic(&path, value.expose().as_bytes(), true)
             .map_err(|e| StoreError::Failed(format!("cannot write {}: {e}", path.display())))
     }
     fn delete(&self, account: &str) -> Result<(), StoreError> {
@@ -775,8 +793,7 @@ mod tests {
         let text = format!(
             "[[workload]]\nname = \"w\"\ntoken_endpoint = \"https://a.example/token\"\nclient_id = \"c\"\n{extra}"
         );
-        let cfg =
-            crate::engine::config::Config::parse(Path::new("/t/workloads.toml"), &text).unwrap();
+        let cfg = crate::config::Config::parse(Path::new("/t/workloads.toml"), &text).unwrap();
         cfg.workloads[0].clone()
     }
 

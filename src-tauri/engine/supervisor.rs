@@ -10,16 +10,16 @@
 //! Issuer fan-out: a successful refresh at a token endpoint makes every other workload
 //! of that endpoint that is in a failure episode attempt at once.
 
-use crate::engine::clock::Clock;
-use crate::engine::config::{Config, WorkloadConfig};
-use crate::engine::machine::{Status, Trigger};
-use crate::engine::monitor::{self, Command, MonitorCtx, MonitorHandle, Report, TokenError};
-use crate::engine::oauth;
-use crate::engine::policy::Policy;
-use crate::engine::secret::Secret;
-use crate::engine::status::{Persisted, WorkloadStatus};
-use crate::engine::store::{SecretStore, StoreError};
-use crate::engine::triggers::{self, Signal, Sources};
+use crate::clock::Clock;
+use crate::config::{Config, WorkloadConfig};
+use crate::machine::{Status, Trigger};
+use crate::monitor::{self, Command, MonitorCtx, MonitorHandle, Report, TokenError};
+use crate::oauth;
+use crate::policy::Policy;
+use crate::secret::Secret;
+use crate::status::{Persisted, WorkloadStatus};
+use crate::store::{SecretStore, StoreError};
+use crate::triggers::{self, Signal, Sources};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -464,7 +464,7 @@ impl Supervisor {
         }
         let name = name.to_string();
         tokio::task::spawn_blocking(move || {
-            match crate::engine::config::set_listen_port(&path, &name, port) {
+            match crate::config::set_listen_port(&path, &name, port) {
                 Ok(_) => {
                     tracing::info!(workload = %name, port, "kept the proxy port in workloads.toml")
                 }
@@ -706,10 +706,9 @@ impl Supervisor {
                 return;
             }
         };
-        let result = tokio::task::spawn_blocking(move || {
-            crate::engine::config::write_atomic(&path, &bytes, true)
-        })
-        .await;
+        let result =
+            tokio::task::spawn_blocking(move || crate::config::write_atomic(&path, &bytes, true))
+                .await;
         match result {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::error!(error = %e, "cannot write the state file"),
@@ -741,7 +740,7 @@ pub fn load_state(path: &std::path::Path) -> BTreeMap<String, Persisted> {
         Err(e) => {
             let aside = path.with_extension(format!(
                 "json.damaged-{}",
-                crate::engine::store::unix_secs(std::time::SystemTime::now())
+                crate::store::unix_secs(std::time::SystemTime::now())
             ));
             let _ = std::fs::rename(path, &aside);
             tracing::warn!(path = %path.display(), moved_to = %aside.display(), error = %e, "the state file was damaged; set it aside and starting fresh");

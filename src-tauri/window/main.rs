@@ -204,7 +204,7 @@ fn run(control: Paths, events: Client, rt: tokio::runtime::Handle) -> anyhow::Re
             tauri::async_runtime::spawn(pump(events, handle));
             Ok(())
         })
-        .build(tauri::generate_context!())?;
+        .build(tauri::generate_context!("../../tauri.conf.json"))?;
     // Closing the window ends the process (the default once no window is left). The
     // app hears of it first, so that "Open Tokenwarden" from now on starts a new window
     // instead of asking this one to the front.

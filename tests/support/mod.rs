@@ -8,6 +8,8 @@
 #![allow(dead_code)]
 
 pub mod gate;
+pub mod inproc;
+pub mod netlab;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -15,7 +17,7 @@ use std::time::{Duration, Instant};
 use tokenwarden::engine::status::WorkloadStatus;
 use tokenwarden::engine::Status;
 #[allow(unused_imports)] // not every test binary uses every item
-pub use tokenwarden::sim_issuer::{IssuerOptions, Mode, SimIssuer};
+pub use tokenwarden_sim::issuer::{IssuerOptions, Mode, SimIssuer};
 
 /// The policy compressed to milliseconds, as environment overrides.
 pub const FAST_POLICY: &[(&str, &str)] = &[
@@ -416,4 +418,19 @@ pub fn file_store_header() -> String {
 /// Read a file to string, or empty.
 pub fn read(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_default()
+}
+
+/// The window program, built next to `tokenwarden` by `cargo build --workspace`
+/// (`scripts/test.sh` builds it before the tests: it is another package's binary).
+pub fn window_bin() -> &'static str {
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let bin = Path::new(env!("CARGO_BIN_EXE_tokenwarden")).with_file_name("tokenwarden-window");
+        assert!(
+            bin.exists(),
+            "{} is missing: build it first (cargo build --workspace --bins)",
+            bin.display()
+        );
+        bin.to_string_lossy().into_owned()
+    })
 }

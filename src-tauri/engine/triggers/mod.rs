@@ -13,8 +13,8 @@
 pub mod network;
 pub mod wake;
 
-use crate::engine::clock::Clock;
-use crate::engine::policy::Policy;
+use crate::clock::Clock;
+use crate::policy::Policy;
 use std::net::IpAddr;
 use std::time::Duration;
 use tokio::sync::mpsc;

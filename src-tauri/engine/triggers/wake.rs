@@ -8,7 +8,7 @@
 //! reports the resume at once when a system bus is there.
 
 use super::Signal;
-use crate::engine::clock::{Clock, Now};
+use crate::clock::{Clock, Now};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;

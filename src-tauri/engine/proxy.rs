@@ -41,11 +41,11 @@ pub mod peer;
 #[cfg(target_os = "linux")]
 pub mod quickack;
 
-use crate::engine::monitor::{Command, MonitorShared, TokenError};
-use crate::engine::policy::Policy;
-use crate::engine::secret::Secret;
-use crate::engine::status::WorkloadStatus;
-use crate::engine::Status;
+use crate::monitor::{Command, MonitorShared, TokenError};
+use crate::policy::Policy;
+use crate::secret::Secret;
+use crate::status::WorkloadStatus;
+use crate::Status;
 use axum::body::{Body, Bytes};
 use axum::extract::Request;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
@@ -130,7 +130,7 @@ pub fn http_client(
         .redirect(reqwest::redirect::Policy::none())
         .pool_idle_timeout(Duration::from_secs(90))
         .tcp_nodelay(true);
-    crate::engine::oauth::trust_ca_file(b, ca_file)?
+    crate::oauth::trust_ca_file(b, ca_file)?
         .build()
         .map_err(|e| format!("cannot build the proxy's HTTP client: {e}"))
 }
@@ -682,8 +682,7 @@ fn loopback_authority(authority: &str, port: Option<u16>) -> bool {
     let Ok(u) = Url::parse(&format!("http://{authority}")) else {
         return false;
     };
-    crate::engine::config::is_loopback_host(&u)
-        && port.is_none_or(|p| u.port_or_known_default() == Some(p))
+    crate::config::is_loopback_host(&u) && port.is_none_or(|p| u.port_or_known_default() == Some(p))
 }
 
 /// The proxy's own origins: `http://` + `127.0.0.1`, `localhost` or `[::1]` + `:PORT`
@@ -837,7 +836,7 @@ impl Shared {
         match tokio::time::timeout(self.ctx.policy.proxy_upstream_timeout, req.send()).await {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => {
-                let f = crate::engine::classify::classify_transport(&e);
+                let f = crate::classify::classify_transport(&e);
                 tracing::info!(workload = %self.ctx.name, reason = %f.reason(), "upstream request failed");
                 Err(error(
                     StatusCode::BAD_GATEWAY,

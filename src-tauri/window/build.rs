@@ -1,15 +1,13 @@
-//! Build script: Tauri's code generation and access-control manifest, only when the
-//! `desktop` feature is on. `cargo build --no-default-features` runs nothing here and
-//! needs no GUI libraries.
+//! Build script: Tauri's code generation and access-control manifest. The config is
+//! the repository's top-level `tauri.conf.json`; the capabilities are here, in
+//! `capabilities/`.
 
 fn main() {
-    #[cfg(feature = "desktop")]
     desktop();
 }
 
 /// The commands the window may call. Each gets an `allow-<name>` permission, and
 /// `capabilities/default.json` grants exactly these to the main window.
-#[cfg(feature = "desktop")]
 const COMMANDS: &[&str] = &[
     "app_info",
     "list_status",
@@ -25,11 +23,11 @@ const COMMANDS: &[&str] = &[
     "connect_client",
 ];
 
-#[cfg(feature = "desktop")]
 fn desktop() {
-    println!("cargo:rerun-if-changed=ui");
-    println!("cargo:rerun-if-changed=icons");
+    println!("cargo:rerun-if-changed=../../ui");
+    println!("cargo:rerun-if-changed=../../icons");
     let attrs = tauri_build::Attributes::new()
+        .config_path("../../tauri.conf.json")
         .app_manifest(tauri_build::AppManifest::new().commands(COMMANDS));
     if let Err(e) = tauri_build::try_build(attrs) {
         panic!("tauri-build failed: {e:#}");

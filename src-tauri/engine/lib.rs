@@ -1,5 +1,8 @@
-//! The engine: everything that keeps workloads authenticated, with no GUI and no
-//! tauri imports. It builds and tests with `--no-default-features`.
+//! Tokenwarden's engine: everything that keeps workloads authenticated, with nothing
+//! of a GUI in its dependency tree: the failure classifier and retry policy, the
+//! per-workload state machine and its monitor task, the triggers (network change,
+//! wake), the token stores (keychain, file), the config file, discovery and login,
+//! and the local authenticating proxy the supervisor starts for each workload.
 
 pub mod classify;
 pub mod clock;
@@ -9,6 +12,7 @@ pub mod machine;
 pub mod monitor;
 pub mod oauth;
 pub mod policy;
+pub mod proxy;
 pub mod secret;
 pub mod status;
 pub mod store;

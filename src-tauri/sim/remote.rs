@@ -48,7 +48,7 @@
 //! // tokenwarden add w --url {remote.url()}
 //! ```
 
-use crate::sim_issuer::{huge_json_response, SimIssuer};
+use crate::issuer::{huge_json_response, SimIssuer};
 use axum::body::{Body, Bytes};
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};

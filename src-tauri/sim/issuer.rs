@@ -659,11 +659,7 @@ impl SimIssuer {
     /// A code + PKCE login done straight against this issuer's endpoints, without a
     /// loopback callback listener (benchmarks that need thousands of logins fast).
     /// `http` must not follow redirects (`reqwest::redirect::Policy::none()`).
-    pub async fn direct_login(
-        &self,
-        http: &reqwest::Client,
-    ) -> io::Result<crate::engine::store::StoredTokens> {
-        use crate::engine::Secret;
+    pub async fn direct_login(&self, http: &reqwest::Client) -> io::Result<DirectLogin> {
         let verifier = format!("{:064x}", rand::random::<u128>());
         let redirect = "http://127.0.0.1:9/cb";
         let url = format!(
@@ -704,17 +700,13 @@ impl SimIssuer {
         let field = |k: &str| {
             body[k]
                 .as_str()
-                .map(Secret::new)
+                .map(str::to_owned)
                 .ok_or_else(|| io::Error::other(format!("no {k} in the token response")))
         };
-        let lifetime = self.access_token_lifetime().as_secs().max(1);
-        let now = crate::engine::store::unix_secs(std::time::SystemTime::now());
-        Ok(crate::engine::store::StoredTokens {
+        Ok(DirectLogin {
             access_token: field("access_token")?,
-            refresh_token: Some(field("refresh_token")?),
-            expires_at: Some(now + lifetime),
-            lifetime: Some(lifetime),
-            obtained_at: now,
+            refresh_token: field("refresh_token")?,
+            lifetime: self.access_token_lifetime().max(Duration::from_secs(1)),
         })
     }
 
@@ -760,6 +752,14 @@ impl SimIssuer {
 }
 
 /// `BASE64URL-NOPAD(SHA256(verifier))`, the PKCE S256 code challenge.
+/// The tokens of a [`SimIssuer::direct_login`] (no `Debug`: they are live tokens).
+pub struct DirectLogin {
+    pub access_token: String,
+    pub refresh_token: String,
+    /// The access token's lifetime as issued.
+    pub lifetime: Duration,
+}
+
 pub fn pkce_s256_challenge(verifier: &str) -> String {
     base64url_nopad(&sha256(verifier.as_bytes()))
 }
