@@ -379,7 +379,7 @@ async fn measure_desktop_footprint() {
     if euid == 0 {
         println!(
             "\nNote: run as root, the app may page out the system's libraries (src-tauri/pageout.rs); \
-             as a normal user those pages stay resident (README, \"Desktop footprint\")."
+             as a normal user those pages stay resident (docs/footprint.md)."
         );
     }
     println!("\nprocesses, window open:  {}", parts_open.join(", "));

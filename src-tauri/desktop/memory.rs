@@ -1,5 +1,5 @@
-//! Keeping the desktop app small (measured by `scripts/measure-desktop.sh`; README,
-//! "Desktop footprint"). Most of the footprint is WebKitGTK and the GL driver it loads
+//! Keeping the desktop app small (measured by `scripts/measure-desktop.sh`;
+//! docs/footprint.md). Most of the footprint is WebKitGTK and the GL driver it loads
 //! (Mesa's, which maps libLLVM); the heap is a few MB. What helps, measured:
 //!
 //! * WebKit's DMA-BUF renderer draws the page with GL in the web process; without it
