@@ -5,6 +5,8 @@
 //!   (no GUI; builds with `--no-default-features`);
 //! * [`daemon`], [`control`], [`cli`]: the headless daemon, its local control socket,
 //!   and the command line;
+//! * [`protocol`]: the control protocol (requests, window commands, errors, hello) and
+//!   its local transport and client, shared with the window's program;
 //! * [`clients`]: MCP clients' config files (`connect`, `disconnect`, `import`);
 //! * [`stdio`]: `tokenwarden stdio NAME`, the MCP stdio bridge to a workload's local proxy;
 //! * [`sim_issuer`]: a loopback OAuth issuer for the demo and the tests;
@@ -23,6 +25,7 @@ pub mod engine;
 pub mod logging;
 pub mod pageout;
 pub mod paths;
+pub mod protocol;
 pub mod proxy;
 pub mod sim_issuer;
 pub mod sim_remote;
