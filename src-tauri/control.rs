@@ -267,7 +267,7 @@ async fn connection(
                             // The window lists everything again on `lagged`.
                             tracing::warn!(missed = n, "the window fell behind");
                             let ev = UiEvent {
-                                event: "lagged".into(),
+                                event: crate::protocol::UiEventKind::Lagged,
                                 payload: serde_json::Value::Null,
                             };
                             conn.send(&Reply::Ui(ev)).await?;

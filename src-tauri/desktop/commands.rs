@@ -8,7 +8,7 @@ use super::{lock, Backend, DemoState, LoginEvent, Shell};
 use crate::engine::config;
 use crate::engine::oauth;
 use crate::engine::EngineError;
-use crate::protocol::{AddForm, Error, ErrorCode, UiCommand, WindowAnswer};
+use crate::protocol::{AddForm, Error, ErrorCode, UiCommand, UiEventKind, WindowAnswer};
 use crate::sim_issuer::Mode;
 use serde::Serialize;
 use std::sync::Arc;
@@ -146,7 +146,7 @@ fn emit_login(shell: &Shell, name: &str, state: &'static str, message: String) {
             waiting.remove(name);
         }
     }
-    shell.emit("login", event);
+    shell.emit(UiEventKind::Login, event);
 }
 
 /// Start the sign-in of `name`: the real authorization-code flow in the browser for
@@ -273,7 +273,7 @@ async fn remove_workload(shell: &Shell, name: String) -> Result<(), Error> {
     })?;
     shell.forget(&name);
     super::refresh_tray(shell);
-    shell.emit("removed", &name);
+    shell.emit(UiEventKind::Removed, &name);
     Ok(())
 }
 
@@ -399,14 +399,14 @@ fn demo_control(shell: &Shell, action: String) -> Result<DemoState, Error> {
     let state = shell
         .demo_state()
         .ok_or_else(|| Error::new(ErrorCode::NotDemo, "demo controls work only in the demo"))?;
-    shell.emit("demo", &state);
+    shell.emit(UiEventKind::Demo, &state);
     Ok(state)
 }
 
 fn set_notifications(shell: &Shell, name: String, enabled: bool) -> Result<(), Error> {
     match shell.set_muted(&name, !enabled) {
         Ok(Some(row)) => {
-            shell.emit("row", row);
+            shell.emit(UiEventKind::Row, row);
             Ok(())
         }
         Ok(None) => Err(engine_err(EngineError::UnknownWorkload(name))),

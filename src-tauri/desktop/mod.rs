@@ -38,7 +38,7 @@ use crate::engine::status::WorkloadStatus;
 use crate::engine::store::SecretStore;
 use crate::engine::{Engine, EngineOptions, Status, StatusChange};
 use crate::paths::Paths;
-use crate::protocol::{Error, ErrorCode, Request, UiCommand, UiEvent, WindowAnswer};
+use crate::protocol::{Error, ErrorCode, Request, UiCommand, UiEvent, UiEventKind, WindowAnswer};
 use crate::sim_issuer::Mode;
 use notify::{Notifier, NotifyPolicy};
 use serde::Serialize;
@@ -49,7 +49,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
-pub use crate::protocol::FOCUS;
 /// The window's program, next to this one.
 pub const WINDOW_PROGRAM: &str = "tokenwarden-window";
 /// How many recent attempts the timeline of a workload keeps.
@@ -214,18 +213,17 @@ impl Shell {
     }
 
     /// Send the window an event (dropped when no window is open).
-    pub fn emit(&self, event: &str, payload: impl Serialize) {
+    pub fn emit(&self, event: UiEventKind, payload: impl Serialize) {
         if self.events.receiver_count() == 0 {
             return; // no window: not even encoded
         }
         match serde_json::to_value(payload) {
             Ok(payload) => {
-                let _ = self.events.send(UiEvent {
-                    event: event.to_string(),
-                    payload,
-                });
+                let _ = self.events.send(UiEvent { event, payload });
             }
-            Err(e) => tracing::warn!(event, error = %e, "cannot encode a window event"),
+            Err(e) => {
+                tracing::warn!(event = event.as_str(), error = %e, "cannot encode a window event")
+            }
         }
     }
 
@@ -457,7 +455,7 @@ pub fn show_window(shell: &Shell) -> WindowShown {
         .as_ref()
         .is_some_and(|w| !w.closing && !*w.done.borrow())
     {
-        shell.emit(FOCUS, ());
+        shell.emit(UiEventKind::Focus, ());
         return WindowShown::Focused;
     }
     let exe = match window_program() {
@@ -737,7 +735,7 @@ async fn forward(shell: Arc<Shell>) {
     let mut applied = config_edits.borrow().applied;
     if let Ok(list) = shell.engine().status().await {
         let rows = shell.replace_all(list);
-        shell.emit("status-all", &rows);
+        shell.emit(UiEventKind::StatusAll, &rows);
         refresh_tray(&shell);
     }
     loop {
@@ -751,13 +749,13 @@ async fn forward(shell: Arc<Shell>) {
         tokio::select! {
             Ok(()) = config_edits.changed() => {
                 let now = config_edits.borrow_and_update().clone();
-                shell.emit("config-error", now.error);
+                shell.emit(UiEventKind::ConfigError, now.error);
                 // The engine says nothing of workloads an edit removed: list them again.
                 if now.applied != applied {
                     applied = now.applied;
                     if let Ok(list) = shell.engine().status().await {
                         let rows = shell.replace_all(list);
-                        shell.emit("status-all", &rows);
+                        shell.emit(UiEventKind::StatusAll, &rows);
                         refresh_tray(&shell);
                     }
                 }
@@ -766,13 +764,13 @@ async fn forward(shell: Arc<Shell>) {
                 Ok(ch) => {
                     let (row, muted) = shell.apply(&ch);
                     lock(&shell.notifier).observe(&ch, muted, std::time::Instant::now());
-                    shell.emit("status", StatusEvent {
+                    shell.emit(UiEventKind::Status, StatusEvent {
                         row,
                         previous: ch.previous,
                         refreshed: ch.refreshed,
                     });
                     if let Some(d) = shell.demo_state() {
-                        shell.emit("demo", d);
+                        shell.emit(UiEventKind::Demo, d);
                     }
                     refresh_tray(&shell);
                 }
@@ -780,7 +778,7 @@ async fn forward(shell: Arc<Shell>) {
                     tracing::debug!(skipped = n, "status events lagged; reloading the list");
                     if let Ok(list) = shell.engine().status().await {
                         let rows = shell.replace_all(list);
-                        shell.emit("status-all", &rows);
+                        shell.emit(UiEventKind::StatusAll, &rows);
                         refresh_tray(&shell);
                     }
                 }
@@ -836,7 +834,7 @@ fn on_tray_click(shell: &Arc<Shell>, id: &str) {
                     if let Err(e) = commands::start_reauth(shell.clone(), name).await {
                         // A window opened just now may not listen yet: logged as well.
                         tracing::warn!(code = %e.code, error = %e.message, "re-authenticate from the tray failed");
-                        shell.emit("error", &e);
+                        shell.emit(UiEventKind::Error, &e);
                     }
                 });
             } else if let Some(name) = other.strip_prefix("retry:") {

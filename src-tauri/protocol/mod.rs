@@ -45,10 +45,6 @@ pub const MAX_LINE: usize = 64 * 1024;
 /// the user to restart it.
 pub const EXIT_VERSION_MISMATCH: u8 = 3;
 
-/// The window event that brings the window to the front (the window's program does not
-/// pass it to the page).
-pub const FOCUS: &str = "tokenwarden:focus";
-
 /// A request to the running Tokenwarden.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
@@ -226,8 +222,53 @@ pub struct AddForm {
 /// An event for the window: `event` is the name the page listens for.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct UiEvent {
-    pub event: String,
+    pub event: UiEventKind,
     pub payload: serde_json::Value,
+}
+
+/// The window's events, by the names the page listens for.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum UiEventKind {
+    /// A workload's status changed: its row, the previous status, whether it refreshed.
+    Status,
+    /// Every row again (at start, after a config edit, after lagging).
+    StatusAll,
+    /// One row changed (a setting of the window).
+    Row,
+    /// A workload was removed: its name.
+    Removed,
+    /// The demo's state.
+    Demo,
+    /// A sign-in's progress: `{name, state, message}`.
+    Login,
+    /// An error of an action started outside the page (the tray): an [`Error`].
+    Error,
+    /// Why the last hand edit of workloads.toml cannot be used (or null).
+    ConfigError,
+    /// Events were missed: list everything again.
+    Lagged,
+    /// Come to the front (the window's program does not pass it to the page).
+    #[serde(rename = "tokenwarden:focus")]
+    Focus,
+}
+
+impl UiEventKind {
+    /// The name the page listens for.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UiEventKind::Status => "status",
+            UiEventKind::StatusAll => "status-all",
+            UiEventKind::Row => "row",
+            UiEventKind::Removed => "removed",
+            UiEventKind::Demo => "demo",
+            UiEventKind::Login => "login",
+            UiEventKind::Error => "error",
+            UiEventKind::ConfigError => "config-error",
+            UiEventKind::Lagged => "lagged",
+            UiEventKind::Focus => "tokenwarden:focus",
+        }
+    }
 }
 
 /// One line from the server.
@@ -391,8 +432,8 @@ pub fn version_mismatch(client: &str, theirs: Option<u32>, server: &str, ours: u
         ErrorCode::VersionMismatch,
         format!(
             "protocol version mismatch: {client} speaks control protocol {theirs}, \
-             {server} speaks version {ours}; one of them was updated since it started: \
-             quit the running Tokenwarden and start it again"
+             {server} speaks version {ours}; both must be of one version (after an \
+             update, quit the running Tokenwarden and start it again)"
         ),
     )
 }
@@ -502,7 +543,7 @@ mod tests {
             Reply::Error(Error::new(ErrorCode::NoWindow, "no window")),
             Reply::Event(json!({"workload": {"name": "a"}})),
             Reply::Ui(UiEvent {
-                event: "status".into(),
+                event: UiEventKind::Status,
                 payload: json!({"row": 1}),
             }),
         ];
@@ -576,6 +617,29 @@ mod tests {
             serde_json::to_value(Error::field("url", "m")).unwrap(),
             json!({"code": "invalid", "message": "m", "field": "url"})
         );
+    }
+
+    #[test]
+    fn every_event_is_written_as_its_name() {
+        use UiEventKind::*;
+        for e in [
+            Status,
+            StatusAll,
+            Row,
+            Removed,
+            Demo,
+            Login,
+            Error,
+            ConfigError,
+            Lagged,
+            Focus,
+        ] {
+            assert_eq!(serde_json::to_value(e).unwrap(), json!(e.as_str()));
+            assert_eq!(
+                serde_json::from_value::<UiEventKind>(json!(e.as_str())).unwrap(),
+                e
+            );
+        }
     }
 
     #[test]

@@ -18,7 +18,7 @@ use serde_json::Value;
 use std::path::PathBuf;
 use tauri::{AppHandle, Emitter, Manager, WebviewUrl, WebviewWindowBuilder};
 use tokenwarden::protocol::{
-    Client, Error, ErrorCode, Request, UiCommand, EXIT_VERSION_MISMATCH, FOCUS,
+    Client, Error, ErrorCode, Request, UiCommand, UiEventKind, EXIT_VERSION_MISMATCH,
 };
 
 /// Label of the one window.
@@ -229,9 +229,9 @@ fn focus(app: &AppHandle) {
 async fn pump(mut events: Client, app: AppHandle) {
     loop {
         match events.next_ui_event().await {
-            Ok(ev) if ev.event == FOCUS => focus(&app),
+            Ok(ev) if ev.event == UiEventKind::Focus => focus(&app),
             Ok(ev) => {
-                let _ = app.emit(&ev.event, ev.payload);
+                let _ = app.emit(ev.event.as_str(), ev.payload);
             }
             Err(e) => {
                 tracing::info!(error = %e, "the app closed the window's connection");
@@ -244,7 +244,30 @@ async fn pump(mut events: Client, app: AppHandle) {
 
 #[cfg(test)]
 mod tests {
-    use tokenwarden::protocol::UiCommand;
+    use tokenwarden::protocol::{UiCommand, UiEventKind};
+
+    /// The page listens for every event the app sends it (all but `Focus`, which this
+    /// program handles), by the same name.
+    #[test]
+    fn the_page_listens_for_every_event() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let page = std::fs::read_to_string(root.join("ui/app.js")).unwrap();
+        use UiEventKind::*;
+        for e in [
+            Status,
+            StatusAll,
+            Row,
+            Removed,
+            Demo,
+            Login,
+            Error,
+            ConfigError,
+            Lagged,
+        ] {
+            let listen = format!("listen(\"{}\"", e.as_str());
+            assert!(page.contains(&listen), "the page does not {listen}");
+        }
+    }
 
     /// `build.rs` gives each command an `allow-<name>` permission, and the capability
     /// grants exactly those to the window: both list [`UiCommand::NAMES`] (the app's
