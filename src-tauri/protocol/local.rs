@@ -37,15 +37,6 @@ pub fn pipe_name(config_dir: &Path) -> String {
     format!(r"\\.\pipe\tokenwarden-control-{h:016x}")
 }
 
-/// Where `config_dir`'s Tokenwarden listens, for messages.
-pub fn endpoint(config_dir: &Path) -> String {
-    if cfg!(windows) {
-        pipe_name(config_dir)
-    } else {
-        socket_path(config_dir).display().to_string()
-    }
-}
-
 type Reader = Box<dyn AsyncRead + Send + Unpin>;
 type Writer = Box<dyn AsyncWrite + Send + Unpin>;
 
