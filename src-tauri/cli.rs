@@ -3,7 +3,7 @@
 //! socket, or works directly on the config and the secret store when none runs.
 
 use crate::clients::ClientKind;
-use crate::control::{Client, RemoteError, Request};
+use crate::control::{Client, Request};
 use crate::daemon::{load_config, make_store};
 use crate::engine::config::{self, Config, WorkloadConfig};
 use crate::engine::discovery::{self, DiscoveryError, DiscoveryOptions};
@@ -12,6 +12,7 @@ use crate::engine::status::WorkloadStatus;
 use crate::engine::store::Login;
 use crate::engine::Secret;
 use crate::paths::Paths;
+use crate::protocol::{self, ErrorCode};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -764,11 +765,8 @@ async fn require_daemon(paths: &Paths) -> anyhow::Result<Client> {
     })
 }
 
-pub(crate) fn remote(e: anyhow::Error) -> anyhow::Error {
-    match e.downcast::<RemoteError>() {
-        Ok(r) => anyhow::anyhow!(r.message),
-        Err(e) => e,
-    }
+pub(crate) fn remote(e: protocol::Error) -> anyhow::Error {
+    e.into()
 }
 
 async fn status(paths: &Paths, names: &[String], json: bool) -> anyhow::Result<()> {
@@ -1056,7 +1054,7 @@ fn print_status_line(s: &WorkloadStatus) {
 
 async fn watch(paths: &Paths, json: bool) -> anyhow::Result<()> {
     let c = require_daemon(paths).await?;
-    c.watch(|ev| {
+    c.watch(|ev: crate::engine::StatusChange| {
         if json {
             if let Ok(s) = serde_json::to_string(&ev) {
                 println!("{s}");
@@ -1219,11 +1217,11 @@ fn exit_with(code: u8, message: String) -> anyhow::Error {
 }
 
 /// The exit code of a refused `token` request, by the engine's error code.
-fn token_exit_code(code: &str) -> u8 {
+fn token_exit_code(code: ErrorCode) -> u8 {
     match code {
-        "unauthenticated" => 4,
-        "unavailable" => 3,
-        "stopped" => 5,
+        ErrorCode::Unauthenticated => 4,
+        ErrorCode::Unavailable => 3,
+        ErrorCode::Stopped => 5,
         _ => 1,
     }
 }
@@ -1253,15 +1251,12 @@ async fn token(paths: &Paths, name: &str, json: bool) -> anyhow::Result<()> {
                 name: name.to_string(),
             })
             .await
-            .map_err(|e| match e.downcast::<RemoteError>() {
-                Ok(r) => match token_exit_code(&r.code) {
-                    4 => exit_with(
-                        4,
-                        format!("{}; sign in with `tokenwarden login {name}`", r.message),
-                    ),
-                    code => exit_with(code, r.message),
-                },
-                Err(e) => e,
+            .map_err(|r| match token_exit_code(r.code) {
+                4 => exit_with(
+                    4,
+                    format!("{}; sign in with `tokenwarden login {name}`", r.message),
+                ),
+                code => exit_with(code, r.message),
             })?;
         let t = v
             .get("access_token")

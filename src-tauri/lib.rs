@@ -6,6 +6,8 @@
 //!   (no GUI in its dependency tree);
 //! * [`daemon`], [`control`], [`cli`]: the headless daemon, its local control socket,
 //!   and the command line;
+//! * [`protocol`]: the control protocol (requests, window commands, errors, hello) and
+//!   its local transport and client, shared with the window's program;
 //! * [`clients`]: MCP clients' config files (`connect`, `disconnect`, `import`);
 //! * [`stdio`]: `tokenwarden stdio NAME`, the MCP stdio bridge to a workload's local proxy;
 //! * [`demo`]: the built-in demo, against the `tokenwarden-sim` crate's loopback
@@ -24,4 +26,6 @@ pub use tokenwarden_engine as engine;
 pub mod logging;
 pub mod pageout;
 pub mod paths;
+/// The control protocol crate (`tokenwarden-protocol`, `src-tauri/protocol/`).
+pub use tokenwarden_protocol as protocol;
 pub mod stdio;

@@ -41,12 +41,19 @@ impl Paths {
             config_file: config_dir.join(crate::engine::config::FILE_NAME),
             state_file: config_dir.join("state.json"),
             lock_file: config_dir.join("daemon.lock"),
-            socket: run_dir.join("control.sock"),
+            socket: crate::protocol::local::socket_path(&config_dir),
             run_dir,
             secrets_dir: config_dir.join("secrets"),
             log_dir: default_log_dir().unwrap_or_else(|| config_dir.join("logs")),
             config_dir,
         })
+    }
+}
+
+/// A `Paths` stands for its config dir where one is asked for (`Client::connect`).
+impl AsRef<std::path::Path> for Paths {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.config_dir
     }
 }
 

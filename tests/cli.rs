@@ -9,6 +9,7 @@ use support::*;
 use tokenwarden::control::Request;
 use tokenwarden::engine::store::{config_dir_key, FileBackend, SecretStore};
 use tokenwarden::engine::Status;
+use tokenwarden::protocol::{ErrorCode, UiCommand};
 
 async fn env_with(test: &str, issuer: &SimIssuer, names: &[&str]) -> TestEnv {
     let env = TestEnv::new(test);
@@ -181,7 +182,7 @@ async fn fifty_concurrent_retry_and_token_calls_make_one_refresh_at_a_time() {
 async fn next_refresh(env: &TestEnv) {
     let c = env.client().await;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let watcher = tokio::spawn(c.watch(move |ev| {
+    let watcher = tokio::spawn(c.watch(move |ev: tokenwarden::engine::StatusChange| {
         if ev.refreshed {
             let _ = tx.send(());
         }
@@ -263,15 +264,10 @@ async fn one_daemon_per_config_dir() {
     let err = env
         .client()
         .await
-        .call(&Request::Ui {
-            name: "list_status".into(),
-            args: serde_json::json!({}),
-        })
+        .call(&Request::Ui(UiCommand::ListStatus {}))
         .await
-        .unwrap_err()
-        .downcast::<tokenwarden::control::RemoteError>()
-        .unwrap();
-    assert_eq!(err.code, "no_window", "{err:?}");
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::NoWindow, "{err:?}");
     #[cfg(feature = "desktop")]
     {
         let window = env.run_of(support::window_bin(), &[]);
@@ -280,6 +276,90 @@ async fn one_daemon_per_config_dir() {
         let why = "this is `tokenwarden daemon`, which has no window";
         assert!(window.stderr.contains(why), "{}", window.stderr);
     }
+}
+
+/// The control socket speaks one protocol version: the real daemon refuses a client of
+/// another version (or of none: from before the hello) with both versions named, and
+/// the CLI and the window's program refuse a Tokenwarden of another version the same
+/// way (the window with the exit status the app turns into "restart Tokenwarden").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_protocol_version_is_refused_naming_both() {
+    use tokenwarden::protocol::{local, PROTOCOL_VERSION};
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let issuer = issuer(issuer_opts(30)).await;
+    let env = env_with("protocol_version", &issuer, &["w"]).await;
+    let pid = env.start_daemon().await;
+    let paths = env.paths();
+    let first_answer = |line: String| {
+        let socket = paths.socket.clone();
+        async move {
+            let s = tokio::net::UnixStream::connect(&socket).await.unwrap();
+            let (r, mut w) = s.into_split();
+            w.write_all(line.as_bytes()).await.unwrap();
+            let mut r = tokio::io::BufReader::new(r);
+            let mut got = String::new();
+            r.read_line(&mut got).await.unwrap();
+            let mut more = String::new();
+            let closed = r.read_line(&mut more).await.unwrap() == 0;
+            assert!(closed, "the connection stays open after a refusal: {more}");
+            serde_json::from_str::<serde_json::Value>(&got).unwrap()
+        }
+    };
+    let newer = PROTOCOL_VERSION + 1;
+    let got = first_answer(format!(
+        "{{\"cmd\":\"hello\",\"version\":{newer},\"client\":\"tokenwarden-window\"}}\n{{\"cmd\":\"status\"}}\n"
+    ))
+    .await;
+    assert_eq!(got["error"]["code"], "version_mismatch", "{got}");
+    let message = got["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!(
+            "tokenwarden-window speaks control protocol version {newer}"
+        )) && message.contains(&format!("(pid {pid}) speaks version {PROTOCOL_VERSION}")),
+        "{message}"
+    );
+    // A client from before the hello: its request is not served.
+    let got = first_answer("{\"cmd\":\"token\",\"name\":\"w\"}\n".into()).await;
+    assert_eq!(got["error"]["code"], "version_mismatch", "{got}");
+    assert!(got.get("ok").is_none(), "{got}");
+    // This version's client is served.
+    assert!(env.client().await.call(&Request::Ping).await.is_ok());
+    env.stop_daemons();
+
+    // A Tokenwarden of another version (the protocol's own server side, answering its
+    // hello as version PROTOCOL_VERSION + 1) on the config dir's socket.
+    let mut listener = local::Listener::bind(&paths.config_dir).unwrap();
+    let server = tokio::spawn(async move {
+        while let Ok(local::Accepted::Client(mut c, _)) = listener.accept().await {
+            let _ = c.handshake(newer, "tokenwarden 9.9.9 (pid 1)").await;
+        }
+    });
+    let status = env.run(&["status"]);
+    assert_eq!(status.code, Some(1), "{status:?}");
+    for want in [
+        format!("speaks control protocol version {PROTOCOL_VERSION}"),
+        format!("tokenwarden 9.9.9 (pid 1) speaks version {newer}"),
+    ] {
+        assert!(status.stderr.contains(&want), "{want:?}: {}", status.stderr);
+    }
+    #[cfg(feature = "desktop")]
+    {
+        let window = env.run_of(support::window_bin(), &[]);
+        assert_eq!(
+            window.code,
+            Some(tokenwarden::protocol::EXIT_VERSION_MISMATCH.into()),
+            "{window:?}"
+        );
+        assert!(
+            window.stderr.contains(&format!("speaks version {newer}"))
+                && window
+                    .stderr
+                    .contains(&format!("version {PROTOCOL_VERSION}")),
+            "{}",
+            window.stderr
+        );
+    }
+    server.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

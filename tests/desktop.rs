@@ -13,7 +13,6 @@
 //! Screenshots of the window in its states land in `artifacts/screenshots/`.
 #![cfg(feature = "desktop")]
 
-use crate::support;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -1668,46 +1667,9 @@ async fn real_workload_login_retry_now_and_single_instance() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    // A window program replaced since the app started (a package upgrade) is not
-    // started against it: the user is told to restart. Its mtime is moved, then put back
-    // (utimensat: opening a program for writing would make running it fail meanwhile).
-    let window_bin = support::window_bin();
-    let set_mtime = |t: std::time::SystemTime| {
-        let d = t.duration_since(std::time::UNIX_EPOCH).unwrap();
-        let times = [
-            libc::timespec {
-                tv_sec: 0,
-                tv_nsec: libc::UTIME_OMIT,
-            },
-            libc::timespec {
-                tv_sec: d.as_secs() as libc::time_t,
-                tv_nsec: d.subsec_nanos() as libc::c_long,
-            },
-        ];
-        let path = std::ffi::CString::new(window_bin).unwrap();
-        // SAFETY: a NUL-terminated path and two timespecs, as utimensat(2) takes.
-        let rc = unsafe { libc::utimensat(libc::AT_FDCWD, path.as_ptr(), times.as_ptr(), 0) };
-        assert_eq!(rc, 0, "utimensat {window_bin}");
-    };
-    let was = std::fs::metadata(window_bin).unwrap().modified().unwrap();
-    set_mtime(was + Duration::from_secs(1));
-    tray(pid, &["click", "Open Tokenwarden"]);
-    let n = recorder
-        .wait_for("cannot open its window", Duration::from_secs(10))
-        .await;
-    set_mtime(was);
-    assert!(
-        n["body"]
-            .as_str()
-            .unwrap()
-            .contains("was updated since it started"),
-        "{n}"
-    );
-    assert_eq!(
-        window_process(pid),
-        None,
-        "no window from the replaced program"
-    );
+    // (A window program of another protocol version refuses the app at the hello and
+    // exits with EXIT_VERSION_MISMATCH: tests/cli.rs,
+    // `another_protocol_version_is_refused_naming_both`.)
     tray(pid, &["click", "Open Tokenwarden"]);
     wait_window_count(
         &xwindows,

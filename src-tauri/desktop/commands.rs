@@ -1,14 +1,15 @@
-//! The commands the window calls (each granted by `capabilities/default.json`, listed
-//! in `build.rs`), run here in the app that owns the engine: the window process
-//! forwards each over the control socket ([`dispatch`]; see `src-tauri/window/`). Every error
-//! reaches the UI as `{code, message}` (plus `field` for a form error) and is shown
-//! there.
+//! The commands the window calls ([`UiCommand`]: each granted by
+//! `capabilities/default.json`, listed in `build.rs`), run here in the app that owns the
+//! engine: the window process forwards each over the control socket ([`dispatch`]; see
+//! `src-tauri/window/`). Every error reaches the UI as the protocol's [`Error`], `{code,
+//! message}` (plus `field` for a form error), and is shown there.
 
 use super::{lock, Backend, DemoState, LoginEvent, Shell};
 use crate::engine::config;
 use crate::engine::oauth;
 use crate::engine::EngineError;
-use serde::{Deserialize, Serialize};
+use crate::protocol::{AddForm, Error, ErrorCode, UiCommand, UiEventKind, WindowAnswer};
+use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
 use tokenwarden_sim::issuer::Mode;
@@ -16,46 +17,16 @@ use tokenwarden_sim::issuer::Mode;
 /// How long a sign-in waits for the browser.
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(300);
 
-#[derive(Clone, Debug, Serialize)]
-pub struct CmdError {
-    pub code: String,
-    pub message: String,
-    /// The form field the error is about.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub field: Option<String>,
+fn engine_err(e: EngineError) -> Error {
+    crate::control::engine_error(e)
 }
 
-impl CmdError {
-    pub fn new(code: &str, message: impl Into<String>) -> Self {
-        CmdError {
-            code: code.into(),
-            message: message.into(),
-            field: None,
-        }
-    }
-    fn field(field: &'static str, message: impl Into<String>) -> Self {
-        CmdError {
-            code: "invalid".into(),
-            message: message.into(),
-            field: Some(field.into()),
-        }
-    }
+fn config_err(e: config::ConfigError) -> Error {
+    Error::new(ErrorCode::Config, e.to_string())
 }
 
-impl From<EngineError> for CmdError {
-    fn from(e: EngineError) -> Self {
-        CmdError::new(e.code(), e.to_string())
-    }
-}
-
-impl From<config::ConfigError> for CmdError {
-    fn from(e: config::ConfigError) -> Self {
-        CmdError::new("config", e.to_string())
-    }
-}
-
-fn anyhow_err(code: &str, e: anyhow::Error) -> CmdError {
-    CmdError::new(code, format!("{e:#}"))
+fn anyhow_err(code: ErrorCode, e: anyhow::Error) -> Error {
+    Error::new(code, format!("{e:#}"))
 }
 
 #[derive(Serialize)]
@@ -93,96 +64,70 @@ fn app_info(shell: &Shell) -> AppInfo {
 }
 
 /// "Start Tokenwarden when I log in": returns the state afterwards.
-fn set_autostart(shell: &Shell, enabled: bool) -> Result<bool, CmdError> {
+fn set_autostart(shell: &Shell, enabled: bool) -> Result<bool, Error> {
     if shell.demo().is_some() {
-        return Err(CmdError::new(
-            "demo",
+        return Err(Error::new(
+            ErrorCode::Demo,
             "The demo does not start at login: switch it on in Tokenwarden's own window.",
         ));
     }
-    super::autostart::set(&shell.paths, enabled).map_err(|m| CmdError::new("autostart", m))
+    super::autostart::set(&shell.paths, enabled).map_err(|m| Error::new(ErrorCode::Autostart, m))
 }
 
-/// Run the window's command `name` with its arguments (as the page passed them, the
-/// window process forwarding them unchanged): the one entry point of the window.
-pub async fn dispatch(
-    shell: Arc<Shell>,
-    name: &str,
-    args: serde_json::Value,
-) -> Result<serde_json::Value, CmdError> {
-    fn arg<T: serde::de::DeserializeOwned>(
-        args: &serde_json::Value,
-        key: &str,
-    ) -> Result<T, CmdError> {
-        let v = args.get(key).cloned().unwrap_or(serde_json::Value::Null);
-        serde_json::from_value(v)
-            .map_err(|e| CmdError::new("bad_request", format!("argument `{key}`: {e}")))
+/// Run one of the window's commands (as the page invoked it, the window process
+/// forwarding it): the one entry point of the window.
+pub async fn dispatch(shell: Arc<Shell>, cmd: UiCommand) -> Result<serde_json::Value, Error> {
+    fn json(v: impl Serialize) -> Result<serde_json::Value, Error> {
+        serde_json::to_value(v).map_err(|e| Error::new(ErrorCode::Internal, e.to_string()))
     }
-    fn json(v: impl Serialize) -> Result<serde_json::Value, CmdError> {
-        serde_json::to_value(v).map_err(|e| CmdError::new("internal", e.to_string()))
-    }
-    match name {
-        "app_info" => json(app_info(&shell)),
+    match cmd {
+        UiCommand::AppInfo {} => json(app_info(&shell)),
         // The view the event forwarder keeps, in event order: a fresh engine snapshot
         // could be older than an event applied while it travelled.
-        "list_status" => json(shell.rows()),
+        UiCommand::ListStatus {} => json(shell.rows()),
         // "Retry now" for one workload, or all (`name` null).
-        "retry" => json(
+        UiCommand::Retry { name } => json(
             shell
                 .engine()
-                .retry(arg::<Option<String>>(&args, "name")?.as_deref())
-                .await?,
+                .retry(name.as_deref())
+                .await
+                .map_err(engine_err)?,
         ),
-        "reauthenticate" => json(start_reauth(shell, arg(&args, "name")?).await?),
-        "remove_workload" => json(remove_workload(&shell, arg(&args, "name")?).await?),
-        "add_workload" => json(add_workload(shell, arg(&args, "form")?).await?),
-        "demo_control" => json(demo_control(&shell, arg(&args, "action")?)?),
-        "set_notifications" => json(set_notifications(
-            &shell,
-            arg(&args, "name")?,
-            arg(&args, "enabled")?,
-        )?),
-        "set_autostart" => json(set_autostart(&shell, arg(&args, "enabled")?)?),
+        UiCommand::Reauthenticate { name } => json(start_reauth(shell, name).await?),
+        UiCommand::RemoveWorkload { name } => json(remove_workload(&shell, name).await?),
+        UiCommand::AddWorkload { form } => json(add_workload(shell, form).await?),
+        UiCommand::DemoControl { action } => json(demo_control(&shell, action)?),
+        UiCommand::SetNotifications { name, enabled } => {
+            json(set_notifications(&shell, name, enabled)?)
+        }
+        UiCommand::SetAutostart { enabled } => json(set_autostart(&shell, enabled)?),
         // "Try the demo" (the user's app only).
-        "start_demo" => json(start_demo(&shell).await?),
+        UiCommand::StartDemo {} => json(start_demo(&shell).await?),
         // "Connect to…" on a card: the clients, and connecting / disconnecting one.
-        "client_connections" => json(client_connections(shell, arg(&args, "name")?).await?),
-        "connect_client" => json(
-            connect_client(
-                shell,
-                arg(&args, "name")?,
-                arg(&args, "client")?,
-                arg(&args, "connect")?,
-            )
-            .await?,
-        ),
-        // Not commands the page may invoke. From a second launch of the app:
-        "show_window" => {
-            if shell.quitting.load(std::sync::atomic::Ordering::Acquire) {
-                return Err(CmdError::new("quitting", "Tokenwarden is quitting"));
-            }
-            if arg::<Option<bool>>(&args, "hidden")?.unwrap_or(false) {
-                return Ok(serde_json::json!({ "window": "hidden" }));
-            }
-            tracing::info!("another launch asked for the window");
-            Ok(match super::show_window(&shell) {
-                super::WindowShown::Focused => serde_json::json!({ "window": "focused" }),
-                super::WindowShown::Opened => serde_json::json!({ "window": "opened" }),
-                super::WindowShown::Unavailable(why) => {
-                    serde_json::json!({ "window": "unavailable", "message": why })
-                }
-            })
-        }
-        // From the window's process itself:
-        "window_closing" => {
-            super::window_closing(&shell, arg(&args, "pid")?);
-            Ok(serde_json::Value::Null)
-        }
-        other => Err(CmdError::new(
-            "bad_request",
-            format!("no window command `{}`", other.escape_debug()),
-        )),
+        UiCommand::ClientConnections { name } => json(client_connections(shell, name).await?),
+        UiCommand::ConnectClient {
+            name,
+            client,
+            connect,
+        } => json(connect_client(shell, name, client, connect).await?),
     }
+}
+
+/// A second launch of the app asks for the window (`hidden`: it was started for the
+/// tray only, and asks for nothing).
+pub fn show_window(shell: &Shell, hidden: bool) -> Result<WindowAnswer, Error> {
+    if shell.quitting.load(std::sync::atomic::Ordering::Acquire) {
+        return Err(Error::new(ErrorCode::Quitting, "Tokenwarden is quitting"));
+    }
+    if hidden {
+        return Ok(WindowAnswer::Hidden);
+    }
+    tracing::info!("another launch asked for the window");
+    Ok(match super::show_window(shell) {
+        super::WindowShown::Focused => WindowAnswer::Focused,
+        super::WindowShown::Opened => WindowAnswer::Opened,
+        super::WindowShown::Unavailable(message) => WindowAnswer::Unavailable { message },
+    })
 }
 
 fn emit_login(shell: &Shell, name: &str, state: &'static str, message: String) {
@@ -201,7 +146,7 @@ fn emit_login(shell: &Shell, name: &str, state: &'static str, message: String) {
             waiting.remove(name);
         }
     }
-    shell.emit("login", event);
+    shell.emit(UiEventKind::Login, event);
 }
 
 /// Start the sign-in of `name`: the real authorization-code flow in the browser for
@@ -210,7 +155,7 @@ fn emit_login(shell: &Shell, name: &str, state: &'static str, message: String) {
 /// still waiting is cancelled first (its listener closed before the new one binds,
 /// so a registered client's fixed `redirect_port` is free). When no browser can be
 /// started the sign-in keeps waiting and the `login` event gives the address to open.
-pub async fn start_reauth(shell: Arc<Shell>, name: String) -> Result<(), CmdError> {
+pub async fn start_reauth(shell: Arc<Shell>, name: String) -> Result<(), Error> {
     match &shell.backend {
         Backend::Demo(demo) => {
             emit_login(&shell, &name, "waiting", format!("Signing in to {name}…"));
@@ -225,29 +170,29 @@ pub async fn start_reauth(shell: Arc<Shell>, name: String) -> Result<(), CmdErro
                     Ok(())
                 }
                 Err(e) => {
-                    let err = anyhow_err("login", e);
+                    let err = anyhow_err(ErrorCode::Login, e);
                     emit_login(&shell, &name, "failed", err.message.clone());
                     Err(err)
                 }
             }
         }
         Backend::Real { store, .. } => {
-            let cfg =
-                crate::daemon::load_config(&shell.paths).map_err(|e| anyhow_err("config", e))?;
+            let cfg = crate::daemon::load_config(&shell.paths)
+                .map_err(|e| anyhow_err(ErrorCode::Config, e))?;
             let w = cfg
                 .workload(&name)
                 .cloned()
-                .ok_or_else(|| EngineError::UnknownWorkload(name.clone()))?;
+                .ok_or_else(|| engine_err(EngineError::UnknownWorkload(name.clone())))?;
             let http = oauth::http_client(&cfg.policy, w.ca_file.as_deref())
-                .map_err(|m| CmdError::new("config", m))?;
+                .map_err(|m| Error::new(ErrorCode::Config, m))?;
             let secret = crate::cli::client_secret(store, &w)
                 .await
-                .map_err(|e| anyhow_err("store", e))?;
+                .map_err(|e| anyhow_err(ErrorCode::Store, e))?;
             let pending = shell
                 .logins
                 .prepare(&w)
                 .await
-                .map_err(|e| CmdError::new("login", e.to_string()))?
+                .map_err(|e| Error::new(ErrorCode::Login, e.to_string()))?
                 .with_client_secret(secret);
             let url = pending.authorize_url.to_string();
             let message = match crate::cli::open_browser(&url) {
@@ -299,60 +244,46 @@ pub async fn start_reauth(shell: Arc<Shell>, name: String) -> Result<(), CmdErro
     }
 }
 
-async fn remove_workload(shell: &Shell, name: String) -> Result<(), CmdError> {
+async fn remove_workload(shell: &Shell, name: String) -> Result<(), Error> {
     let Backend::Real { store, .. } = &shell.backend else {
-        return Err(CmdError::new(
-            "demo",
+        return Err(Error::new(
+            ErrorCode::Demo,
             "The demo's workloads cannot be removed: they go when you quit the demo.",
         ));
     };
-    config::remove_workload(&shell.paths.config_file, &name)?;
-    let cfg = crate::daemon::load_config(&shell.paths).map_err(|e| anyhow_err("config", e))?;
-    shell.engine().reload(Some(cfg), vec![]).await?;
+    config::remove_workload(&shell.paths.config_file, &name).map_err(config_err)?;
+    let cfg =
+        crate::daemon::load_config(&shell.paths).map_err(|e| anyhow_err(ErrorCode::Config, e))?;
+    shell
+        .engine()
+        .reload(Some(cfg), vec![])
+        .await
+        .map_err(engine_err)?;
     store.delete_tokens(&name).await.map_err(|e| {
-        CmdError::new(
-            "store",
+        Error::new(
+            ErrorCode::Store,
             format!("removed, but deleting its tokens failed: {e}"),
         )
     })?;
     store.delete_client_secret(&name).await.map_err(|e| {
-        CmdError::new(
-            "store",
+        Error::new(
+            ErrorCode::Store,
             format!("removed, but deleting its registered client's secret failed: {e}"),
         )
     })?;
     shell.forget(&name);
     super::refresh_tray(shell);
-    shell.emit("removed", &name);
+    shell.emit(UiEventKind::Removed, &name);
     Ok(())
 }
 
-/// The add form, as typed.
-#[derive(Debug, Deserialize)]
-pub struct AddForm {
-    name: String,
-    /// The remote (an MCP server's URL): the rest is discovered and a client
-    /// registered when the endpoints and client id are left empty.
-    #[serde(default)]
-    url: String,
-    #[serde(default)]
-    token_endpoint: String,
-    #[serde(default)]
-    authorization_endpoint: String,
-    #[serde(default)]
-    client_id: String,
-    /// Scopes separated by spaces or commas.
-    #[serde(default)]
-    scopes: String,
-}
-
-fn validate(form: &AddForm) -> Result<crate::cli::AddArgs, CmdError> {
+fn validate(form: &AddForm) -> Result<crate::cli::AddArgs, Error> {
     let name = form.name.trim();
-    config::validate_name(name).map_err(|m| CmdError::field("name", m))?;
+    config::validate_name(name).map_err(|m| Error::field("name", m))?;
     let opt = |v: &str| Some(v.trim().to_string()).filter(|v| !v.is_empty());
     let url = opt(&form.url);
     if let Some(u) = &url {
-        config::check_endpoint("url", u, false).map_err(|m| CmdError::field("url", m))?;
+        config::check_endpoint("url", u, false).map_err(|m| Error::field("url", m))?;
     }
     let token_endpoint = opt(&form.token_endpoint);
     let authorization_endpoint = opt(&form.authorization_endpoint);
@@ -362,25 +293,25 @@ fn validate(form: &AddForm) -> Result<crate::cli::AddArgs, CmdError> {
         ("authorization_endpoint", &authorization_endpoint),
     ] {
         if let Some(v) = v {
-            config::check_endpoint(field, v, false).map_err(|m| CmdError::field(field, m))?;
+            config::check_endpoint(field, v, false).map_err(|m| Error::field(field, m))?;
         }
     }
     if url.is_none() {
         // Without a URL nothing can be discovered: everything must be given.
         if token_endpoint.is_none() {
-            return Err(CmdError::field(
+            return Err(Error::field(
                 "token_endpoint",
                 "give the remote's URL (the rest is discovered), or the token endpoint",
             ));
         }
         if authorization_endpoint.is_none() {
-            return Err(CmdError::field(
+            return Err(Error::field(
                 "authorization_endpoint",
                 "an authorization endpoint is needed to sign in (or give the remote's URL)",
             ));
         }
         if client_id.is_none() {
-            return Err(CmdError::field(
+            return Err(Error::field(
                 "client_id",
                 "a client id is needed (or give the remote's URL: a client is then registered)",
             ));
@@ -404,10 +335,9 @@ fn validate(form: &AddForm) -> Result<crate::cli::AddArgs, CmdError> {
 }
 
 /// Add a workload to workloads.toml, start monitoring it, and start its sign-in.
-async fn add_workload(shell: Arc<Shell>, form: AddForm) -> Result<(), CmdError> {
+async fn add_workload(shell: Arc<Shell>, form: AddForm) -> Result<(), Error> {
     if shell.demo().is_some() {
-        return Err(CmdError::new(
-            "demo",
+        return Err(Error::new(ErrorCode::Demo,
             "This is the demo: add your own servers in Tokenwarden's own window (`tokenwarden`), which the demo never touches.",
         ));
     }
@@ -421,18 +351,29 @@ async fn add_workload(shell: Arc<Shell>, form: AddForm) -> Result<(), CmdError> 
     let cfg = crate::cli::add_workload(&shell.paths, args, &say)
         .await
         .map_err(|e| match e.downcast::<config::ConfigError>() {
-            Ok(c) if c.message.contains("already exists") => CmdError::field("name", c.message),
-            Ok(c) => CmdError::from(c),
-            Err(e) => anyhow_err("add", e),
+            // Refused as the name is taken (a fact of workloads.toml, not of the
+            // message's words): the form's `name` field.
+            Ok(c) if name_taken(&shell.paths, &name) => Error::field("name", c.message),
+            Ok(c) => config_err(c),
+            Err(e) => anyhow_err(ErrorCode::Add, e),
         })?;
-    shell.engine().reload(Some(cfg), vec![]).await?;
+    shell
+        .engine()
+        .reload(Some(cfg), vec![])
+        .await
+        .map_err(engine_err)?;
     start_reauth(shell, name).await
 }
 
-fn demo_control(shell: &Shell, action: String) -> Result<DemoState, CmdError> {
+/// Is `name` a workload of the user's config already?
+fn name_taken(paths: &crate::paths::Paths, name: &str) -> bool {
+    crate::daemon::load_config(paths).is_ok_and(|c| c.workload(name).is_some())
+}
+
+fn demo_control(shell: &Shell, action: String) -> Result<DemoState, Error> {
     let Some(demo) = shell.demo() else {
-        return Err(CmdError::new(
-            "not_demo",
+        return Err(Error::new(
+            ErrorCode::NotDemo,
             "demo controls work only in the demo",
         ));
     };
@@ -448,8 +389,8 @@ fn demo_control(shell: &Shell, action: String) -> Result<DemoState, CmdError> {
             shell.set_demo_revoked(false);
         }
         other => {
-            return Err(CmdError::new(
-                "invalid",
+            return Err(Error::new(
+                ErrorCode::Invalid,
                 format!("unknown demo action `{other}`"),
             ))
         }
@@ -457,40 +398,39 @@ fn demo_control(shell: &Shell, action: String) -> Result<DemoState, CmdError> {
     tracing::info!(action = %action, "demo control");
     let state = shell
         .demo_state()
-        .ok_or_else(|| CmdError::new("not_demo", "demo controls work only in the demo"))?;
-    shell.emit("demo", &state);
+        .ok_or_else(|| Error::new(ErrorCode::NotDemo, "demo controls work only in the demo"))?;
+    shell.emit(UiEventKind::Demo, &state);
     Ok(state)
 }
 
-fn set_notifications(shell: &Shell, name: String, enabled: bool) -> Result<(), CmdError> {
+fn set_notifications(shell: &Shell, name: String, enabled: bool) -> Result<(), Error> {
     match shell.set_muted(&name, !enabled) {
         Ok(Some(row)) => {
-            shell.emit("row", row);
+            shell.emit(UiEventKind::Row, row);
             Ok(())
         }
-        Ok(None) => Err(EngineError::UnknownWorkload(name).into()),
-        Err(e) => Err(CmdError::new(
-            "io",
+        Ok(None) => Err(engine_err(EngineError::UnknownWorkload(name))),
+        Err(e) => Err(Error::new(
+            ErrorCode::Io,
             format!("cannot save the notification setting: {e}"),
         )),
     }
 }
 
-async fn start_demo(shell: &Shell) -> Result<super::DemoStarted, CmdError> {
+async fn start_demo(shell: &Shell) -> Result<super::DemoStarted, Error> {
     if shell.demo().is_some() {
-        return Err(CmdError::new("demo", "This is the demo already."));
+        return Err(Error::new(ErrorCode::Demo, "This is the demo already."));
     }
     super::start_demo(shell)
         .await
-        .map_err(|m| CmdError::new("demo", m))
+        .map_err(|m| Error::new(ErrorCode::Demo, m))
 }
 
 /// The workload `name` of the user's config with its local address (for "Connect
 /// to…"), or why it cannot be connected.
-fn connectable(shell: &Shell, name: &str) -> Result<Option<String>, CmdError> {
+fn connectable(shell: &Shell, name: &str) -> Result<Option<String>, Error> {
     if shell.demo().is_some() {
-        return Err(CmdError::new(
-            "demo",
+        return Err(Error::new(ErrorCode::Demo,
             "The demo's workloads go away with the demo: connect your own workloads to your clients.",
         ));
     }
@@ -498,14 +438,14 @@ fn connectable(shell: &Shell, name: &str) -> Result<Option<String>, CmdError> {
     let w = st
         .statuses
         .get(name)
-        .ok_or_else(|| EngineError::UnknownWorkload(name.to_string()))?;
+        .ok_or_else(|| engine_err(EngineError::UnknownWorkload(name.to_string())))?;
     Ok(w.local_url.clone())
 }
 
 async fn client_connections(
     shell: Arc<Shell>,
     name: String,
-) -> Result<Vec<super::connect::ClientState>, CmdError> {
+) -> Result<Vec<super::connect::ClientState>, Error> {
     let local = connectable(&shell, &name)?;
     tokio::task::spawn_blocking(move || {
         let w = super::connect::Workload {
@@ -516,7 +456,7 @@ async fn client_connections(
         super::connect::states(&w, &|k| k.default_path())
     })
     .await
-    .map_err(|e| CmdError::new("internal", e.to_string()))
+    .map_err(|e| Error::new(ErrorCode::Internal, e.to_string()))
 }
 
 async fn connect_client(
@@ -524,17 +464,17 @@ async fn connect_client(
     name: String,
     client: String,
     connect: bool,
-) -> Result<super::connect::ConnectResult, CmdError> {
+) -> Result<super::connect::ConnectResult, Error> {
     let local = connectable(&shell, &name)?;
     let kind = super::connect::kind_of(&client).ok_or_else(|| {
-        CmdError::new(
-            "bad_request",
+        Error::new(
+            ErrorCode::BadRequest,
             format!("no client `{}`", client.escape_debug()),
         )
     })?;
     let path = kind.default_path().ok_or_else(|| {
-        CmdError::new(
-            "client",
+        Error::new(
+            ErrorCode::Client,
             format!(
                 "cannot find {}'s config file (no home directory)",
                 super::connect::label(kind)
@@ -550,70 +490,6 @@ async fn connect_client(
         super::connect::change(kind, &path, &w, connect)
     })
     .await
-    .map_err(|e| CmdError::new("internal", e.to_string()))?
-    .map_err(|e| anyhow_err("client", e))
-}
-
-#[cfg(test)]
-mod tests {
-    /// The window's commands are listed in four places that must agree: `dispatch`
-    /// here, `build.rs` (each gets an `allow-<name>` permission), the capability that
-    /// grants them and the window program's forwarding handlers.
-    #[test]
-    fn every_window_command_is_listed_granted_forwarded_and_dispatched() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap();
-        let build = read("src-tauri/window/build.rs");
-        let list = build
-            .split("const COMMANDS: &[&str] = &[")
-            .nth(1)
-            .and_then(|r| r.split("];").next())
-            .expect("COMMANDS in build.rs");
-        let commands: Vec<String> = list
-            .split(',')
-            .map(|c| c.trim().trim_matches('"').to_string())
-            .filter(|c| !c.is_empty())
-            .collect();
-        assert!(commands.len() >= 12, "{commands:?}");
-        let caps: serde_json::Value =
-            serde_json::from_str(&read("src-tauri/window/capabilities/default.json")).unwrap();
-        let granted: Vec<String> = caps["permissions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|p| p.as_str()?.strip_prefix("allow-").map(str::to_string))
-            .collect();
-        let want: Vec<String> = commands.iter().map(|c| c.replace('_', "-")).collect();
-        assert_eq!(
-            granted, want,
-            "capabilities/default.json grants exactly build.rs's list"
-        );
-        let window = read("src-tauri/window/main.rs");
-        let handlers = window
-            .split("generate_handler![")
-            .nth(1)
-            .and_then(|r| r.split(']').next())
-            .expect("generate_handler! in the window program");
-        let handlers: Vec<&str> = handlers
-            .split(',')
-            .map(str::trim)
-            .filter(|h| !h.is_empty())
-            .collect();
-        assert_eq!(
-            handlers, commands,
-            "the window forwards exactly build.rs's list"
-        );
-        let here = read("src-tauri/desktop/commands.rs");
-        let window_flat: String = window.split_whitespace().collect();
-        for c in &commands {
-            assert!(
-                window_flat.contains(&format!("link.call(\"{c}\",")),
-                "the window's `{c}` forwards under its own name"
-            );
-            assert!(
-                here.contains(&format!("        \"{c}\" => ")),
-                "dispatch runs `{c}`"
-            );
-        }
-    }
+    .map_err(|e| Error::new(ErrorCode::Internal, e.to_string()))?
+    .map_err(|e| anyhow_err(ErrorCode::Client, e))
 }

@@ -19,24 +19,6 @@
 //!
 //! A value the user set for any of these variables is left alone.
 
-/// Set the environment for WebKitGTK and GTK. Call while the process has one thread
-/// (before the runtime starts): `setenv` races with threads reading the environment.
-pub fn prepare_env() {
-    if !cfg!(any(
-        target_os = "linux",
-        target_os = "freebsd",
-        target_os = "openbsd",
-        target_os = "netbsd",
-        target_os = "dragonfly"
-    )) {
-        return;
-    }
-    let unset = |k: &str| std::env::var_os(k).is_none();
-    let set = |k: &str| std::env::var_os(k).is_some_and(|v| !v.is_empty());
-    if unset("WEBKIT_DISABLE_DMABUF_RENDERER") {
-        std::env::set_var("WEBKIT_DISABLE_DMABUF_RENDERER", "1");
-    }
-    if set("DISPLAY") && !set("WAYLAND_DISPLAY") && unset("GDK_GL") && unset("GDK_BACKEND") {
-        std::env::set_var("GDK_GL", "disable");
-    }
-}
+/// Set the environment for WebKitGTK and GTK (shared with the window's program, which
+/// sets the same when started by hand).
+pub use crate::protocol::webview::prepare_env;

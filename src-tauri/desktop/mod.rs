@@ -31,7 +31,6 @@ pub mod notify;
 pub mod tray;
 pub mod ui_loop;
 
-use crate::control::{RemoteError, UiEvent};
 use crate::daemon::make_store;
 use crate::demo::Demo;
 use crate::engine::config::Config;
@@ -39,6 +38,7 @@ use crate::engine::status::WorkloadStatus;
 use crate::engine::store::SecretStore;
 use crate::engine::{Engine, EngineOptions, Status, StatusChange};
 use crate::paths::Paths;
+use crate::protocol::{Error, ErrorCode, Request, UiCommand, UiEvent, UiEventKind, WindowAnswer};
 use notify::{Notifier, NotifyPolicy};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -49,9 +49,6 @@ use time::OffsetDateTime;
 use tokenwarden_sim::issuer::Mode;
 use tokio_util::sync::CancellationToken;
 
-/// The event that brings the window to the front (the window's process does not pass
-/// it to the page).
-pub const FOCUS: &str = "tokenwarden:focus";
 /// The window's program, next to this one.
 pub const WINDOW_PROGRAM: &str = "tokenwarden-window";
 /// How many recent attempts the timeline of a workload keeps.
@@ -156,9 +153,6 @@ pub struct Shell {
     tray_made: AtomicBool,
     /// The window's process while it runs.
     window: Mutex<Option<WindowProcess>>,
-    /// The window's program as it was when this process started (a package upgrade
-    /// replaces it: the new one is not started against this old app).
-    window_stamp: Option<(u64, std::time::SystemTime)>,
     /// The demo started by "Try the demo", while it runs (a process of its own).
     demo_process: Mutex<Option<DemoProcess>>,
     /// The tray's loop ended: no new window.
@@ -212,7 +206,6 @@ impl Shell {
             events: tokio::sync::broadcast::Sender::new(256),
             tray_made: AtomicBool::new(false),
             window: Mutex::new(None),
-            window_stamp: window_program().ok().and_then(|p| file_stamp(&p)),
             demo_process: Mutex::new(None),
             quitting: AtomicBool::new(false),
             rt: tokio::runtime::Handle::current(),
@@ -220,18 +213,17 @@ impl Shell {
     }
 
     /// Send the window an event (dropped when no window is open).
-    pub fn emit(&self, event: &str, payload: impl Serialize) {
+    pub fn emit(&self, event: UiEventKind, payload: impl Serialize) {
         if self.events.receiver_count() == 0 {
             return; // no window: not even encoded
         }
         match serde_json::to_value(payload) {
             Ok(payload) => {
-                let _ = self.events.send(UiEvent {
-                    event: event.to_string(),
-                    payload,
-                });
+                let _ = self.events.send(UiEvent { event, payload });
             }
-            Err(e) => tracing::warn!(event, error = %e, "cannot encode a window event"),
+            Err(e) => {
+                tracing::warn!(event = event.as_str(), error = %e, "cannot encode a window event")
+            }
         }
     }
 
@@ -453,10 +445,6 @@ pub fn show_window(shell: &Shell) -> WindowShown {
         notify::show_problem("Tokenwarden cannot open its window", &why);
         WindowShown::Unavailable(why)
     };
-    if !cfg!(unix) {
-        // Its commands and events go over the control socket, which is a Unix socket.
-        return unavailable("The window is not available on this system yet. The tray, the notifications and `tokenwarden status` work.".into());
-    }
     if shell.quitting.load(Ordering::Acquire) {
         return WindowShown::Unavailable("Tokenwarden is quitting".into());
     }
@@ -467,23 +455,21 @@ pub fn show_window(shell: &Shell) -> WindowShown {
         .as_ref()
         .is_some_and(|w| !w.closing && !*w.done.borrow())
     {
-        shell.emit(FOCUS, ());
+        shell.emit(UiEventKind::Focus, ());
         return WindowShown::Focused;
     }
     let exe = match window_program() {
         Ok(exe) => exe,
         Err(e) => return unavailable(format!("Cannot find this program: {e}.")),
     };
-    // The window talks to this process: it must be the build that came with it.
-    let stamp = file_stamp(&exe);
-    if stamp.is_none() {
+    // The window talks to this process: one of another protocol version (a package
+    // upgrade replaced it since this app started) refuses at the hello and exits with
+    // EXIT_VERSION_MISMATCH, which is told to the user below.
+    if !exe.is_file() {
         return unavailable(format!(
             "{} is missing: build both programs (`cargo build --bins`) or reinstall Tokenwarden. The tray and your workloads keep running.",
             exe.display()
         ));
-    }
-    if stamp != shell.window_stamp {
-        return unavailable("Tokenwarden was updated since it started: quit it from the tray and start it again to open the window. Your workloads keep running meanwhile.".into());
     }
     let _rt = shell.rt.enter();
     let spawned = tokio::process::Command::new(&exe)
@@ -508,6 +494,11 @@ pub fn show_window(shell: &Shell) -> WindowShown {
         tokio::select! {
             status = child.wait() => match status {
                 Ok(s) if s.success() => tracing::info!(pid, "window closed"),
+                Ok(s) if s.code() == Some(crate::protocol::EXIT_VERSION_MISMATCH.into()) => {
+                    let why = "Tokenwarden was updated since it started: quit it from the tray and start it again to open the window. Your workloads keep running meanwhile.";
+                    tracing::error!(pid, error = %why, "the window's program speaks another protocol version");
+                    notify::show_problem("Tokenwarden cannot open its window", why);
+                }
                 Ok(s) => tracing::warn!(pid, status = %s, "the window's process ended abnormally"),
                 Err(e) => tracing::warn!(pid, error = %e, "cannot wait for the window's process"),
             },
@@ -535,12 +526,6 @@ pub fn show_window(shell: &Shell) -> WindowShown {
         closing: false,
     });
     WindowShown::Opened
-}
-
-/// Size and modification time of a file (`None`: it cannot be read).
-fn file_stamp(p: &std::path::Path) -> Option<(u64, std::time::SystemTime)> {
-    let m = std::fs::metadata(p).ok()?;
-    Some((m.len(), m.modified().ok()?))
 }
 
 /// The window's program: `tokenwarden-window` beside this program.
@@ -722,17 +707,20 @@ async fn stop_demo(shell: &Shell) {
 struct Host(Arc<Shell>);
 
 impl crate::control::UiHost for Host {
-    fn call(&self, name: String, args: serde_json::Value) -> crate::control::UiReply {
-        let shell = self.0.clone();
+    fn call(&self, cmd: UiCommand) -> crate::control::UiReply {
+        Box::pin(commands::dispatch(self.0.clone(), cmd))
+    }
+
+    fn show_window(&self, hidden: bool) -> crate::control::UiReply {
+        let answer = commands::show_window(&self.0, hidden);
         Box::pin(async move {
-            commands::dispatch(shell, &name, args)
-                .await
-                .map_err(|e| RemoteError {
-                    code: e.code,
-                    message: e.message,
-                    field: e.field,
-                })
+            serde_json::to_value(answer?)
+                .map_err(|e| Error::new(ErrorCode::Internal, e.to_string()))
         })
+    }
+
+    fn window_closing(&self, pid: u32) {
+        window_closing(&self.0, pid)
     }
 
     fn events(&self) -> tokio::sync::broadcast::Receiver<UiEvent> {
@@ -747,7 +735,7 @@ async fn forward(shell: Arc<Shell>) {
     let mut applied = config_edits.borrow().applied;
     if let Ok(list) = shell.engine().status().await {
         let rows = shell.replace_all(list);
-        shell.emit("status-all", &rows);
+        shell.emit(UiEventKind::StatusAll, &rows);
         refresh_tray(&shell);
     }
     loop {
@@ -761,13 +749,13 @@ async fn forward(shell: Arc<Shell>) {
         tokio::select! {
             Ok(()) = config_edits.changed() => {
                 let now = config_edits.borrow_and_update().clone();
-                shell.emit("config-error", now.error);
+                shell.emit(UiEventKind::ConfigError, now.error);
                 // The engine says nothing of workloads an edit removed: list them again.
                 if now.applied != applied {
                     applied = now.applied;
                     if let Ok(list) = shell.engine().status().await {
                         let rows = shell.replace_all(list);
-                        shell.emit("status-all", &rows);
+                        shell.emit(UiEventKind::StatusAll, &rows);
                         refresh_tray(&shell);
                     }
                 }
@@ -776,13 +764,13 @@ async fn forward(shell: Arc<Shell>) {
                 Ok(ch) => {
                     let (row, muted) = shell.apply(&ch);
                     lock(&shell.notifier).observe(&ch, muted, std::time::Instant::now());
-                    shell.emit("status", StatusEvent {
+                    shell.emit(UiEventKind::Status, StatusEvent {
                         row,
                         previous: ch.previous,
                         refreshed: ch.refreshed,
                     });
                     if let Some(d) = shell.demo_state() {
-                        shell.emit("demo", d);
+                        shell.emit(UiEventKind::Demo, d);
                     }
                     refresh_tray(&shell);
                 }
@@ -790,7 +778,7 @@ async fn forward(shell: Arc<Shell>) {
                     tracing::debug!(skipped = n, "status events lagged; reloading the list");
                     if let Ok(list) = shell.engine().status().await {
                         let rows = shell.replace_all(list);
-                        shell.emit("status-all", &rows);
+                        shell.emit(UiEventKind::StatusAll, &rows);
                         refresh_tray(&shell);
                     }
                 }
@@ -846,7 +834,7 @@ fn on_tray_click(shell: &Arc<Shell>, id: &str) {
                     if let Err(e) = commands::start_reauth(shell.clone(), name).await {
                         // A window opened just now may not listen yet: logged as well.
                         tracing::warn!(code = %e.code, error = %e.message, "re-authenticate from the tray failed");
-                        shell.emit("error", &e);
+                        shell.emit(UiEventKind::Error, &e);
                     }
                 });
             } else if let Some(name) = other.strip_prefix("retry:") {
@@ -905,27 +893,26 @@ async fn ask_first(paths: &Paths, hidden: bool) -> Asked {
     let mut client = match crate::control::Client::connect(&control).await {
         Ok(Some(c)) => c,
         Ok(None) => return Asked::NoAnswer("its control socket does not listen".into()),
-        Err(e) => return Asked::NoAnswer(format!("{e:#}")),
+        // Another version holds the lock: asking again will not change that.
+        Err(e) if e.code == ErrorCode::VersionMismatch => return Asked::Failed(e.message),
+        Err(e) => return Asked::NoAnswer(e.message),
     };
-    let req = crate::control::Request::Ui {
-        name: "show_window".into(),
-        args: serde_json::json!({ "hidden": hidden }),
-    };
+    let req = Request::ShowWindow { hidden };
     let wait = std::time::Duration::from_secs(5);
     match tokio::time::timeout(wait, client.call(&req)).await {
         Err(_) => Asked::NoAnswer("it did not answer within 5 s".into()),
-        Ok(Ok(v)) => match v["window"].as_str() {
-            Some("focused") => Asked::Done("its window was brought to the front".into()),
-            Some("opened") => Asked::Done("its window was opened".into()),
-            Some("hidden") => Asked::Done("it keeps running in the tray".into()),
-            _ => Asked::Failed(v["message"].as_str().unwrap_or("unknown").to_string()),
+        Ok(Ok(v)) => match serde_json::from_value(v) {
+            Ok(WindowAnswer::Focused) => Asked::Done("its window was brought to the front".into()),
+            Ok(WindowAnswer::Opened) => Asked::Done("its window was opened".into()),
+            Ok(WindowAnswer::Hidden) => Asked::Done("it keeps running in the tray".into()),
+            Ok(WindowAnswer::Unavailable { message }) => Asked::Failed(message),
+            Err(e) => Asked::Failed(format!("an answer not understood: {e}")),
         },
-        Ok(Err(e)) => match e.downcast::<crate::control::RemoteError>() {
-            Ok(r) if r.code == "no_window" => Asked::Daemon,
-            // `quitting`: the lock is free in a moment.
-            Ok(r) => Asked::NoAnswer(r.message),
-            Err(e) => Asked::NoAnswer(format!("{e:#}")),
-        },
+        Ok(Err(e)) if e.code == ErrorCode::NoWindow => Asked::Daemon,
+        // Another version holds the lock: asking again will not change that.
+        Ok(Err(e)) if e.code == ErrorCode::VersionMismatch => Asked::Failed(e.message),
+        // `quitting`: the lock is free in a moment.
+        Ok(Err(e)) => Asked::NoAnswer(e.message),
     }
 }
 
@@ -946,10 +933,6 @@ async fn lock_or_hand_over(
             "Tokenwarden already runs for {}",
             paths.config_dir.display()
         );
-        if !cfg!(unix) {
-            eprintln!("{runs}"); // no control socket to ask it anything
-            return Ok(None);
-        }
         match ask_first(paths, hidden).await {
             Asked::Done(what) => {
                 tracing::info!(hidden, "Tokenwarden already runs here: handed over");

@@ -295,7 +295,7 @@ impl TestEnv {
     ) -> WorkloadStatus {
         let client = self.client().await;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let watcher = tokio::spawn(client.watch(move |ev| {
+        let watcher = tokio::spawn(client.watch(move |ev: tokenwarden::engine::StatusChange| {
             let _ = tx.send(ev.workload);
         }));
         let name = name.to_string();
