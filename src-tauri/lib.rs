@@ -20,7 +20,9 @@ pub mod demo;
 #[cfg(feature = "desktop")]
 pub mod desktop;
 pub mod engine;
+pub mod instance;
 pub mod logging;
+pub mod ops;
 pub mod pageout;
 pub mod paths;
 pub mod proxy;

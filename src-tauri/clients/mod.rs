@@ -20,9 +20,9 @@ pub mod toml;
 pub mod yaml;
 
 use crate::control::{Client, Request};
-use crate::daemon::load_config;
 use crate::engine::config::{self, Config};
 use crate::engine::status::WorkloadStatus;
+use crate::ops::load_config;
 use crate::paths::Paths;
 use anyhow::Context;
 use std::io::{IsTerminal, Write};
@@ -613,7 +613,7 @@ pub fn apply(path: &Path, old: Option<&str>, new: &str, mode: Mode) -> anyhow::R
 /// The local proxy's address of workload `name`: the running daemon's, else from the
 /// config (a port is chosen and written to workloads.toml now if none was yet).
 pub async fn local_url(paths: &Paths, cfg: &Config, name: &str) -> anyhow::Result<String> {
-    let w = crate::cli::workload(cfg, name)?;
+    let w = crate::ops::workload(cfg, name)?;
     let Some(url) = &w.url else {
         anyhow::bail!(
             "`{name}` has no `url`, so it has no local proxy (only workloads with a remote URL get one)"
@@ -710,7 +710,7 @@ fn names_or_all(cfg: &Config, names: Vec<String>, all: bool) -> anyhow::Result<V
         anyhow::bail!("name the workloads to connect, or pass --all");
     }
     for n in &names {
-        crate::cli::workload(cfg, n)?;
+        crate::ops::workload(cfg, n)?;
     }
     Ok(names)
 }
@@ -1057,12 +1057,12 @@ pub async fn import(
             continue;
         }
         eprintln!("Adding `{}` ({})...", f.name, redact_url(&f.url));
-        let args = crate::cli::AddArgs {
+        let args = crate::ops::AddArgs {
             name: f.name.clone(),
             url: Some(f.url.clone()),
             ..Default::default()
         };
-        if let Err(e) = crate::cli::add_workload(paths, args, &|l| eprintln!("  {l}")).await {
+        if let Err(e) = crate::ops::add_workload(paths, args, &|l| eprintln!("  {l}")).await {
             eprintln!("  could not add `{}`: {e:#}", f.name);
             continue;
         }

@@ -232,15 +232,14 @@ pub async fn start_reauth(shell: Arc<Shell>, name: String) -> Result<(), CmdErro
             }
         }
         Backend::Real { store, .. } => {
-            let cfg =
-                crate::daemon::load_config(&shell.paths).map_err(|e| anyhow_err("config", e))?;
+            let cfg = crate::ops::load_config(&shell.paths).map_err(|e| anyhow_err("config", e))?;
             let w = cfg
                 .workload(&name)
                 .cloned()
                 .ok_or_else(|| EngineError::UnknownWorkload(name.clone()))?;
             let http = oauth::http_client(&cfg.policy, w.ca_file.as_deref())
                 .map_err(|m| CmdError::new("config", m))?;
-            let secret = crate::cli::client_secret(store, &w)
+            let secret = crate::ops::client_secret(store, &w)
                 .await
                 .map_err(|e| anyhow_err("store", e))?;
             let pending = shell
@@ -250,7 +249,7 @@ pub async fn start_reauth(shell: Arc<Shell>, name: String) -> Result<(), CmdErro
                 .map_err(|e| CmdError::new("login", e.to_string()))?
                 .with_client_secret(secret);
             let url = pending.authorize_url.to_string();
-            let message = match crate::cli::open_browser(&url) {
+            let message = match crate::ops::open_browser(&url) {
                 Ok(()) => format!("Sign in to {name} in your browser…"),
                 Err(e) => {
                     tracing::warn!(workload = %name, error = %e, "could not open a browser; the sign-in waits for the address to be opened by hand");
@@ -307,7 +306,7 @@ async fn remove_workload(shell: &Shell, name: String) -> Result<(), CmdError> {
         ));
     };
     config::remove_workload(&shell.paths.config_file, &name)?;
-    let cfg = crate::daemon::load_config(&shell.paths).map_err(|e| anyhow_err("config", e))?;
+    let cfg = crate::ops::load_config(&shell.paths).map_err(|e| anyhow_err("config", e))?;
     shell.engine().reload(Some(cfg), vec![]).await?;
     store.delete_tokens(&name).await.map_err(|e| {
         CmdError::new(
@@ -346,7 +345,7 @@ pub struct AddForm {
     scopes: String,
 }
 
-fn validate(form: &AddForm) -> Result<crate::cli::AddArgs, CmdError> {
+fn validate(form: &AddForm) -> Result<crate::ops::AddArgs, CmdError> {
     let name = form.name.trim();
     config::validate_name(name).map_err(|m| CmdError::field("name", m))?;
     let opt = |v: &str| Some(v.trim().to_string()).filter(|v| !v.is_empty());
@@ -386,7 +385,7 @@ fn validate(form: &AddForm) -> Result<crate::cli::AddArgs, CmdError> {
             ));
         }
     }
-    Ok(crate::cli::AddArgs {
+    Ok(crate::ops::AddArgs {
         name: name.to_string(),
         url,
         token_endpoint,
@@ -418,7 +417,7 @@ async fn add_workload(shell: Arc<Shell>, form: AddForm) -> Result<(), CmdError> 
         let (shell, name) = (shell.clone(), name.clone());
         move |line: String| emit_login(&shell, &name, "waiting", line.trim().to_string())
     };
-    let cfg = crate::cli::add_workload(&shell.paths, args, &say)
+    let cfg = crate::ops::add_workload(&shell.paths, args, &say)
         .await
         .map_err(|e| match e.downcast::<config::ConfigError>() {
             Ok(c) if c.message.contains("already exists") => CmdError::field("name", c.message),

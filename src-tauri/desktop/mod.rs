@@ -32,12 +32,12 @@ pub mod tray;
 pub mod ui_loop;
 
 use crate::control::{RemoteError, UiEvent};
-use crate::daemon::make_store;
 use crate::demo::Demo;
 use crate::engine::config::Config;
 use crate::engine::status::WorkloadStatus;
 use crate::engine::store::SecretStore;
 use crate::engine::{Engine, EngineOptions, Status, StatusChange};
+use crate::ops::make_store;
 use crate::paths::Paths;
 use crate::sim_issuer::Mode;
 use notify::{Notifier, NotifyPolicy};
@@ -898,7 +898,7 @@ enum Asked {
 /// Ask the instance holding `paths`' lock to show its window (nothing if `hidden`).
 async fn ask_first(paths: &Paths, hidden: bool) -> Asked {
     // Read each time: the holder notes the demo's control dir once the demo started.
-    let control = match Paths::resolve(Some(crate::daemon::control_dir_of_owner(paths))) {
+    let control = match Paths::resolve(Some(crate::instance::control_dir_of_owner(paths))) {
         Ok(c) => c,
         Err(e) => return Asked::NoAnswer(format!("{e:#}")),
     };
@@ -935,10 +935,10 @@ async fn ask_first(paths: &Paths, hidden: bool) -> Asked {
 async fn lock_or_hand_over(
     paths: &Paths,
     hidden: bool,
-) -> anyhow::Result<Option<crate::daemon::InstanceLock>> {
+) -> anyhow::Result<Option<crate::instance::InstanceLock>> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
-        let locked = match crate::daemon::acquire_lock(paths) {
+        let locked = match crate::instance::acquire_lock(paths) {
             Ok(l) => return Ok(Some(l)),
             Err(e) => e,
         };
@@ -1036,7 +1036,7 @@ pub async fn demo(dir: Option<PathBuf>) -> anyhow::Result<()> {
     }
     let demo = Demo::start_in(dir).await?;
     let paths = Paths::resolve(Some(demo.dir.path().to_path_buf()))?;
-    let lock_guard = crate::daemon::acquire_lock(&paths)?;
+    let lock_guard = crate::instance::acquire_lock(&paths)?;
     eprintln!(
         "Demo: watch from another shell with: tokenwarden --config-dir {} status",
         paths.config_dir.display()
@@ -1060,7 +1060,7 @@ type Watched = (
 /// user's), the control socket, the tray and the window; then a clean stop.
 async fn serve(
     shell: Arc<Shell>,
-    lock_guard: crate::daemon::InstanceLock,
+    lock_guard: crate::instance::InstanceLock,
     watched: Option<Watched>,
     start_hidden: bool,
 ) -> anyhow::Result<()> {
