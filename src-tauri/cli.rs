@@ -5,10 +5,9 @@
 use crate::clients::ClientKind;
 use crate::control::{Client, RemoteError, Request};
 use crate::engine::config::{self, Config, WorkloadConfig};
-use crate::engine::oauth;
 use crate::engine::status::WorkloadStatus;
-use crate::engine::store::Login;
-use crate::ops::{client_secret, load_config, make_store, open_browser, workload, AddArgs};
+use crate::engine::Secret;
+use crate::ops::{load_config, open_browser, AddArgs};
 use crate::paths::Paths;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -367,7 +366,9 @@ async fn run(command: Option<Command>, paths: Paths, hidden: bool) -> anyhow::Re
                 ca_file,
                 allow_http,
             };
-            crate::ops::add_workload(&paths, args, &|line| eprintln!("{line}")).await?;
+            crate::ops::add_workload(&paths, args, &|line| eprintln!("{line}"))
+                .await
+                .map_err(said)?;
             reload_config(&paths).await?;
             if no_login {
                 eprintln!("Log in with: tokenwarden login {name}");
@@ -377,11 +378,9 @@ async fn run(command: Option<Command>, paths: Paths, hidden: bool) -> anyhow::Re
             }
         }
         Command::Remove { name } => {
-            let cfg = config::remove_workload(&paths.config_file, &name)?;
-            reload_config(&paths).await?;
-            let store = make_store(&cfg, &paths);
-            store.delete_tokens(&name).await?;
-            store.delete_client_secret(&name).await?;
+            crate::ops::remove(&paths, &name, None, &Daemon(&paths))
+                .await
+                .map_err(said)?;
             eprintln!("Removed `{name}` and its stored tokens");
             Ok(())
         }
@@ -873,16 +872,10 @@ pub(crate) async fn login(
     no_browser: bool,
     timeout: Duration,
 ) -> anyhow::Result<()> {
-    let cfg = load_config(paths)?;
-    let w = workload(&cfg, name)?.clone();
-    let store = make_store(&cfg, paths);
-    let http =
-        oauth::http_client(&cfg.policy, w.ca_file.as_deref()).map_err(|e| anyhow::anyhow!(e))?;
-    let client_secret = client_secret(&store, &w).await?;
-    let pending = oauth::prepare_login(&w)
-        .await?
-        .with_client_secret(client_secret);
-    let url = pending.authorize_url.to_string();
+    let login = crate::ops::begin_login(paths, name, None, None)
+        .await
+        .map_err(said)?;
+    let url = login.authorize_url();
     if no_browser {
         println!("{url}");
         eprintln!(
@@ -906,11 +899,7 @@ pub(crate) async fn login(
     }
     use std::io::Write;
     let _ = std::io::stdout().flush();
-    let tokens = pending.finish(&http, &cfg.policy, timeout).await?;
-    store
-        .save_login(&w, &tokens)
-        .await
-        .context("signed in, but the tokens could not be stored")?;
+    let tokens = login.finish(timeout).await.map_err(said)?;
     reload_tokens(paths, name).await?;
     eprintln!("Signed in: `{name}` is running");
     if tokens.refresh_token.is_none() {
@@ -931,38 +920,11 @@ pub fn no_refresh_token_note(expires_at: Option<std::time::SystemTime>) -> Strin
     }
 }
 
-/// `logout`: done by the running daemon or desktop app, whose monitor stops using the
-/// tokens and deletes them after any save under way, so a refresh in flight cannot
-/// store them again. Only when none runs is the entry deleted here, holding the config
-/// dir's lock so that none starts meanwhile.
+/// `logout`: by the running daemon or desktop app, else here ([`crate::ops::logout`]).
 async fn logout(paths: &Paths, name: &str) -> anyhow::Result<()> {
-    let cfg = load_config(paths)?;
-    workload(&cfg, name)?;
-    // A daemon that holds the lock but does not answer yet is starting: wait for it.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        if let Some(mut c) = Client::connect(paths).await? {
-            let req = Request::Logout {
-                name: name.to_string(),
-            };
-            c.call(&req).await.map_err(remote)?;
-            break;
-        }
-        match crate::instance::acquire_lock(paths) {
-            Ok(_lock) => {
-                make_store(&cfg, paths).delete_tokens(name).await?;
-                break;
-            }
-            Err(_) if std::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => {
-                return Err(
-                    e.context("cannot log out: the daemon for this config dir does not answer")
-                )
-            }
-        }
-    }
+    crate::ops::logout(paths, name, &Daemon(paths))
+        .await
+        .map_err(said)?;
     eprintln!("Logged out of `{name}`");
     Ok(())
 }
@@ -970,16 +932,6 @@ async fn logout(paths: &Paths, name: &str) -> anyhow::Result<()> {
 /// `message` with the exit code `code` (see [`Exit`]).
 fn exit_with(code: u8, message: String) -> anyhow::Error {
     anyhow::Error::new(Exit(code)).context(message)
-}
-
-/// The exit code of a refused `token` request, by the engine's error code.
-fn token_exit_code(code: &str) -> u8 {
-    match code {
-        "unauthenticated" => 4,
-        "unavailable" => 3,
-        "stopped" => 5,
-        _ => 1,
-    }
 }
 
 /// Print a token as `token` does: bare, or with `--json` its expiry too.
@@ -1001,84 +953,98 @@ fn print_token(token: &str, expires_at: Option<SystemTime>, json: bool) {
 }
 
 async fn token(paths: &Paths, name: &str, json: bool) -> anyhow::Result<()> {
-    if let Some(mut c) = Client::connect(paths).await? {
-        let v = c
-            .call(&Request::Token {
-                name: name.to_string(),
-            })
-            .await
-            .map_err(|e| match e.downcast::<RemoteError>() {
-                Ok(r) => match token_exit_code(&r.code) {
-                    4 => exit_with(
-                        4,
-                        format!("{}; sign in with `tokenwarden login {name}`", r.message),
-                    ),
-                    code => exit_with(code, r.message),
-                },
-                Err(e) => e,
-            })?;
-        let t = v
-            .get("access_token")
-            .and_then(|t| t.as_str())
-            .ok_or_else(|| anyhow::anyhow!("the daemon sent no token"))?;
-        let expires_at = v
-            .get("expires_at")
-            .and_then(|t| t.as_str())
-            .and_then(|t| {
-                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
-            })
-            .map(SystemTime::from);
-        print_token(t, expires_at, json);
-        return Ok(());
-    }
-    // No daemon: use the stored token, or refresh it here (saving before printing).
-    let cfg = load_config(paths)?;
-    let w = workload(&cfg, name)?;
-    let store = make_store(&cfg, paths);
-    let stored = match store.load_login(w).await? {
-        Login::Ready(t) => t,
-        Login::Missing => {
-            return Err(exit_with(
-                4,
-                format!("`{name}` is not logged in; run `tokenwarden login {name}`"),
-            ))
-        }
-        Login::Elsewhere { changed } => return Err(exit_with(4, format!(
-            "the stored login of `{name}` was made with another {} (workloads.toml changed), so it is not used; log in again: tokenwarden login {name}",
-            changed.join(", ")
-        ))),
-    };
-    let now = SystemTime::now();
-    if stored.expires_at().is_some_and(|e| e > now) {
-        print_token(stored.access_token.expose(), stored.expires_at(), json);
-        return Ok(());
-    }
-    let rt = stored.refresh_token.clone().ok_or_else(|| {
-        exit_with(
-            4,
-            format!("the access token expired and there is no refresh token; run `tokenwarden login {name}`"),
-        )
-    })?;
-    let http =
-        oauth::http_client(&cfg.policy, w.ca_file.as_deref()).map_err(|e| anyhow::anyhow!(e))?;
-    let client_secret = client_secret(&store, w).await?;
-    let transport = oauth::Transport::Http(http);
-    let resp = oauth::refresh(&transport, w, &rt, client_secret.as_ref(), &cfg.policy)
+    let g = crate::ops::token(paths, name, &Daemon(paths))
         .await
-        .map_err(|f| {
-            if f.is_permanent() {
-                exit_with(4, format!("refresh refused ({}); run `tokenwarden login {name}`", f.reason()))
-            } else {
-                exit_with(3, format!("no valid access token now: the refresh failed ({}); try again later, or start `tokenwarden daemon`, which keeps retrying", f.reason()))
-            }
-        })?;
-    let (tokens, _) = oauth::to_stored(resp, Some(rt), SystemTime::now(), &cfg.policy);
-    store
-        .save_login(w, &tokens)
-        .await
-        .context("could not store the refreshed tokens")?;
-    print_token(tokens.access_token.expose(), tokens.expires_at(), json);
+        .map_err(said)?;
+    print_token(g.token.expose(), g.expires_at, json);
     Ok(())
+}
+
+/// A use case's error as the command line says it: its message, and the exit code
+/// (2 a configuration or argument it refuses, 4 a login is needed, 3 no token now
+/// because of a transient failure, 5 the workload is disabled, 1 anything else).
+fn said(e: crate::ops::OpsError) -> anyhow::Error {
+    use crate::ops::OpsError;
+    match e {
+        OpsError::Config(c) | OpsError::Exists(c) => c.into(),
+        OpsError::NeedsLogin(m) => exit_with(4, m),
+        OpsError::Unavailable(m) => exit_with(3, m),
+        OpsError::Stopped(m) => exit_with(5, m),
+        OpsError::Login(e) => e.into(),
+        OpsError::Other(e) => e,
+        e @ OpsError::UnknownWorkload { .. } => anyhow::anyhow!("{e}"),
+    }
+}
+
+/// The daemon or desktop app running for the config dir, over its control socket
+/// (nothing when none runs).
+struct Daemon<'a>(&'a Paths);
+
+impl crate::ops::Running for Daemon<'_> {
+    fn reload(
+        &self,
+        config: Option<Config>,
+        names: Vec<String>,
+    ) -> crate::ops::Reply<'_, anyhow::Result<()>> {
+        let req = Request::Reload {
+            config: config.is_some(),
+            names,
+        };
+        Box::pin(notify_daemon(self.0, req))
+    }
+
+    fn logout(&self, name: String) -> crate::ops::Reply<'_, Result<bool, crate::ops::OpsError>> {
+        Box::pin(async move {
+            let Some(mut c) = Client::connect(self.0).await? else {
+                return Ok(false);
+            };
+            c.call(&Request::Logout { name }).await.map_err(remote)?;
+            Ok(true)
+        })
+    }
+
+    fn token(
+        &self,
+        name: String,
+    ) -> crate::ops::Reply<'_, Result<Option<crate::ops::Granted>, crate::ops::OpsError>> {
+        use crate::ops::OpsError;
+        Box::pin(async move {
+            let Some(mut c) = Client::connect(self.0).await? else {
+                return Ok(None);
+            };
+            let v = c
+                .call(&Request::Token { name: name.clone() })
+                .await
+                .map_err(|e| match e.downcast::<RemoteError>() {
+                    Ok(r) => match r.code.as_str() {
+                        "unauthenticated" => OpsError::NeedsLogin(format!(
+                            "{}; sign in with `tokenwarden login {name}`",
+                            r.message
+                        )),
+                        "unavailable" => OpsError::Unavailable(r.message),
+                        "stopped" => OpsError::Stopped(r.message),
+                        _ => OpsError::Other(anyhow::anyhow!(r.message)),
+                    },
+                    Err(e) => OpsError::Other(e),
+                })?;
+            let t = v
+                .get("access_token")
+                .and_then(|t| t.as_str())
+                .ok_or_else(|| anyhow::anyhow!("the daemon sent no token"))?;
+            let expires_at = v
+                .get("expires_at")
+                .and_then(|t| t.as_str())
+                .and_then(|t| {
+                    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+                .map(SystemTime::from);
+            Ok(Some(crate::ops::Granted {
+                token: Secret::new(t),
+                expires_at,
+            }))
+        })
+    }
 }
 
 /// `enable` / `disable NAME`: the config edit, applied by the running daemon at once.

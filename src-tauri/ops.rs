@@ -85,7 +85,7 @@ pub async fn add_workload(
     paths: &Paths,
     a: AddArgs,
     say: &(dyn Fn(String) + Send + Sync),
-) -> anyhow::Result<Config> {
+) -> Result<Config, OpsError> {
     let cfg = load_config(paths)?;
     let usage = |message: String| config::ConfigError {
         path: paths.config_file.clone(),
@@ -95,7 +95,10 @@ pub async fn add_workload(
     // What add_workload would refuse anyway, refused before any client is registered.
     config::validate_name(&a.name).map_err(usage)?;
     if cfg.workload(&a.name).is_some() {
-        return Err(usage(format!("a workload named `{}` already exists", a.name)).into());
+        return Err(OpsError::Exists(usage(format!(
+            "a workload named `{}` already exists",
+            a.name
+        ))));
     }
     let name = a.name.clone();
     let mut nw = config::NewWorkload {
@@ -113,9 +116,10 @@ pub async fn add_workload(
     let mut held_ports = Vec::new();
     if a.token_endpoint.is_none() || a.client_id.is_none() {
         let Some(raw) = a.url.as_deref() else {
-            anyhow::bail!(
+            return Err(anyhow::anyhow!(
                 "give --url URL to discover the rest, or both --token-endpoint and --client-id"
-            );
+            )
+            .into());
         };
         let url = url::Url::parse(raw.trim())
             .map_err(|e| anyhow::anyhow!("--url is not a valid URL ({e}): `{raw}`"))?;
@@ -185,7 +189,8 @@ pub async fn add_workload(
             })?;
             // The callback port the client is registered with; logins bind it again.
             let (callback, port) = free_loopback_port(&cfg)?;
-            let redirect_uri = url::Url::parse(&format!("http://127.0.0.1:{port}/callback"))?;
+            let redirect_uri = url::Url::parse(&format!("http://127.0.0.1:{port}/callback"))
+                .map_err(anyhow::Error::from)?;
             let http = discovery::discovery_client(&opts)?;
             let reg = discovery::register(&http, &endpoint, &redirect_uri, &nw.scopes, &cfg.policy)
                 .await?;
@@ -234,18 +239,7 @@ pub async fn add_workload(
 }
 
 pub(crate) fn workload<'a>(cfg: &'a Config, name: &str) -> anyhow::Result<&'a WorkloadConfig> {
-    cfg.workload(name).ok_or_else(|| {
-        let known: Vec<&str> = cfg.workloads.iter().map(|w| w.name.as_str()).collect();
-        anyhow::anyhow!(
-            "no workload named `{name}` in {}{}",
-            cfg.path.display(),
-            if known.is_empty() {
-                String::new()
-            } else {
-                format!(" (known: {})", known.join(", "))
-            }
-        )
-    })
+    find(cfg, name).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// Open `url` in the browser: `TOKENWARDEN_BROWSER` (a command given the URL as its
@@ -282,4 +276,317 @@ pub(crate) async fn client_secret(
         )
     })?;
     Ok(Some(secret))
+}
+
+/// Why a use case failed, for the caller to word: the CLI as a message and an exit
+/// code, the desktop app as `{code, message, field}`.
+#[derive(Debug, thiserror::Error)]
+pub enum OpsError {
+    /// `workloads.toml` cannot be used, or an argument is one it would refuse.
+    #[error(transparent)]
+    Config(config::ConfigError),
+    /// `add`: a workload of that name exists already.
+    #[error(transparent)]
+    Exists(config::ConfigError),
+    /// No workload of that name in the configuration.
+    #[error("no workload named `{name}` in {}{}", path.display(), if known.is_empty() { String::new() } else { format!(" (known: {})", known.join(", ")) })]
+    UnknownWorkload {
+        name: String,
+        path: std::path::PathBuf,
+        known: Vec<String>,
+    },
+    /// A sign-in is needed (no tokens, a refused refresh, a login of another
+    /// configuration).
+    #[error("{0}")]
+    NeedsLogin(String),
+    /// No valid token now because of a transient failure (retried).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The workload is disabled.
+    #[error("{0}")]
+    Stopped(String),
+    /// The browser sign-in failed (or a newer one replaced it).
+    #[error(transparent)]
+    Login(#[from] crate::engine::oauth::LoginError),
+    /// Anything else, with what was being done.
+    #[error(transparent)]
+    Other(anyhow::Error),
+}
+
+impl From<config::ConfigError> for OpsError {
+    fn from(e: config::ConfigError) -> Self {
+        OpsError::Config(e)
+    }
+}
+
+impl From<anyhow::Error> for OpsError {
+    fn from(e: anyhow::Error) -> Self {
+        match e.downcast::<config::ConfigError>() {
+            Ok(c) => OpsError::Config(c),
+            Err(e) => OpsError::Other(e),
+        }
+    }
+}
+
+impl From<DiscoveryError> for OpsError {
+    fn from(e: DiscoveryError) -> Self {
+        OpsError::Other(e.into())
+    }
+}
+
+/// The workload `name` of `cfg`, or [`OpsError::UnknownWorkload`].
+pub fn find<'a>(cfg: &'a Config, name: &str) -> Result<&'a WorkloadConfig, OpsError> {
+    cfg.workload(name).ok_or_else(|| OpsError::UnknownWorkload {
+        name: name.to_string(),
+        path: cfg.path.clone(),
+        known: cfg.workloads.iter().map(|w| w.name.clone()).collect(),
+    })
+}
+
+/// A future a [`Running`] instance answers with.
+pub type Reply<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// Where a use case's changes go besides the files: the engine this process runs (the
+/// desktop app), or the daemon or app that runs for the config dir, reached by the
+/// caller (the CLI: over the control socket), or nothing.
+pub trait Running: Send + Sync {
+    /// Take in the edited configuration (`Some`) and the stored tokens of `names`.
+    fn reload(&self, config: Option<Config>, names: Vec<String>) -> Reply<'_, anyhow::Result<()>>;
+    /// Log `name` out there; `Ok(false)`: nothing runs.
+    fn logout(&self, name: String) -> Reply<'_, Result<bool, OpsError>>;
+    /// A valid access token from there; `Ok(None)`: nothing runs.
+    fn token(&self, name: String) -> Reply<'_, Result<Option<Granted>, OpsError>>;
+}
+
+pub use crate::engine::monitor::Granted;
+
+impl Running for crate::engine::Engine {
+    fn reload(&self, config: Option<Config>, names: Vec<String>) -> Reply<'_, anyhow::Result<()>> {
+        Box::pin(async move { Ok(crate::engine::Engine::reload(self, config, names).await?) })
+    }
+    fn logout(&self, name: String) -> Reply<'_, Result<bool, OpsError>> {
+        Box::pin(async move {
+            crate::engine::Engine::logout(self, &name)
+                .await
+                .map(|()| true)
+                .map_err(|e| OpsError::Other(e.into()))
+        })
+    }
+    fn token(&self, name: String) -> Reply<'_, Result<Option<Granted>, OpsError>> {
+        Box::pin(async move {
+            let e = match self.granted(&name).await {
+                Ok(g) => return Ok(Some(g)),
+                Err(e) => e,
+            };
+            Err(match e.code() {
+                "unauthenticated" => OpsError::NeedsLogin(e.to_string()),
+                "unavailable" => OpsError::Unavailable(e.to_string()),
+                "stopped" => OpsError::Stopped(e.to_string()),
+                _ => OpsError::Other(e.into()),
+            })
+        })
+    }
+}
+
+/// Nothing runs for the config dir: changes stay in the files and the store.
+pub struct NotRunning;
+
+impl Running for NotRunning {
+    fn reload(&self, _: Option<Config>, _: Vec<String>) -> Reply<'_, anyhow::Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn logout(&self, _: String) -> Reply<'_, Result<bool, OpsError>> {
+        Box::pin(async { Ok(false) })
+    }
+    fn token(&self, _: String) -> Reply<'_, Result<Option<Granted>, OpsError>> {
+        Box::pin(async { Ok(None) })
+    }
+}
+
+/// `remove`: the workload leaves `workloads.toml`, then `running` (so no monitor
+/// saves its tokens again), then its tokens and its registered client's secret leave
+/// the store.
+pub async fn remove(
+    paths: &Paths,
+    name: &str,
+    store: Option<&SecretStore>,
+    running: &dyn Running,
+) -> Result<(), OpsError> {
+    let cfg = config::remove_workload(&paths.config_file, name)?;
+    running
+        .reload(Some(with_env_policy(cfg.clone())?), vec![])
+        .await?;
+    let made;
+    let store = match store {
+        Some(s) => s,
+        None => {
+            made = make_store(&cfg, paths);
+            &made
+        }
+    };
+    store
+        .delete_tokens(name)
+        .await
+        .context("removed, but deleting its tokens failed")?;
+    store
+        .delete_client_secret(name)
+        .await
+        .context("removed, but deleting its registered client's secret failed")?;
+    Ok(())
+}
+
+/// A browser sign-in under way ([`begin_login`]): open [`Login::authorize_url`], then
+/// [`Login::finish`].
+pub struct Login {
+    workload: WorkloadConfig,
+    store: SecretStore,
+    http: reqwest::Client,
+    policy: crate::engine::policy::Policy,
+    pending: crate::engine::oauth::PendingLogin,
+}
+
+/// Start signing in to `name` (authorization code + PKCE): its callback listener is
+/// bound when this returns. `store`: the one the caller runs with, else the
+/// configuration's; `waiting`: the caller's sign-ins in progress (a new one of the
+/// same workload replaces the old).
+pub async fn begin_login(
+    paths: &Paths,
+    name: &str,
+    store: Option<&SecretStore>,
+    waiting: Option<&std::sync::Arc<crate::engine::oauth::WaitingLogins>>,
+) -> Result<Login, OpsError> {
+    let cfg = load_config(paths)?;
+    let w = find(&cfg, name)?.clone();
+    let store = store.cloned().unwrap_or_else(|| make_store(&cfg, paths));
+    let http = crate::engine::oauth::http_client(&cfg.policy, w.ca_file.as_deref())
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let client_secret = client_secret(&store, &w).await?;
+    let pending = match waiting {
+        Some(waiting) => waiting.prepare(&w).await?,
+        None => crate::engine::oauth::prepare_login(&w).await?,
+    }
+    .with_client_secret(client_secret);
+    Ok(Login {
+        workload: w,
+        store,
+        http,
+        policy: cfg.policy,
+        pending,
+    })
+}
+
+impl Login {
+    /// The address to open in a browser.
+    pub fn authorize_url(&self) -> String {
+        self.pending.authorize_url.to_string()
+    }
+
+    /// Wait up to `timeout` for the browser's callback, then store the tokens.
+    pub async fn finish(
+        self,
+        timeout: std::time::Duration,
+    ) -> Result<crate::engine::store::StoredTokens, OpsError> {
+        let tokens = self
+            .pending
+            .finish(&self.http, &self.policy, timeout)
+            .await?;
+        self.store
+            .save_login(&self.workload, &tokens)
+            .await
+            .context("signed in, but the tokens could not be stored")?;
+        Ok(tokens)
+    }
+}
+
+/// `logout`: done by what runs for the config dir (its monitor stops using the tokens
+/// and deletes them after any save under way, so a refresh in flight cannot store them
+/// again). Only when nothing runs are the tokens deleted here, holding the config
+/// dir's lock so that nothing starts meanwhile.
+pub async fn logout(paths: &Paths, name: &str, running: &dyn Running) -> Result<(), OpsError> {
+    let cfg = load_config(paths)?;
+    find(&cfg, name)?;
+    // A daemon that holds the lock but does not answer yet is starting: wait for it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        if running.logout(name.to_string()).await? {
+            return Ok(());
+        }
+        match crate::instance::acquire_lock(paths) {
+            Ok(_lock) => {
+                make_store(&cfg, paths)
+                    .delete_tokens(name)
+                    .await
+                    .map_err(anyhow::Error::from)?;
+                return Ok(());
+            }
+            Err(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(e) => {
+                return Err(e
+                    .context("cannot log out: the daemon for this config dir does not answer")
+                    .into())
+            }
+        }
+    }
+}
+
+/// `token`: a valid access token from what runs for the config dir; when nothing
+/// runs, the stored one, or one refreshed here (and saved before it is returned).
+pub async fn token(paths: &Paths, name: &str, running: &dyn Running) -> Result<Granted, OpsError> {
+    use crate::engine::oauth;
+    use crate::engine::store::Login as Stored;
+    use std::time::SystemTime;
+    if let Some(g) = running.token(name.to_string()).await? {
+        return Ok(g);
+    }
+    let cfg = load_config(paths)?;
+    let w = find(&cfg, name)?;
+    let store = make_store(&cfg, paths);
+    let stored = match store.load_login(w).await.map_err(anyhow::Error::from)? {
+        Stored::Ready(t) => t,
+        Stored::Missing => {
+            return Err(OpsError::NeedsLogin(format!(
+                "`{name}` is not logged in; run `tokenwarden login {name}`"
+            )))
+        }
+        Stored::Elsewhere { changed } => return Err(OpsError::NeedsLogin(format!(
+            "the stored login of `{name}` was made with another {} (workloads.toml changed), so it is not used; log in again: tokenwarden login {name}",
+            changed.join(", ")
+        ))),
+    };
+    let now = SystemTime::now();
+    if stored.expires_at().is_some_and(|e| e > now) {
+        return Ok(Granted {
+            expires_at: stored.expires_at(),
+            token: stored.access_token,
+        });
+    }
+    let rt = stored.refresh_token.clone().ok_or_else(|| {
+        OpsError::NeedsLogin(format!(
+            "the access token expired and there is no refresh token; run `tokenwarden login {name}`"
+        ))
+    })?;
+    let http =
+        oauth::http_client(&cfg.policy, w.ca_file.as_deref()).map_err(|e| anyhow::anyhow!(e))?;
+    let client_secret = client_secret(&store, w).await?;
+    let transport = oauth::Transport::Http(http);
+    let resp = oauth::refresh(&transport, w, &rt, client_secret.as_ref(), &cfg.policy)
+        .await
+        .map_err(|f| {
+            if f.is_permanent() {
+                OpsError::NeedsLogin(format!("refresh refused ({}); run `tokenwarden login {name}`", f.reason()))
+            } else {
+                OpsError::Unavailable(format!("no valid access token now: the refresh failed ({}); try again later, or start `tokenwarden daemon`, which keeps retrying", f.reason()))
+            }
+        })?;
+    let (tokens, _) = oauth::to_stored(resp, Some(rt), SystemTime::now(), &cfg.policy);
+    store
+        .save_login(w, &tokens)
+        .await
+        .context("could not store the refreshed tokens")?;
+    Ok(Granted {
+        expires_at: tokens.expires_at(),
+        token: tokens.access_token,
+    })
 }

@@ -8,6 +8,7 @@ use super::{lock, Backend, DemoState, LoginEvent, Shell};
 use crate::engine::config;
 use crate::engine::oauth;
 use crate::engine::EngineError;
+use crate::ops::OpsError;
 use crate::sim_issuer::Mode;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -232,23 +233,18 @@ pub async fn start_reauth(shell: Arc<Shell>, name: String) -> Result<(), CmdErro
             }
         }
         Backend::Real { store, .. } => {
-            let cfg = crate::ops::load_config(&shell.paths).map_err(|e| anyhow_err("config", e))?;
-            let w = cfg
-                .workload(&name)
-                .cloned()
-                .ok_or_else(|| EngineError::UnknownWorkload(name.clone()))?;
-            let http = oauth::http_client(&cfg.policy, w.ca_file.as_deref())
-                .map_err(|m| CmdError::new("config", m))?;
-            let secret = crate::ops::client_secret(store, &w)
-                .await
-                .map_err(|e| anyhow_err("store", e))?;
-            let pending = shell
-                .logins
-                .prepare(&w)
-                .await
-                .map_err(|e| CmdError::new("login", e.to_string()))?
-                .with_client_secret(secret);
-            let url = pending.authorize_url.to_string();
+            let pending =
+                crate::ops::begin_login(&shell.paths, &name, Some(store), Some(&shell.logins))
+                    .await
+                    .map_err(|e| match e {
+                        OpsError::UnknownWorkload { name, .. } => {
+                            EngineError::UnknownWorkload(name).into()
+                        }
+                        OpsError::Login(e) => CmdError::new("login", e.to_string()),
+                        OpsError::Other(e) => anyhow_err("store", e),
+                        e => CmdError::new("config", e.to_string()),
+                    })?;
+            let url = pending.authorize_url();
             let message = match crate::ops::open_browser(&url) {
                 Ok(()) => format!("Sign in to {name} in your browser…"),
                 Err(e) => {
@@ -257,24 +253,18 @@ pub async fn start_reauth(shell: Arc<Shell>, name: String) -> Result<(), CmdErro
                 }
             };
             emit_login(&shell, &name, "waiting", message);
-            let store = store.clone();
-            let policy = cfg.policy.clone();
             tokio::spawn(async move {
-                let outcome = pending.finish(&http, &policy, LOGIN_TIMEOUT).await;
-                if let Err(oauth::LoginError::Replaced(_)) = outcome {
+                let outcome = pending.finish(LOGIN_TIMEOUT).await;
+                if let Err(OpsError::Login(oauth::LoginError::Replaced(_))) = outcome {
                     return; // the newer sign-in speaks for itself
                 }
                 let result = match outcome {
-                    Ok(tokens) => match store.save_login(&w, &tokens).await {
-                        Ok(()) => shell
-                            .engine()
-                            .reload(None, vec![name.clone()])
-                            .await
-                            .map_err(|e| e.to_string()),
-                        Err(e) => Err(format!(
-                            "signed in, but the tokens could not be stored: {e}"
-                        )),
-                    },
+                    Ok(_) => shell
+                        .engine()
+                        .reload(None, vec![name.clone()])
+                        .await
+                        .map_err(|e| e.to_string()),
+                    Err(OpsError::Other(e)) => Err(format!("{e:#}")),
                     Err(e) => Err(e.to_string()),
                 };
                 match result {
@@ -305,21 +295,16 @@ async fn remove_workload(shell: &Shell, name: String) -> Result<(), CmdError> {
             "The demo's workloads cannot be removed: they go when you quit the demo.",
         ));
     };
-    config::remove_workload(&shell.paths.config_file, &name)?;
-    let cfg = crate::ops::load_config(&shell.paths).map_err(|e| anyhow_err("config", e))?;
-    shell.engine().reload(Some(cfg), vec![]).await?;
-    store.delete_tokens(&name).await.map_err(|e| {
-        CmdError::new(
-            "store",
-            format!("removed, but deleting its tokens failed: {e}"),
-        )
-    })?;
-    store.delete_client_secret(&name).await.map_err(|e| {
-        CmdError::new(
-            "store",
-            format!("removed, but deleting its registered client's secret failed: {e}"),
-        )
-    })?;
+    crate::ops::remove(&shell.paths, &name, Some(store), shell.engine())
+        .await
+        .map_err(|e| match e {
+            OpsError::Config(c) => CmdError::from(c),
+            OpsError::Other(e) => match e.downcast::<EngineError>() {
+                Ok(e) => e.into(),
+                Err(e) => anyhow_err("store", e),
+            },
+            e => CmdError::new("config", e.to_string()),
+        })?;
     shell.forget(&name);
     super::refresh_tray(shell);
     shell.emit("removed", &name);
@@ -419,10 +404,11 @@ async fn add_workload(shell: Arc<Shell>, form: AddForm) -> Result<(), CmdError> 
     };
     let cfg = crate::ops::add_workload(&shell.paths, args, &say)
         .await
-        .map_err(|e| match e.downcast::<config::ConfigError>() {
-            Ok(c) if c.message.contains("already exists") => CmdError::field("name", c.message),
-            Ok(c) => CmdError::from(c),
-            Err(e) => anyhow_err("add", e),
+        .map_err(|e| match e {
+            OpsError::Exists(c) => CmdError::field("name", c.message),
+            OpsError::Config(c) => CmdError::from(c),
+            OpsError::Other(e) => anyhow_err("add", e),
+            e => CmdError::new("add", e.to_string()),
         })?;
     shell.engine().reload(Some(cfg), vec![]).await?;
     start_reauth(shell, name).await
