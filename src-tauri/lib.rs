@@ -26,6 +26,7 @@ pub mod ops;
 pub mod pageout;
 pub mod paths;
 pub mod proxy;
+pub mod service;
 pub mod sim_issuer;
 pub mod sim_remote;
 pub mod stdio;
