@@ -3,8 +3,10 @@
 //!
 //! * [`engine`]: classification, policy, the state machine, monitors, stores, config
 //!   (no GUI; builds with `--no-default-features`);
-//! * [`daemon`], [`control`], [`cli`]: the headless daemon, its local control socket,
-//!   and the command line;
+//! * [`ops`]: the use cases (add, remove, login, logout, token) for every front end;
+//! * [`service`]: how a config dir is run (lock, engine, control socket, signals), for
+//!   the [`daemon`], the desktop app and the demo;
+//! * [`control`], [`cli`]: the local control socket and the command line;
 //! * [`clients`]: MCP clients' config files (`connect`, `disconnect`, `import`);
 //! * [`stdio`]: `tokenwarden stdio NAME`, the MCP stdio bridge to a workload's local proxy;
 //! * [`sim_issuer`]: a loopback OAuth issuer for the demo and the tests;
