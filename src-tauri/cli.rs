@@ -3,13 +3,12 @@
 //! socket, or works directly on the config and the secret store when none runs.
 
 use crate::clients::ClientKind;
-use crate::control::{Client, RemoteError, Request};
+use crate::control::{Client, Request};
+use crate::daemon::{reload_config, reload_tokens, remote, Daemon};
 use crate::engine::config::{self, Config, WorkloadConfig};
 use crate::engine::status::WorkloadStatus;
-use crate::engine::Secret;
 use crate::ops::{load_config, open_browser, AddArgs};
 use crate::paths::Paths;
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -512,38 +511,6 @@ async fn demo(terminal: bool, dir: Option<PathBuf>) -> anyhow::Result<()> {
     crate::demo::run_headless().await
 }
 
-/// Tell a running daemon something changed; fine if none runs.
-async fn notify_daemon(paths: &Paths, req: Request) -> anyhow::Result<()> {
-    if let Some(mut c) = Client::connect(paths).await? {
-        c.call(&req)
-            .await
-            .context("the daemon refused the change")?;
-    }
-    Ok(())
-}
-
-/// A running daemon re-reads workloads.toml (after `add` or `remove` here).
-pub(crate) async fn reload_config(paths: &Paths) -> anyhow::Result<()> {
-    let req = Request::Reload {
-        config: true,
-        names: vec![],
-    };
-    notify_daemon(paths, req).await
-}
-
-/// A running daemon re-reads `name`'s tokens (after a login or logout here).
-async fn reload_tokens(paths: &Paths, name: &str) -> anyhow::Result<()> {
-    let names = vec![name.to_string()];
-    notify_daemon(
-        paths,
-        Request::Reload {
-            config: false,
-            names,
-        },
-    )
-    .await
-}
-
 async fn require_daemon(paths: &Paths) -> anyhow::Result<Client> {
     Client::connect(paths).await?.ok_or_else(|| {
         anyhow::anyhow!(
@@ -551,13 +518,6 @@ async fn require_daemon(paths: &Paths) -> anyhow::Result<Client> {
             paths.config_dir.display()
         )
     })
-}
-
-pub(crate) fn remote(e: anyhow::Error) -> anyhow::Error {
-    match e.downcast::<RemoteError>() {
-        Ok(r) => anyhow::anyhow!(r.message),
-        Err(e) => e,
-    }
 }
 
 async fn status(paths: &Paths, names: &[String], json: bool) -> anyhow::Result<()> {
@@ -973,77 +933,6 @@ fn said(e: crate::ops::OpsError) -> anyhow::Error {
         OpsError::Login(e) => e.into(),
         OpsError::Other(e) => e,
         e @ OpsError::UnknownWorkload { .. } => anyhow::anyhow!("{e}"),
-    }
-}
-
-/// The daemon or desktop app running for the config dir, over its control socket
-/// (nothing when none runs).
-struct Daemon<'a>(&'a Paths);
-
-impl crate::ops::Running for Daemon<'_> {
-    fn reload(
-        &self,
-        config: Option<Config>,
-        names: Vec<String>,
-    ) -> crate::ops::Reply<'_, anyhow::Result<()>> {
-        let req = Request::Reload {
-            config: config.is_some(),
-            names,
-        };
-        Box::pin(notify_daemon(self.0, req))
-    }
-
-    fn logout(&self, name: String) -> crate::ops::Reply<'_, Result<bool, crate::ops::OpsError>> {
-        Box::pin(async move {
-            let Some(mut c) = Client::connect(self.0).await? else {
-                return Ok(false);
-            };
-            c.call(&Request::Logout { name }).await.map_err(remote)?;
-            Ok(true)
-        })
-    }
-
-    fn token(
-        &self,
-        name: String,
-    ) -> crate::ops::Reply<'_, Result<Option<crate::ops::Granted>, crate::ops::OpsError>> {
-        use crate::ops::OpsError;
-        Box::pin(async move {
-            let Some(mut c) = Client::connect(self.0).await? else {
-                return Ok(None);
-            };
-            let v = c
-                .call(&Request::Token { name: name.clone() })
-                .await
-                .map_err(|e| match e.downcast::<RemoteError>() {
-                    Ok(r) => match r.code.as_str() {
-                        "unauthenticated" => OpsError::NeedsLogin(format!(
-                            "{}; sign in with `tokenwarden login {name}`",
-                            r.message
-                        )),
-                        "unavailable" => OpsError::Unavailable(r.message),
-                        "stopped" => OpsError::Stopped(r.message),
-                        _ => OpsError::Other(anyhow::anyhow!(r.message)),
-                    },
-                    Err(e) => OpsError::Other(e),
-                })?;
-            let t = v
-                .get("access_token")
-                .and_then(|t| t.as_str())
-                .ok_or_else(|| anyhow::anyhow!("the daemon sent no token"))?;
-            let expires_at = v
-                .get("expires_at")
-                .and_then(|t| t.as_str())
-                .and_then(|t| {
-                    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
-                        .ok()
-                })
-                .map(SystemTime::from);
-            Ok(Some(crate::ops::Granted {
-                token: Secret::new(t),
-                expires_at,
-            }))
-        })
     }
 }
 

@@ -620,8 +620,11 @@ pub async fn local_url(paths: &Paths, cfg: &Config, name: &str) -> anyhow::Resul
         );
     };
     if let Some(mut c) = Client::connect(paths).await? {
-        let list: Vec<WorkloadStatus> =
-            serde_json::from_value(c.call(&Request::Status).await.map_err(crate::cli::remote)?)?;
+        let list: Vec<WorkloadStatus> = serde_json::from_value(
+            c.call(&Request::Status)
+                .await
+                .map_err(crate::daemon::remote)?,
+        )?;
         if let Some(s) = list.into_iter().find(|s| s.name == name) {
             if let Some(e) = &s.proxy_error {
                 eprintln!("warning: {e}");
@@ -636,7 +639,7 @@ pub async fn local_url(paths: &Paths, cfg: &Config, name: &str) -> anyhow::Resul
         _ => {
             let p = crate::proxy::bind(0)?.local_addr()?.port();
             config::set_listen_port(&paths.config_file, name, p)?;
-            crate::cli::reload_config(paths).await?;
+            crate::daemon::reload_config(paths).await?;
             p
         }
     };
@@ -1066,7 +1069,7 @@ pub async fn import(
             eprintln!("  could not add `{}`: {e:#}", f.name);
             continue;
         }
-        crate::cli::reload_config(paths).await?;
+        crate::daemon::reload_config(paths).await?;
         if let Err(e) = crate::cli::login(paths, &f.name, no_browser, timeout).await {
             eprintln!(
                 "  `{}` was added but not signed in ({e:#}); log in later with `tokenwarden login {}`",
