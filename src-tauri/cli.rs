@@ -954,12 +954,13 @@ async fn set_enabled(paths: &Paths, name: &str, enabled: bool) -> anyhow::Result
 /// `client-config NAME`: the local proxy's address (see `clients::local_url`) in the
 /// `mcpServers` JSON most clients take.
 async fn client_config(paths: &Paths, name: &str) -> anyhow::Result<()> {
-    let cfg = load_config(paths)?;
-    let local = crate::clients::local_url(paths, &cfg, name).await?;
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&crate::proxy::client_config(name, &local))?
-    );
+    let (json, local) = crate::ops::client_config(paths, name, &Daemon(paths))
+        .await
+        .map_err(said)?;
+    if let Some(e) = &local.proxy_error {
+        eprintln!("warning: {e}");
+    }
+    println!("{}", serde_json::to_string_pretty(&json)?);
     Ok(())
 }
 

@@ -132,4 +132,21 @@ impl crate::ops::Running for Daemon<'_> {
             }))
         })
     }
+
+    fn status(
+        &self,
+    ) -> crate::ops::Reply<
+        '_,
+        Result<Option<Vec<crate::engine::WorkloadStatus>>, crate::ops::OpsError>,
+    > {
+        Box::pin(async move {
+            let Some(mut c) = Client::connect(self.0).await? else {
+                return Ok(None);
+            };
+            let v = c.call(&Request::Status).await.map_err(remote)?;
+            Ok(Some(
+                serde_json::from_value(v).map_err(anyhow::Error::from)?,
+            ))
+        })
+    }
 }

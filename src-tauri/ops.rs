@@ -6,7 +6,7 @@
 use crate::engine::config::{self, Config, StoreKind, WorkloadConfig};
 use crate::engine::discovery::{self, DiscoveryError, DiscoveryOptions};
 use crate::engine::store::{default_service, FileBackend, KeychainBackend, SecretStore};
-use crate::engine::Secret;
+use crate::engine::{Secret, WorkloadStatus};
 use crate::paths::Paths;
 use anyhow::Context;
 
@@ -356,6 +356,8 @@ pub trait Running: Send + Sync {
     fn logout(&self, name: String) -> Reply<'_, Result<bool, OpsError>>;
     /// A valid access token from there; `Ok(None)`: nothing runs.
     fn token(&self, name: String) -> Reply<'_, Result<Option<Granted>, OpsError>>;
+    /// Every workload's status there; `Ok(None)`: nothing runs.
+    fn status(&self) -> Reply<'_, Result<Option<Vec<WorkloadStatus>>, OpsError>>;
 }
 
 pub use crate::engine::monitor::Granted;
@@ -386,6 +388,14 @@ impl Running for crate::engine::Engine {
             })
         })
     }
+    fn status(&self) -> Reply<'_, Result<Option<Vec<WorkloadStatus>>, OpsError>> {
+        Box::pin(async move {
+            crate::engine::Engine::status(self)
+                .await
+                .map(Some)
+                .map_err(|e| OpsError::Other(e.into()))
+        })
+    }
 }
 
 /// Nothing runs for the config dir: changes stay in the files and the store.
@@ -399,6 +409,9 @@ impl Running for NotRunning {
         Box::pin(async { Ok(false) })
     }
     fn token(&self, _: String) -> Reply<'_, Result<Option<Granted>, OpsError>> {
+        Box::pin(async { Ok(None) })
+    }
+    fn status(&self) -> Reply<'_, Result<Option<Vec<WorkloadStatus>>, OpsError>> {
         Box::pin(async { Ok(None) })
     }
 }
@@ -589,4 +602,85 @@ pub async fn token(paths: &Paths, name: &str, running: &dyn Running) -> Result<G
         expires_at: tokens.expires_at(),
         token: tokens.access_token,
     })
+}
+
+/// Where an MCP client reaches a workload's remote: its local proxy's address, and why
+/// that proxy is not serving, if it is not.
+pub struct LocalUrl {
+    pub url: String,
+    pub proxy_error: Option<String>,
+}
+
+/// The local proxy's address of workload `name`: what runs for the config dir says it,
+/// else the config (a port is chosen and written to workloads.toml now if none was yet,
+/// and `running` told).
+pub async fn local_url(
+    paths: &Paths,
+    cfg: &Config,
+    name: &str,
+    running: &dyn Running,
+) -> Result<LocalUrl, OpsError> {
+    let w = find(cfg, name)?;
+    let Some(url) = &w.url else {
+        return Err(anyhow::anyhow!(
+            "`{name}` has no `url`, so it has no local proxy (only workloads with a remote URL get one)"
+        )
+        .into());
+    };
+    let mut proxy_error = None;
+    if let Some(list) = running.status().await? {
+        if let Some(s) = list.into_iter().find(|s| s.name == name) {
+            if let Some(u) = s.local_url {
+                return Ok(LocalUrl {
+                    url: u,
+                    proxy_error: s.proxy_error,
+                });
+            }
+            proxy_error = s.proxy_error;
+        }
+    }
+    let port = match w.listen_port {
+        Some(p) if p != 0 => p,
+        _ => {
+            let p = crate::proxy::bind(0)
+                .and_then(|l| l.local_addr())
+                .map_err(anyhow::Error::from)?
+                .port();
+            config::set_listen_port(&paths.config_file, name, p)?;
+            running.reload(Some(load_config(paths)?), vec![]).await?;
+            p
+        }
+    };
+    let secret =
+        crate::proxy::path_secret_for(&paths.config_file, name).map_err(anyhow::Error::from)?;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    Ok(LocalUrl {
+        url: crate::proxy::local_url(addr, url, secret.as_ref()),
+        proxy_error,
+    })
+}
+
+/// `client-config NAME`: the `mcpServers` JSON most MCP clients take, pointing at the
+/// workload's local proxy.
+pub async fn client_config(
+    paths: &Paths,
+    name: &str,
+    running: &dyn Running,
+) -> Result<(serde_json::Value, LocalUrl), OpsError> {
+    let cfg = load_config(paths)?;
+    let local = local_url(paths, &cfg, name, running).await?;
+    Ok((crate::proxy::client_config(name, &local.url), local))
+}
+
+impl OpsError {
+    /// As an `anyhow` error whose configuration error (or inner error) can still be
+    /// told apart by `downcast`.
+    pub fn into_anyhow(self) -> anyhow::Error {
+        match self {
+            OpsError::Config(c) | OpsError::Exists(c) => c.into(),
+            OpsError::Login(e) => e.into(),
+            OpsError::Other(e) => e,
+            e => anyhow::anyhow!("{e}"),
+        }
+    }
 }

@@ -19,9 +19,7 @@ pub mod json;
 pub mod toml;
 pub mod yaml;
 
-use crate::control::{Client, Request};
 use crate::engine::config::{self, Config};
-use crate::engine::status::WorkloadStatus;
 use crate::ops::load_config;
 use crate::paths::Paths;
 use anyhow::Context;
@@ -613,39 +611,13 @@ pub fn apply(path: &Path, old: Option<&str>, new: &str, mode: Mode) -> anyhow::R
 /// The local proxy's address of workload `name`: the running daemon's, else from the
 /// config (a port is chosen and written to workloads.toml now if none was yet).
 pub async fn local_url(paths: &Paths, cfg: &Config, name: &str) -> anyhow::Result<String> {
-    let w = crate::ops::workload(cfg, name)?;
-    let Some(url) = &w.url else {
-        anyhow::bail!(
-            "`{name}` has no `url`, so it has no local proxy (only workloads with a remote URL get one)"
-        );
-    };
-    if let Some(mut c) = Client::connect(paths).await? {
-        let list: Vec<WorkloadStatus> = serde_json::from_value(
-            c.call(&Request::Status)
-                .await
-                .map_err(crate::daemon::remote)?,
-        )?;
-        if let Some(s) = list.into_iter().find(|s| s.name == name) {
-            if let Some(e) = &s.proxy_error {
-                eprintln!("warning: {e}");
-            }
-            if let Some(u) = s.local_url {
-                return Ok(u);
-            }
-        }
+    let local = crate::ops::local_url(paths, cfg, name, &crate::daemon::Daemon(paths))
+        .await
+        .map_err(crate::ops::OpsError::into_anyhow)?;
+    if let Some(e) = &local.proxy_error {
+        eprintln!("warning: {e}");
     }
-    let port = match w.listen_port {
-        Some(p) if p != 0 => p,
-        _ => {
-            let p = crate::proxy::bind(0)?.local_addr()?.port();
-            config::set_listen_port(&paths.config_file, name, p)?;
-            crate::daemon::reload_config(paths).await?;
-            p
-        }
-    };
-    let secret = crate::proxy::path_secret_for(&paths.config_file, name)?;
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    Ok(crate::proxy::local_url(addr, url, secret.as_ref()))
+    Ok(local.url)
 }
 
 /// `tokenwarden [--config-dir DIR] stdio NAME` by the absolute path of this program;
