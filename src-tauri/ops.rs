@@ -684,3 +684,51 @@ impl OpsError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn paths_with(text: &str) -> (tempfile::TempDir, Paths) {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::resolve(Some(dir.path().to_path_buf())).unwrap();
+        std::fs::write(&paths.config_file, text).unwrap();
+        (dir, paths)
+    }
+
+    const ONE: &str = "[secrets]\nstore = \"file\"\n\n[[workload]]\nname = \"gh\"\ntoken_endpoint = \"https://auth.example/token\"\nclient_id = \"c\"\n";
+
+    /// The callers tell "that name exists" (the desktop's form marks the name field)
+    /// from other configuration errors by the variant, not by the message's words.
+    #[tokio::test]
+    async fn adding_an_existing_name_is_its_own_error_and_writes_nothing() {
+        let (_dir, paths) = paths_with(ONE);
+        let args = AddArgs {
+            name: "gh".into(),
+            token_endpoint: Some("https://auth.example/token".into()),
+            client_id: Some("c".into()),
+            ..AddArgs::default()
+        };
+        let e = add_workload(&paths, args, &|_| {}).await.unwrap_err();
+        assert!(matches!(e, OpsError::Exists(_)), "{e:?}");
+        assert_eq!(std::fs::read_to_string(&paths.config_file).unwrap(), ONE);
+        let bad = AddArgs {
+            name: "no spaces allowed".into(),
+            ..AddArgs::default()
+        };
+        let e = add_workload(&paths, bad, &|_| {}).await.unwrap_err();
+        assert!(matches!(e, OpsError::Config(_)), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn an_unknown_name_lists_the_known_ones() {
+        let (_dir, paths) = paths_with(ONE);
+        let e = token(&paths, "nope", &NotRunning).await.unwrap_err();
+        let text = e.to_string();
+        assert!(matches!(e, OpsError::UnknownWorkload { .. }), "{e:?}");
+        assert!(text.starts_with("no workload named `nope` in "), "{text}");
+        assert!(text.ends_with(" (known: gh)"), "{text}");
+        let e = token(&paths, "gh", &NotRunning).await.unwrap_err();
+        assert!(matches!(e, OpsError::NeedsLogin(_)), "{e:?}");
+    }
+}
