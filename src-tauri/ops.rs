@@ -425,6 +425,10 @@ pub async fn remove(
     store: Option<&SecretStore>,
     running: &dyn Running,
 ) -> Result<(), OpsError> {
+    // A policy override that cannot be applied is refused before the file changes.
+    crate::engine::policy::Policy::default()
+        .apply_env(|k| std::env::var(k).ok())
+        .map_err(|e| anyhow::anyhow!(e))?;
     let cfg = config::remove_workload(&paths.config_file, name)?;
     running
         .reload(Some(with_env_policy(cfg.clone())?), vec![])

@@ -363,6 +363,15 @@ async fn add_list_remove_while_the_daemon_runs() {
         w.reason.as_deref() == Some("signed out")
     })
     .await;
+    // A policy override that cannot be used is refused before the file changes.
+    let before = read(&env.config_file());
+    let bad = env
+        .command(&["remove", "new"])
+        .env("TOKENWARDEN_REFRESH_MAX_TRIES", "many")
+        .output()
+        .unwrap();
+    assert!(!bad.status.success(), "{bad:?}");
+    assert_eq!(read(&env.config_file()), before);
     let rm = env.run(&["remove", "new"]);
     assert!(rm.ok(), "{rm:?}");
     assert!(env.status().await.is_empty());
