@@ -4,16 +4,11 @@
 
 use crate::clients::ClientKind;
 use crate::control::{Client, Request};
-use crate::daemon::{load_config, make_store};
+use crate::daemon::{reload_config, reload_tokens, remote, Daemon};
 use crate::engine::config::{self, Config, WorkloadConfig};
-use crate::engine::discovery::{self, DiscoveryError, DiscoveryOptions};
-use crate::engine::oauth;
 use crate::engine::status::WorkloadStatus;
-use crate::engine::store::Login;
-use crate::engine::Secret;
+use crate::ops::{load_config, open_browser, AddArgs};
 use crate::paths::Paths;
-use crate::protocol::{self, ErrorCode};
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -370,7 +365,9 @@ async fn run(command: Option<Command>, paths: Paths, hidden: bool) -> anyhow::Re
                 ca_file,
                 allow_http,
             };
-            add_workload(&paths, args, &|line| eprintln!("{line}")).await?;
+            crate::ops::add_workload(&paths, args, &|line| eprintln!("{line}"))
+                .await
+                .map_err(said)?;
             reload_config(&paths).await?;
             if no_login {
                 eprintln!("Log in with: tokenwarden login {name}");
@@ -380,11 +377,9 @@ async fn run(command: Option<Command>, paths: Paths, hidden: bool) -> anyhow::Re
             }
         }
         Command::Remove { name } => {
-            let cfg = config::remove_workload(&paths.config_file, &name)?;
-            reload_config(&paths).await?;
-            let store = make_store(&cfg, &paths);
-            store.delete_tokens(&name).await?;
-            store.delete_client_secret(&name).await?;
+            crate::ops::remove(&paths, &name, None, &Daemon(&paths))
+                .await
+                .map_err(said)?;
             eprintln!("Removed `{name}` and its stored tokens");
             Ok(())
         }
@@ -469,199 +464,6 @@ async fn run(command: Option<Command>, paths: Paths, hidden: bool) -> anyhow::Re
     }
 }
 
-/// The scope that asks an authorization server for a refresh token (OpenID Connect
-/// Core §11), requested by `add --url` when the server lists it.
-const OFFLINE_ACCESS: &str = "offline_access";
-
-/// What `add` was given (the CLI flags, or the window's add form).
-#[derive(Clone, Debug, Default)]
-pub struct AddArgs {
-    pub name: String,
-    pub url: Option<String>,
-    pub token_endpoint: Option<String>,
-    pub authorization_endpoint: Option<String>,
-    pub client_id: Option<String>,
-    pub scopes: Vec<String>,
-    pub ca_file: Option<String>,
-    pub allow_http: bool,
-}
-
-/// A free port on 127.0.0.1 that no workload in `cfg` uses, with its listener (held
-/// by the caller until the port is written, so two picks never collide).
-fn free_loopback_port(cfg: &Config) -> anyhow::Result<(std::net::TcpListener, u16)> {
-    let taken: std::collections::HashSet<u16> = cfg
-        .workloads
-        .iter()
-        .flat_map(|w| [w.listen_port, w.redirect_port])
-        .flatten()
-        .collect();
-    for _ in 0..16 {
-        let l = std::net::TcpListener::bind(("127.0.0.1", 0))
-            .context("cannot pick a free port on 127.0.0.1")?;
-        let port = l.local_addr()?.port();
-        if !taken.contains(&port) {
-            return Ok((l, port));
-        }
-    }
-    anyhow::bail!("cannot pick a free port on 127.0.0.1 that no workload uses")
-}
-
-/// `add`: write the workload (discovering and registering what was not given), and
-/// keep a registered client's secret in the secret store. On any failure nothing is
-/// written: not the config file, not the store. Progress goes to `say` (the CLI's
-/// stderr, the window's notices). Returns the configuration as written.
-pub async fn add_workload(
-    paths: &Paths,
-    a: AddArgs,
-    say: &(dyn Fn(String) + Send + Sync),
-) -> anyhow::Result<Config> {
-    let cfg = load_config(paths)?;
-    let usage = |message: String| config::ConfigError {
-        path: paths.config_file.clone(),
-        line: None,
-        message,
-    };
-    // What add_workload would refuse anyway, refused before any client is registered.
-    config::validate_name(&a.name).map_err(usage)?;
-    if cfg.workload(&a.name).is_some() {
-        return Err(usage(format!("a workload named `{}` already exists", a.name)).into());
-    }
-    let name = a.name.clone();
-    let mut nw = config::NewWorkload {
-        name: a.name,
-        url: a.url.clone(),
-        authorization_endpoint: a.authorization_endpoint.clone(),
-        token_endpoint: a.token_endpoint.clone().unwrap_or_default(),
-        client_id: a.client_id.clone().unwrap_or_default(),
-        scopes: a.scopes.clone(),
-        ca_file: a.ca_file.clone(),
-        allow_http: a.allow_http,
-        ..Default::default()
-    };
-    let mut client_secret: Option<Secret> = None;
-    let mut held_ports = Vec::new();
-    if a.token_endpoint.is_none() || a.client_id.is_none() {
-        let Some(raw) = a.url.as_deref() else {
-            anyhow::bail!(
-                "give --url URL to discover the rest, or both --token-endpoint and --client-id"
-            );
-        };
-        let url = url::Url::parse(raw.trim())
-            .map_err(|e| anyhow::anyhow!("--url is not a valid URL ({e}): `{raw}`"))?;
-        let opts = DiscoveryOptions {
-            policy: cfg.policy.clone(),
-            allow_http: a.allow_http,
-            // Relative to the config dir, as the config file's `ca_file` is.
-            ca_file: a.ca_file.as_ref().map(|c| paths.config_dir.join(c)),
-            resolve: Vec::new(),
-        };
-        say(format!("Discovering how {url} signs in..."));
-        let d = discovery::discover(&url, &opts).await?;
-        // As published (RFC 8414 §3.3), never a normalised URL.
-        say(format!("  authorization server:   {}", d.issuer_identifier));
-        say(format!(
-            "  authorization endpoint: {}",
-            d.authorization_endpoint
-        ));
-        say(format!("  token endpoint:         {}", d.token_endpoint));
-        if let Some(r) = &d.resource_indicator {
-            say(format!("  resource indicator:     {r}"));
-        }
-        say(format!(
-            "  scopes it asks for:     {}",
-            if d.scopes.is_empty() {
-                "none named".to_string()
-            } else {
-                d.scopes.join(" ")
-            }
-        ));
-        nw.url = Some(d.resource.to_string());
-        nw.resource = d.resource_indicator.clone();
-        if nw.authorization_endpoint.is_none() {
-            nw.authorization_endpoint = Some(d.authorization_endpoint.to_string());
-            // Sign-in answers come from this server: its `iss` (RFC 9207) is checked.
-            // (An --authorization-endpoint of another server has another issuer.)
-            nw.issuer = Some(d.issuer_identifier.clone());
-            nw.iss_parameter = d.iss_parameter_supported;
-            say(format!(
-                "  issuer (RFC 9207 iss):  {}{}",
-                d.issuer_identifier,
-                if d.iss_parameter_supported {
-                    "; always sent in sign-in answers"
-                } else {
-                    ""
-                }
-            ));
-        }
-        if nw.token_endpoint.is_empty() {
-            nw.token_endpoint = d.token_endpoint.to_string();
-        }
-        if nw.scopes.is_empty() {
-            nw.scopes = d.scopes.clone();
-            // Without --scope: ask for a refresh token where the server says how.
-            if d.server_scopes.iter().any(|s| s == OFFLINE_ACCESS)
-                && !nw.scopes.iter().any(|s| s == OFFLINE_ACCESS)
-            {
-                nw.scopes.push(OFFLINE_ACCESS.into());
-                say(format!("  also asking for:        {OFFLINE_ACCESS} (the authorization server lists it: it grants refresh tokens with it)"));
-            }
-        }
-        if nw.client_id.is_empty() {
-            let endpoint = d.registration_endpoint.clone().ok_or_else(|| {
-                DiscoveryError::NoRegistrationEndpoint {
-                    issuer: d.issuer_identifier.clone(),
-                }
-            })?;
-            // The callback port the client is registered with; logins bind it again.
-            let (callback, port) = free_loopback_port(&cfg)?;
-            let redirect_uri = url::Url::parse(&format!("http://127.0.0.1:{port}/callback"))?;
-            let http = discovery::discovery_client(&opts)?;
-            let reg = discovery::register(&http, &endpoint, &redirect_uri, &nw.scopes, &cfg.policy)
-                .await?;
-            held_ports.push(callback);
-            say(format!(
-                "Registered a new {} client at {endpoint} (client id {}; sign-in callback {redirect_uri}{})",
-                if reg.client_secret.is_some() { "confidential" } else { "public" },
-                reg.client_id,
-                if reg.client_secret.is_some() {
-                    format!("; its client secret goes to the secret store, sent as {}", reg.auth.as_str())
-                } else {
-                    String::new()
-                }
-            ));
-            nw.client_id = reg.client_id;
-            nw.redirect_port = Some(port);
-            nw.client_auth = reg.auth;
-            client_secret = reg.client_secret;
-        } else {
-            say("Using the client id given with --client-id (no registration).".into());
-        }
-    }
-    if nw.url.is_some() {
-        // The local proxy's port, chosen once and then kept.
-        let (l, port) = free_loopback_port(&cfg)?;
-        held_ports.push(l);
-        nw.listen_port = Some(port);
-    }
-    drop(held_ports);
-
-    let store = make_store(&cfg, paths);
-    if let Some(secret) = &client_secret {
-        store.save_client_secret(&name, secret).await.context(
-            "registered a client, but its secret could not be stored; nothing was written",
-        )?;
-    }
-    if let Err(e) = config::add_workload(&paths.config_file, &nw) {
-        if client_secret.is_some() {
-            let _ = store.delete_client_secret(&name).await;
-        }
-        return Err(e.into());
-    }
-    let cfg = load_config(paths)?;
-    say(format!("Added `{name}` to {}", paths.config_file.display()));
-    Ok(cfg)
-}
-
 /// Whether a bare `tokenwarden` is the desktop app with its window and tray (a desktop
 /// build with a display).
 fn desktop_shows_a_window() -> bool {
@@ -709,53 +511,6 @@ async fn demo(terminal: bool, dir: Option<PathBuf>) -> anyhow::Result<()> {
     crate::demo::run_headless().await
 }
 
-pub(crate) fn workload<'a>(cfg: &'a Config, name: &str) -> anyhow::Result<&'a WorkloadConfig> {
-    cfg.workload(name).ok_or_else(|| {
-        let known: Vec<&str> = cfg.workloads.iter().map(|w| w.name.as_str()).collect();
-        anyhow::anyhow!(
-            "no workload named `{name}` in {}{}",
-            cfg.path.display(),
-            if known.is_empty() {
-                String::new()
-            } else {
-                format!(" (known: {})", known.join(", "))
-            }
-        )
-    })
-}
-
-/// Tell a running daemon something changed; fine if none runs.
-async fn notify_daemon(paths: &Paths, req: Request) -> anyhow::Result<()> {
-    if let Some(mut c) = Client::connect(paths).await? {
-        c.call(&req)
-            .await
-            .context("the daemon refused the change")?;
-    }
-    Ok(())
-}
-
-/// A running daemon re-reads workloads.toml (after `add` or `remove` here).
-pub(crate) async fn reload_config(paths: &Paths) -> anyhow::Result<()> {
-    let req = Request::Reload {
-        config: true,
-        names: vec![],
-    };
-    notify_daemon(paths, req).await
-}
-
-/// A running daemon re-reads `name`'s tokens (after a login or logout here).
-async fn reload_tokens(paths: &Paths, name: &str) -> anyhow::Result<()> {
-    let names = vec![name.to_string()];
-    notify_daemon(
-        paths,
-        Request::Reload {
-            config: false,
-            names,
-        },
-    )
-    .await
-}
-
 async fn require_daemon(paths: &Paths) -> anyhow::Result<Client> {
     Client::connect(paths).await?.ok_or_else(|| {
         anyhow::anyhow!(
@@ -763,10 +518,6 @@ async fn require_daemon(paths: &Paths) -> anyhow::Result<Client> {
             paths.config_dir.display()
         )
     })
-}
-
-pub(crate) fn remote(e: protocol::Error) -> anyhow::Error {
-    e.into()
 }
 
 async fn status(paths: &Paths, names: &[String], json: bool) -> anyhow::Result<()> {
@@ -1081,16 +832,10 @@ pub(crate) async fn login(
     no_browser: bool,
     timeout: Duration,
 ) -> anyhow::Result<()> {
-    let cfg = load_config(paths)?;
-    let w = workload(&cfg, name)?.clone();
-    let store = make_store(&cfg, paths);
-    let http =
-        oauth::http_client(&cfg.policy, w.ca_file.as_deref()).map_err(|e| anyhow::anyhow!(e))?;
-    let client_secret = client_secret(&store, &w).await?;
-    let pending = oauth::prepare_login(&w)
-        .await?
-        .with_client_secret(client_secret);
-    let url = pending.authorize_url.to_string();
+    let login = crate::ops::begin_login(paths, name, None, None)
+        .await
+        .map_err(said)?;
+    let url = login.authorize_url();
     if no_browser {
         println!("{url}");
         eprintln!(
@@ -1114,11 +859,7 @@ pub(crate) async fn login(
     }
     use std::io::Write;
     let _ = std::io::stdout().flush();
-    let tokens = pending.finish(&http, &cfg.policy, timeout).await?;
-    store
-        .save_login(&w, &tokens)
-        .await
-        .context("signed in, but the tokens could not be stored")?;
+    let tokens = login.finish(timeout).await.map_err(said)?;
     reload_tokens(paths, name).await?;
     eprintln!("Signed in: `{name}` is running");
     if tokens.refresh_token.is_none() {
@@ -1139,74 +880,11 @@ pub fn no_refresh_token_note(expires_at: Option<std::time::SystemTime>) -> Strin
     }
 }
 
-/// Open `url` in the browser: `TOKENWARDEN_BROWSER` (a command given the URL as its
-/// only argument) when set, else the system's default browser. An error means no
-/// browser could be started (what the browser then does is not known here).
-pub(crate) fn open_browser(url: &str) -> Result<(), String> {
-    match std::env::var_os("TOKENWARDEN_BROWSER").filter(|v| !v.is_empty()) {
-        Some(cmd) => std::process::Command::new(&cmd)
-            .arg(url)
-            .stdin(std::process::Stdio::null())
-            .spawn()
-            .map(|mut child| {
-                // Reaped when it ends (a long-running app must not collect zombies).
-                std::thread::spawn(move || child.wait());
-            })
-            .map_err(|e| format!("{}: {e}", std::path::Path::new(&cmd).display())),
-        None => open::that_detached(url).map_err(|e| e.to_string()),
-    }
-}
-
-/// A confidential client's secret from the store (`None` for a public client).
-pub(crate) async fn client_secret(
-    store: &crate::engine::SecretStore,
-    w: &WorkloadConfig,
-) -> anyhow::Result<Option<Secret>> {
-    if !w.client_auth.needs_secret() {
-        return Ok(None);
-    }
-    let name = &w.name;
-    let secret = store.load_client_secret(name).await?.ok_or_else(|| {
-        anyhow::anyhow!(
-            "`{name}` authenticates with {} but its client secret is not in the secret store; register again with `tokenwarden remove {name}` and `tokenwarden add {name} --url URL`",
-            w.client_auth.as_str()
-        )
-    })?;
-    Ok(Some(secret))
-}
-
-/// `logout`: done by the running daemon or desktop app, whose monitor stops using the
-/// tokens and deletes them after any save under way, so a refresh in flight cannot
-/// store them again. Only when none runs is the entry deleted here, holding the config
-/// dir's lock so that none starts meanwhile.
+/// `logout`: by the running daemon or desktop app, else here ([`crate::ops::logout`]).
 async fn logout(paths: &Paths, name: &str) -> anyhow::Result<()> {
-    let cfg = load_config(paths)?;
-    workload(&cfg, name)?;
-    // A daemon that holds the lock but does not answer yet is starting: wait for it.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        if let Some(mut c) = Client::connect(paths).await? {
-            let req = Request::Logout {
-                name: name.to_string(),
-            };
-            c.call(&req).await.map_err(remote)?;
-            break;
-        }
-        match crate::daemon::acquire_lock(paths) {
-            Ok(_lock) => {
-                make_store(&cfg, paths).delete_tokens(name).await?;
-                break;
-            }
-            Err(_) if std::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => {
-                return Err(
-                    e.context("cannot log out: the daemon for this config dir does not answer")
-                )
-            }
-        }
-    }
+    crate::ops::logout(paths, name, &Daemon(paths))
+        .await
+        .map_err(said)?;
     eprintln!("Logged out of `{name}`");
     Ok(())
 }
@@ -1214,16 +892,6 @@ async fn logout(paths: &Paths, name: &str) -> anyhow::Result<()> {
 /// `message` with the exit code `code` (see [`Exit`]).
 fn exit_with(code: u8, message: String) -> anyhow::Error {
     anyhow::Error::new(Exit(code)).context(message)
-}
-
-/// The exit code of a refused `token` request, by the engine's error code.
-fn token_exit_code(code: ErrorCode) -> u8 {
-    match code {
-        ErrorCode::Unauthenticated => 4,
-        ErrorCode::Unavailable => 3,
-        ErrorCode::Stopped => 5,
-        _ => 1,
-    }
 }
 
 /// Print a token as `token` does: bare, or with `--json` its expiry too.
@@ -1245,81 +913,27 @@ fn print_token(token: &str, expires_at: Option<SystemTime>, json: bool) {
 }
 
 async fn token(paths: &Paths, name: &str, json: bool) -> anyhow::Result<()> {
-    if let Some(mut c) = Client::connect(paths).await? {
-        let v = c
-            .call(&Request::Token {
-                name: name.to_string(),
-            })
-            .await
-            .map_err(|r| match token_exit_code(r.code) {
-                4 => exit_with(
-                    4,
-                    format!("{}; sign in with `tokenwarden login {name}`", r.message),
-                ),
-                code => exit_with(code, r.message),
-            })?;
-        let t = v
-            .get("access_token")
-            .and_then(|t| t.as_str())
-            .ok_or_else(|| anyhow::anyhow!("the daemon sent no token"))?;
-        let expires_at = v
-            .get("expires_at")
-            .and_then(|t| t.as_str())
-            .and_then(|t| {
-                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
-            })
-            .map(SystemTime::from);
-        print_token(t, expires_at, json);
-        return Ok(());
-    }
-    // No daemon: use the stored token, or refresh it here (saving before printing).
-    let cfg = load_config(paths)?;
-    let w = workload(&cfg, name)?;
-    let store = make_store(&cfg, paths);
-    let stored = match store.load_login(w).await? {
-        Login::Ready(t) => t,
-        Login::Missing => {
-            return Err(exit_with(
-                4,
-                format!("`{name}` is not logged in; run `tokenwarden login {name}`"),
-            ))
-        }
-        Login::Elsewhere { changed } => return Err(exit_with(4, format!(
-            "the stored login of `{name}` was made with another {} (workloads.toml changed), so it is not used; log in again: tokenwarden login {name}",
-            changed.join(", ")
-        ))),
-    };
-    let now = SystemTime::now();
-    if stored.expires_at().is_some_and(|e| e > now) {
-        print_token(stored.access_token.expose(), stored.expires_at(), json);
-        return Ok(());
-    }
-    let rt = stored.refresh_token.clone().ok_or_else(|| {
-        exit_with(
-            4,
-            format!("the access token expired and there is no refresh token; run `tokenwarden login {name}`"),
-        )
-    })?;
-    let http =
-        oauth::http_client(&cfg.policy, w.ca_file.as_deref()).map_err(|e| anyhow::anyhow!(e))?;
-    let client_secret = client_secret(&store, w).await?;
-    let transport = oauth::Transport::Http(http);
-    let resp = oauth::refresh(&transport, w, &rt, client_secret.as_ref(), &cfg.policy)
+    let g = crate::ops::token(paths, name, &Daemon(paths))
         .await
-        .map_err(|f| {
-            if f.is_permanent() {
-                exit_with(4, format!("refresh refused ({}); run `tokenwarden login {name}`", f.reason()))
-            } else {
-                exit_with(3, format!("no valid access token now: the refresh failed ({}); try again later, or start `tokenwarden daemon`, which keeps retrying", f.reason()))
-            }
-        })?;
-    let (tokens, _) = oauth::to_stored(resp, Some(rt), SystemTime::now(), &cfg.policy);
-    store
-        .save_login(w, &tokens)
-        .await
-        .context("could not store the refreshed tokens")?;
-    print_token(tokens.access_token.expose(), tokens.expires_at(), json);
+        .map_err(said)?;
+    print_token(g.token.expose(), g.expires_at, json);
     Ok(())
+}
+
+/// A use case's error as the command line says it: its message, and the exit code
+/// (2 a configuration or argument it refuses, 4 a login is needed, 3 no token now
+/// because of a transient failure, 5 the workload is disabled, 1 anything else).
+fn said(e: crate::ops::OpsError) -> anyhow::Error {
+    use crate::ops::OpsError;
+    match e {
+        OpsError::Config(c) | OpsError::Exists(c) => c.into(),
+        OpsError::NeedsLogin(m) => exit_with(4, m),
+        OpsError::Unavailable(m) => exit_with(3, m),
+        OpsError::Stopped(m) => exit_with(5, m),
+        OpsError::Login(e) => e.into(),
+        OpsError::Other(e) => e,
+        e @ OpsError::UnknownWorkload { .. } => anyhow::anyhow!("{e}"),
+    }
 }
 
 /// `enable` / `disable NAME`: the config edit, applied by the running daemon at once.
@@ -1340,12 +954,13 @@ async fn set_enabled(paths: &Paths, name: &str, enabled: bool) -> anyhow::Result
 /// `client-config NAME`: the local proxy's address (see `clients::local_url`) in the
 /// `mcpServers` JSON most clients take.
 async fn client_config(paths: &Paths, name: &str) -> anyhow::Result<()> {
-    let cfg = load_config(paths)?;
-    let local = crate::clients::local_url(paths, &cfg, name).await?;
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&crate::engine::proxy::client_config(name, &local))?
-    );
+    let (json, local) = crate::ops::client_config(paths, name, &Daemon(paths))
+        .await
+        .map_err(said)?;
+    if let Some(e) = &local.proxy_error {
+        eprintln!("warning: {e}");
+    }
+    println!("{}", serde_json::to_string_pretty(&json)?);
     Ok(())
 }
 

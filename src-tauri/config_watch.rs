@@ -42,7 +42,7 @@ fn stamp(path: &std::path::Path) -> Option<Stamp> {
 /// The configuration `text` means, as the daemon would load it (with the
 /// `TOKENWARDEN_*` policy overrides of this process).
 fn parse(paths: &Paths, text: &str) -> anyhow::Result<Config> {
-    crate::daemon::with_env_policy(Config::parse(&paths.config_file, text)?)
+    crate::ops::with_env_policy(Config::parse(&paths.config_file, text)?)
 }
 
 /// What became of an edit, for a shell that shows it (the desktop notifies).

@@ -94,7 +94,7 @@ async fn dispatch(engine: &Engine, paths: &Paths, peer: Peer, req: Request) -> R
         },
         Request::Reload { config, names } => {
             let cfg = if config {
-                match crate::daemon::load_config(paths) {
+                match crate::ops::load_config(paths) {
                     Ok(c) => Some(c),
                     Err(e) => return err(ErrorCode::Config, format!("{e:#}")),
                 }

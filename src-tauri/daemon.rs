@@ -1,234 +1,147 @@
 //! `tokenwarden daemon`: the engine, the control socket, no GUI. Exactly one per
-//! config directory, enforced by an OS file lock (released by the kernel even on
-//! SIGKILL, so a crash never leaves a stale lock).
+//! config directory ([`crate::instance`]). And the daemon (or desktop app) as another
+//! process of the same user reaches it: over its control socket ([`Daemon`]).
 
-use crate::engine::config::{Config, StoreKind};
-use crate::engine::store::{default_service, FileBackend, KeychainBackend, SecretStore};
-use crate::engine::{Engine, EngineOptions};
+use crate::control::{Client, Request};
+use crate::engine::config::Config;
+use crate::engine::Secret;
 use crate::paths::Paths;
+use crate::protocol::{self, ErrorCode};
+use crate::service::{Options, Workloads};
 use anyhow::Context;
-use std::io::{Read, Seek, Write};
-
-/// Load `workloads.toml` and apply the `TOKENWARDEN_*` policy overrides.
-pub fn load_config(paths: &Paths) -> anyhow::Result<Config> {
-    with_env_policy(Config::load(&paths.config_file)?)
-}
-
-/// Apply this process's `TOKENWARDEN_*` policy overrides to a loaded configuration.
-pub fn with_env_policy(mut cfg: Config) -> anyhow::Result<Config> {
-    cfg.policy
-        .apply_env(|k| std::env::var(k).ok())
-        .map_err(|e| anyhow::anyhow!(e))?;
-    Ok(cfg)
-}
-
-/// The secret store the configuration chose, with this config dir's entries. The file
-/// store is used only when the config says `store = "file"`: never as a silent fallback.
-pub fn make_store(cfg: &Config, paths: &Paths) -> SecretStore {
-    match cfg.store {
-        StoreKind::Keychain => {
-            let service = std::env::var("TOKENWARDEN_KEYRING_SERVICE")
-                .ok()
-                .filter(|s| !s.trim().is_empty())
-                .or_else(|| cfg.service.clone())
-                .unwrap_or_else(default_service);
-            SecretStore::new(KeychainBackend::new(service))
-        }
-        StoreKind::File => SecretStore::new(FileBackend::new(&paths.secrets_dir)),
-    }
-    .for_config_dir(&paths.config_dir)
-}
-
-/// The held instance lock. Dropping it releases the lock.
-pub struct InstanceLock {
-    file: std::fs::File,
-}
-
-/// Take the per-config-dir lock, or say which process holds it.
-pub fn acquire_lock(paths: &Paths) -> anyhow::Result<InstanceLock> {
-    // Private (0700): an older install's looser dir is tightened here, at start.
-    crate::engine::config::ensure_private_dir(&paths.config_dir)
-        .with_context(|| format!("cannot create {}", paths.config_dir.display()))?;
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&paths.lock_file)
-        .with_context(|| format!("cannot open {}", paths.lock_file.display()))?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            let mut owner = String::new();
-            let _ = file.read_to_string(&mut owner);
-            let pid = owner.lines().next().unwrap_or("").trim();
-            anyhow::bail!(
-                "a tokenwarden daemon already runs for {} (pid {}); stop it first or use another --config-dir",
-                paths.config_dir.display(),
-                if pid.is_empty() { "unknown" } else { pid }
-            );
-        }
-        Err(std::fs::TryLockError::Error(e)) => {
-            return Err(e).with_context(|| format!("cannot lock {}", paths.lock_file.display()))
-        }
-    }
-    file.set_len(0)?;
-    file.rewind()?;
-    write!(file, "{}", std::process::id())?;
-    file.flush()?;
-    Ok(InstanceLock { file })
-}
-
-impl InstanceLock {
-    /// Note, after the pid, the config dir whose control socket this process serves
-    /// when it is not the locked one (the demo's own): a second launch of the desktop
-    /// app finds the first there ([`control_dir_of_owner`]).
-    pub fn note_control_dir(&mut self, dir: &std::path::Path) -> std::io::Result<()> {
-        let text = format!("{}\n{}", std::process::id(), dir.display());
-        self.file.set_len(0)?;
-        self.file.rewind()?;
-        self.file.write_all(text.as_bytes())?;
-        self.file.flush()
-    }
-}
-
-/// The control dir the holder of `paths`' lock noted ([`InstanceLock::note_control_dir`]),
-/// else `paths`' own.
-pub fn control_dir_of_owner(paths: &Paths) -> std::path::PathBuf {
-    std::fs::read_to_string(&paths.lock_file)
-        .ok()
-        .and_then(|t| t.lines().nth(1).map(|l| std::path::PathBuf::from(l.trim())))
-        .filter(|d| d.is_absolute())
-        .unwrap_or_else(|| paths.config_dir.clone())
-}
+use std::time::SystemTime;
 
 /// Run until SIGINT/SIGTERM.
 pub async fn run(paths: Paths) -> anyhow::Result<()> {
-    let _lock = acquire_lock(&paths)?;
-    let config = load_config(&paths)?;
-    let store = make_store(&config, &paths);
-    tracing::info!(
-        config = %paths.config_file.display(),
-        workloads = config.workloads.len(),
-        store = %store.describe(),
-        pid = std::process::id(),
-        "daemon starting"
-    );
-    let running = crate::config_watch::running(&config);
-    let engine = Engine::start(EngineOptions {
-        state_path: Some(paths.state_file.clone()),
-        sources: crate::engine::triggers::Sources::all(),
-        ..EngineOptions::new(config, store)
-    });
-    let cancel = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(crate::config_watch::run(
-        paths.clone(),
-        engine.clone(),
-        running,
-        cancel.clone(),
-        |_| {}, // the log says it
-    ));
-    let listener = crate::control::bind(&paths)?;
-    let server = tokio::spawn(crate::control::serve(
-        listener,
-        engine.clone(),
-        paths.clone(),
-        cancel.clone(),
-        None,
-    ));
-    let mut events = engine.subscribe();
-    let logger = tokio::spawn(async move {
-        while let Ok(ev) = events.recv().await {
-            let w = &ev.workload;
-            if ev.previous.is_some_and(|p| p != w.status) {
-                tracing::info!(
-                    workload = %w.name,
-                    from = ev.previous.map(|p| p.as_str()).unwrap_or("-"),
-                    to = w.status.as_str(),
-                    reason = w.reason.as_deref().unwrap_or(""),
-                    "status changed"
-                );
-            }
-        }
-    });
-    // Once started, the pages only starting touched go back (see `pageout`).
-    let settle = tokio::spawn(async {
-        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
-        let ranges = tokio::task::spawn_blocking(crate::pageout::mapped_files)
+    let options = Options {
+        paths,
+        what: "daemon",
+        lock: None,
+        workloads: Workloads::Config,
+        ui: None,
+        log_changes: true,
+        page_out_after: Some(std::time::Duration::from_secs(5)),
+    };
+    crate::service::run(options, Default::default()).await
+}
+
+/// Tell a running daemon something changed; fine if none runs.
+pub async fn notify_daemon(paths: &Paths, req: Request) -> anyhow::Result<()> {
+    if let Some(mut c) = Client::connect(paths).await? {
+        c.call(&req)
             .await
-            .unwrap_or(0);
-        tracing::debug!(ranges, "started: paged out mapped files");
-    });
-    shutdown_signal().await;
-    settle.abort();
-    tracing::info!("stopping");
-    cancel.cancel();
-    engine.shutdown().await;
-    logger.abort();
-    let _ = server.await;
-    tracing::info!("stopped");
+            .context("the daemon refused the change")?;
+    }
     Ok(())
 }
 
-pub async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = match signal(SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
+/// A running daemon re-reads workloads.toml (after `add` or `remove` here).
+pub async fn reload_config(paths: &Paths) -> anyhow::Result<()> {
+    let req = Request::Reload {
+        config: true,
+        names: vec![],
+    };
+    notify_daemon(paths, req).await
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// A running daemon re-reads `name`'s tokens (after a login or logout here).
+pub async fn reload_tokens(paths: &Paths, name: &str) -> anyhow::Result<()> {
+    let names = vec![name.to_string()];
+    notify_daemon(
+        paths,
+        Request::Reload {
+            config: false,
+            names,
+        },
+    )
+    .await
+}
 
-    #[test]
-    fn the_lock_file_names_the_holder_and_where_its_control_socket_is() {
-        let dir = tempfile::tempdir().unwrap();
-        let paths = Paths::resolve(Some(dir.path().to_path_buf())).unwrap();
-        let mut lock = acquire_lock(&paths).unwrap();
-        // Nothing noted: the config dir's own socket.
-        assert_eq!(control_dir_of_owner(&paths), paths.config_dir);
-        let demo = tempfile::tempdir().unwrap();
-        lock.note_control_dir(demo.path()).unwrap();
-        assert_eq!(control_dir_of_owner(&paths), demo.path());
-        // A second taker is refused with the holder's pid (the first line).
-        let err = acquire_lock(&paths).err().unwrap().to_string();
-        assert!(
-            err.contains(&format!("(pid {})", std::process::id())),
-            "{err}"
-        );
-        drop(lock);
-        // A relative or empty second line is not trusted.
-        std::fs::write(&paths.lock_file, "1\nrelative/dir").unwrap();
-        assert_eq!(control_dir_of_owner(&paths), paths.config_dir);
+pub fn remote(e: protocol::Error) -> anyhow::Error {
+    e.into()
+}
+
+/// The daemon or desktop app running for the config dir, over its control socket
+/// (nothing when none runs).
+pub struct Daemon<'a>(pub &'a Paths);
+
+impl crate::ops::Running for Daemon<'_> {
+    fn reload(
+        &self,
+        config: Option<Config>,
+        names: Vec<String>,
+    ) -> crate::ops::Reply<'_, anyhow::Result<()>> {
+        let req = Request::Reload {
+            config: config.is_some(),
+            names,
+        };
+        Box::pin(notify_daemon(self.0, req))
     }
 
-    #[cfg(unix)]
-    #[test]
-    fn starting_makes_the_config_dir_private() {
-        use std::os::unix::fs::PermissionsExt;
-        let base = tempfile::tempdir().unwrap();
-        let dir = base.path().join("cfg");
-        std::fs::create_dir(&dir).unwrap();
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let paths = Paths::resolve(Some(dir.clone())).unwrap();
-        let _lock = acquire_lock(&paths).unwrap();
-        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o700);
+    fn logout(&self, name: String) -> crate::ops::Reply<'_, Result<bool, crate::ops::OpsError>> {
+        Box::pin(async move {
+            let Some(mut c) = Client::connect(self.0).await.map_err(remote)? else {
+                return Ok(false);
+            };
+            c.call(&Request::Logout { name }).await.map_err(remote)?;
+            Ok(true)
+        })
+    }
+
+    fn token(
+        &self,
+        name: String,
+    ) -> crate::ops::Reply<'_, Result<Option<crate::ops::Granted>, crate::ops::OpsError>> {
+        use crate::ops::OpsError;
+        Box::pin(async move {
+            let Some(mut c) = Client::connect(self.0).await.map_err(remote)? else {
+                return Ok(None);
+            };
+            let v = c
+                .call(&Request::Token { name: name.clone() })
+                .await
+                .map_err(|r| match r.code {
+                    ErrorCode::Unauthenticated => OpsError::NeedsLogin(format!(
+                        "{}; sign in with `tokenwarden login {name}`",
+                        r.message
+                    )),
+                    ErrorCode::Unavailable => OpsError::Unavailable(r.message),
+                    ErrorCode::Stopped => OpsError::Stopped(r.message),
+                    _ => OpsError::Other(anyhow::anyhow!(r.message)),
+                })?;
+            let t = v
+                .get("access_token")
+                .and_then(|t| t.as_str())
+                .ok_or_else(|| anyhow::anyhow!("the daemon sent no token"))?;
+            let expires_at = v
+                .get("expires_at")
+                .and_then(|t| t.as_str())
+                .and_then(|t| {
+                    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+                .map(SystemTime::from);
+            Ok(Some(crate::ops::Granted {
+                token: Secret::new(t),
+                expires_at,
+            }))
+        })
+    }
+
+    fn status(
+        &self,
+    ) -> crate::ops::Reply<
+        '_,
+        Result<Option<Vec<crate::engine::WorkloadStatus>>, crate::ops::OpsError>,
+    > {
+        Box::pin(async move {
+            let Some(mut c) = Client::connect(self.0).await.map_err(remote)? else {
+                return Ok(None);
+            };
+            let v = c.call(&Request::Status).await.map_err(remote)?;
+            Ok(Some(
+                serde_json::from_value(v).map_err(anyhow::Error::from)?,
+            ))
+        })
     }
 }

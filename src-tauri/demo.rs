@@ -16,7 +16,6 @@ use crate::engine::{oauth, Engine, EngineOptions, Status};
 use std::time::Duration;
 use tokenwarden_sim::issuer::{IssuerOptions, Mode, SimIssuer};
 use tokenwarden_sim::remote::{RemoteOptions, SimRemote};
-use tokio::io::AsyncBufReadExt;
 
 pub const WORKLOADS: [&str; 3] = ["github-mcp", "jira-mcp", "notion-api"];
 
@@ -200,15 +199,23 @@ const HELP: &str = "keys: [w] simulate WAF block  [d] take the issuer down  [r] 
 pub async fn run_headless() -> anyhow::Result<()> {
     let demo = Demo::start().await?;
     let paths = crate::paths::Paths::resolve(Some(demo.dir.path().to_path_buf()))?;
-    let cancel = tokio_util::sync::CancellationToken::new();
-    let listener = crate::control::bind(&paths)?;
-    let server = tokio::spawn(crate::control::serve(
-        listener,
-        demo.engine.clone(),
-        paths.clone(),
-        cancel.clone(),
-        None,
-    ));
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let service = crate::service::start(
+        crate::service::Options {
+            paths: paths.clone(),
+            what: "demo",
+            lock: None,
+            workloads: crate::service::Workloads::Started {
+                engine: demo.engine.clone(),
+                watch: None,
+            },
+            ui: None,
+            log_changes: false,
+            page_out_after: None,
+        },
+        shutdown.clone(),
+    )
+    .await?;
     println!(
         "Tokenwarden demo: an embedded issuer at {} and {} workloads.",
         demo.issuer.base_url(),
@@ -232,7 +239,17 @@ pub async fn run_headless() -> anyhow::Result<()> {
     }
     println!("{HELP}");
     let mut events = demo.engine.subscribe();
-    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    // Read on a thread of its own, never waited for: a read blocked on the terminal
+    // cannot hold up the end.
+    let (keys, mut stdin) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::stdin().lock().lines() {
+            if keys.send(line).is_err() {
+                break;
+            }
+        }
+    });
     let mut stdin_open = true;
     loop {
         tokio::select! {
@@ -254,8 +271,8 @@ pub async fn run_headless() -> anyhow::Result<()> {
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                 Err(_) => break,
             },
-            line = stdin.next_line(), if stdin_open => match line {
-                Ok(Some(l)) => {
+            line = stdin.recv(), if stdin_open => match line {
+                Some(Ok(l)) => {
                     let mode = match l.trim() {
                         "w" => Some(Mode::Waf403),
                         "d" => Some(Mode::Down),
@@ -275,12 +292,11 @@ pub async fn run_headless() -> anyhow::Result<()> {
                 }
                 _ => stdin_open = false,
             },
-            _ = tokio::signal::ctrl_c() => break,
+            // SIGINT, SIGTERM
+            _ = shutdown.cancelled() => break,
         }
     }
-    cancel.cancel();
-    demo.engine.shutdown().await;
-    let _ = server.await;
+    service.stop().await;
     Ok(())
 }
 

@@ -8,6 +8,9 @@
 //!   and the command line;
 //! * [`protocol`]: the control protocol (requests, window commands, errors, hello) and
 //!   its local transport and client, shared with the window's program;
+//! * [`ops`]: the use cases (add, remove, login, logout, token) for every front end;
+//! * [`service`]: how a config dir is run (lock, engine, control socket, signals), for
+//!   the [`daemon`], the desktop app and the demo;
 //! * [`clients`]: MCP clients' config files (`connect`, `disconnect`, `import`);
 //! * [`stdio`]: `tokenwarden stdio NAME`, the MCP stdio bridge to a workload's local proxy;
 //! * [`demo`]: the built-in demo, against the `tokenwarden-sim` crate's loopback
@@ -23,9 +26,12 @@ pub mod demo;
 pub mod desktop;
 /// The engine crate (`tokenwarden-engine`, `src-tauri/engine/`), proxy included.
 pub use tokenwarden_engine as engine;
+pub mod instance;
 pub mod logging;
+pub mod ops;
 pub mod pageout;
 pub mod paths;
 /// The control protocol crate (`tokenwarden-protocol`, `src-tauri/protocol/`).
 pub use tokenwarden_protocol as protocol;
+pub mod service;
 pub mod stdio;

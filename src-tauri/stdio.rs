@@ -108,7 +108,7 @@ fn no_daemon_message(paths: &Paths, name: &str) -> String {
 
 /// The local proxy's URL for `name`, from the running daemon or app.
 async fn resolve(paths: &Paths, name: &str) -> Result<Url, String> {
-    let cfg = crate::daemon::load_config(paths).map_err(|e| format!("{e:#}"))?;
+    let cfg = crate::ops::load_config(paths).map_err(|e| format!("{e:#}"))?;
     let Some(w) = cfg.workload(name) else {
         let known: Vec<&str> = cfg.workloads.iter().map(|w| w.name.as_str()).collect();
         return Err(format!(

@@ -443,6 +443,15 @@ async fn add_list_remove_while_the_daemon_runs() {
         w.reason.as_deref() == Some("signed out")
     })
     .await;
+    // A policy override that cannot be used is refused before the file changes.
+    let before = read(&env.config_file());
+    let bad = env
+        .command(&["remove", "new"])
+        .env("TOKENWARDEN_REFRESH_MAX_TRIES", "many")
+        .output()
+        .unwrap();
+    assert!(!bad.status.success(), "{bad:?}");
+    assert_eq!(read(&env.config_file()), before);
     let rm = env.run(&["remove", "new"]);
     assert!(rm.ok(), "{rm:?}");
     assert!(env.status().await.is_empty());
@@ -618,6 +627,113 @@ async fn terminal_demo_serves_its_remote_through_the_local_proxy() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(status.success(), "{status}");
+}
+
+/// SIGTERM (what a service manager, a logout or `kill` sends) and wait, a bounded
+/// time, for the process to end.
+async fn terminate(child: &mut std::process::Child, within: Duration) -> std::process::ExitStatus {
+    // SAFETY: kill(2) on our own child, not reaped yet.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("still running {within:?} after SIGTERM");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The terminal demo stops cleanly on SIGTERM as on Ctrl-C: exit 0, its throwaway
+/// config dir removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminal_demo_stops_cleanly_on_sigterm() {
+    use std::io::BufRead;
+    use std::process::Stdio;
+    let env = TestEnv::new("terminal_demo_sigterm");
+    let stderr =
+        std::fs::File::create(log_dir("terminal_demo_sigterm").join("demo.stderr")).unwrap();
+    let mut child = env
+        .command(&["demo", "--terminal"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn the demo");
+    let _stdin = child.stdin.take().unwrap(); // kept open: the demo reads keys
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let dir = loop {
+        let line = lines
+            .next()
+            .expect("the demo names its config dir")
+            .unwrap();
+        if let Some(rest) = line.split("--config-dir ").nth(1) {
+            break std::path::PathBuf::from(rest.trim_end_matches(" status").trim());
+        }
+    };
+    let paths = tokenwarden::paths::Paths::resolve(Some(dir.clone())).unwrap();
+    let mut c = tokenwarden::control::Client::connect(&paths)
+        .await
+        .unwrap()
+        .expect("the demo's control socket listens");
+    c.call(&Request::Ping).await.unwrap();
+    std::thread::spawn(move || lines.for_each(drop));
+
+    let status = terminate(&mut child, Duration::from_secs(20)).await;
+    assert!(status.success(), "a clean stop on SIGTERM: {status}");
+    assert!(!dir.exists(), "the demo's dir {} is removed", dir.display());
+}
+
+/// The desktop app stops cleanly on SIGTERM also where its display cannot be opened
+/// (it then runs without window and tray; the signal arrives while it still tries,
+/// about ten seconds): exit 0, the state file written, the control socket gone, the
+/// lock free.
+#[cfg(feature = "desktop")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn desktop_app_stops_cleanly_on_sigterm_without_a_usable_display() {
+    let issuer = issuer(issuer_opts(30)).await;
+    let env = env_with("desktop_sigterm", &issuer, &["alpha"]).await;
+    let stderr = std::fs::File::create(log_dir("desktop_sigterm").join("app.stderr")).unwrap();
+    let mut child = env
+        .command(&["--hidden"])
+        // A display that names no server: GTK cannot open it.
+        .env("DISPLAY", "tokenwarden-test-no-such-host:79")
+        .env_remove("WAYLAND_DISPLAY")
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn the app");
+    let paths = env.paths();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(Some(mut c)) = tokenwarden::control::Client::connect(&paths).await {
+            if c.call(&Request::Ping).await.is_ok() {
+                break;
+            }
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the app exited early");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the app did not come up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Signed in through the app (so its state file has something to say).
+    let login = env.login("alpha").await;
+    assert!(login.ok(), "{login:?}");
+    env.wait_status("alpha", Status::Running, Duration::from_secs(10))
+        .await;
+
+    let status = terminate(&mut child, Duration::from_secs(40)).await;
+    assert!(status.success(), "a clean stop on SIGTERM: {status}");
+    let state = std::fs::read_to_string(&paths.state_file).unwrap_or_default();
+    assert!(state.contains("\"alpha\""), "state file written: {state}");
+    assert!(!paths.socket.exists(), "the control socket is removed");
+    tokenwarden::instance::acquire_lock(&paths).expect("the lock is free");
 }
 
 /// Hand edits of workloads.toml reach the running daemon: a table added by hand

@@ -2038,3 +2038,92 @@ async fn first_run_adds_a_server_by_url_connects_a_client_and_tries_the_demo() {
         wd.end().await;
     }
 }
+
+/// SIGTERM to `child` (a process group of its own): its exit status, waited for a
+/// bounded time.
+async fn terminate(child: &mut Group, within: Duration) -> std::process::ExitStatus {
+    // SAFETY: kill(2) on our own child, not reaped yet.
+    assert_eq!(unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) }, 0);
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(s) = child.0.try_wait().unwrap() {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running {within:?} after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The tray app and the windowed demo stop cleanly on SIGTERM (a logout, a service
+/// manager): exit 0, the control socket gone, the lock free; the demo's dir removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_app_and_the_windowed_demo_stop_cleanly_on_sigterm() {
+    let Some(display) = gate("the_app_and_the_windowed_demo_stop_cleanly_on_sigterm") else {
+        return;
+    };
+    let _serial = serial();
+    let log = log_dir(&format!("desktop-sigterm-{}", std::process::id()));
+    let issuer = ledger_issuer().await;
+    let config = tempfile::tempdir().unwrap();
+    std::fs::write(
+        config.path().join("workloads.toml"),
+        format!(
+            "[secrets]\nstore = \"file\"\n\n[[workload]]\nname = \"api\"\nauthorization_endpoint = \"{}\"\ntoken_endpoint = \"{}\"\nclient_id = \"{}\"\n",
+            issuer.authorization_endpoint(),
+            issuer.token_endpoint(),
+            issuer.client_id()
+        ),
+    )
+    .unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let command = |args: &[&str], stderr: &str| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tokenwarden"));
+        cmd.args(args)
+            .env("DISPLAY", &display)
+            .env("HOME", home.path())
+            .env("XDG_CONFIG_HOME", home.path().join("config"))
+            .env("TOKENWARDEN_CONFIG_DIR", config.path())
+            .env("TOKENWARDEN_LOG_DIR", &log)
+            .env("NO_AT_BRIDGE", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log.join(stderr)).unwrap());
+        cmd
+    };
+
+    let mut app = Group::spawn(command(&["--hidden"], "app.stderr"));
+    let pid = app.0.id();
+    assert_eq!(app_pid(config.path()).await, pid);
+    wait_tray(pid, "Re-authenticate api…", Duration::from_secs(30)).await;
+    let status = terminate(&mut app, Duration::from_secs(20)).await;
+    assert!(
+        status.success(),
+        "the app stops cleanly on SIGTERM: {status}"
+    );
+    let paths = tokenwarden::paths::Paths::resolve(Some(config.path().to_path_buf())).unwrap();
+    assert!(!paths.socket.exists(), "the control socket is removed");
+    tokenwarden::instance::acquire_lock(&paths).expect("the lock is free");
+
+    let base = tempfile::tempdir().unwrap();
+    let dir = base.path().join("demo");
+    std::fs::create_dir(&dir).unwrap();
+    let dir_arg = dir.display().to_string();
+    let mut demo = Group::spawn(command(&["demo", "--dir", &dir_arg], "demo.stderr"));
+    let demo_pid = demo.0.id();
+    assert_eq!(app_pid(&dir).await, demo_pid);
+    wait_tray(
+        demo_pid,
+        "Demo: All 3 workloads running",
+        Duration::from_secs(60),
+    )
+    .await;
+    let status = terminate(&mut demo, Duration::from_secs(20)).await;
+    assert!(
+        status.success(),
+        "the demo stops cleanly on SIGTERM: {status}"
+    );
+    assert!(!dir.exists(), "the demo's dir {} is removed", dir.display());
+}

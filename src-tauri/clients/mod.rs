@@ -19,10 +19,8 @@ pub mod json;
 pub mod toml;
 pub mod yaml;
 
-use crate::control::{Client, Request};
-use crate::daemon::load_config;
 use crate::engine::config::{self, Config};
-use crate::engine::status::WorkloadStatus;
+use crate::ops::load_config;
 use crate::paths::Paths;
 use anyhow::Context;
 use std::io::{IsTerminal, Write};
@@ -613,36 +611,13 @@ pub fn apply(path: &Path, old: Option<&str>, new: &str, mode: Mode) -> anyhow::R
 /// The local proxy's address of workload `name`: the running daemon's, else from the
 /// config (a port is chosen and written to workloads.toml now if none was yet).
 pub async fn local_url(paths: &Paths, cfg: &Config, name: &str) -> anyhow::Result<String> {
-    let w = crate::cli::workload(cfg, name)?;
-    let Some(url) = &w.url else {
-        anyhow::bail!(
-            "`{name}` has no `url`, so it has no local proxy (only workloads with a remote URL get one)"
-        );
-    };
-    if let Some(mut c) = Client::connect(paths).await? {
-        let list: Vec<WorkloadStatus> =
-            serde_json::from_value(c.call(&Request::Status).await.map_err(crate::cli::remote)?)?;
-        if let Some(s) = list.into_iter().find(|s| s.name == name) {
-            if let Some(e) = &s.proxy_error {
-                eprintln!("warning: {e}");
-            }
-            if let Some(u) = s.local_url {
-                return Ok(u);
-            }
-        }
+    let local = crate::ops::local_url(paths, cfg, name, &crate::daemon::Daemon(paths))
+        .await
+        .map_err(crate::ops::OpsError::into_anyhow)?;
+    if let Some(e) = &local.proxy_error {
+        eprintln!("warning: {e}");
     }
-    let port = match w.listen_port {
-        Some(p) if p != 0 => p,
-        _ => {
-            let p = crate::engine::proxy::bind(0)?.local_addr()?.port();
-            config::set_listen_port(&paths.config_file, name, p)?;
-            crate::cli::reload_config(paths).await?;
-            p
-        }
-    };
-    let secret = crate::engine::proxy::path_secret_for(&paths.config_file, name)?;
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    Ok(crate::engine::proxy::local_url(addr, url, secret.as_ref()))
+    Ok(local.url)
 }
 
 /// `tokenwarden [--config-dir DIR] stdio NAME` by the absolute path of this program;
@@ -710,7 +685,7 @@ fn names_or_all(cfg: &Config, names: Vec<String>, all: bool) -> anyhow::Result<V
         anyhow::bail!("name the workloads to connect, or pass --all");
     }
     for n in &names {
-        crate::cli::workload(cfg, n)?;
+        crate::ops::workload(cfg, n)?;
     }
     Ok(names)
 }
@@ -1057,16 +1032,16 @@ pub async fn import(
             continue;
         }
         eprintln!("Adding `{}` ({})...", f.name, redact_url(&f.url));
-        let args = crate::cli::AddArgs {
+        let args = crate::ops::AddArgs {
             name: f.name.clone(),
             url: Some(f.url.clone()),
             ..Default::default()
         };
-        if let Err(e) = crate::cli::add_workload(paths, args, &|l| eprintln!("  {l}")).await {
+        if let Err(e) = crate::ops::add_workload(paths, args, &|l| eprintln!("  {l}")).await {
             eprintln!("  could not add `{}`: {e:#}", f.name);
             continue;
         }
-        crate::cli::reload_config(paths).await?;
+        crate::daemon::reload_config(paths).await?;
         if let Err(e) = crate::cli::login(paths, &f.name, no_browser, timeout).await {
             eprintln!(
                 "  `{}` was added but not signed in ({e:#}); log in later with `tokenwarden login {}`",

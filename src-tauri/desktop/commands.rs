@@ -8,6 +8,7 @@ use super::{lock, Backend, DemoState, LoginEvent, Shell};
 use crate::engine::config;
 use crate::engine::oauth;
 use crate::engine::EngineError;
+use crate::ops::OpsError;
 use crate::protocol::{AddForm, Error, ErrorCode, UiCommand, UiEventKind, WindowAnswer};
 use serde::Serialize;
 use std::sync::Arc;
@@ -177,25 +178,19 @@ pub async fn start_reauth(shell: Arc<Shell>, name: String) -> Result<(), Error> 
             }
         }
         Backend::Real { store, .. } => {
-            let cfg = crate::daemon::load_config(&shell.paths)
-                .map_err(|e| anyhow_err(ErrorCode::Config, e))?;
-            let w = cfg
-                .workload(&name)
-                .cloned()
-                .ok_or_else(|| engine_err(EngineError::UnknownWorkload(name.clone())))?;
-            let http = oauth::http_client(&cfg.policy, w.ca_file.as_deref())
-                .map_err(|m| Error::new(ErrorCode::Config, m))?;
-            let secret = crate::cli::client_secret(store, &w)
-                .await
-                .map_err(|e| anyhow_err(ErrorCode::Store, e))?;
-            let pending = shell
-                .logins
-                .prepare(&w)
-                .await
-                .map_err(|e| Error::new(ErrorCode::Login, e.to_string()))?
-                .with_client_secret(secret);
-            let url = pending.authorize_url.to_string();
-            let message = match crate::cli::open_browser(&url) {
+            let pending =
+                crate::ops::begin_login(&shell.paths, &name, Some(store), Some(&shell.logins))
+                    .await
+                    .map_err(|e| match e {
+                        OpsError::UnknownWorkload { name, .. } => {
+                            engine_err(EngineError::UnknownWorkload(name))
+                        }
+                        OpsError::Login(e) => Error::new(ErrorCode::Login, e.to_string()),
+                        OpsError::Other(e) => anyhow_err(ErrorCode::Store, e),
+                        e => Error::new(ErrorCode::Config, e.to_string()),
+                    })?;
+            let url = pending.authorize_url();
+            let message = match crate::ops::open_browser(&url) {
                 Ok(()) => format!("Sign in to {name} in your browser…"),
                 Err(e) => {
                     tracing::warn!(workload = %name, error = %e, "could not open a browser; the sign-in waits for the address to be opened by hand");
@@ -203,24 +198,18 @@ pub async fn start_reauth(shell: Arc<Shell>, name: String) -> Result<(), Error> 
                 }
             };
             emit_login(&shell, &name, "waiting", message);
-            let store = store.clone();
-            let policy = cfg.policy.clone();
             tokio::spawn(async move {
-                let outcome = pending.finish(&http, &policy, LOGIN_TIMEOUT).await;
-                if let Err(oauth::LoginError::Replaced(_)) = outcome {
+                let outcome = pending.finish(LOGIN_TIMEOUT).await;
+                if let Err(OpsError::Login(oauth::LoginError::Replaced(_))) = outcome {
                     return; // the newer sign-in speaks for itself
                 }
                 let result = match outcome {
-                    Ok(tokens) => match store.save_login(&w, &tokens).await {
-                        Ok(()) => shell
-                            .engine()
-                            .reload(None, vec![name.clone()])
-                            .await
-                            .map_err(|e| e.to_string()),
-                        Err(e) => Err(format!(
-                            "signed in, but the tokens could not be stored: {e}"
-                        )),
-                    },
+                    Ok(_) => shell
+                        .engine()
+                        .reload(None, vec![name.clone()])
+                        .await
+                        .map_err(|e| e.to_string()),
+                    Err(OpsError::Other(e)) => Err(format!("{e:#}")),
                     Err(e) => Err(e.to_string()),
                 };
                 match result {
@@ -251,33 +240,23 @@ async fn remove_workload(shell: &Shell, name: String) -> Result<(), Error> {
             "The demo's workloads cannot be removed: they go when you quit the demo.",
         ));
     };
-    config::remove_workload(&shell.paths.config_file, &name).map_err(config_err)?;
-    let cfg =
-        crate::daemon::load_config(&shell.paths).map_err(|e| anyhow_err(ErrorCode::Config, e))?;
-    shell
-        .engine()
-        .reload(Some(cfg), vec![])
+    crate::ops::remove(&shell.paths, &name, Some(store), shell.engine())
         .await
-        .map_err(engine_err)?;
-    store.delete_tokens(&name).await.map_err(|e| {
-        Error::new(
-            ErrorCode::Store,
-            format!("removed, but deleting its tokens failed: {e}"),
-        )
-    })?;
-    store.delete_client_secret(&name).await.map_err(|e| {
-        Error::new(
-            ErrorCode::Store,
-            format!("removed, but deleting its registered client's secret failed: {e}"),
-        )
-    })?;
+        .map_err(|e| match e {
+            OpsError::Config(c) => config_err(c),
+            OpsError::Other(e) => match e.downcast::<EngineError>() {
+                Ok(e) => engine_err(e),
+                Err(e) => anyhow_err(ErrorCode::Store, e),
+            },
+            e => Error::new(ErrorCode::Config, e.to_string()),
+        })?;
     shell.forget(&name);
     super::refresh_tray(shell);
     shell.emit(UiEventKind::Removed, &name);
     Ok(())
 }
 
-fn validate(form: &AddForm) -> Result<crate::cli::AddArgs, Error> {
+fn validate(form: &AddForm) -> Result<crate::ops::AddArgs, Error> {
     let name = form.name.trim();
     config::validate_name(name).map_err(|m| Error::field("name", m))?;
     let opt = |v: &str| Some(v.trim().to_string()).filter(|v| !v.is_empty());
@@ -317,7 +296,7 @@ fn validate(form: &AddForm) -> Result<crate::cli::AddArgs, Error> {
             ));
         }
     }
-    Ok(crate::cli::AddArgs {
+    Ok(crate::ops::AddArgs {
         name: name.to_string(),
         url,
         token_endpoint,
@@ -348,14 +327,13 @@ async fn add_workload(shell: Arc<Shell>, form: AddForm) -> Result<(), Error> {
         let (shell, name) = (shell.clone(), name.clone());
         move |line: String| emit_login(&shell, &name, "waiting", line.trim().to_string())
     };
-    let cfg = crate::cli::add_workload(&shell.paths, args, &say)
+    let cfg = crate::ops::add_workload(&shell.paths, args, &say)
         .await
-        .map_err(|e| match e.downcast::<config::ConfigError>() {
-            // Refused as the name is taken (a fact of workloads.toml, not of the
-            // message's words): the form's `name` field.
-            Ok(c) if name_taken(&shell.paths, &name) => Error::field("name", c.message),
-            Ok(c) => config_err(c),
-            Err(e) => anyhow_err(ErrorCode::Add, e),
+        .map_err(|e| match e {
+            OpsError::Exists(c) => Error::field("name", c.message),
+            OpsError::Config(c) => config_err(c),
+            OpsError::Other(e) => anyhow_err(ErrorCode::Add, e),
+            e => Error::new(ErrorCode::Add, e.to_string()),
         })?;
     shell
         .engine()
@@ -363,11 +341,6 @@ async fn add_workload(shell: Arc<Shell>, form: AddForm) -> Result<(), Error> {
         .await
         .map_err(engine_err)?;
     start_reauth(shell, name).await
-}
-
-/// Is `name` a workload of the user's config already?
-fn name_taken(paths: &crate::paths::Paths, name: &str) -> bool {
-    crate::daemon::load_config(paths).is_ok_and(|c| c.workload(name).is_some())
 }
 
 fn demo_control(shell: &Shell, action: String) -> Result<DemoState, Error> {

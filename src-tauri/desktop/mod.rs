@@ -31,12 +31,11 @@ pub mod notify;
 pub mod tray;
 pub mod ui_loop;
 
-use crate::daemon::make_store;
 use crate::demo::Demo;
 use crate::engine::config::Config;
 use crate::engine::status::WorkloadStatus;
 use crate::engine::store::SecretStore;
-use crate::engine::{Engine, EngineOptions, Status, StatusChange};
+use crate::engine::{Engine, Status, StatusChange};
 use crate::paths::Paths;
 use crate::protocol::{Error, ErrorCode, Request, UiCommand, UiEvent, UiEventKind, WindowAnswer};
 use notify::{Notifier, NotifyPolicy};
@@ -886,7 +885,7 @@ enum Asked {
 /// Ask the instance holding `paths`' lock to show its window (nothing if `hidden`).
 async fn ask_first(paths: &Paths, hidden: bool) -> Asked {
     // Read each time: the holder notes the demo's control dir once the demo started.
-    let control = match Paths::resolve(Some(crate::daemon::control_dir_of_owner(paths))) {
+    let control = match Paths::resolve(Some(crate::instance::control_dir_of_owner(paths))) {
         Ok(c) => c,
         Err(e) => return Asked::NoAnswer(format!("{e:#}")),
     };
@@ -922,10 +921,10 @@ async fn ask_first(paths: &Paths, hidden: bool) -> Asked {
 async fn lock_or_hand_over(
     paths: &Paths,
     hidden: bool,
-) -> anyhow::Result<Option<crate::daemon::InstanceLock>> {
+) -> anyhow::Result<Option<crate::instance::InstanceLock>> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
-        let locked = match crate::daemon::acquire_lock(paths) {
+        let locked = match crate::instance::acquire_lock(paths) {
             Ok(l) => return Ok(Some(l)),
             Err(e) => e,
         };
@@ -987,19 +986,7 @@ pub async fn main(paths: Paths, cfg: Config, start_hidden: bool) -> anyhow::Resu
             paths.config_file.display()
         );
     }
-    let store = make_store(&cfg, &paths);
-    tracing::info!(
-        config = %paths.config_file.display(),
-        workloads = cfg.workloads.len(),
-        store = %store.describe(),
-        pid = std::process::id(),
-        "desktop app starting"
-    );
-    let engine = Engine::start(EngineOptions {
-        state_path: Some(paths.state_file.clone()),
-        sources: crate::engine::triggers::Sources::all(),
-        ..EngineOptions::new(cfg, store.clone())
-    });
+    let (engine, store) = crate::service::start_engine(&paths, cfg, "desktop app");
     let shell = Arc::new(Shell::new(
         Backend::Real { engine, store },
         paths.clone(),
@@ -1019,7 +1006,7 @@ pub async fn demo(dir: Option<PathBuf>) -> anyhow::Result<()> {
     }
     let demo = Demo::start_in(dir).await?;
     let paths = Paths::resolve(Some(demo.dir.path().to_path_buf()))?;
-    let lock_guard = crate::daemon::acquire_lock(&paths)?;
+    let lock_guard = crate::instance::acquire_lock(&paths)?;
     eprintln!(
         "Demo: watch from another shell with: tokenwarden --config-dir {} status",
         paths.config_dir.display()
@@ -1039,24 +1026,21 @@ type Watched = (
     std::time::Duration,
 );
 
-/// The app around `shell` until "Quit" or a signal: hand edits of the config (for the
-/// user's), the control socket, the tray and the window; then a clean stop.
+/// The app around `shell` until "Quit" or a signal ([`crate::service`]: hand edits of
+/// the config for the user's, the control socket, signals), the tray and the window;
+/// then a clean stop.
 async fn serve(
     shell: Arc<Shell>,
-    lock_guard: crate::daemon::InstanceLock,
+    lock_guard: crate::instance::InstanceLock,
     watched: Option<Watched>,
     start_hidden: bool,
 ) -> anyhow::Result<()> {
     let rt = tokio::runtime::Handle::current();
-    let cancel = CancellationToken::new();
-    if let Some(running) = watched {
+    let watch = watched.map(|running| {
         let s = shell.clone();
-        tokio::spawn(crate::config_watch::run(
-            shell.paths.clone(),
-            shell.engine().clone(),
+        crate::service::Watch {
             running,
-            cancel.clone(),
-            move |edit| match edit {
+            report: Box::new(move |edit| match edit {
                 crate::config_watch::Edit::Broken(message) => {
                     notify::show_config_error(&message);
                     s.config_edits.send_modify(|c| c.error = Some(message));
@@ -1067,39 +1051,45 @@ async fn serve(
                         c.error = None;
                     });
                 }
-            },
-        ));
-    }
-    let control_paths = shell.control_paths.clone();
-    let server = match crate::control::bind(&control_paths) {
-        Ok(listener) => tokio::spawn(crate::control::serve(
-            listener,
-            shell.engine().clone(),
-            control_paths,
-            cancel.clone(),
-            Some(Arc::new(Host(shell.clone()))),
-        )),
-        Err(e) => {
-            shell.engine().shutdown().await;
-            return Err(e);
+            }),
         }
-    };
+    });
+    let shutdown = CancellationToken::new();
+    let service = crate::service::start(
+        crate::service::Options {
+            paths: shell.control_paths.clone(),
+            what: if shell.demo().is_some() {
+                "demo"
+            } else {
+                "desktop app"
+            },
+            lock: Some(lock_guard),
+            workloads: crate::service::Workloads::Started {
+                engine: shell.engine().clone(),
+                watch,
+            },
+            ui: Some(Arc::new(Host(shell.clone()))),
+            log_changes: false,
+            page_out_after: None,
+        },
+        shutdown.clone(),
+    )
+    .await?;
+    let stopped = tokio::spawn(service.run());
     let s = shell.clone();
-    let result = tokio::task::block_in_place(move || run_app(s, rt, start_hidden));
+    let quit = shutdown.clone();
+    let result = tokio::task::block_in_place(move || run_app(s, rt, start_hidden, quit));
     shell.quitting.store(true, Ordering::Release);
-    tracing::info!("stopping");
-    cancel.cancel();
+    // The engine, the control socket and the lock: stopped by the service.
+    shutdown.cancel();
     stop_demo(&shell).await;
-    shell.engine().shutdown().await;
-    let _ = server.await;
+    let _ = stopped.await;
     close_window(&shell).await;
-    drop(lock_guard);
     // The tray's handler and other tasks may still hold the shell: the demo's dir goes
     // now, not when the last of them lets go.
     if let Some(demo) = shell.demo() {
         demo.dir.remove();
     }
-    tracing::info!("stopped");
     result
 }
 
@@ -1108,23 +1098,19 @@ fn run_app(
     shell: Arc<Shell>,
     rt: tokio::runtime::Handle,
     start_hidden: bool,
+    shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    // Before the display is opened (which may take retries): a SIGTERM meanwhile ends
-    // the loop as soon as it runs, and the engine stops cleanly.
-    rt.spawn(async move {
-        stop_signal().await;
-        tracing::info!("signal: quitting");
-        ui_loop::quit();
-    });
     if !ui_loop::init() {
         // The engine and the control socket keep working; only the UI is missing.
         eprintln!("tokenwarden: the display cannot be opened: running without the window and tray until stopped");
         tracing::error!("the display cannot be opened; running without the window and tray");
-        rt.block_on(crate::daemon::shutdown_signal());
+        rt.block_on(shutdown.cancelled());
         return Ok(());
     }
     let _rt = rt.enter();
     ui_loop::run(move || {
+        // A signal (also one while the display was being opened) ends the loop.
+        ui_loop::quit_when(shutdown.cancelled_owned());
         let initial = rt.block_on(shell.engine().status()).unwrap_or_default();
         shell.replace_all(initial.clone());
         let s = shell.clone();
@@ -1154,21 +1140,6 @@ fn run_app(
     });
     tray::remove();
     Ok(())
-}
-
-async fn stop_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 #[cfg(test)]

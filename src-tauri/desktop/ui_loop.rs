@@ -36,6 +36,15 @@ mod imp {
     pub fn quit() {
         invoke(gtk::main_quit);
     }
+
+    pub fn quit_when(until: impl std::future::Future<Output = ()> + Send + 'static) {
+        // Polled by the loop on this thread: a quit never runs before the loop does,
+        // nor on another thread.
+        gtk::glib::MainContext::default().spawn_local(async move {
+            until.await;
+            gtk::main_quit();
+        });
+    }
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -96,6 +105,13 @@ mod imp {
     pub fn quit() {
         send(Job::Quit);
     }
+
+    pub fn quit_when(until: impl std::future::Future<Output = ()> + Send + 'static) {
+        std::thread::spawn(move || {
+            futures::executor::block_on(until);
+            quit();
+        });
+    }
 }
 
 /// Open the display (false: it cannot be opened; the app runs without a tray).
@@ -116,4 +132,10 @@ pub fn invoke(f: impl FnOnce() + Send + 'static) {
 /// End [`run`] (from any thread).
 pub fn quit() {
     imp::quit()
+}
+
+/// End [`run`] once `until` completes (also when it has already): call it in `run`'s
+/// setup, on the loop's thread.
+pub fn quit_when(until: impl std::future::Future<Output = ()> + Send + 'static) {
+    imp::quit_when(until)
 }
