@@ -11,6 +11,7 @@
 //! * [`sim_remote`]: a loopback OAuth-protected resource (a fake remote MCP server)
 //!   in front of a `sim_issuer`, for discovery and proxy tests.
 
+pub mod browser;
 pub mod cli;
 pub mod clients;
 pub mod config_watch;
@@ -19,8 +20,10 @@ pub mod daemon;
 pub mod demo;
 #[cfg(feature = "desktop")]
 pub mod desktop;
+pub mod doctor;
 pub mod engine;
 pub mod logging;
+pub mod logs;
 pub mod pageout;
 pub mod paths;
 pub mod proxy;
