@@ -266,6 +266,12 @@ async fn network_monitor() -> Check {
     }
 }
 
+/// Whether a tray host (StatusNotifierWatcher) is on the session bus: `None` where
+/// that cannot be known (no session bus; a system whose tray is its own).
+pub fn tray_host_present() -> Option<bool> {
+    session::tray_host_present()
+}
+
 #[cfg(target_os = "linux")]
 mod session {
     //! The session bus: Secret Service, notifications, tray host.
@@ -421,6 +427,11 @@ mod session {
         }
     }
 
+    pub fn tray_host_present() -> Option<bool> {
+        let conn = bus().ok()?;
+        Some(present(&conn, "org.kde.StatusNotifierWatcher").0)
+    }
+
     pub fn tray_host() -> Check {
         let what = "tray host";
         let conn = match bus() {
@@ -469,6 +480,10 @@ mod session {
 
     pub fn tray_host() -> Check {
         check("tray host", Verdict::Ok, "the system's (not checked here)")
+    }
+
+    pub fn tray_host_present() -> Option<bool> {
+        None
     }
 }
 
