@@ -1416,7 +1416,9 @@ fn completions_and_the_man_page_name_every_command() {
     for shell in ["bash", "zsh", "fish"] {
         let out = env.run(&["completions", shell]);
         assert!(out.ok(), "{out:?}");
-        for cmd in ["daemon", "status", "connect", "stdio", "enable", "disable"] {
+        for cmd in [
+            "daemon", "status", "connect", "stdio", "enable", "disable", "doctor", "logs",
+        ] {
             assert!(out.stdout.contains(cmd), "{shell}: {cmd} missing");
         }
     }
@@ -1429,7 +1431,7 @@ fn completions_and_the_man_page_name_every_command() {
         "{}",
         &man.stdout[..200.min(man.stdout.len())]
     );
-    for cmd in ["daemon", "status", "token", "connect"] {
+    for cmd in ["daemon", "status", "token", "connect", "doctor", "logs"] {
         assert!(man.stdout.contains(cmd), "man: {cmd} missing");
     }
 }
