@@ -74,16 +74,17 @@ declare -A files=(
 )
 files_json=$(for k in "${!files[@]}"; do printf '%s\0%s\0' "$k" "${files[$k]}"; done |
   python3 -c 'import json,sys; a=sys.stdin.buffer.read().decode().split("\0")[:-1]; print(json.dumps(dict(zip(a[::2],a[1::2]))))')
-# The tray is AppIndicator's (loaded at run time, so the bundler cannot see it); the
-# bundler adds the web view's and GTK's libraries itself.
-config=$(python3 - "$files_json" <<'EOF'
+# The main binary by name (else the bundler takes the name of the package holding
+# tauri.conf.json). The tray is AppIndicator's (loaded at run time, so the bundler
+# cannot see it); the bundler adds the web view's and GTK's libraries itself.
+config=$(python3 - "$files_json" "$main_bin" <<'EOF'
 import json, sys
 files = json.loads(sys.argv[1])
 # zsh looks in vendor-completions on Debian, in site-functions on Fedora.
 zsh = "/usr/share/zsh/vendor-completions/_tokenwarden"
 rpm_files = {("/usr/share/zsh/site-functions/_tokenwarden" if k == zsh else k): v
              for k, v in files.items()}
-print(json.dumps({"bundle": {"linux": {
+print(json.dumps({"mainBinaryName": sys.argv[2], "bundle": {"linux": {
     "deb": {"files": files, "depends": ["libayatana-appindicator3-1"]},
     "rpm": {"files": rpm_files, "depends": ["libayatana-appindicator-gtk3"]},
 }}}))
