@@ -64,6 +64,18 @@ for gate in desktop keychain ${TOKENWARDEN_TEST_ROOT:+root}; do
 done
 
 disk_report "after the tests"
+
+# CI, whole suite: build the .deb (a release build: the longest step), install it with
+# apt, run the installed daemon until a workload is `running`, remove it again.
+package_rc=0
+if [[ ${CI:-} == true ]] && (($# == 0)); then
+  if [[ $(id -u) == 0 ]]; then
+    bash scripts/package-test.sh 2>&1 | tee "$TOKENWARDEN_TEST_LOG_DIR/package-test.log" || package_rc=$?
+  else
+    echo "test.sh: FAILED: the package test needs root (apt-get install)" >&2
+    package_rc=1
+  fi
+fi
 du -sh "${CARGO_TARGET_DIR:-target}" 2>/dev/null | awk '{print "test.sh: target dir " $1}' || true
 
 # The output of every test, passing ones too (.config/nextest.toml), for the scan.
@@ -77,6 +89,10 @@ bash scripts/scan-secrets.sh "$TOKENWARDEN_TEST_LOG_DIR" || scan_rc=$?
 
 if ((tests_rc == 0 && gates_rc != 0)); then
   tests_rc=$gates_rc
+fi
+if ((tests_rc == 0 && package_rc != 0)); then
+  echo "test.sh: FAILED: the package test (scripts/package-test.sh) exited with $package_rc" >&2
+  tests_rc=$package_rc
 fi
 if ((tests_rc != 0)); then
   echo "test.sh: FAILED: tests exited with $tests_rc$( ((scan_rc)) && echo '; secret scan also failed')" >&2

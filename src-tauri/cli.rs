@@ -159,6 +159,26 @@ pub enum Command {
     },
     /// Print the manual page (roff): `tokenwarden man | man -l -`.
     Man,
+    /// Print the daemon's and the app's log lines (their daily files in the log
+    /// directory: TOKENWARDEN_LOG_DIR, else ~/.local/state/tokenwarden/logs).
+    #[command(
+        after_help = "Examples:\n  tokenwarden logs github-mcp\n  tokenwarden logs -f\n  tokenwarden logs -n 50 github-mcp"
+    )]
+    Logs {
+        /// Only the lines about this workload (`workload=NAME`).
+        name: Option<String>,
+        /// Keep printing new lines as they are written (Ctrl-C ends it).
+        #[arg(short, long)]
+        follow: bool,
+        /// Only the last N lines (default: all; 10 with --follow).
+        #[arg(short = 'n', long)]
+        lines: Option<usize>,
+    },
+    /// Check what Tokenwarden needs here: the config, the keychain, notifications,
+    /// a tray host, the network monitor, the daemon and every local proxy port.
+    ///
+    /// One line per check (ok, warn, FAIL) with the fix; exit code 1 when a check FAILs.
+    Doctor,
     /// Print the JSON an MCP client needs to reach the workload's local proxy; with
     /// --client, the entry alone in that client's format.
     ClientConfig {
@@ -324,6 +344,15 @@ async fn run(command: Option<Command>, paths: Paths, hidden: bool) -> anyhow::Re
         Command::Logout { name } => logout(&paths, &name).await,
         Command::Enable { name } => set_enabled(&paths, &name, true).await,
         Command::Disable { name } => set_enabled(&paths, &name, false).await,
+        Command::Logs {
+            name,
+            follow,
+            lines,
+        } => crate::logs::run(&paths.log_dir, name.as_deref(), follow, lines).await,
+        Command::Doctor => match crate::doctor::run(&paths).await? {
+            true => Ok(()),
+            false => Err(Exit(1).into()),
+        },
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             let shell = match shell {

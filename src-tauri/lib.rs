@@ -16,6 +16,7 @@
 //! * [`demo`]: the built-in demo, against the `tokenwarden-sim` crate's loopback
 //!   issuer and remote.
 
+pub mod browser;
 pub mod cli;
 pub mod clients;
 pub mod config_watch;
@@ -24,10 +25,12 @@ pub mod daemon;
 pub mod demo;
 #[cfg(feature = "desktop")]
 pub mod desktop;
+pub mod doctor;
 /// The engine crate (`tokenwarden-engine`, `src-tauri/engine/`), proxy included.
 pub use tokenwarden_engine as engine;
 pub mod instance;
 pub mod logging;
+pub mod logs;
 pub mod ops;
 pub mod pageout;
 pub mod paths;

@@ -242,22 +242,11 @@ pub(crate) fn workload<'a>(cfg: &'a Config, name: &str) -> anyhow::Result<&'a Wo
     find(cfg, name).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-/// Open `url` in the browser: `TOKENWARDEN_BROWSER` (a command given the URL as its
-/// only argument) when set, else the system's default browser. An error means no
-/// browser could be started (what the browser then does is not known here).
+/// Open `url` in the browser: `TOKENWARDEN_BROWSER`, else `BROWSER`, else the
+/// system's default browser ([`crate::browser`]). An error means no browser could be
+/// started (what the browser then does is not known here).
 pub(crate) fn open_browser(url: &str) -> Result<(), String> {
-    match std::env::var_os("TOKENWARDEN_BROWSER").filter(|v| !v.is_empty()) {
-        Some(cmd) => std::process::Command::new(&cmd)
-            .arg(url)
-            .stdin(std::process::Stdio::null())
-            .spawn()
-            .map(|mut child| {
-                // Reaped when it ends (a long-running app must not collect zombies).
-                std::thread::spawn(move || child.wait());
-            })
-            .map_err(|e| format!("{}: {e}", std::path::Path::new(&cmd).display())),
-        None => open::that_detached(url).map_err(|e| e.to_string()),
-    }
+    crate::browser::open(url)
 }
 
 /// A confidential client's secret from the store (`None` for a public client).

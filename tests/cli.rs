@@ -1612,7 +1612,9 @@ fn completions_and_the_man_page_name_every_command() {
     for shell in ["bash", "zsh", "fish"] {
         let out = env.run(&["completions", shell]);
         assert!(out.ok(), "{out:?}");
-        for cmd in ["daemon", "status", "connect", "stdio", "enable", "disable"] {
+        for cmd in [
+            "daemon", "status", "connect", "stdio", "enable", "disable", "doctor", "logs",
+        ] {
             assert!(out.stdout.contains(cmd), "{shell}: {cmd} missing");
         }
     }
@@ -1625,7 +1627,7 @@ fn completions_and_the_man_page_name_every_command() {
         "{}",
         &man.stdout[..200.min(man.stdout.len())]
     );
-    for cmd in ["daemon", "status", "token", "connect"] {
+    for cmd in ["daemon", "status", "token", "connect", "doctor", "logs"] {
         assert!(man.stdout.contains(cmd), "man: {cmd} missing");
     }
 }
@@ -1712,4 +1714,279 @@ async fn a_rotated_refresh_token_the_store_refuses_is_kept_and_saved_once_it_can
     let t = env.run(&["token", "w"]);
     assert!(t.ok(), "{t:?}");
     assert!(issuer.is_valid_access_token(t.stdout.trim()));
+}
+
+/// The private keyring session (`scripts/session.sh`, as `scripts/test.sh` runs the
+/// suite): with `TOKENWARDEN_TEST_KEYCHAIN=1` the test runs and must pass.
+fn keychain_session(test: &str) -> bool {
+    if std::env::var("TOKENWARDEN_TEST_KEYCHAIN").as_deref() == Ok("1") {
+        assert!(
+            std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_some(),
+            "TOKENWARDEN_TEST_KEYCHAIN=1 but no session bus: run through scripts/session.sh"
+        );
+        gate::ran("keychain", test);
+        true
+    } else {
+        eprintln!("SKIPPED {test}: needs the private keyring session (run `bash scripts/test.sh`)");
+        false
+    }
+}
+
+/// A loopback port nothing listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The line of `doctor`'s output about `what` (its verdict first).
+fn doctor_line<'a>(out: &'a Output, what: &str) -> &'a str {
+    out.stdout
+        .lines()
+        .find(|l| {
+            l.split_whitespace()
+                .skip(1)
+                .collect::<Vec<_>>()
+                .join(" ")
+                .starts_with(what)
+        })
+        .unwrap_or_else(|| panic!("no `{what}` line: {out:?}"))
+}
+
+/// `doctor` on a healthy session (keychain unlocked, ports free), with the daemon
+/// serving the ports, with a port another program holds, and with a broken config.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_names_what_is_broken_and_how_to_fix_it() {
+    if !keychain_session("doctor") {
+        return;
+    }
+    let issuer = issuer(issuer_opts(60)).await;
+    let env = TestEnv::new("doctor");
+    let (p1, p2) = (free_port(), free_port());
+    let with_url = |name: &str, port: u16| {
+        format!(
+            "{}\nurl = \"http://127.0.0.1:9/mcp\"\nlisten_port = {port}\n\n",
+            workload_toml(name, &issuer).trim_end()
+        )
+    };
+    let config = with_url("one", p1) + &with_url("two", p2);
+    env.write_config(&config);
+
+    // Healthy: the keychain answers and is unlocked, the config parses, ports free.
+    let out = env.run(&["doctor"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(doctor_line(&out, "keychain").starts_with("ok "), "{out:?}");
+    assert!(
+        doctor_line(&out, "keychain").contains("unlocked"),
+        "{out:?}"
+    );
+    assert!(doctor_line(&out, "config").starts_with("ok "), "{out:?}");
+    assert!(
+        doctor_line(&out, "network monitor").starts_with("ok "),
+        "{out:?}"
+    );
+    let l = doctor_line(&out, "proxy one");
+    assert!(
+        l.starts_with("ok ") && l.contains(&format!("{p1} free")),
+        "{out:?}"
+    );
+    assert!(doctor_line(&out, "daemon").starts_with("warn"), "{out:?}");
+
+    // The running daemon's own proxies: its ports are busy, and ours.
+    env.start_daemon().await;
+    env.wait_for("two", Duration::from_secs(10), |w| w.local_url.is_some())
+        .await;
+    env.wait_for("one", Duration::from_secs(10), |w| w.local_url.is_some())
+        .await;
+    let out = env.run(&["doctor"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(doctor_line(&out, "daemon").starts_with("ok "), "{out:?}");
+    let l = doctor_line(&out, "proxy two");
+    assert!(
+        l.starts_with("ok ") && l.contains("served by the running Tokenwarden"),
+        "{out:?}"
+    );
+    env.stop_daemons();
+
+    // Another program on a proxy's port: FAIL, how to find it, exit 1.
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", p2)).unwrap();
+    let out = env.run(&["doctor"]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    let l = doctor_line(&out, "proxy two");
+    assert!(
+        l.starts_with("FAIL") && l.contains(&format!("127.0.0.1:{p2} is taken")),
+        "{out:?}"
+    );
+    assert!(
+        out.stdout
+            .contains(&format!("fix: see which with `ss -ltnp 'sport = :{p2}'`")),
+        "{out:?}"
+    );
+    assert!(doctor_line(&out, "proxy one").starts_with("ok "), "{out:?}");
+    drop(squatter);
+
+    // A broken config: FAIL with its line, and the fix names the line.
+    env.write_config(&format!(
+        "{}\nlisten_port = \"high\"\n",
+        workload_toml("one", &issuer).trim_end()
+    ));
+    let bad_line = 7;
+    let out = env.run(&["doctor"]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    let l = doctor_line(&out, "config");
+    assert!(
+        l.starts_with("FAIL") && l.contains(&format!("workloads.toml:{bad_line}")),
+        "{out:?}"
+    );
+    assert!(
+        out.stdout
+            .contains(&format!("fix: correct line {bad_line} of ")),
+        "{out:?}"
+    );
+}
+
+/// A locked keyring is a FAIL with the fix (in a session of its own: locking the
+/// suite's keyring would break the other tests).
+#[test]
+fn doctor_fails_on_a_locked_keyring() {
+    if !keychain_session("doctor_locked") {
+        return;
+    }
+    let env = TestEnv::new("doctor_locked");
+    let root = env!("CARGO_MANIFEST_DIR");
+    let lock = "gdbus call --session --dest org.freedesktop.secrets --object-path /org/freedesktop/secrets \
+        --method org.freedesktop.Secret.Service.Lock \"['/org/freedesktop/secrets/collection/login']\" >&2 && exec \"$0\" doctor";
+    let out = env.run_of(
+        "bash",
+        &[
+            &format!("{root}/scripts/session.sh"),
+            "sh",
+            "-c",
+            lock,
+            env!("CARGO_BIN_EXE_tokenwarden"),
+        ],
+    );
+    assert_eq!(out.code, Some(1), "{out:?}");
+    let l = doctor_line(&out, "keychain");
+    assert!(l.starts_with("FAIL") && l.contains("is locked"), "{out:?}");
+    assert!(out.stdout.contains("fix: unlock it"), "{out:?}");
+}
+
+/// `logs NAME`: the daemon's log lines about that workload only; `-n`; `-f` prints new
+/// lines about it as they are written, and not the other workload's written before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_shows_and_follows_one_workloads_lines() {
+    let issuer = issuer(issuer_opts(60)).await;
+    let env = env_with("logs", &issuer, &["alpha", "beta"]).await;
+    env.start_daemon().await;
+    assert!(env.login("alpha").await.ok());
+    env.wait_status("alpha", Status::Running, Duration::from_secs(10))
+        .await;
+    assert!(env.run(&["retry", "beta"]).ok());
+    let about = |out: &Output, name: &str| {
+        out.stdout
+            .lines()
+            .filter(|l| {
+                l.contains(&format!("workload={name} ")) || l.ends_with(&format!("workload={name}"))
+            })
+            .count()
+    };
+    // Until beta's line is in the file.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let all = loop {
+        let all = env.run(&["logs"]);
+        assert!(all.ok(), "{all:?}");
+        if about(&all, "beta") > 0 {
+            break all;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no line about beta: {all:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(about(&all, "alpha") > 0, "{all:?}");
+
+    let alpha = env.run(&["logs", "alpha"]);
+    assert!(alpha.ok(), "{alpha:?}");
+    let n = alpha.stdout.lines().count();
+    assert!(
+        n > 0 && about(&alpha, "alpha") == n,
+        "only alpha's lines: {alpha:?}"
+    );
+    assert_eq!(about(&alpha, "beta"), 0, "{alpha:?}");
+    let last = env.run(&["logs", "-n", "1", "alpha"]);
+    assert_eq!(
+        last.stdout.lines().collect::<Vec<_>>(),
+        alpha.stdout.lines().last().into_iter().collect::<Vec<_>>()
+    );
+
+    // Following: beta's line is written first, then alpha's; only alpha's arrives.
+    let mut follow = env
+        .command(&["logs", "-f", "-n", "0", "alpha"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stdout = follow.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    assert!(env.run(&["retry", "beta"]).ok());
+    assert!(env.run(&["retry", "alpha"]).ok());
+    let mut seen = Vec::new();
+    let found = loop {
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(l) if l.contains("retrying now") => break l,
+            Ok(l) => seen.push(l),
+            Err(e) => panic!("no new line about alpha ({e}); got {seen:?}"),
+        }
+    };
+    assert!(found.contains("workload=alpha"), "{found}");
+    assert!(
+        seen.iter().all(|l| !l.contains("workload=beta")),
+        "{seen:?}"
+    );
+    follow.kill().unwrap();
+    let _ = follow.wait();
+
+    // Hostile or missing input: a clear error, exit 1.
+    let out = env.run(&["logs", "../x"]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    let mut empty = TestEnv::new("logs_empty");
+    let dir = empty.dir.path().join("no-logs");
+    empty
+        .extra_env
+        .push(("TOKENWARDEN_LOG_DIR".into(), dir.display().to_string()));
+    let out = empty.run(&["logs"]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stderr.contains("no logs in"), "{out:?}");
+}
+
+/// `login` opens the browser `BROWSER` names (the first of its `:`-separated commands
+/// that starts, `%s` the URL), as the desktop app's sign-in does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_opens_the_browser_the_browser_variable_names() {
+    let issuer = issuer(issuer_opts(30)).await;
+    let mut env = env_with("login_browser_variable", &issuer, &["w"]).await;
+    let follow = format!("{}/tests/desktop/browser.sh", env!("CARGO_MANIFEST_DIR"));
+    let missing = env.dir.path().join("no-such-browser");
+    env.extra_env.push((
+        "BROWSER".into(),
+        format!("{}:sh {follow} %s", missing.display()),
+    ));
+    let out = env.run(&["login", "w", "--timeout", "20s"]);
+    assert!(out.ok(), "{out:?}");
+    assert!(out.stderr.contains("Signed in"), "{out:?}");
 }

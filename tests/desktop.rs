@@ -2127,3 +2127,112 @@ async fn the_app_and_the_windowed_demo_stop_cleanly_on_sigterm() {
     );
     assert!(!dir.exists(), "the demo's dir {} is removed", dir.display());
 }
+
+/// A start at login (`--hidden`) on a desktop with no tray host says once that the
+/// app runs without a tray icon and how to open the window; with a tray host, nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hidden_start_without_a_tray_host_says_how_to_open_the_window() {
+    let Some(display) = gate("hidden_without_tray") else {
+        return;
+    };
+    let _serial = serial();
+    let log = log_dir("hidden_without_tray");
+    let recorder = Recorder::start(&log);
+    let name_owned = |name: &str| {
+        let out = Command::new("gdbus")
+            .args([
+                "call",
+                "--session",
+                "--dest",
+                "org.freedesktop.DBus",
+                "--object-path",
+                "/org/freedesktop/DBus",
+                "--method",
+                "org.freedesktop.DBus.NameHasOwner",
+                name,
+            ])
+            .output()
+            .expect("gdbus");
+        String::from_utf8_lossy(&out.stdout).contains("true")
+    };
+    assert!(
+        !name_owned("org.kde.StatusNotifierWatcher"),
+        "the suite's bus has no tray host"
+    );
+    let start = |config: &Path, tag: &str| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tokenwarden"));
+        cmd.arg("--hidden")
+            .env("DISPLAY", &display)
+            .env("TOKENWARDEN_CONFIG_DIR", config)
+            .env("TOKENWARDEN_LOG_DIR", log.join(tag))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "debug".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log.join(format!("{tag}.stderr"))).unwrap());
+        Group::spawn(cmd)
+    };
+    // The app's log line saying what it decided (written before any notification).
+    let decided = |tag: &str| {
+        let path = log.join(format!("{tag}.stderr"));
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                if text.contains("started hidden without a tray") {
+                    return false;
+                }
+                if text.contains("started hidden: the tray shows the icon") {
+                    return true;
+                }
+                assert!(Instant::now() < deadline, "no decision logged: {text}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let summary = "Tokenwarden runs without a tray icon";
+
+    // No tray host: one notification, saying how to open the window.
+    let config = tempfile::tempdir().unwrap();
+    let app = start(config.path(), "no-host");
+    assert!(!decided("no-host").await, "no tray host: it must say so");
+    let note = recorder.wait_for(summary, Duration::from_secs(10)).await;
+    assert!(
+        note["body"].as_str().unwrap().contains("run `tokenwarden`"),
+        "{note}"
+    );
+    assert!(pid_alive(app.0.id()), "it keeps running");
+    drop(app);
+    let count = recorder
+        .all()
+        .iter()
+        .filter(|n| n["summary"] == summary)
+        .count();
+    assert_eq!(count, 1, "once: {:#?}", recorder.all());
+
+    // A tray host on the bus: the icon shows, nothing to say.
+    let mut cmd = Command::new("/usr/bin/python3");
+    cmd.arg(root().join("tests/desktop/sni_watcher.py"))
+        .stdin(Stdio::null());
+    let _watcher = Group::spawn(cmd);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !name_owned("org.kde.StatusNotifierWatcher") {
+        assert!(
+            Instant::now() < deadline,
+            "the stand-in tray host did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let config = tempfile::tempdir().unwrap();
+    let _app = start(config.path(), "host");
+    assert!(decided("host").await, "a tray host: no note");
+    let _ = app_pid(config.path()).await;
+    let count = recorder
+        .all()
+        .iter()
+        .filter(|n| n["summary"] == summary)
+        .count();
+    assert_eq!(count, 1, "no second note: {:#?}", recorder.all());
+}

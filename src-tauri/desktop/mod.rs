@@ -1125,6 +1125,24 @@ fn run_app(
         let _ = shell.take_menu_change();
         if start_hidden {
             tracing::info!("started hidden: the window opens from the tray");
+            // Without a tray the app would be invisible: say so, once.
+            let tray_made = shell.tray_made.load(Ordering::Acquire);
+            rt.spawn(async move {
+                let host = tokio::task::spawn_blocking(crate::doctor::tray_host_present)
+                    .await
+                    .unwrap_or(None);
+                match tray::hidden_without_tray_note(tray_made, host) {
+                    Some((summary, body)) => {
+                        tracing::warn!(
+                            tray_made,
+                            ?host,
+                            "started hidden without a tray: notifying"
+                        );
+                        notify::show_problem(summary, body);
+                    }
+                    None => tracing::info!(?host, "started hidden: the tray shows the icon"),
+                }
+            });
         } else if cfg!(unix) {
             let _ = show_window(&shell);
         }

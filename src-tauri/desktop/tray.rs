@@ -215,6 +215,22 @@ pub fn create(
     Ok(())
 }
 
+/// The one notification of a hidden start (`--hidden`, the start-at-login entry) that
+/// no tray can show: the icon could not be made, or no tray host is on the session bus
+/// (`host`: `None` when that cannot be known). Summary and body.
+pub fn hidden_without_tray_note(
+    tray_made: bool,
+    host: Option<bool>,
+) -> Option<(&'static str, &'static str)> {
+    if tray_made && host != Some(false) {
+        return None;
+    }
+    Some((
+        "Tokenwarden runs without a tray icon",
+        "No tray on this desktop can show it. Your workloads are kept signed in; to open the window, start Tokenwarden again from the applications menu or run `tokenwarden`.",
+    ))
+}
+
 /// Show a new state (on the UI loop's thread): icon and menu.
 pub fn update(list: Vec<WorkloadStatus>) {
     super::ui_loop::invoke(move || {
@@ -267,6 +283,20 @@ mod tests {
             access_token_valid: true,
             ..WorkloadStatus::bare(name, status, "https://a.example/token")
         }
+    }
+
+    #[test]
+    fn a_hidden_start_says_so_only_when_no_tray_shows_it() {
+        assert_eq!(hidden_without_tray_note(true, Some(true)), None);
+        assert_eq!(
+            hidden_without_tray_note(true, None),
+            None,
+            "unknown: no note"
+        );
+        let (summary, body) = hidden_without_tray_note(true, Some(false)).unwrap();
+        assert!(summary.contains("without a tray"));
+        assert!(body.contains("run `tokenwarden`"));
+        assert!(hidden_without_tray_note(false, None).is_some());
     }
 
     #[test]
