@@ -1089,6 +1089,7 @@ pub(crate) async fn login(
     let http =
         oauth::http_client(&cfg.policy, w.ca_file.as_deref()).map_err(|e| anyhow::anyhow!(e))?;
     let client_secret = client_secret(&store, &w).await?;
+    let w = oauth::for_sign_in(&store, &w, &needs_scopes(paths, name).await).await;
     let pending = oauth::prepare_login(&w)
         .await?
         .with_client_secret(client_secret);
@@ -1127,6 +1128,30 @@ pub(crate) async fn login(
         eprintln!("{}", no_refresh_token_note(tokens.expires_at()));
     }
     Ok(())
+}
+
+/// The scopes a remote's step-up challenge asks `name` for (status `needs_scopes`):
+/// from the running daemon, else from the last known state.
+async fn needs_scopes(paths: &Paths, name: &str) -> Vec<String> {
+    if let Ok(Some(mut c)) = Client::connect(paths).await {
+        let list: Vec<WorkloadStatus> = c
+            .call(&Request::Status)
+            .await
+            .ok()
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default();
+        return list
+            .into_iter()
+            .find(|s| s.name == name)
+            .map(|s| s.needs_scopes)
+            .unwrap_or_default();
+    }
+    let state = crate::engine::supervisor::load_state(&paths.state_file);
+    state
+        .get(name)
+        .and_then(|p| p.step_up.as_ref())
+        .map(|s| s.scopes.clone())
+        .unwrap_or_default()
 }
 
 /// Said at login when the server issued no refresh token: the workload runs until

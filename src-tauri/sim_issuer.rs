@@ -460,6 +460,7 @@ impl SimIssuer {
                 issued: Vec::new(),
                 ledger,
             }),
+            refused_scopes: Mutex::new(Vec::new()),
         });
         lock(&inner.net).generation = inner.generation_root.child_token();
 
@@ -545,6 +546,28 @@ impl SimIssuer {
     /// Switches how the authorization server metadata is served.
     pub fn set_metadata_mode(&self, mode: MetadataMode) {
         *lock(&self.inner.metadata_mode) = mode;
+    }
+
+    /// The user refuses to grant these scopes: an authorization request asking for
+    /// any of them is answered `error=access_denied` (the consent screen's "Deny").
+    /// Empty: every scope is granted as asked.
+    pub fn refuse_scopes(&self, scopes: &[&str]) {
+        *lock(&self.inner.refused_scopes) = scopes.iter().map(|s| s.to_string()).collect();
+    }
+
+    /// The scopes the grant of `access_token` was issued with (`None`: an unknown
+    /// token). It is a token: assert with it, do not log it.
+    pub fn access_token_scopes(&self, access_token: &str) -> Option<Vec<String>> {
+        let tokens = lock(&self.inner.tokens);
+        let grant = tokens.access.get(access_token)?.grant;
+        let scope = tokens.grants.get(&grant)?.scope.clone().unwrap_or_default();
+        Some(
+            scope
+                .split(' ')
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect(),
+        )
     }
 
     /// Switches what the `/authorize` redirects and the metadata say about `iss`.
@@ -715,6 +738,7 @@ impl SimIssuer {
             expires_at: Some(now + lifetime),
             lifetime: Some(lifetime),
             obtained_at: now,
+            scopes: Vec::new(),
         })
     }
 
@@ -810,6 +834,8 @@ struct Inner {
     /// Body bytes written by the byte-level modes (`Huge`, `Trickle`).
     raw_bytes_sent: Arc<AtomicU64>,
     tokens: Mutex<TokenState>,
+    /// Scopes the signed-in user refuses to grant ([`SimIssuer::refuse_scopes`]).
+    refused_scopes: Mutex<Vec<String>>,
 }
 
 /// A client made by `POST /register`.
@@ -1968,6 +1994,16 @@ async fn authorize(State(inner): State<Arc<Inner>>, RawQuery(query): RawQuery) -
         Some(c) if is_valid_challenge(c) => c.to_string(),
         _ => return redirect_error("invalid_request", "missing or malformed code_challenge"),
     };
+
+    if let Some(asked) = params.get("scope") {
+        let refused = lock(&inner.refused_scopes).clone();
+        if asked.split(' ').any(|s| refused.iter().any(|r| r == s)) {
+            return redirect_error(
+                "access_denied",
+                "the user did not grant the requested scopes",
+            );
+        }
+    }
 
     let code = random_token("sim_code_");
     {

@@ -243,6 +243,16 @@ pub async fn start_reauth(shell: Arc<Shell>, name: String) -> Result<(), CmdErro
             let secret = crate::cli::client_secret(store, &w)
                 .await
                 .map_err(|e| anyhow_err("store", e))?;
+            // A step-up the remote asked for: the sign-in asks for those scopes too.
+            let needs = shell
+                .engine()
+                .status()
+                .await
+                .ok()
+                .and_then(|l| l.into_iter().find(|s| s.name == name))
+                .map(|s| s.needs_scopes)
+                .unwrap_or_default();
+            let w = oauth::for_sign_in(store, &w, &needs).await;
             let pending = shell
                 .logins
                 .prepare(&w)

@@ -314,6 +314,7 @@ pub fn to_stored(
             expires_at: None,
             lifetime: None,
             obtained_at: unix_secs(now),
+            scopes: Vec::new(),
         };
         return (tokens, policy.assumed_token_lifetime);
     }
@@ -330,6 +331,7 @@ pub fn to_stored(
         expires_at: Some(unix_secs(now + lifetime).max(unix_secs(now) + 1)),
         lifetime: Some(lifetime.as_secs().max(1)),
         obtained_at: unix_secs(now),
+        scopes: Vec::new(),
     };
     (tokens, lifetime)
 }
@@ -388,6 +390,29 @@ impl std::fmt::Debug for PendingLogin {
             .field("redirect_uri", &self.redirect_uri.as_str())
             .finish_non_exhaustive()
     }
+}
+
+/// The workload as a sign-in sees it: its `scopes` are the configured ones, those
+/// the stored login asked for (a step-up's stay with the workload), and `step_up`
+/// (the scopes a remote's `insufficient_scope` challenge asks for now), each once, in
+/// that order: the MCP authorization spec's union of the scopes requested before and
+/// the challenge's.
+pub async fn for_sign_in(
+    store: &crate::engine::store::SecretStore,
+    w: &WorkloadConfig,
+    step_up: &[String],
+) -> WorkloadConfig {
+    let before = match store.load_login(w).await {
+        Ok(crate::engine::store::Login::Ready(t)) => t.scopes,
+        _ => Vec::new(),
+    };
+    let mut out = w.clone();
+    for s in before.iter().chain(step_up) {
+        if !out.scopes.contains(s) {
+            out.scopes.push(s.clone());
+        }
+    }
+    out
 }
 
 /// Bind the loopback redirect listener (127.0.0.1, any port: RFC 8252 §7.3, or the
@@ -504,7 +529,9 @@ impl PendingLogin {
             // a new sign-in (the monitor says so).
             tracing::info!(workload = %workload.name, "the sign-in returned no refresh token");
         }
-        Ok(to_stored(resp, None, SystemTime::now(), policy).0)
+        let mut tokens = to_stored(resp, None, SystemTime::now(), policy).0;
+        tokens.scopes = workload.scopes.clone();
+        Ok(tokens)
     }
 }
 

@@ -69,6 +69,10 @@ pub struct StoredTokens {
     pub lifetime: Option<u64>,
     /// Unix seconds when these tokens were obtained.
     pub obtained_at: u64,
+    /// The scopes the sign-in asked for (the configured ones and any a step-up
+    /// added); kept by refreshes. Empty: only the configured ones, or none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
 }
 
 impl StoredTokens {
@@ -704,6 +708,7 @@ mod tests {
             expires_at: Some(1_900_000_000),
             lifetime: Some(3600),
             obtained_at: 1_899_996_400,
+            scopes: Vec::new(),
         }
     }
 
