@@ -6,7 +6,7 @@ use crate::clients::ClientKind;
 use crate::control::{Client, RemoteError, Request};
 use crate::daemon::{load_config, make_store};
 use crate::engine::config::{self, Config, WorkloadConfig};
-use crate::engine::discovery::{self, DiscoveryError, DiscoveryOptions};
+use crate::engine::discovery::{self, DiscoveryOptions};
 use crate::engine::oauth;
 use crate::engine::status::WorkloadStatus;
 use crate::engine::store::Login;
@@ -101,6 +101,11 @@ pub enum Command {
         /// A client ID registered at the authorization server (no registration then).
         #[arg(long)]
         client_id: Option<String>,
+        /// The URL of a Client ID Metadata Document you host (`tokenwarden
+        /// client-metadata` prints it), used as the client id where the authorization
+        /// server takes them (default: `[registration] client_metadata_url`).
+        #[arg(long)]
+        client_metadata_url: Option<String>,
         /// A scope to request (repeatable; default with --url: what the server asks for).
         #[arg(long = "scope")]
         scopes: Vec<String>,
@@ -163,6 +168,15 @@ pub enum Command {
     },
     /// Print the manual page (roff): `tokenwarden man | man -l -`.
     Man,
+    /// Print the Client ID Metadata Document to host at URL (its client id), with the
+    /// loopback redirect URI sign-ins use; then `add --client-metadata-url URL`.
+    ClientMetadata {
+        /// Where you will host it: an https URL with a path (default:
+        /// `[registration] client_metadata_url`). The redirect URI's port is
+        /// `[registration] client_metadata_port`, else 33418.
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// Print the JSON an MCP client needs to reach the workload's local proxy; with
     /// --client, the entry alone in that client's format.
     ClientConfig {
@@ -352,6 +366,7 @@ async fn run(command: Option<Command>, paths: Paths, hidden: bool) -> anyhow::Re
             token_endpoint,
             authorization_endpoint,
             client_id,
+            client_metadata_url,
             scopes,
             ca_file,
             allow_http,
@@ -365,6 +380,7 @@ async fn run(command: Option<Command>, paths: Paths, hidden: bool) -> anyhow::Re
                 token_endpoint,
                 authorization_endpoint,
                 client_id,
+                client_metadata_url,
                 scopes,
                 ca_file,
                 allow_http,
@@ -423,6 +439,17 @@ async fn run(command: Option<Command>, paths: Paths, hidden: bool) -> anyhow::Re
             Ok(())
         }
         Command::Token { name, json } => token(&paths, &name, json).await,
+        Command::ClientMetadata { url } => {
+            let cfg = load_config(&paths)?;
+            let doc = crate::engine::registration::document_for(
+                url.as_deref(),
+                cfg.client_metadata.as_ref(),
+                cfg.client_metadata_port,
+            )
+            .map_err(|m| anyhow::anyhow!(m))?;
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+            Ok(())
+        }
         Command::ClientConfig {
             name,
             client: None,
@@ -480,6 +507,8 @@ pub struct AddArgs {
     pub token_endpoint: Option<String>,
     pub authorization_endpoint: Option<String>,
     pub client_id: Option<String>,
+    /// A Client ID Metadata Document's URL (else the config's default).
+    pub client_metadata_url: Option<String>,
     pub scopes: Vec<String>,
     pub ca_file: Option<String>,
     pub allow_http: bool,
@@ -605,12 +634,29 @@ pub async fn add_workload(
                 say(format!("  also asking for:        {OFFLINE_ACCESS} (the authorization server lists it: it grants refresh tokens with it)"));
             }
         }
+        // The spec's order: --client-id, else a Client ID Metadata Document the
+        // server takes, else registration.
+        let metadata = crate::engine::registration::metadata_for_add(
+            a.client_metadata_url.as_deref(),
+            cfg.client_metadata.as_ref(),
+            cfg.client_metadata_port,
+        )
+        .map_err(usage)?;
+        let mut by_metadata = false;
         if nw.client_id.is_empty() {
-            let endpoint = d.registration_endpoint.clone().ok_or_else(|| {
-                DiscoveryError::NoRegistrationEndpoint {
-                    issuer: d.issuer_identifier.clone(),
-                }
-            })?;
+            if let crate::engine::registration::Source::Metadata(m) =
+                crate::engine::registration::choose(&d, metadata.as_ref())?
+            {
+                let http = discovery::discovery_client(&opts)?;
+                crate::engine::registration::check_document(&http, &m, &cfg.policy).await?;
+                say(format!("Using the Client ID Metadata Document at {} as the client id (no registration; sign-in callback {})", m.url, m.redirect_uri()));
+                nw.client_id = m.client_id().to_string();
+                nw.redirect_port = Some(m.redirect_port);
+                by_metadata = true;
+            }
+        }
+        if nw.client_id.is_empty() {
+            let endpoint = crate::engine::registration::registration_endpoint(&d)?;
             // The callback port the client is registered with; logins bind it again.
             let (callback, port) = free_loopback_port(&cfg)?;
             let redirect_uri = url::Url::parse(&format!("http://127.0.0.1:{port}/callback"))?;
@@ -632,7 +678,7 @@ pub async fn add_workload(
             nw.redirect_port = Some(port);
             nw.client_auth = reg.auth;
             client_secret = reg.client_secret;
-        } else {
+        } else if !by_metadata {
             say("Using the client id given with --client-id (no registration).".into());
         }
     }

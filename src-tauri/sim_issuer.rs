@@ -200,6 +200,22 @@ pub enum WellKnown {
     OidcAppended,
 }
 
+/// Whether the issuer takes an HTTPS URL (here: any URL, the tests serve loopback
+/// ones) as `client_id`, fetching the Client ID Metadata Document there.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ClientMetadataMode {
+    /// Not advertised; a URL client id is an unknown client.
+    #[default]
+    Off,
+    /// Advertised (`client_id_metadata_document_supported`); at `/authorize` the
+    /// document is fetched and checked: JSON, `client_id` identical to the URL,
+    /// `client_name`, `redirect_uris` listing the request's `redirect_uri`.
+    Accept,
+    /// Advertised, fetched and checked, then refused by the server's policy (a
+    /// domain it does not trust): `error=invalid_client` to a listed redirect URI.
+    RejectByPolicy,
+}
+
 /// The kind of client `POST /register` creates, whatever the request asked for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum RegistrationAuth {
@@ -461,6 +477,9 @@ impl SimIssuer {
                 ledger,
             }),
             refused_scopes: Mutex::new(Vec::new()),
+            client_metadata: Mutex::new(ClientMetadataMode::Off),
+            client_metadata_fetches: AtomicU64::new(0),
+            registration_requests: Mutex::new(Vec::new()),
         });
         lock(&inner.net).generation = inner.generation_root.child_token();
 
@@ -546,6 +565,21 @@ impl SimIssuer {
     /// Switches how the authorization server metadata is served.
     pub fn set_metadata_mode(&self, mode: MetadataMode) {
         *lock(&self.inner.metadata_mode) = mode;
+    }
+
+    /// How URL client ids (Client ID Metadata Documents) are treated.
+    pub fn set_client_metadata(&self, mode: ClientMetadataMode) {
+        *lock(&self.inner.client_metadata) = mode;
+    }
+
+    /// Client ID Metadata Documents fetched (at `/authorize`).
+    pub fn client_metadata_fetches(&self) -> u64 {
+        self.inner.client_metadata_fetches.load(Ordering::SeqCst)
+    }
+
+    /// The JSON bodies of the `POST /register` requests received, in order.
+    pub fn registration_requests(&self) -> Vec<serde_json::Value> {
+        lock(&self.inner.registration_requests).clone()
     }
 
     /// The user refuses to grant these scopes: an authorization request asking for
@@ -836,6 +870,11 @@ struct Inner {
     tokens: Mutex<TokenState>,
     /// Scopes the signed-in user refuses to grant ([`SimIssuer::refuse_scopes`]).
     refused_scopes: Mutex<Vec<String>>,
+    /// How URL client ids (Client ID Metadata Documents) are treated.
+    client_metadata: Mutex<ClientMetadataMode>,
+    client_metadata_fetches: AtomicU64,
+    /// The body of every `POST /register` that parsed as JSON, in order.
+    registration_requests: Mutex<Vec<serde_json::Value>>,
 }
 
 /// A client made by `POST /register`.
@@ -1645,6 +1684,9 @@ impl Inner {
         if let Some(scopes) = &self.scopes_supported {
             v["scopes_supported"] = serde_json::json!(scopes);
         }
+        if *lock(&self.client_metadata) != ClientMetadataMode::Off {
+            v["client_id_metadata_document_supported"] = serde_json::Value::Bool(true);
+        }
         v
     }
 }
@@ -1782,6 +1824,7 @@ async fn register(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Byt
     else {
         return registration_error("invalid_client_metadata", "the body must be a JSON object");
     };
+    lock(&inner.registration_requests).push(serde_json::Value::Object(req.clone()));
     let redirect_uris: Vec<String> = req
         .get("redirect_uris")
         .and_then(|v| v.as_array())
@@ -1909,6 +1952,22 @@ async fn authorize(State(inner): State<Arc<Inner>>, RawQuery(query): RawQuery) -
             )
         }
     };
+    if client_id.starts_with("http://") || client_id.starts_with("https://") {
+        let mode = *lock(&inner.client_metadata);
+        if mode != ClientMetadataMode::Off {
+            if let Err(r) = client_metadata(
+                &inner,
+                &client_id,
+                params.get("redirect_uri"),
+                params.get("state"),
+                mode,
+            )
+            .await
+            {
+                return r;
+            }
+        }
+    }
     // A registered client's redirect URIs, compared exactly; the configured
     // client may use any loopback redirect URI.
     let registered_uris = lock(&inner.registered)
@@ -2033,6 +2092,89 @@ async fn authorize(State(inner): State<Arc<Inner>>, RawQuery(query): RawQuery) -
         }
     }
     redirect_to(&url)
+}
+
+/// Fetch and check the Client ID Metadata Document at `client_id`; a good one makes
+/// it a known public client with the document's redirect URIs. `Err`: the answer
+/// (an error page, or `error=invalid_client` to a redirect URI the document lists).
+async fn client_metadata(
+    inner: &Inner,
+    client_id: &str,
+    redirect_uri: Option<&str>,
+    state: Option<&str>,
+    mode: ClientMetadataMode,
+) -> Result<(), Response> {
+    inner.client_metadata_fetches.fetch_add(1, Ordering::SeqCst);
+    let page = |why: &str| {
+        html_page(
+            StatusCode::BAD_REQUEST,
+            "Invalid client",
+            &format!("the client metadata document was not accepted: {why}"),
+        )
+    };
+    let fetched = async {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .ok()?;
+        let r = http.get(client_id).send().await.ok()?;
+        if !r.status().is_success() {
+            return None;
+        }
+        let bytes = r.bytes().await.ok()?;
+        serde_json::from_slice::<serde_json::Value>(&bytes).ok()
+    }
+    .await;
+    let Some(doc) = fetched.filter(|d| d.is_object()) else {
+        return Err(page("it could not be fetched as a JSON object"));
+    };
+    let uris: Vec<String> = doc["redirect_uris"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|u| u.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let listed = redirect_uri.filter(|r| uris.iter().any(|u| u == r));
+    if doc["client_id"].as_str() != Some(client_id) {
+        return Err(page("its client_id is not the URL it was fetched from"));
+    }
+    if !doc["client_name"].is_string() {
+        return Err(page("it has no client_name"));
+    }
+    let Some(listed) = listed else {
+        return Err(page("it does not list the redirect_uri of the request"));
+    };
+    if mode == ClientMetadataMode::RejectByPolicy {
+        let mut url = Url::parse(listed).map_err(|_| page("bad redirect_uri"))?;
+        {
+            let mut pairs = url.query_pairs_mut();
+            pairs.append_pair("error", "invalid_client").append_pair(
+                "error_description",
+                "this server does not accept clients from that domain",
+            );
+            if let Some(state) = state {
+                pairs.append_pair("state", state);
+            }
+            if let Some(iss) = inner.iss_parameter().0 {
+                pairs.append_pair("iss", &iss);
+            }
+        }
+        return Err(redirect_to(&url));
+    }
+    let seq = inner.registration_count.load(Ordering::SeqCst);
+    lock(&inner.registered).insert(
+        client_id.to_string(),
+        RegisteredClient {
+            seq,
+            redirect_uris: uris,
+            secret: None,
+            auth: RegistrationAuth::Public,
+        },
+    );
+    Ok(())
 }
 
 /// Counts a refresh request in flight for as long as it lives.

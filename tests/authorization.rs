@@ -1,11 +1,15 @@
 //! Today's MCP authorization against the project's own issuer and remote, through the
-//! real binary: step-up (`403 insufficient_scope`) behind the local proxy.
+//! real binary: step-up (`403 insufficient_scope`) behind the local proxy; client
+//! registration in the spec's order (Client ID Metadata Documents served from a
+//! loopback URL the test serves, dynamic registration as a native application).
 
 mod support;
 
 use std::time::Duration;
 use support::*;
+use tokenwarden::engine::config::Config;
 use tokenwarden::engine::Status;
+use tokenwarden::sim_issuer::ClientMetadataMode;
 use tokenwarden::sim_remote::{RemoteOptions, SimRemote};
 
 struct Setup {
@@ -234,4 +238,237 @@ async fn a_remote_that_keeps_asking_is_not_asked_about_again_after_two_sign_ins(
         .starts_with("needs more permission: extra; the remote refused 2 sign-ins"),);
     // Other calls still work.
     assert_eq!(s.call("").await.status(), 200);
+}
+
+// ---------------------------------------------------------------------------
+// Client registration in the spec's order
+// ---------------------------------------------------------------------------
+
+/// Serves `doc` at `http://127.0.0.1:PORT/tokenwarden.json` until dropped.
+struct DocServer {
+    url: String,
+    doc: std::sync::Arc<std::sync::Mutex<String>>,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn doc_server() -> DocServer {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/tokenwarden.json", listener.local_addr().unwrap());
+    let doc = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let served = doc.clone();
+    let app = axum::Router::new().route(
+        "/tokenwarden.json",
+        axum::routing::get(move || {
+            let body = served.lock().unwrap().clone();
+            async move { ([("content-type", "application/json")], body) }
+        }),
+    );
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = rx.await;
+            })
+            .await;
+    });
+    DocServer {
+        url,
+        doc,
+        _stop: tx,
+    }
+}
+
+impl DocServer {
+    fn serve(&self, doc: &str) {
+        *self.doc.lock().unwrap() = doc.to_string();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `tokenwarden client-metadata ARGS`: the document it prints.
+fn client_metadata(env: &TestEnv, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["client-metadata"];
+    all.extend_from_slice(args);
+    let out = env.run(&all);
+    assert!(out.ok(), "{out:?}");
+    serde_json::from_str(&out.stdout).unwrap()
+}
+
+/// An issuer taking Client ID Metadata Documents as `mode` says, its remote, a
+/// daemon, and a document server.
+/// The config has `[registration] client_metadata_port` = a free port (logins of
+/// tests running at once must not share the default one).
+async fn registration_setup(
+    test: &str,
+    mode: ClientMetadataMode,
+) -> (TestEnv, SimIssuer, SimRemote, DocServer, u16) {
+    init_tracing(test);
+    let issuer = issuer(IssuerOptions::default()).await;
+    issuer.set_client_metadata(mode);
+    let remote = SimRemote::start(issuer.clone(), RemoteOptions::default())
+        .await
+        .unwrap();
+    let env = TestEnv::new(test);
+    let port = free_port();
+    env.write_config(&format!(
+        "{}[registration]\nclient_metadata_port = {port}\n",
+        file_store_header()
+    ));
+    env.start_daemon().await;
+    (env, issuer, remote, doc_server().await, port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_taking_client_metadata_documents_gets_the_users_and_nothing_is_registered() {
+    let (env, issuer, remote, docs, port) =
+        registration_setup("authz_cimd", ClientMetadataMode::Accept).await;
+    let doc = client_metadata(&env, &["--url", &docs.url]);
+    assert_eq!(doc["client_id"], docs.url.as_str());
+    assert_eq!(
+        doc["redirect_uris"],
+        serde_json::json!([format!("http://127.0.0.1:{port}/callback")])
+    );
+    assert_eq!(doc["application_type"], "native");
+    docs.serve(&doc.to_string());
+
+    let out = env
+        .run_with_browser(&[
+            "add",
+            "w",
+            "--url",
+            &remote.url(),
+            "--client-metadata-url",
+            &docs.url,
+        ])
+        .await;
+    assert!(out.ok(), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("Using the Client ID Metadata Document at"),
+        "{}",
+        out.stderr
+    );
+    let cfg = Config::load(&env.config_file()).unwrap();
+    let w = cfg.workload("w").unwrap();
+    assert_eq!(w.client_id, docs.url);
+    assert_eq!(w.redirect_port, Some(port));
+    assert_eq!(issuer.registrations(), 0, "nothing registered");
+    assert!(issuer.client_metadata_fetches() >= 1);
+    env.wait_for("w", Duration::from_secs(10), |s| {
+        s.status == Status::Running && s.access_token_valid
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_configured_client_metadata_document_is_the_default_and_a_server_without_support_registers_a_native_client(
+) {
+    let (env, issuer, remote, docs, port) =
+        registration_setup("authz_cimd_default", ClientMetadataMode::Accept).await;
+    env.write_config(&format!(
+        "{}[registration]\nclient_metadata_url = \"{}\"\nclient_metadata_port = {port}\n",
+        file_store_header(),
+        docs.url
+    ));
+    // `client-metadata` without --url prints the configured one.
+    let doc = client_metadata(&env, &[]);
+    assert_eq!(doc["client_id"], docs.url.as_str());
+    assert_eq!(
+        doc["redirect_uris"],
+        serde_json::json!([format!("http://127.0.0.1:{port}/callback")])
+    );
+    docs.serve(&doc.to_string());
+    let out = env
+        .run_with_browser(&["add", "a", "--url", &remote.url()])
+        .await;
+    assert!(out.ok(), "{out:?}");
+    let cfg = Config::load(&env.config_file()).unwrap();
+    assert_eq!(cfg.workload("a").unwrap().client_id, docs.url);
+    assert_eq!(issuer.registrations(), 0);
+
+    // A server that does not take them: dynamic registration, as a native app.
+    issuer.set_client_metadata(ClientMetadataMode::Off);
+    let out = env
+        .run_with_browser(&["add", "b", "--url", &remote.url()])
+        .await;
+    assert!(out.ok(), "{out:?}");
+    assert!(
+        out.stderr.contains("Registered a new public client"),
+        "{}",
+        out.stderr
+    );
+    let requests = issuer.registration_requests();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0]["application_type"], "native", "{}", requests[0]);
+    let cfg = Config::load(&env.config_file()).unwrap();
+    assert_ne!(cfg.workload("b").unwrap().client_id, docs.url);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_document_is_refused_at_add_and_a_server_refusing_it_says_invalid_client() {
+    let (env, issuer, remote, docs, _) =
+        registration_setup("authz_cimd_refused", ClientMetadataMode::Accept).await;
+    let before = read(&env.config_file());
+    // A document that names another client id: refused before anything is written.
+    let mut doc = client_metadata(&env, &["--url", &docs.url]);
+    doc["client_id"] = "https://elsewhere.example/tw.json".into();
+    docs.serve(&doc.to_string());
+    let add = |name: &'static str| {
+        let (env, remote, url) = (&env, remote.url(), docs.url.clone());
+        async move {
+            env.run(&[
+                "add",
+                name,
+                "--url",
+                &remote,
+                "--client-metadata-url",
+                &url,
+                "--no-login",
+            ])
+        }
+    };
+    let out = add("w").await;
+    assert!(!out.ok(), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("names the client id `https://elsewhere.example/tw.json`, not its own URL")
+            && out.stderr.contains("tokenwarden client-metadata --url"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(read(&env.config_file()), before, "nothing written");
+    // One that lists another redirect URI: the same.
+    let mut doc = client_metadata(&env, &["--url", &docs.url]);
+    doc["redirect_uris"] = serde_json::json!(["http://127.0.0.1:1/callback"]);
+    docs.serve(&doc.to_string());
+    let out = add("w").await;
+    assert!(
+        out.stderr.contains("does not list the redirect URI"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(read(&env.config_file()), before, "nothing written");
+
+    // A good document the server's policy refuses: the sign-in says so.
+    let doc = client_metadata(&env, &["--url", &docs.url]);
+    docs.serve(&doc.to_string());
+    issuer.set_client_metadata(ClientMetadataMode::RejectByPolicy);
+    let out = add("w").await;
+    assert!(out.ok(), "{out:?}");
+    let (page, out) = env.run_following(&["login", "w"]).await;
+    assert!(page.is_some());
+    assert!(!out.ok(), "{out:?}");
+    assert!(
+        out.stderr.contains("invalid_client") && out.stderr.contains("Client ID Metadata Document"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(issuer.registrations(), 0);
 }

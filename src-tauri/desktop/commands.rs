@@ -402,6 +402,8 @@ fn validate(form: &AddForm) -> Result<crate::cli::AddArgs, CmdError> {
         token_endpoint,
         authorization_endpoint,
         client_id,
+        // The config's `[registration] client_metadata_url`, where the server takes it.
+        client_metadata_url: None,
         scopes: form
             .scopes
             .split(|c: char| c.is_whitespace() || c == ',')

@@ -40,6 +40,13 @@ pub struct Config {
     pub service: Option<String>,
     pub policy: Policy,
     pub workloads: Vec<WorkloadConfig>,
+    /// `[registration] client_metadata_url` (and `client_metadata_port`): the
+    /// Client ID Metadata Document `add --url` uses where the authorization server
+    /// takes one and no `--client-metadata-url` is given.
+    pub client_metadata: Option<crate::engine::registration::ClientMetadata>,
+    /// `[registration] client_metadata_port`: the loopback port of a Client ID
+    /// Metadata Document's redirect URI (default 33418).
+    pub client_metadata_port: Option<u16>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -116,9 +123,18 @@ struct RawConfig {
     #[serde(default)]
     secrets: Option<RawSecrets>,
     #[serde(default)]
+    registration: Option<RawRegistration>,
+    #[serde(default)]
     policy: BTreeMap<String, Spanned<toml::Value>>,
     #[serde(default)]
     workload: Vec<RawWorkload>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegistration {
+    client_metadata_url: Option<Spanned<String>>,
+    client_metadata_port: Option<u16>,
 }
 
 #[derive(Deserialize)]
@@ -213,6 +229,8 @@ impl Config {
             service: None,
             policy: Policy::default(),
             workloads: Vec::new(),
+            client_metadata: None,
+            client_metadata_port: None,
         }
     }
 
@@ -259,6 +277,18 @@ impl Config {
                 };
             }
             cfg.service = s.service.filter(|s| !s.trim().is_empty());
+        }
+        if let Some(r) = raw.registration {
+            cfg.client_metadata_port = r.client_metadata_port;
+            if let Some(u) = r.client_metadata_url {
+                cfg.client_metadata = Some(
+                    crate::engine::registration::ClientMetadata::parse(
+                        u.get_ref(),
+                        r.client_metadata_port,
+                    )
+                    .map_err(|m| err(Some(u.span()), format!("[registration] {m}")))?,
+                );
+            }
         }
         for (key, value) in &raw.policy {
             let v = match value.get_ref() {

@@ -87,6 +87,9 @@ pub struct Discovered {
     pub token_endpoint: Url,
     /// Present when the authorization server supports dynamic client registration.
     pub registration_endpoint: Option<Url>,
+    /// `client_id_metadata_document_supported`: the server takes an HTTPS URL of a
+    /// Client ID Metadata Document as `client_id` (no registration needed).
+    pub client_id_metadata_document_supported: bool,
     /// The challenge's `scope`, else the resource's `scopes_supported`, else empty.
     pub scopes: Vec<String>,
     /// The authorization server metadata's `scopes_supported` (empty when absent):
@@ -168,8 +171,13 @@ pub enum DiscoveryError {
         metadata_url: String,
         methods: String,
     },
-    #[error("the authorization server {issuer} does not offer dynamic client registration (no `registration_endpoint`); register a client there yourself and pass --client-id")]
-    NoRegistrationEndpoint { issuer: String },
+    #[error("the authorization server {issuer} offers no dynamic client registration (no `registration_endpoint`){}: register a client there yourself and pass --client-id ID{}", if *.client_metadata_supported { " and Tokenwarden has no Client ID Metadata Document to give it" } else { "" }, if *.client_metadata_supported { ", or host the document `tokenwarden client-metadata --url URL` prints at that URL and pass --client-metadata-url URL (it takes them)" } else { "" })]
+    NoRegistrationEndpoint {
+        issuer: String,
+        client_metadata_supported: bool,
+    },
+    #[error("the Client ID Metadata Document at {url} {reason}; host the one `tokenwarden client-metadata --url {url}` prints there")]
+    BadClientMetadata { url: String, reason: String },
     #[error("the authorization server refused to register a client at {endpoint}: HTTP {status}{}{}", .error.as_ref().map(|e| format!(" {e}")).unwrap_or_default(), .description.as_ref().map(|d| format!(" ({d})")).unwrap_or_default())]
     RegistrationRefused {
         endpoint: String,
@@ -626,7 +634,7 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     sanitize(&cur.to_string(), 200)
 }
 
-async fn send(
+pub(crate) async fn send(
     req: reqwest::RequestBuilder,
     url: &Url,
     policy: &Policy,
@@ -684,7 +692,7 @@ fn is_json(content_type: Option<&HeaderValue>) -> bool {
 
 /// The body of `resp` as a JSON object: JSON by `Content-Type`, at most
 /// `max_response_bytes` (streamed, abandoned past the cap).
-async fn read_json(
+pub(crate) async fn read_json(
     resp: reqwest::Response,
     policy: &Policy,
 ) -> Result<serde_json::Map<String, Value>, DiscoveryError> {
@@ -920,6 +928,7 @@ struct ServerMetadata {
     authorization_endpoint: Url,
     token_endpoint: Url,
     registration_endpoint: Option<Url>,
+    client_id_metadata_document_supported: bool,
     scopes_supported: Vec<String>,
 }
 
@@ -988,6 +997,10 @@ fn check_server_metadata(
         authorization_endpoint,
         token_endpoint,
         registration_endpoint,
+        client_id_metadata_document_supported: map
+            .get("client_id_metadata_document_supported")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
         scopes_supported: string_list(map, "scopes_supported", metadata_url)?.unwrap_or_default(),
     })
 }
@@ -1083,6 +1096,7 @@ pub async fn discover(url: &Url, opts: &DiscoveryOptions) -> Result<Discovered, 
         authorization_endpoint: sm.authorization_endpoint,
         token_endpoint: sm.token_endpoint,
         registration_endpoint: sm.registration_endpoint,
+        client_id_metadata_document_supported: sm.client_id_metadata_document_supported,
         scopes,
         server_scopes: sm.scopes_supported,
     })
@@ -1105,6 +1119,9 @@ pub async fn register(
 ) -> Result<Registration, DiscoveryError> {
     let mut body = serde_json::json!({
         "client_name": "Tokenwarden",
+        // A desktop app with a loopback redirect (MCP authorization: a client MUST
+        // say which; OpenID Connect servers assume "web" without it).
+        "application_type": "native",
         "redirect_uris": [redirect_uri.as_str()],
         "grant_types": ["authorization_code", "refresh_token"],
         "response_types": ["code"],

@@ -9,6 +9,7 @@ pub mod machine;
 pub mod monitor;
 pub mod oauth;
 pub mod policy;
+pub mod registration;
 pub mod secret;
 pub mod status;
 pub mod store;

@@ -363,6 +363,12 @@ pub enum LoginError {
     Exchange(Failure),
     #[error("cannot listen for the browser callback on 127.0.0.1: {0}")]
     Listen(std::io::Error),
+    #[error("the authorization server did not accept the Client ID Metadata Document at {url} as a client: {error}{}. Check that the server can fetch that URL and that it serves what `tokenwarden client-metadata --url {url}` prints; or register a client there and use --client-id", description.as_ref().map(|d| format!(" ({d})")).unwrap_or_default())]
+    ClientMetadataRefused {
+        url: String,
+        error: String,
+        description: Option<String>,
+    },
     #[error("the callback port 127.0.0.1:{port} that `{workload}`'s client was registered with is in use (another sign-in still waiting, or another program); close it and try again, or register a new client with `tokenwarden remove {workload}` and `tokenwarden add {workload} --url URL`")]
     RedirectPortBusy { workload: String, port: u16 },
 }
@@ -512,7 +518,22 @@ impl PendingLogin {
         let code = match waited {
             None => return Err(LoginError::Replaced(workload.name.clone())),
             Some(Err(_)) => return Err(LoginError::Timeout(timeout)),
-            Some(Ok(r)) => r?,
+            Some(Ok(r)) => r.map_err(|e| match e {
+                // A client id that is a Client ID Metadata Document's URL: say which
+                // document the server refused.
+                LoginError::Denied { error, description }
+                    if matches!(error.as_str(), "invalid_client" | "unauthorized_client")
+                        && (workload.client_id.starts_with("https://")
+                            || workload.client_id.starts_with("http://")) =>
+                {
+                    LoginError::ClientMetadataRefused {
+                        url: workload.client_id.clone(),
+                        error,
+                        description,
+                    }
+                }
+                e => e,
+            })?,
         };
         let mut form = vec![
             ("grant_type", "authorization_code"),
