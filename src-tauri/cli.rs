@@ -567,6 +567,7 @@ pub async fn add_workload(
         ..Default::default()
     };
     let mut client_secret: Option<Secret> = None;
+    let mut registered = None;
     let mut held_ports = Vec::new();
     if a.token_endpoint.is_none() || a.client_id.is_none() {
         let Some(raw) = a.url.as_deref() else {
@@ -674,6 +675,11 @@ pub async fn add_workload(
                     String::new()
                 }
             ));
+            registered = Some(crate::engine::registration::record(
+                &d.issuer_identifier,
+                &endpoint,
+                &reg,
+            ));
             nw.client_id = reg.client_id;
             nw.redirect_port = Some(port);
             nw.client_auth = reg.auth;
@@ -691,13 +697,16 @@ pub async fn add_workload(
     drop(held_ports);
 
     let store = make_store(&cfg, paths);
-    if let Some(secret) = &client_secret {
-        store.save_client_secret(&name, secret).await.context(
-            "registered a client, but its secret could not be stored; nothing was written",
-        )?;
+    if client_secret.is_some() || registered.is_some() {
+        store
+            .save_client(&name, client_secret.as_ref(), registered.as_ref())
+            .await
+            .context(
+                "registered a client, but its secret could not be stored; nothing was written",
+            )?;
     }
     if let Err(e) = config::add_workload(&paths.config_file, &nw) {
-        if client_secret.is_some() {
+        if client_secret.is_some() || registered.is_some() {
             let _ = store.delete_client_secret(&name).await;
         }
         return Err(e.into());
@@ -1134,8 +1143,32 @@ pub(crate) async fn login(
     let store = make_store(&cfg, paths);
     let http =
         oauth::http_client(&cfg.policy, w.ca_file.as_deref()).map_err(|e| anyhow::anyhow!(e))?;
+    let last = last_status(paths, &cfg, &w).await;
+    // A client Tokenwarden registered that the server no longer knows: a fresh one.
+    let w = match last.as_ref().filter(|s| client_refused(s)) {
+        Some(_) => match crate::engine::registration::register_fresh_client(
+            &paths.config_file,
+            &store,
+            &w,
+            &http,
+            &cfg.policy,
+        )
+        .await?
+        {
+            Some(fresh) => {
+                eprintln!(
+                    "The authorization server no longer knows the client registered for `{name}`: registered a new one (client id {})",
+                    fresh.client_id
+                );
+                fresh
+            }
+            None => w,
+        },
+        None => w,
+    };
     let client_secret = client_secret(&store, &w).await?;
-    let w = oauth::for_sign_in(&store, &w, &needs_scopes(paths, name).await).await;
+    let needs = last.map(|s| s.needs_scopes).unwrap_or_default();
+    let w = oauth::for_sign_in(&store, &w, &needs).await;
     let pending = oauth::prepare_login(&w)
         .await?
         .with_client_secret(client_secret);
@@ -1176,9 +1209,8 @@ pub(crate) async fn login(
     Ok(())
 }
 
-/// The scopes a remote's step-up challenge asks `name` for (status `needs_scopes`):
-/// from the running daemon, else from the last known state.
-async fn needs_scopes(paths: &Paths, name: &str) -> Vec<String> {
+/// `w`'s status: from the running daemon, else the last known state.
+async fn last_status(paths: &Paths, cfg: &Config, w: &WorkloadConfig) -> Option<WorkloadStatus> {
     if let Ok(Some(mut c)) = Client::connect(paths).await {
         let list: Vec<WorkloadStatus> = c
             .call(&Request::Status)
@@ -1186,18 +1218,20 @@ async fn needs_scopes(paths: &Paths, name: &str) -> Vec<String> {
             .ok()
             .and_then(|v| serde_json::from_value(v).ok())
             .unwrap_or_default();
-        return list
-            .into_iter()
-            .find(|s| s.name == name)
-            .map(|s| s.needs_scopes)
-            .unwrap_or_default();
+        return list.into_iter().find(|s| s.name == w.name);
     }
     let state = crate::engine::supervisor::load_state(&paths.state_file);
     state
-        .get(name)
-        .and_then(|p| p.step_up.as_ref())
-        .map(|s| s.scopes.clone())
-        .unwrap_or_default()
+        .get(&w.name)
+        .map(|p| p.offline_view(&w.name, w.token_endpoint.as_str(), &cfg.policy))
+}
+
+/// The issuer's verdict was `invalid_client`: it no longer knows the client.
+fn client_refused(s: &WorkloadStatus) -> bool {
+    s.status == crate::engine::Status::Unauthenticated
+        && s.reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("invalid_client"))
 }
 
 /// Said at login when the server issued no refresh token: the workload runs until

@@ -567,6 +567,12 @@ impl SimIssuer {
         *lock(&self.inner.metadata_mode) = mode;
     }
 
+    /// Forget every client `POST /register` made (a server that lost or purged its
+    /// registrations): they get `invalid_client` from now on.
+    pub fn forget_registered_clients(&self) {
+        lock(&self.inner.registered).clear();
+    }
+
     /// How URL client ids (Client ID Metadata Documents) are treated.
     pub fn set_client_metadata(&self, mode: ClientMetadataMode) {
         *lock(&self.inner.client_metadata) = mode;

@@ -472,3 +472,81 @@ async fn a_wrong_document_is_refused_at_add_and_a_server_refusing_it_says_invali
     );
     assert_eq!(issuer.registrations(), 0);
 }
+
+// ---------------------------------------------------------------------------
+// Registered clients that age
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registered_client_the_server_forgot_is_registered_again_with_one_sign_in() {
+    let (env, issuer, remote, _docs, _) =
+        registration_setup("authz_invalid_client", ClientMetadataMode::Off).await;
+    let out = env
+        .run_with_browser(&["add", "w", "--url", &remote.url()])
+        .await;
+    assert!(out.ok(), "{out:?}");
+    env.wait_status("w", Status::Running, Duration::from_secs(10))
+        .await;
+    let first = Config::load(&env.config_file())
+        .unwrap()
+        .workload("w")
+        .unwrap()
+        .clone();
+
+    // The server loses its registrations: the next refresh gets `invalid_client`.
+    issuer.forget_registered_clients();
+    assert!(env.run(&["retry", "w"]).ok());
+    let st = env
+        .wait_status("w", Status::Unauthenticated, Duration::from_secs(10))
+        .await;
+    assert!(
+        st.reason.as_deref().unwrap().starts_with("invalid_client"),
+        "{st:?}"
+    );
+
+    // One sign-in: a fresh client at the same server, then running again.
+    let (page, out) = env.run_following(&["login", "w"]).await;
+    assert_eq!(page, Some(200));
+    assert!(out.ok(), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("no longer knows the client registered for `w`: registered a new one"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(issuer.registrations(), 2);
+    let now = Config::load(&env.config_file())
+        .unwrap()
+        .workload("w")
+        .unwrap()
+        .clone();
+    assert_ne!(now.client_id, first.client_id);
+    assert_eq!(issuer.registered_client_ids().last(), Some(&now.client_id));
+    assert_eq!(
+        now.redirect_port, first.redirect_port,
+        "the same redirect URI"
+    );
+    env.wait_for("w", Duration::from_secs(10), |s| {
+        s.status == Status::Running && s.access_token_valid
+    })
+    .await;
+    // And it refreshes with the new client.
+    let before = issuer.refresh_requests();
+    assert!(env.run(&["retry", "w"]).ok());
+    assert!(
+        issuer
+            .wait_for_refresh_requests(before + 1, Duration::from_secs(10))
+            .await
+    );
+    let st = env
+        .wait_for("w", Duration::from_secs(10), |s| {
+            s.status == Status::Running && s.attempts == 0 && s.reason.is_none()
+        })
+        .await;
+    assert!(st.access_token_valid);
+
+    // A sign-in while the client is known registers nothing.
+    let out = env.login("w").await;
+    assert!(out.ok(), "{out:?}");
+    assert_eq!(issuer.registrations(), 2);
+}

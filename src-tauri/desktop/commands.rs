@@ -240,18 +240,39 @@ pub async fn start_reauth(shell: Arc<Shell>, name: String) -> Result<(), CmdErro
                 .ok_or_else(|| EngineError::UnknownWorkload(name.clone()))?;
             let http = oauth::http_client(&cfg.policy, w.ca_file.as_deref())
                 .map_err(|m| CmdError::new("config", m))?;
-            let secret = crate::cli::client_secret(store, &w)
-                .await
-                .map_err(|e| anyhow_err("store", e))?;
-            // A step-up the remote asked for: the sign-in asks for those scopes too.
-            let needs = shell
+            let last = shell
                 .engine()
                 .status()
                 .await
                 .ok()
-                .and_then(|l| l.into_iter().find(|s| s.name == name))
-                .map(|s| s.needs_scopes)
-                .unwrap_or_default();
+                .and_then(|l| l.into_iter().find(|s| s.name == name));
+            // A client Tokenwarden registered that the server no longer knows
+            // (`invalid_client`): a fresh one first.
+            let refused = last.as_ref().is_some_and(|s| {
+                s.status == crate::engine::Status::Unauthenticated
+                    && s.reason
+                        .as_deref()
+                        .is_some_and(|r| r.starts_with("invalid_client"))
+            });
+            let w = if refused {
+                crate::engine::registration::register_fresh_client(
+                    &shell.paths.config_file,
+                    store,
+                    &w,
+                    &http,
+                    &cfg.policy,
+                )
+                .await
+                .map_err(|e| anyhow_err("registration", e))?
+                .unwrap_or(w)
+            } else {
+                w
+            };
+            let secret = crate::cli::client_secret(store, &w)
+                .await
+                .map_err(|e| anyhow_err("store", e))?;
+            // A step-up the remote asked for: the sign-in asks for those scopes too.
+            let needs = last.map(|s| s.needs_scopes).unwrap_or_default();
             let w = oauth::for_sign_in(store, &w, &needs).await;
             let pending = shell
                 .logins

@@ -772,6 +772,29 @@ pub fn set_listen_port(path: &Path, name: &str, port: u16) -> Result<Config, Con
     })
 }
 
+/// Give workload `name` a newly registered client: `client_id` and `client_auth`
+/// replaced in place (comments kept).
+pub fn set_client(
+    path: &Path,
+    name: &str,
+    client_id: &str,
+    client_auth: ClientAuth,
+) -> Result<Config, ConfigError> {
+    edit_existing(path, name, |doc| {
+        let table = workload_tables(doc)?
+            .iter_mut()
+            .find(|t| t.get("name").and_then(|v| v.as_str()) == Some(name))
+            .ok_or_else(|| format!("no workload named `{name}`"))?;
+        table["client_id"] = toml_edit::value(client_id);
+        if client_auth == ClientAuth::None {
+            table.remove("client_auth");
+        } else {
+            table["client_auth"] = toml_edit::value(client_auth.as_str());
+        }
+        Ok(())
+    })
+}
+
 /// Write `bytes` to `path` atomically: temp file in the same directory, fsync, rename,
 /// fsync the directory. `private` makes the file 0600 from its creation on.
 pub fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> std::io::Result<()> {

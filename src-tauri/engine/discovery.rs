@@ -106,6 +106,11 @@ pub struct Registration {
     pub client_secret: Option<Secret>,
     /// How the token endpoint wants the client to authenticate.
     pub auth: ClientAuth,
+    /// `client_secret_expires_at` (Unix seconds; 0 or absent: never).
+    pub client_secret_expires_at: Option<u64>,
+    /// RFC 7592: the client configuration endpoint and its access token.
+    pub registration_client_uri: Option<String>,
+    pub registration_access_token: Option<Secret>,
 }
 
 /// Why discovery or registration failed. Every message names the URL at fault and
@@ -1162,6 +1167,19 @@ pub async fn register(
         reason: reason.to_string(),
     };
     let map = read_json(resp, policy).await?;
+    let client_secret_expires_at = map
+        .get("client_secret_expires_at")
+        .and_then(Value::as_u64)
+        .filter(|e| *e != 0);
+    let registration_client_uri = map
+        .get("registration_client_uri")
+        .and_then(Value::as_str)
+        .map(|u| sanitize(u, 2000));
+    let registration_access_token = map
+        .get("registration_access_token")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(Secret::new);
     let client_id = match map.get("client_id").and_then(Value::as_str) {
         Some(id) if !id.trim().is_empty() => id.trim().to_string(),
         _ => return Err(bad("it has no `client_id`")),
@@ -1190,6 +1208,9 @@ pub async fn register(
                 client_id,
                 client_secret: None,
                 auth: ClientAuth::None,
+                client_secret_expires_at: None,
+                registration_client_uri,
+                registration_access_token,
             });
         }
         (Some(_), Some(m)) => {
@@ -1209,6 +1230,9 @@ pub async fn register(
         client_id,
         client_secret,
         auth,
+        client_secret_expires_at,
+        registration_client_uri,
+        registration_access_token,
     })
 }
 

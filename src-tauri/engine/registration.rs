@@ -11,8 +11,10 @@
 //! every sign-in with it uses (`http://127.0.0.1:PORT/callback`, PORT fixed, since
 //! servers compare redirect URIs with the document's exactly).
 
-use crate::engine::discovery::{self, Discovered, DiscoveryError};
+use crate::engine::config::{self, WorkloadConfig};
+use crate::engine::discovery::{self, Discovered, DiscoveryError, Registration};
 use crate::engine::policy::Policy;
+use crate::engine::store::{ClientRegistration, SecretStore};
 use serde_json::Value;
 use url::Url;
 
@@ -195,6 +197,59 @@ pub async fn check_document(
         )));
     }
     Ok(())
+}
+
+/// What to keep of a registration `add` made at `issuer`'s `endpoint`.
+pub fn record(issuer: &str, endpoint: &Url, reg: &Registration) -> ClientRegistration {
+    ClientRegistration {
+        issuer: issuer.to_string(),
+        registration_endpoint: endpoint.to_string(),
+        client_id: reg.client_id.clone(),
+        client_secret_expires_at: reg.client_secret_expires_at,
+        registration_client_uri: reg.registration_client_uri.clone(),
+        registration_access_token: reg.registration_access_token.clone(),
+    }
+}
+
+/// The authorization server answered `invalid_client` for `w`'s client (it no longer
+/// knows it). When Tokenwarden registered that client itself, register a fresh one
+/// at the same server (same redirect URI and scopes), keep it, and write its id to
+/// `config_path`: the workload then needs one sign-in, not `remove` and `add`.
+/// `Ok(None)`: not a client Tokenwarden registered (nothing to do here).
+pub async fn register_fresh_client(
+    config_path: &std::path::Path,
+    store: &SecretStore,
+    w: &WorkloadConfig,
+    http: &reqwest::Client,
+    policy: &Policy,
+) -> anyhow::Result<Option<WorkloadConfig>> {
+    let Some(old) = store.load_registration(&w.name).await? else {
+        return Ok(None);
+    };
+    if old.client_id != w.client_id {
+        // The workload's client is another one now (edited by hand).
+        return Ok(None);
+    }
+    let endpoint = Url::parse(&old.registration_endpoint)?;
+    let port = w.redirect_port.ok_or_else(|| {
+        anyhow::anyhow!(
+            "`{}` has no redirect_port to register a client with",
+            w.name
+        )
+    })?;
+    let redirect_uri = Url::parse(&format!("http://127.0.0.1:{port}/callback"))?;
+    let reg = discovery::register(http, &endpoint, &redirect_uri, &w.scopes, policy).await?;
+    let kept = record(&old.issuer, &endpoint, &reg);
+    store
+        .save_client(&w.name, reg.client_secret.as_ref(), Some(&kept))
+        .await?;
+    config::set_client(config_path, &w.name, &reg.client_id, reg.auth)?;
+    tracing::info!(workload = %w.name, issuer = %old.issuer, "the authorization server no longer knew the registered client; registered a fresh one");
+    Ok(Some(WorkloadConfig {
+        client_id: reg.client_id,
+        client_auth: reg.auth,
+        ..w.clone()
+    }))
 }
 
 #[cfg(test)]
