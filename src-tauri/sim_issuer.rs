@@ -480,6 +480,9 @@ impl SimIssuer {
             client_metadata: Mutex::new(ClientMetadataMode::Off),
             client_metadata_fetches: AtomicU64::new(0),
             registration_requests: Mutex::new(Vec::new()),
+            client_secret_lifetime: Mutex::new(None),
+            client_updates: AtomicU64::new(0),
+            failing_client_updates: AtomicU64::new(0),
         });
         lock(&inner.net).generation = inner.generation_root.child_token();
 
@@ -488,6 +491,7 @@ impl SimIssuer {
             .route("/authorize", get(authorize))
             .route("/token", post(token))
             .route("/register", post(register))
+            .route("/register/{client_id}", axum::routing::put(update_client))
             // The well-known locations depend on the issuer's path.
             .fallback(get(metadata).fallback(not_found))
             .with_state(inner.clone());
@@ -565,6 +569,25 @@ impl SimIssuer {
     /// Switches how the authorization server metadata is served.
     pub fn set_metadata_mode(&self, mode: MetadataMode) {
         *lock(&self.inner.metadata_mode) = mode;
+    }
+
+    /// Client secrets issued from now on (registration and RFC 7592 updates) expire
+    /// after `lifetime` (`client_secret_expires_at`; the token endpoint then answers
+    /// `invalid_client`), and registrations give an RFC 7592 configuration endpoint
+    /// (`PUT /register/<client_id>`) with a `registration_access_token`. `None`:
+    /// secrets never expire, no configuration endpoint.
+    pub fn set_client_secret_lifetime(&self, lifetime: Option<Duration>) {
+        *lock(&self.inner.client_secret_lifetime) = lifetime;
+    }
+
+    /// RFC 7592 updates (`PUT /register/<client_id>`) answered with a new secret.
+    pub fn client_updates(&self) -> u64 {
+        self.inner.client_updates.load(Ordering::SeqCst)
+    }
+
+    /// The next `n` RFC 7592 updates get `503` (a transient failure).
+    pub fn fail_client_updates(&self, n: u64) {
+        self.inner.failing_client_updates.store(n, Ordering::SeqCst);
     }
 
     /// Forget every client `POST /register` made (a server that lost or purged its
@@ -881,6 +904,11 @@ struct Inner {
     client_metadata_fetches: AtomicU64,
     /// The body of every `POST /register` that parsed as JSON, in order.
     registration_requests: Mutex<Vec<serde_json::Value>>,
+    /// Registered clients' secrets expire this long after they are issued.
+    client_secret_lifetime: Mutex<Option<Duration>>,
+    client_updates: AtomicU64,
+    /// RFC 7592 updates still to answer `503`.
+    failing_client_updates: AtomicU64,
 }
 
 /// A client made by `POST /register`.
@@ -889,6 +917,10 @@ struct RegisteredClient {
     redirect_uris: Vec<String>,
     secret: Option<String>,
     auth: RegistrationAuth,
+    /// When the secret stops working ([`SimIssuer::set_client_secret_lifetime`]).
+    secret_expires: Option<(Instant, u64)>,
+    /// RFC 7592 access token of its configuration endpoint.
+    registration_access_token: Option<String>,
 }
 
 struct NetState {
@@ -1494,6 +1526,12 @@ impl Inner {
         let Some(client) = registered.get(&client_id) else {
             return Err(fail("unknown client", basic.is_some()));
         };
+        if client
+            .secret_expires
+            .is_some_and(|(at, _)| Instant::now() >= at)
+        {
+            return Err(fail("the client secret has expired", basic.is_some()));
+        }
         // A confidential client must authenticate exactly as it was registered.
         let expected = client.secret.as_deref().map(str::as_bytes);
         match client.auth {
@@ -1865,6 +1903,12 @@ async fn register(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Byt
     if let Some(secret) = &secret {
         lock(&inner.tokens).append_ledger(secret);
     }
+    let lifetime = *lock(&inner.client_secret_lifetime);
+    let secret_expires = lifetime.filter(|_| secret.is_some()).map(expiry);
+    let rat = lifetime.map(|_| secret_token("sim_rat_"));
+    if let Some(rat) = &rat {
+        lock(&inner.tokens).append_ledger(rat);
+    }
     lock(&inner.registered).insert(
         client_id.clone(),
         RegisteredClient {
@@ -1872,6 +1916,8 @@ async fn register(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Byt
             redirect_uris: redirect_uris.clone(),
             secret: secret.clone(),
             auth,
+            secret_expires,
+            registration_access_token: rat.clone(),
         },
     );
     let issued_at = std::time::SystemTime::now()
@@ -1892,9 +1938,74 @@ async fn register(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Byt
     }
     if let Some(secret) = secret {
         answer["client_secret"] = serde_json::Value::String(secret);
-        answer["client_secret_expires_at"] = serde_json::json!(0);
+        answer["client_secret_expires_at"] =
+            serde_json::json!(secret_expires.map_or(0, |(_, unix)| unix));
+    }
+    if let Some(rat) = rat {
+        answer["registration_access_token"] = serde_json::Value::String(rat);
+        answer["registration_client_uri"] =
+            serde_json::Value::String(format!("{}/register/{client_id}", inner.base_url()));
     }
     no_store((StatusCode::CREATED, Json(answer)).into_response())
+}
+
+/// A secret issued now that lasts `lifetime`: when it stops working, and as Unix
+/// seconds for `client_secret_expires_at`.
+fn expiry(lifetime: Duration) -> (Instant, u64) {
+    let unix = std::time::SystemTime::now() + lifetime;
+    let secs = unix
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    (Instant::now() + lifetime, secs.max(1))
+}
+
+/// RFC 7592 §2.2: `PUT /register/<client_id>` with the registration access token:
+/// a new secret (and expiry) for a confidential client.
+async fn update_client(
+    State(inner): State<Arc<Inner>>,
+    axum::extract::Path(client_id): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    tracing::debug!("sim issuer: PUT /register/<client>");
+    let failing = inner
+        .failing_client_updates
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok();
+    if failing {
+        return (StatusCode::SERVICE_UNAVAILABLE, "try again later").into_response();
+    }
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_string);
+    let lifetime = *lock(&inner.client_secret_lifetime);
+    let mut registered = lock(&inner.registered);
+    let Some(client) = registered.get_mut(&client_id) else {
+        return (StatusCode::UNAUTHORIZED, "unknown client").into_response();
+    };
+    if bearer.is_none() || bearer != client.registration_access_token {
+        return (StatusCode::UNAUTHORIZED, "wrong registration access token").into_response();
+    }
+    if client.auth == RegistrationAuth::Public {
+        return registration_error("invalid_client_metadata", "a public client has no secret");
+    }
+    let secret = secret_token("sim_cs_");
+    client.secret = Some(secret.clone());
+    client.secret_expires = lifetime.map(expiry);
+    let answer = serde_json::json!({
+        "client_id": client_id,
+        "client_secret": secret,
+        "client_secret_expires_at": client.secret_expires.map_or(0, |(_, unix)| unix),
+        "redirect_uris": client.redirect_uris,
+        "token_endpoint_auth_method": client.auth.method(),
+        "registration_client_uri": format!("{}/register/{client_id}", inner.base_url()),
+    });
+    drop(registered);
+    lock(&inner.tokens).append_ledger(&secret);
+    inner.client_updates.fetch_add(1, Ordering::SeqCst);
+    no_store((StatusCode::OK, Json(answer)).into_response())
 }
 
 fn html_page(status: StatusCode, title: &str, message: &str) -> Response {
@@ -2178,6 +2289,8 @@ async fn client_metadata(
             redirect_uris: uris,
             secret: None,
             auth: RegistrationAuth::Public,
+            secret_expires: None,
+            registration_access_token: None,
         },
     );
     Ok(())

@@ -550,3 +550,96 @@ async fn a_registered_client_the_server_forgot_is_registered_again_with_one_sign
     assert!(out.ok(), "{out:?}");
     assert_eq!(issuer.registrations(), 2);
 }
+
+/// "Retry now" until a refresh reaches the issuer (a retry asked for while the
+/// previous refresh is still being saved is folded into it).
+async fn refresh_now(env: &TestEnv, issuer: &SimIssuer) {
+    let before = issuer.refresh_requests();
+    for _ in 0..20 {
+        assert!(env.run(&["retry", "w"]).ok());
+        if issuer
+            .wait_for_refresh_requests(before + 1, Duration::from_millis(500))
+            .await
+        {
+            return;
+        }
+    }
+    panic!("no refresh reached the issuer");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_secret_about_to_expire_is_renewed_and_a_failed_renewal_is_tried_again() {
+    init_tracing("authz_secret_renewal");
+    let issuer = issuer(IssuerOptions {
+        registration_auth: tokenwarden::sim_issuer::RegistrationAuth::SecretPost,
+        ..IssuerOptions::default()
+    })
+    .await;
+    // Secrets last 10 minutes; Tokenwarden renews those that end within the hour.
+    issuer.set_client_secret_lifetime(Some(Duration::from_secs(600)));
+    let remote = SimRemote::start(issuer.clone(), RemoteOptions::default())
+        .await
+        .unwrap();
+    let env = TestEnv::new("authz_secret_renewal");
+    env.write_config(&format!(
+        "{}[policy]\nclient_secret_renew_lead = \"1h\"\n",
+        file_store_header()
+    ));
+    env.start_daemon().await;
+    let out = env
+        .run_with_browser(&["add", "w", "--url", &remote.url()])
+        .await;
+    assert!(out.ok(), "{out:?}");
+    assert!(
+        out.stderr.contains("Registered a new confidential client"),
+        "{}",
+        out.stderr
+    );
+    env.wait_status("w", Status::Running, Duration::from_secs(10))
+        .await;
+    let secret_file = || {
+        std::fs::read_dir(env.paths().secrets_dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("w.client.")
+            })
+            .map(|p| read(&p))
+            .unwrap()
+    };
+    let first = secret_file();
+
+    // The renewal fails once (503): the refresh still goes out with the secret it has.
+    issuer.fail_client_updates(1);
+    refresh_now(&env, &issuer).await;
+    let st = env
+        .wait_for("w", Duration::from_secs(10), |s| {
+            s.status == Status::Running && s.attempts == 0
+        })
+        .await;
+    assert_eq!(st.reason, None);
+    assert_eq!(issuer.client_updates(), 0);
+    assert_eq!(secret_file(), first, "nothing renewed yet");
+
+    // The next refresh renews it (RFC 7592: same client id, a new secret) and
+    // authenticates with the new one (the server no longer takes the old one).
+    refresh_now(&env, &issuer).await;
+    let st = env
+        .wait_for("w", Duration::from_secs(10), |s| {
+            s.status == Status::Running && s.attempts == 0
+        })
+        .await;
+    assert_eq!(st.reason, None);
+    assert_eq!(issuer.client_updates(), 1);
+    assert_ne!(secret_file(), first, "the new secret is stored");
+    assert_eq!(issuer.registrations(), 1, "the same client, renewed");
+    // It keeps working with the renewed secret.
+    refresh_now(&env, &issuer).await;
+    env.wait_for("w", Duration::from_secs(10), |s| {
+        s.status == Status::Running && s.attempts == 0 && s.reason.is_none()
+    })
+    .await;
+}

@@ -1140,6 +1140,56 @@ pub async fn register(
         .header(ACCEPT, "application/json")
         .header(CONTENT_TYPE, "application/json")
         .body(body.to_string());
+    registration_answer(req, endpoint, policy).await
+}
+
+/// RFC 7592 §2.2: update `w`'s registered client at its configuration endpoint `uri`
+/// with its `registration_access_token`, sending its metadata again; the answer
+/// (a new client secret and expiry, where the server renews them) is read as a
+/// registration's. The client id stays.
+pub async fn update_registration(
+    http: &reqwest::Client,
+    uri: &Url,
+    access_token: &Secret,
+    w: &crate::engine::config::WorkloadConfig,
+    redirect_uri: &Url,
+    policy: &Policy,
+) -> Result<Registration, DiscoveryError> {
+    let (scopes, auth) = (&w.scopes, w.client_auth);
+    let mut body = serde_json::json!({
+        "client_id": w.client_id,
+        "client_name": "Tokenwarden",
+        "application_type": "native",
+        "redirect_uris": [redirect_uri.as_str()],
+        "grant_types": ["authorization_code", "refresh_token"],
+        "response_types": ["code"],
+        "token_endpoint_auth_method": auth.as_str(),
+    });
+    if !scopes.is_empty() {
+        body["scope"] = Value::String(scopes.join(" "));
+    }
+    let mut bearer =
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {}", access_token.expose()))
+            .map_err(|_| DiscoveryError::BadRegistration {
+                endpoint: uri.to_string(),
+                reason: "its registration_access_token cannot be sent in a header".into(),
+            })?;
+    bearer.set_sensitive(true);
+    let req = http
+        .put(uri.clone())
+        .header(ACCEPT, "application/json")
+        .header(CONTENT_TYPE, "application/json")
+        .header(reqwest::header::AUTHORIZATION, bearer)
+        .body(body.to_string());
+    registration_answer(req, uri, policy).await
+}
+
+/// Send a registration request (RFC 7591 / 7592) and read its answer.
+async fn registration_answer(
+    req: reqwest::RequestBuilder,
+    endpoint: &Url,
+    policy: &Policy,
+) -> Result<Registration, DiscoveryError> {
     let resp = send(req, endpoint, policy).await?;
     let status = resp.status().as_u16();
     if !matches!(status, 200 | 201) {

@@ -1073,6 +1073,24 @@ async fn attempt(
     let Some(rt) = used.refresh_token.clone() else {
         return Outcome::Failed(Failure::new(FailureKind::Network));
     };
+    // A registered client's secret about to expire is renewed first (best effort:
+    // the one it has works until it expires, and the next attempt tries again).
+    // Public clients have no secret: their attempts read nothing more.
+    if let (oauth::Transport::Http(http), true) =
+        (&ctx.transport, ctx.workload.client_auth.needs_secret())
+    {
+        if let Err(e) = crate::engine::registration::renew_client_secret(
+            &ctx.store,
+            &ctx.workload,
+            http,
+            ctx.clock.wall(),
+            &ctx.policy,
+        )
+        .await
+        {
+            tracing::warn!(workload = %ctx.workload.name, error = %e, "could not renew the client secret; trying again at the next refresh");
+        }
+    }
     let client_secret = match client_secret(&ctx).await {
         Ok(s) => s,
         Err(f) => return Outcome::Failed(f),

@@ -252,6 +252,68 @@ pub async fn register_fresh_client(
     }))
 }
 
+/// Renew `w`'s client secret when Tokenwarden registered the client, the secret
+/// expires within `client_secret_renew_lead` and the registration gave an RFC 7592
+/// configuration endpoint and access token: the same client id, a new secret kept in
+/// the store. `Ok(false)`: nothing to renew (or no way to: then it is logged, and an
+/// expired secret ends in `invalid_client`, after which one sign-in registers a fresh
+/// client). An error is transient for the caller: the secret it has still works until
+/// it expires, and the next attempt tries again.
+pub async fn renew_client_secret(
+    store: &SecretStore,
+    w: &WorkloadConfig,
+    http: &reqwest::Client,
+    now: std::time::SystemTime,
+    policy: &Policy,
+) -> anyhow::Result<bool> {
+    let Some(reg) = store.load_registration(&w.name).await? else {
+        return Ok(false);
+    };
+    let Some(expires) = reg.client_secret_expires_at else {
+        return Ok(false);
+    };
+    let now = crate::engine::store::unix_secs(now);
+    if reg.client_id != w.client_id
+        || !w.client_auth.needs_secret()
+        || expires > now.saturating_add(policy.client_secret_renew_lead.as_secs())
+    {
+        return Ok(false);
+    }
+    let (Some(uri), Some(token)) = (&reg.registration_client_uri, &reg.registration_access_token)
+    else {
+        tracing::warn!(workload = %w.name, expires_at = expires, "the client secret expires soon and the server gave no way to renew it (RFC 7592); once it has expired, a sign-in registers a new client");
+        return Ok(false);
+    };
+    let uri = Url::parse(uri)?;
+    let port = w.redirect_port.unwrap_or(0);
+    let redirect_uri = Url::parse(&format!("http://127.0.0.1:{port}/callback"))?;
+    let renewed =
+        discovery::update_registration(http, &uri, token, w, &redirect_uri, policy).await?;
+    if renewed.client_id != w.client_id {
+        anyhow::bail!("the client configuration endpoint answered for another client");
+    }
+    let Some(secret) = renewed.client_secret.as_ref() else {
+        anyhow::bail!("the client configuration endpoint answered without a client secret");
+    };
+    let kept = ClientRegistration {
+        client_secret_expires_at: renewed.client_secret_expires_at,
+        registration_client_uri: renewed
+            .registration_client_uri
+            .clone()
+            .or(reg.registration_client_uri.clone()),
+        registration_access_token: renewed
+            .registration_access_token
+            .clone()
+            .or(reg.registration_access_token.clone()),
+        ..reg
+    };
+    store
+        .save_client(&w.name, Some(secret), Some(&kept))
+        .await?;
+    tracing::info!(workload = %w.name, expires_at = ?kept.client_secret_expires_at, "renewed the client secret (RFC 7592)");
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
