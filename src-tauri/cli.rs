@@ -1143,6 +1143,26 @@ pub(crate) async fn login(
     let store = make_store(&cfg, paths);
     let http =
         oauth::http_client(&cfg.policy, w.ca_file.as_deref()).map_err(|e| anyhow::anyhow!(e))?;
+    // The resource may name another authorization server now: a client registered
+    // at the old one is not used there.
+    let w = match crate::engine::registration::follow_moved_server(
+        &paths.config_file,
+        &store,
+        &w,
+        &cfg.policy,
+    )
+    .await?
+    {
+        Some((from, moved)) => {
+            eprintln!(
+                "`{name}` now signs in at {} (was {from}): registered a new client there (client id {})",
+                moved.issuer.as_deref().unwrap_or("?"),
+                moved.client_id
+            );
+            moved
+        }
+        None => w,
+    };
     let last = last_status(paths, &cfg, &w).await;
     // A client Tokenwarden registered that the server no longer knows: a fresh one.
     let w = match last.as_ref().filter(|s| client_refused(s)) {

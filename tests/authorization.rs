@@ -643,3 +643,51 @@ async fn a_client_secret_about_to_expire_is_renewed_and_a_failed_renewal_is_trie
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resource_that_moved_to_another_authorization_server_gets_a_client_registered_there() {
+    let (env, first, remote, _docs, _) =
+        registration_setup("authz_moved_server", ClientMetadataMode::Off).await;
+    let out = env
+        .run_with_browser(&["add", "w", "--url", &remote.url()])
+        .await;
+    assert!(out.ok(), "{out:?}");
+    // The same server: a sign-in registers nothing.
+    let out = env.login("w").await;
+    assert!(out.ok(), "{out:?}");
+    assert_eq!(first.registrations(), 1);
+
+    // The resource now names another authorization server.
+    let second = issuer(IssuerOptions::default()).await;
+    remote.set_prm_mode(tokenwarden::sim_remote::PrmMode::AuthorizationServer(
+        second.issuer(),
+    ));
+    let out = env.login("w").await;
+    assert!(out.ok(), "{out:?}");
+    assert!(
+        out.stderr.contains(&format!(
+            "`w` now signs in at {} (was {}): registered a new client there",
+            second.issuer(),
+            first.issuer()
+        )),
+        "{}",
+        out.stderr
+    );
+    assert_eq!((first.registrations(), second.registrations()), (1, 1));
+    let w = Config::load(&env.config_file())
+        .unwrap()
+        .workload("w")
+        .unwrap()
+        .clone();
+    assert_eq!(w.issuer.as_deref(), Some(second.issuer().as_str()));
+    assert_eq!(w.token_endpoint.as_str(), second.token_endpoint());
+    assert_eq!(second.registered_client_ids(), vec![w.client_id.clone()]);
+    // Signed in there, and it refreshes there.
+    env.wait_for("w", Duration::from_secs(10), |s| {
+        s.status == Status::Running
+            && s.access_token_valid
+            && s.token_endpoint == second.token_endpoint()
+    })
+    .await;
+    refresh_now(&env, &second).await;
+}

@@ -240,6 +240,16 @@ pub async fn start_reauth(shell: Arc<Shell>, name: String) -> Result<(), CmdErro
                 .ok_or_else(|| EngineError::UnknownWorkload(name.clone()))?;
             let http = oauth::http_client(&cfg.policy, w.ca_file.as_deref())
                 .map_err(|m| CmdError::new("config", m))?;
+            // The resource may name another authorization server now.
+            let w = crate::engine::registration::follow_moved_server(
+                &shell.paths.config_file,
+                store,
+                &w,
+                &cfg.policy,
+            )
+            .await
+            .map_err(|e| anyhow_err("registration", e))?
+            .map_or(w, |(_, moved)| moved);
             let last = shell
                 .engine()
                 .status()

@@ -795,6 +795,46 @@ pub fn set_client(
     })
 }
 
+/// Point workload `name` at another authorization server (it moved): its endpoints,
+/// issuer and `iss_parameter`, with the client registered there.
+pub fn set_authorization_server(
+    path: &Path,
+    name: &str,
+    a: &NewWorkload,
+) -> Result<Config, ConfigError> {
+    edit_existing(path, name, |doc| {
+        let table = workload_tables(doc)?
+            .iter_mut()
+            .find(|t| t.get("name").and_then(|v| v.as_str()) == Some(name))
+            .ok_or_else(|| format!("no workload named `{name}`"))?;
+        table["token_endpoint"] = toml_edit::value(a.token_endpoint.as_str());
+        match &a.authorization_endpoint {
+            Some(e) => table["authorization_endpoint"] = toml_edit::value(e.as_str()),
+            None => {
+                table.remove("authorization_endpoint");
+            }
+        }
+        match &a.issuer {
+            Some(i) => table["issuer"] = toml_edit::value(i.as_str()),
+            None => {
+                table.remove("issuer");
+            }
+        }
+        if a.iss_parameter {
+            table["iss_parameter"] = toml_edit::value(true);
+        } else {
+            table.remove("iss_parameter");
+        }
+        table["client_id"] = toml_edit::value(a.client_id.as_str());
+        if a.client_auth == ClientAuth::None {
+            table.remove("client_auth");
+        } else {
+            table["client_auth"] = toml_edit::value(a.client_auth.as_str());
+        }
+        Ok(())
+    })
+}
+
 /// Write `bytes` to `path` atomically: temp file in the same directory, fsync, rename,
 /// fsync the directory. `private` makes the file 0600 from its creation on.
 pub fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> std::io::Result<()> {

@@ -252,6 +252,75 @@ pub async fn register_fresh_client(
     }))
 }
 
+/// Before a sign-in of a workload whose client Tokenwarden registered: discover the
+/// authorization server its protected resource names now. When that is another
+/// server than the one the client was registered at (its `issuer`), the client is not
+/// used there: a new one is registered at the new server, kept with it, and the
+/// workload's endpoints, issuer and client id are written to `config_path` (its old
+/// tokens, from the old server, are then refused: the sign-in replaces them).
+/// `Ok(None)`: nothing changed, not a registered client, or no `url`. A discovery that
+/// fails leaves the workload as it is (the sign-in then says what is wrong).
+pub async fn follow_moved_server(
+    config_path: &std::path::Path,
+    store: &SecretStore,
+    w: &WorkloadConfig,
+    policy: &Policy,
+) -> anyhow::Result<Option<(String, WorkloadConfig)>> {
+    let (Some(url), Some(old)) = (&w.url, store.load_registration(&w.name).await?) else {
+        return Ok(None);
+    };
+    if old.client_id != w.client_id {
+        return Ok(None);
+    }
+    let opts = discovery::DiscoveryOptions {
+        policy: policy.clone(),
+        allow_http: w.allow_http,
+        ca_file: w.ca_file.clone(),
+        resolve: Vec::new(),
+    };
+    let d = match discovery::discover(url, &opts).await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::info!(workload = %w.name, error = %e, "could not check which authorization server the resource names; signing in as configured");
+            return Ok(None);
+        }
+    };
+    if d.issuer_identifier == old.issuer {
+        return Ok(None);
+    }
+    let endpoint = registration_endpoint(&d)?;
+    let port = w.redirect_port.ok_or_else(|| {
+        anyhow::anyhow!(
+            "`{}` has no redirect_port to register a client with",
+            w.name
+        )
+    })?;
+    let redirect_uri = Url::parse(&format!("http://127.0.0.1:{port}/callback"))?;
+    let http = discovery::discovery_client(&opts)?;
+    let reg = discovery::register(&http, &endpoint, &redirect_uri, &w.scopes, policy).await?;
+    let kept = record(&d.issuer_identifier, &endpoint, &reg);
+    store
+        .save_client(&w.name, reg.client_secret.as_ref(), Some(&kept))
+        .await?;
+    let moved = config::NewWorkload {
+        name: w.name.clone(),
+        token_endpoint: d.token_endpoint.to_string(),
+        authorization_endpoint: Some(d.authorization_endpoint.to_string()),
+        issuer: Some(d.issuer_identifier.clone()),
+        iss_parameter: d.iss_parameter_supported,
+        client_id: reg.client_id.clone(),
+        client_auth: reg.auth,
+        ..Default::default()
+    };
+    let cfg = config::set_authorization_server(config_path, &w.name, &moved)?;
+    tracing::info!(workload = %w.name, from = %old.issuer, to = %d.issuer_identifier, "the resource names another authorization server; registered a client there");
+    let now = cfg
+        .workload(&w.name)
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("`{}` is gone from the configuration", w.name))?;
+    Ok(Some((old.issuer, now)))
+}
+
 /// Renew `w`'s client secret when Tokenwarden registered the client, the secret
 /// expires within `client_secret_renew_lead` and the registration gave an RFC 7592
 /// configuration endpoint and access token: the same client id, a new secret kept in
