@@ -399,6 +399,7 @@ async fn tokenwarden(tr: &Trace, lifetime: f64, triggers: bool, workloads: usize
                     expires_at: Some(unix_secs(t0) + lifetime as u64),
                     lifetime: Some(lifetime as u64),
                     obtained_at: unix_secs(t0),
+                    scopes: Vec::new(),
                 },
             )
             .await

@@ -97,6 +97,11 @@ pub enum Command {
         /// A client ID registered at the authorization server (no registration then).
         #[arg(long)]
         client_id: Option<String>,
+        /// The URL of a Client ID Metadata Document you host (`tokenwarden
+        /// client-metadata` prints it), used as the client id where the authorization
+        /// server takes them (default: `[registration] client_metadata_url`).
+        #[arg(long)]
+        client_metadata_url: Option<String>,
         /// A scope to request (repeatable; default with --url: what the server asks for).
         #[arg(long = "scope")]
         scopes: Vec<String>,
@@ -179,6 +184,15 @@ pub enum Command {
     ///
     /// One line per check (ok, warn, FAIL) with the fix; exit code 1 when a check FAILs.
     Doctor,
+    /// Print the Client ID Metadata Document to host at URL (its client id), with the
+    /// loopback redirect URI sign-ins use; then `add --client-metadata-url URL`.
+    ClientMetadata {
+        /// Where you will host it: an https URL with a path (default:
+        /// `[registration] client_metadata_url`). The redirect URI's port is
+        /// `[registration] client_metadata_port`, else 33418.
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// Print the JSON an MCP client needs to reach the workload's local proxy; with
     /// --client, the entry alone in that client's format.
     ClientConfig {
@@ -377,6 +391,7 @@ async fn run(command: Option<Command>, paths: Paths, hidden: bool) -> anyhow::Re
             token_endpoint,
             authorization_endpoint,
             client_id,
+            client_metadata_url,
             scopes,
             ca_file,
             allow_http,
@@ -390,6 +405,7 @@ async fn run(command: Option<Command>, paths: Paths, hidden: bool) -> anyhow::Re
                 token_endpoint,
                 authorization_endpoint,
                 client_id,
+                client_metadata_url,
                 scopes,
                 ca_file,
                 allow_http,
@@ -448,6 +464,17 @@ async fn run(command: Option<Command>, paths: Paths, hidden: bool) -> anyhow::Re
             Ok(())
         }
         Command::Token { name, json } => token(&paths, &name, json).await,
+        Command::ClientMetadata { url } => {
+            let cfg = load_config(&paths)?;
+            let doc = crate::engine::registration::document_for(
+                url.as_deref(),
+                cfg.client_metadata.as_ref(),
+                cfg.client_metadata_port,
+            )
+            .map_err(|m| anyhow::anyhow!(m))?;
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+            Ok(())
+        }
         Command::ClientConfig {
             name,
             client: None,
@@ -861,9 +888,16 @@ pub(crate) async fn login(
     no_browser: bool,
     timeout: Duration,
 ) -> anyhow::Result<()> {
-    let login = crate::ops::begin_login(paths, name, None, None)
-        .await
-        .map_err(said)?;
+    let login = crate::ops::begin_login(
+        paths,
+        name,
+        None,
+        None,
+        &crate::daemon::Daemon(paths),
+        &|note| eprintln!("{note}"),
+    )
+    .await
+    .map_err(said)?;
     let url = login.authorize_url();
     if no_browser {
         println!("{url}");

@@ -5,6 +5,7 @@
 
 use crate::engine::config::{self, Config, StoreKind, WorkloadConfig};
 use crate::engine::discovery::{self, DiscoveryError, DiscoveryOptions};
+use crate::engine::registration;
 use crate::engine::store::{default_service, FileBackend, KeychainBackend, SecretStore};
 use crate::engine::{Secret, WorkloadStatus};
 use crate::paths::Paths;
@@ -52,6 +53,8 @@ pub struct AddArgs {
     pub token_endpoint: Option<String>,
     pub authorization_endpoint: Option<String>,
     pub client_id: Option<String>,
+    /// A Client ID Metadata Document's URL (else the config's default).
+    pub client_metadata_url: Option<String>,
     pub scopes: Vec<String>,
     pub ca_file: Option<String>,
     pub allow_http: bool,
@@ -113,6 +116,7 @@ pub async fn add_workload(
         ..Default::default()
     };
     let mut client_secret: Option<Secret> = None;
+    let mut registered = None;
     let mut held_ports = Vec::new();
     if a.token_endpoint.is_none() || a.client_id.is_none() {
         let Some(raw) = a.url.as_deref() else {
@@ -181,12 +185,28 @@ pub async fn add_workload(
                 say(format!("  also asking for:        {OFFLINE_ACCESS} (the authorization server lists it: it grants refresh tokens with it)"));
             }
         }
+        // The spec's order: --client-id, else a Client ID Metadata Document the
+        // server takes, else registration.
+        let metadata = registration::metadata_for_add(
+            a.client_metadata_url.as_deref(),
+            cfg.client_metadata.as_ref(),
+            cfg.client_metadata_port,
+        )
+        .map_err(usage)?;
+        let mut by_metadata = false;
         if nw.client_id.is_empty() {
-            let endpoint = d.registration_endpoint.clone().ok_or_else(|| {
-                DiscoveryError::NoRegistrationEndpoint {
-                    issuer: d.issuer_identifier.clone(),
-                }
-            })?;
+            if let registration::Source::Metadata(m) = registration::choose(&d, metadata.as_ref())?
+            {
+                let http = discovery::discovery_client(&opts)?;
+                registration::check_document(&http, &m, &cfg.policy).await?;
+                say(format!("Using the Client ID Metadata Document at {} as the client id (no registration; sign-in callback {})", m.url, m.redirect_uri()));
+                nw.client_id = m.client_id().to_string();
+                nw.redirect_port = Some(m.redirect_port);
+                by_metadata = true;
+            }
+        }
+        if nw.client_id.is_empty() {
+            let endpoint = registration::registration_endpoint(&d)?;
             // The callback port the client is registered with; logins bind it again.
             let (callback, port) = free_loopback_port(&cfg)?;
             let redirect_uri = url::Url::parse(&format!("http://127.0.0.1:{port}/callback"))
@@ -205,11 +225,12 @@ pub async fn add_workload(
                     String::new()
                 }
             ));
+            registered = Some(registration::record(&d.issuer_identifier, &endpoint, &reg));
             nw.client_id = reg.client_id;
             nw.redirect_port = Some(port);
             nw.client_auth = reg.auth;
             client_secret = reg.client_secret;
-        } else {
+        } else if !by_metadata {
             say("Using the client id given with --client-id (no registration).".into());
         }
     }
@@ -222,13 +243,16 @@ pub async fn add_workload(
     drop(held_ports);
 
     let store = make_store(&cfg, paths);
-    if let Some(secret) = &client_secret {
-        store.save_client_secret(&name, secret).await.context(
-            "registered a client, but its secret could not be stored; nothing was written",
-        )?;
+    if client_secret.is_some() || registered.is_some() {
+        store
+            .save_client(&name, client_secret.as_ref(), registered.as_ref())
+            .await
+            .context(
+                "registered a client, but its secret could not be stored; nothing was written",
+            )?;
     }
     if let Err(e) = config::add_workload(&paths.config_file, &nw) {
-        if client_secret.is_some() {
+        if client_secret.is_some() || registered.is_some() {
             let _ = store.delete_client_secret(&name).await;
         }
         return Err(e.into());
@@ -460,13 +484,57 @@ pub async fn begin_login(
     name: &str,
     store: Option<&SecretStore>,
     waiting: Option<&std::sync::Arc<crate::engine::oauth::WaitingLogins>>,
+    running: &dyn Running,
+    say: &(dyn Fn(String) + Send + Sync),
 ) -> Result<Login, OpsError> {
     let cfg = load_config(paths)?;
     let w = find(&cfg, name)?.clone();
     let store = store.cloned().unwrap_or_else(|| make_store(&cfg, paths));
     let http = crate::engine::oauth::http_client(&cfg.policy, w.ca_file.as_deref())
         .map_err(|e| anyhow::anyhow!(e))?;
+    // The resource may name another authorization server now: a client registered
+    // at the old one is not used there.
+    let w = match registration::follow_moved_server(&paths.config_file, &store, &w, &cfg.policy)
+        .await?
+    {
+        Some((from, moved)) => {
+            say(format!(
+                "`{name}` now signs in at {} (was {from}): registered a new client there (client id {})",
+                moved.issuer.as_deref().unwrap_or("?"),
+                moved.client_id
+            ));
+            moved
+        }
+        None => w,
+    };
+    let last = last_status(paths, &cfg, &w, running).await;
+    // A client Tokenwarden registered that the server no longer knows: a fresh one.
+    let w = if last.as_ref().is_some_and(client_refused) {
+        match registration::register_fresh_client(
+            &paths.config_file,
+            &store,
+            &w,
+            &http,
+            &cfg.policy,
+        )
+        .await?
+        {
+            Some(fresh) => {
+                say(format!(
+                    "The authorization server no longer knows the client registered for `{name}`: registered a new one (client id {})",
+                    fresh.client_id
+                ));
+                fresh
+            }
+            None => w,
+        }
+    } else {
+        w
+    };
     let client_secret = client_secret(&store, &w).await?;
+    // A step-up the remote asked for: the sign-in asks for those scopes too.
+    let needs = last.map(|s| s.needs_scopes).unwrap_or_default();
+    let w = crate::engine::oauth::for_sign_in(&store, &w, &needs).await;
     let pending = match waiting {
         Some(waiting) => waiting.prepare(&w).await?,
         None => crate::engine::oauth::prepare_login(&w).await?,
@@ -479,6 +547,29 @@ pub async fn begin_login(
         policy: cfg.policy,
         pending,
     })
+}
+
+/// `w`'s status: from what runs for the config dir, else the last known state.
+async fn last_status(
+    paths: &Paths,
+    cfg: &Config,
+    w: &WorkloadConfig,
+    running: &dyn Running,
+) -> Option<WorkloadStatus> {
+    if let Ok(Some(list)) = running.status().await {
+        return list.into_iter().find(|s| s.name == w.name);
+    }
+    crate::engine::supervisor::load_state(&paths.state_file)
+        .get(&w.name)
+        .map(|p| p.offline_view(&w.name, w.token_endpoint.as_str(), &cfg.policy))
+}
+
+/// The issuer's verdict was `invalid_client`: it no longer knows the client.
+fn client_refused(s: &WorkloadStatus) -> bool {
+    s.status == crate::engine::Status::Unauthenticated
+        && s.reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("invalid_client"))
 }
 
 impl Login {

@@ -383,6 +383,9 @@ fn outage_message(name: &str, p: &ProxyAnswer, retry_after: Option<u64>, held: D
             p.status.as_deref().unwrap_or("unknown"),
             secs_words(retry_after.or(p.retry_after).unwrap_or(30)),
         ),
+        // A step-up: the remote refused this call for lack of scopes; the proxy's
+        // message names them and the way to grant them.
+        "insufficient_scope" => format!("Tokenwarden: {}", p.message),
         _ => format!("Tokenwarden could not reach `{name}`: {}", p.message),
     }
 }
@@ -1423,5 +1426,23 @@ mod tests {
             Duration::ZERO,
         );
         assert!(m.contains("tokenwarden login gh"), "{m}");
+        // A step-up is said as the proxy says it: no "could not reach".
+        let m = outage_message(
+            "gh",
+            &ProxyAnswer {
+                error: "insufficient_scope".into(),
+                message: "`gh` needs more permission: admin. Re-authenticate".into(),
+                workload: "gh".into(),
+                status: Some("running".into()),
+                reason: Some("needs more permission: admin".into()),
+                retry_after: None,
+            },
+            None,
+            Duration::ZERO,
+        );
+        assert_eq!(
+            m,
+            "Tokenwarden: `gh` needs more permission: admin. Re-authenticate"
+        );
     }
 }

@@ -130,11 +130,25 @@ async fn add_url_discovers_registers_logs_in_and_runs() {
         out.stdout
     );
     assert!(out.stdout.contains("resource="), "{}", out.stdout);
+    // The client entry keeps the registration (where, which client), no secret.
     assert_eq!(
         stored_files(&env, "w"),
-        vec!["w.tokens.json"],
-        "no client entry"
+        vec!["w.client.json", "w.tokens.json"]
     );
+    let entry = std::fs::read_dir(env.paths().secrets_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("w.client.")
+        })
+        .unwrap();
+    let entry: serde_json::Value = serde_json::from_str(&read(&entry)).unwrap();
+    assert!(entry.get("client_secret").is_none(), "{entry}");
+    assert_eq!(entry["registration"]["client_id"], w.client_id.as_str());
+    assert_eq!(entry["registration"]["issuer"], issuer.issuer());
 
     // The daemon runs it; the CLI says so.
     env.wait_status("w", Status::Running, Duration::from_secs(10))

@@ -5,6 +5,7 @@
 
 mod support;
 
+mod authorization;
 mod cli;
 mod clients;
 mod desktop;

@@ -124,7 +124,9 @@ function render(row) {
   badge.className = `badge ${row.status}`;
   const reason = row.plain_reason || (row.status === "running" ? "Healthy: a valid access token is held and a refresh is scheduled." : "");
   $(".reason", li).textContent = reason;
-  $(".reason", li).classList.toggle("bad", row.status !== "running" && !!row.plain_reason);
+  // A remote that asked for more permission (step-up) counts as a problem too.
+  const needsMore = (row.needs_scopes || []).length > 0;
+  $(".reason", li).classList.toggle("bad", (row.status !== "running" || needsMore) && !!row.plain_reason);
   $(".hint", li).textContent = row.hint || "";
   $(".hint", li).hidden = !row.hint;
   $(".since", li).textContent = ago(parseTime(row.since));
@@ -149,7 +151,7 @@ function render(row) {
   $(".proxy-error", li).textContent = row.plain_proxy_error || "";
   $(".proxy-error", li).hidden = !row.plain_proxy_error;
   const reauth = li.querySelector('[data-action="reauth"]');
-  reauth.classList.toggle("primary", row.status === "unauthenticated");
+  reauth.classList.toggle("primary", row.status === "unauthenticated" || needsMore);
   li.querySelector('[data-action="remove"]').hidden = isDemo;
   // The demo's workloads go with the demo: nothing to connect a client to.
   $(".connect", li).hidden = isDemo;

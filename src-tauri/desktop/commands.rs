@@ -178,17 +178,23 @@ pub async fn start_reauth(shell: Arc<Shell>, name: String) -> Result<(), Error> 
             }
         }
         Backend::Real { store, .. } => {
-            let pending =
-                crate::ops::begin_login(&shell.paths, &name, Some(store), Some(&shell.logins))
-                    .await
-                    .map_err(|e| match e {
-                        OpsError::UnknownWorkload { name, .. } => {
-                            engine_err(EngineError::UnknownWorkload(name))
-                        }
-                        OpsError::Login(e) => Error::new(ErrorCode::Login, e.to_string()),
-                        OpsError::Other(e) => anyhow_err(ErrorCode::Store, e),
-                        e => Error::new(ErrorCode::Config, e.to_string()),
-                    })?;
+            let pending = crate::ops::begin_login(
+                &shell.paths,
+                &name,
+                Some(store),
+                Some(&shell.logins),
+                shell.engine(),
+                &|note| tracing::info!(workload = %name, "{note}"),
+            )
+            .await
+            .map_err(|e| match e {
+                OpsError::UnknownWorkload { name, .. } => {
+                    engine_err(EngineError::UnknownWorkload(name))
+                }
+                OpsError::Login(e) => Error::new(ErrorCode::Login, e.to_string()),
+                OpsError::Other(e) => anyhow_err(ErrorCode::Store, e),
+                e => Error::new(ErrorCode::Config, e.to_string()),
+            })?;
             let url = pending.authorize_url();
             let message = match crate::ops::open_browser(&url) {
                 Ok(()) => format!("Sign in to {name} in your browser…"),
@@ -302,6 +308,8 @@ fn validate(form: &AddForm) -> Result<crate::ops::AddArgs, Error> {
         token_endpoint,
         authorization_endpoint,
         client_id,
+        // The config's `[registration] client_metadata_url`, where the server takes it.
+        client_metadata_url: None,
         scopes: form
             .scopes
             .split(|c: char| c.is_whitespace() || c == ',')

@@ -14,6 +14,10 @@
 //! * A workload that already had a degraded note within [`NotifyPolicy::quiet`] gets
 //!   no new one, and then no recovered note either: a flapping link stays quiet.
 //! * A recovered note only follows an announced degrade or unauthenticated state.
+//! * A remote that asks for more permission (`403 insufficient_scope`, status
+//!   `needs_scopes`) gets one *needs permission* note per set of scopes, with
+//!   "Re-authenticate"; the status does not change for it (the token still serves
+//!   other calls), and a remote the user was asked too often is not noted again.
 //! * Workloads the user muted are left out entirely.
 
 use crate::engine::status::WorkloadStatus;
@@ -26,6 +30,14 @@ pub enum NoteKind {
     Degraded,
     Recovered,
     Unauthenticated,
+    NeedsPermission,
+}
+
+impl NoteKind {
+    /// Whether the note offers "Re-authenticate".
+    pub fn offers_sign_in(self) -> bool {
+        matches!(self, NoteKind::Unauthenticated | NoteKind::NeedsPermission)
+    }
 }
 
 /// One notification to show.
@@ -87,6 +99,8 @@ pub struct Notifier {
     last_degraded: HashMap<String, Instant>,
     /// Workloads whose degrade/unauthenticated state the user was told about.
     announced: HashSet<String>,
+    /// The scopes each workload's remote last asked for (noted once per set).
+    permission: HashMap<String, Vec<String>>,
 }
 
 impl Notifier {
@@ -100,6 +114,19 @@ impl Notifier {
     /// Take in one status change. `muted`: the user turned notifications off for it.
     pub fn observe(&mut self, ch: &StatusChange, muted: bool, now: Instant) {
         let w = &ch.workload;
+        if w.needs_scopes.is_empty() {
+            self.permission.remove(&w.name);
+        } else if self.permission.get(&w.name) != Some(&w.needs_scopes) {
+            self.permission
+                .insert(w.name.clone(), w.needs_scopes.clone());
+            if ch.previous.is_some() && !muted {
+                self.pending.push(Pending {
+                    kind: NoteKind::NeedsPermission,
+                    status: w.clone(),
+                    at: now,
+                });
+            }
+        }
         let Some(prev) = ch.previous else { return };
         if prev == w.status || muted {
             return;
@@ -133,9 +160,12 @@ impl Notifier {
                 }
             }
             NoteKind::Unauthenticated => {
-                self.pending
-                    .retain(|p| !(p.status.name == w.name && p.kind == NoteKind::Degraded));
+                self.pending.retain(|p| {
+                    !(p.status.name == w.name
+                        && matches!(p.kind, NoteKind::Degraded | NoteKind::NeedsPermission))
+                });
             }
+            NoteKind::NeedsPermission => {}
         }
         self.pending.push(Pending {
             kind,
@@ -187,6 +217,7 @@ impl Notifier {
                     NoteKind::Recovered => {
                         self.announced.remove(&p.status.name);
                     }
+                    NoteKind::NeedsPermission => {}
                 }
             }
             notes.push(compose(kind, &endpoint, &items));
@@ -281,6 +312,8 @@ fn compose(kind: NoteKind, endpoint: &str, items: &[Pending]) -> Note {
                 if many { "are" } else { "is" },
             ),
         ),
+        // Composed below.
+        NoteKind::NeedsPermission => (String::new(), String::new()),
         NoteKind::Unauthenticated => {
             let hint = first
                 .hint
@@ -306,6 +339,23 @@ fn compose(kind: NoteKind, endpoint: &str, items: &[Pending]) -> Note {
                 ),
             )
         }
+    };
+    let (summary, body) = match kind {
+        NoteKind::NeedsPermission => {
+            let scopes = |p: &Pending| p.status.needs_scopes.join(" ");
+            (
+                if many {
+                    format!("{} workloads need more permission ({host})", items.len())
+                } else {
+                    format!("{who} needs more permission")
+                },
+                format!(
+                    "The remote asks for: {}. Re-authenticate to grant it; everything else keeps working meanwhile.",
+                    items.iter().map(scopes).collect::<Vec<_>>().join("; ")
+                ),
+            )
+        }
+        _ => (summary, body),
     };
     Note {
         kind,
@@ -423,7 +473,7 @@ pub fn show(note: Note, on_reauth: impl FnOnce(Vec<String>) + Send + 'static) {
             let mut n = notification(&note.summary, &note.body, category);
             #[cfg(all(unix, not(target_os = "macos")))]
             {
-                if note.kind == NoteKind::Unauthenticated {
+                if note.kind.offers_sign_in() {
                     n.action("default", "Re-authenticate");
                     n.action("reauthenticate", "Re-authenticate");
                 }
@@ -432,7 +482,7 @@ pub fn show(note: Note, on_reauth: impl FnOnce(Vec<String>) + Send + 'static) {
                 Ok(_handle) => {
                     tracing::debug!(summary = %note.summary, "notification shown");
                     #[cfg(all(unix, not(target_os = "macos")))]
-                    if note.kind == NoteKind::Unauthenticated {
+                    if note.kind.offers_sign_in() {
                         let workloads = note.workloads.clone();
                         _handle.wait_for_action(move |action| {
                             if action == "default" || action == "reauthenticate" {
@@ -558,6 +608,43 @@ mod tests {
             .body
             .starts_with("the issuer no longer accepts the saved sign-in (invalid_grant)."));
         assert_eq!(notes[0].workloads, ["a"]);
+    }
+
+    #[test]
+    fn a_step_up_is_noted_once_per_set_of_scopes_with_re_authenticate() {
+        let t0 = Instant::now();
+        let s = |x: u64| t0 + Duration::from_secs(x);
+        let asks = |name: &str, scopes: &[&str]| {
+            let mut ch = change(name, EP, R, Status::Running);
+            ch.workload.needs_scopes = scopes.iter().map(|s| s.to_string()).collect();
+            ch
+        };
+        let mut n = Notifier::new(policy());
+        n.observe(&asks("a", &["admin"]), false, s(0));
+        // The same set again (every refused call reports it): no second note.
+        n.observe(&asks("a", &["admin"]), false, s(1));
+        let notes = n.flush(s(2));
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert_eq!(notes[0].kind, NoteKind::NeedsPermission);
+        assert!(notes[0].kind.offers_sign_in());
+        assert_eq!(notes[0].summary, "a needs more permission");
+        assert_eq!(
+            notes[0].body,
+            "The remote asks for: admin. Re-authenticate to grant it; everything else keeps working meanwhile."
+        );
+        assert_eq!(notes[0].workloads, ["a"]);
+        n.observe(&asks("a", &["admin"]), false, s(10));
+        assert!(n.flush(s(20)).is_empty());
+        // Granted (the set clears), then asked again: a new note.
+        n.observe(&asks("a", &[]), false, s(30));
+        n.observe(&asks("a", &["admin"]), false, s(40));
+        assert_eq!(n.flush(s(42)).len(), 1);
+        // Muted workloads and the first report of a monitor stay silent.
+        n.observe(&asks("m", &["x"]), true, s(50));
+        let mut first = asks("f", &["x"]);
+        first.previous = None;
+        n.observe(&first, false, s(50));
+        assert!(n.flush(s(60)).is_empty());
     }
 
     #[test]

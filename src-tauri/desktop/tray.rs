@@ -103,11 +103,19 @@ fn state_words(list: &[WorkloadStatus]) -> String {
 
 /// What a menu is built from (name, status word, has a local address); the menu is
 /// rebuilt only when this changes.
-pub type MenuKey = Vec<(String, Status, bool, bool)>;
+pub type MenuKey = Vec<(String, Status, bool, bool, bool)>;
 
 pub fn menu_key(list: &[WorkloadStatus]) -> MenuKey {
     list.iter()
-        .map(|w| (w.name.clone(), w.status, w.local_url.is_some(), w.can_renew))
+        .map(|w| {
+            (
+                w.name.clone(),
+                w.status,
+                w.local_url.is_some(),
+                w.can_renew,
+                w.needs_scopes.is_empty(),
+            )
+        })
         .collect()
 }
 
@@ -124,7 +132,16 @@ pub fn workload_items(w: &WorkloadStatus) -> (String, Vec<(String, String)>) {
     ));
     // A workload whose server issues no refresh token says so: it will need a sign-in.
     let renew = if w.can_renew { "" } else { ", cannot renew" };
-    (format!("{} — {}{renew}", w.name, w.status.as_str()), items)
+    // A remote that asked for more permission (step-up): a sign-in grants it.
+    let more = if w.needs_scopes.is_empty() {
+        ""
+    } else {
+        ", needs more permission"
+    };
+    (
+        format!("{} — {}{renew}{more}", w.name, w.status.as_str()),
+        items,
+    )
 }
 
 /// The menu of `list`. Item ids: per workload (in its submenu) `copy:NAME`,
@@ -146,7 +163,7 @@ fn build_menu(list: &[WorkloadStatus]) -> anyhow::Result<Menu> {
     }
     let needs_login: Vec<&WorkloadStatus> = list
         .iter()
-        .filter(|w| w.status == Status::Unauthenticated)
+        .filter(|w| w.status == Status::Unauthenticated || !w.needs_scopes.is_empty())
         .collect();
     if !needs_login.is_empty() {
         menu.append(&PredefinedMenuItem::separator())?;
@@ -364,6 +381,14 @@ mod tests {
         let before = menu_key(std::slice::from_ref(&a));
         a.can_renew = false;
         assert_eq!(workload_items(&a).0, "a — running, cannot renew");
+        assert_ne!(menu_key(std::slice::from_ref(&a)), before);
+        // A remote that asks for more permission: the label says so.
+        let before = menu_key(std::slice::from_ref(&a));
+        a.needs_scopes = vec!["admin".into()];
+        assert_eq!(
+            workload_items(&a).0,
+            "a — running, cannot renew, needs more permission"
+        );
         assert_ne!(menu_key(std::slice::from_ref(&a)), before);
     }
 }

@@ -244,7 +244,7 @@ impl Failure {
         }
         Some(match self.oauth_code() {
             Some("invalid_client") | Some("unauthorized_client") => {
-                "Your client registration may be stale: check client_id, or remove the workload and add it again to re-register, then Re-authenticate.".into()
+                "The issuer no longer knows this client. Re-authenticate: a client Tokenwarden registered itself is registered again first; for one you gave (client_id), check it at the issuer.".into()
             }
             _ => {
                 "Re-authenticate. If the issuer keeps refusing, your client registration may be stale: remove the workload and add it again.".into()

@@ -40,6 +40,13 @@ pub struct Config {
     pub service: Option<String>,
     pub policy: Policy,
     pub workloads: Vec<WorkloadConfig>,
+    /// `[registration] client_metadata_url` (and `client_metadata_port`): the
+    /// Client ID Metadata Document `add --url` uses where the authorization server
+    /// takes one and no `--client-metadata-url` is given.
+    pub client_metadata: Option<crate::registration::ClientMetadata>,
+    /// `[registration] client_metadata_port`: the loopback port of a Client ID
+    /// Metadata Document's redirect URI (default 33418).
+    pub client_metadata_port: Option<u16>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -116,9 +123,18 @@ struct RawConfig {
     #[serde(default)]
     secrets: Option<RawSecrets>,
     #[serde(default)]
+    registration: Option<RawRegistration>,
+    #[serde(default)]
     policy: BTreeMap<String, Spanned<toml::Value>>,
     #[serde(default)]
     workload: Vec<RawWorkload>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegistration {
+    client_metadata_url: Option<Spanned<String>>,
+    client_metadata_port: Option<u16>,
 }
 
 #[derive(Deserialize)]
@@ -213,6 +229,8 @@ impl Config {
             service: None,
             policy: Policy::default(),
             workloads: Vec::new(),
+            client_metadata: None,
+            client_metadata_port: None,
         }
     }
 
@@ -259,6 +277,15 @@ impl Config {
                 };
             }
             cfg.service = s.service.filter(|s| !s.trim().is_empty());
+        }
+        if let Some(r) = raw.registration {
+            cfg.client_metadata_port = r.client_metadata_port;
+            if let Some(u) = r.client_metadata_url {
+                cfg.client_metadata = Some(
+                    crate::registration::ClientMetadata::parse(u.get_ref(), r.client_metadata_port)
+                        .map_err(|m| err(Some(u.span()), format!("[registration] {m}")))?,
+                );
+            }
         }
         for (key, value) in &raw.policy {
             let v = match value.get_ref() {
@@ -737,6 +764,69 @@ pub fn set_listen_port(path: &Path, name: &str, port: u16) -> Result<Config, Con
             _ => {
                 table["listen_port"] = toml_edit::value(i64::from(port));
             }
+        }
+        Ok(())
+    })
+}
+
+/// Give workload `name` a newly registered client: `client_id` and `client_auth`
+/// replaced in place (comments kept).
+pub fn set_client(
+    path: &Path,
+    name: &str,
+    client_id: &str,
+    client_auth: ClientAuth,
+) -> Result<Config, ConfigError> {
+    edit_existing(path, name, |doc| {
+        let table = workload_tables(doc)?
+            .iter_mut()
+            .find(|t| t.get("name").and_then(|v| v.as_str()) == Some(name))
+            .ok_or_else(|| format!("no workload named `{name}`"))?;
+        table["client_id"] = toml_edit::value(client_id);
+        if client_auth == ClientAuth::None {
+            table.remove("client_auth");
+        } else {
+            table["client_auth"] = toml_edit::value(client_auth.as_str());
+        }
+        Ok(())
+    })
+}
+
+/// Point workload `name` at another authorization server (it moved): its endpoints,
+/// issuer and `iss_parameter`, with the client registered there.
+pub fn set_authorization_server(
+    path: &Path,
+    name: &str,
+    a: &NewWorkload,
+) -> Result<Config, ConfigError> {
+    edit_existing(path, name, |doc| {
+        let table = workload_tables(doc)?
+            .iter_mut()
+            .find(|t| t.get("name").and_then(|v| v.as_str()) == Some(name))
+            .ok_or_else(|| format!("no workload named `{name}`"))?;
+        table["token_endpoint"] = toml_edit::value(a.token_endpoint.as_str());
+        match &a.authorization_endpoint {
+            Some(e) => table["authorization_endpoint"] = toml_edit::value(e.as_str()),
+            None => {
+                table.remove("authorization_endpoint");
+            }
+        }
+        match &a.issuer {
+            Some(i) => table["issuer"] = toml_edit::value(i.as_str()),
+            None => {
+                table.remove("issuer");
+            }
+        }
+        if a.iss_parameter {
+            table["iss_parameter"] = toml_edit::value(true);
+        } else {
+            table.remove("iss_parameter");
+        }
+        table["client_id"] = toml_edit::value(a.client_id.as_str());
+        if a.client_auth == ClientAuth::None {
+            table.remove("client_auth");
+        } else {
+            table["client_auth"] = toml_edit::value(a.client_auth.as_str());
         }
         Ok(())
     })

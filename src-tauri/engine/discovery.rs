@@ -87,6 +87,9 @@ pub struct Discovered {
     pub token_endpoint: Url,
     /// Present when the authorization server supports dynamic client registration.
     pub registration_endpoint: Option<Url>,
+    /// `client_id_metadata_document_supported`: the server takes an HTTPS URL of a
+    /// Client ID Metadata Document as `client_id` (no registration needed).
+    pub client_id_metadata_document_supported: bool,
     /// The challenge's `scope`, else the resource's `scopes_supported`, else empty.
     pub scopes: Vec<String>,
     /// The authorization server metadata's `scopes_supported` (empty when absent):
@@ -103,6 +106,11 @@ pub struct Registration {
     pub client_secret: Option<Secret>,
     /// How the token endpoint wants the client to authenticate.
     pub auth: ClientAuth,
+    /// `client_secret_expires_at` (Unix seconds; 0 or absent: never).
+    pub client_secret_expires_at: Option<u64>,
+    /// RFC 7592: the client configuration endpoint and its access token.
+    pub registration_client_uri: Option<String>,
+    pub registration_access_token: Option<Secret>,
 }
 
 /// Why discovery or registration failed. Every message names the URL at fault and
@@ -168,8 +176,13 @@ pub enum DiscoveryError {
         metadata_url: String,
         methods: String,
     },
-    #[error("the authorization server {issuer} does not offer dynamic client registration (no `registration_endpoint`); register a client there yourself and pass --client-id")]
-    NoRegistrationEndpoint { issuer: String },
+    #[error("the authorization server {issuer} offers no dynamic client registration (no `registration_endpoint`){}: register a client there yourself and pass --client-id ID{}", if *.client_metadata_supported { " and Tokenwarden has no Client ID Metadata Document to give it" } else { "" }, if *.client_metadata_supported { ", or host the document `tokenwarden client-metadata --url URL` prints at that URL and pass --client-metadata-url URL (it takes them)" } else { "" })]
+    NoRegistrationEndpoint {
+        issuer: String,
+        client_metadata_supported: bool,
+    },
+    #[error("the Client ID Metadata Document at {url} {reason}; host the one `tokenwarden client-metadata --url {url}` prints there")]
+    BadClientMetadata { url: String, reason: String },
     #[error("the authorization server refused to register a client at {endpoint}: HTTP {status}{}{}", .error.as_ref().map(|e| format!(" {e}")).unwrap_or_default(), .description.as_ref().map(|d| format!(" ({d})")).unwrap_or_default())]
     RegistrationRefused {
         endpoint: String,
@@ -626,7 +639,7 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     sanitize(&cur.to_string(), 200)
 }
 
-async fn send(
+pub(crate) async fn send(
     req: reqwest::RequestBuilder,
     url: &Url,
     policy: &Policy,
@@ -684,7 +697,7 @@ fn is_json(content_type: Option<&HeaderValue>) -> bool {
 
 /// The body of `resp` as a JSON object: JSON by `Content-Type`, at most
 /// `max_response_bytes` (streamed, abandoned past the cap).
-async fn read_json(
+pub(crate) async fn read_json(
     resp: reqwest::Response,
     policy: &Policy,
 ) -> Result<serde_json::Map<String, Value>, DiscoveryError> {
@@ -920,6 +933,7 @@ struct ServerMetadata {
     authorization_endpoint: Url,
     token_endpoint: Url,
     registration_endpoint: Option<Url>,
+    client_id_metadata_document_supported: bool,
     scopes_supported: Vec<String>,
 }
 
@@ -988,6 +1002,10 @@ fn check_server_metadata(
         authorization_endpoint,
         token_endpoint,
         registration_endpoint,
+        client_id_metadata_document_supported: map
+            .get("client_id_metadata_document_supported")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
         scopes_supported: string_list(map, "scopes_supported", metadata_url)?.unwrap_or_default(),
     })
 }
@@ -1083,6 +1101,7 @@ pub async fn discover(url: &Url, opts: &DiscoveryOptions) -> Result<Discovered, 
         authorization_endpoint: sm.authorization_endpoint,
         token_endpoint: sm.token_endpoint,
         registration_endpoint: sm.registration_endpoint,
+        client_id_metadata_document_supported: sm.client_id_metadata_document_supported,
         scopes,
         server_scopes: sm.scopes_supported,
     })
@@ -1105,6 +1124,9 @@ pub async fn register(
 ) -> Result<Registration, DiscoveryError> {
     let mut body = serde_json::json!({
         "client_name": "Tokenwarden",
+        // A desktop app with a loopback redirect (MCP authorization: a client MUST
+        // say which; OpenID Connect servers assume "web" without it).
+        "application_type": "native",
         "redirect_uris": [redirect_uri.as_str()],
         "grant_types": ["authorization_code", "refresh_token"],
         "response_types": ["code"],
@@ -1118,6 +1140,56 @@ pub async fn register(
         .header(ACCEPT, "application/json")
         .header(CONTENT_TYPE, "application/json")
         .body(body.to_string());
+    registration_answer(req, endpoint, policy).await
+}
+
+/// RFC 7592 §2.2: update `w`'s registered client at its configuration endpoint `uri`
+/// with its `registration_access_token`, sending its metadata again; the answer
+/// (a new client secret and expiry, where the server renews them) is read as a
+/// registration's. The client id stays.
+pub async fn update_registration(
+    http: &reqwest::Client,
+    uri: &Url,
+    access_token: &Secret,
+    w: &crate::config::WorkloadConfig,
+    redirect_uri: &Url,
+    policy: &Policy,
+) -> Result<Registration, DiscoveryError> {
+    let (scopes, auth) = (&w.scopes, w.client_auth);
+    let mut body = serde_json::json!({
+        "client_id": w.client_id,
+        "client_name": "Tokenwarden",
+        "application_type": "native",
+        "redirect_uris": [redirect_uri.as_str()],
+        "grant_types": ["authorization_code", "refresh_token"],
+        "response_types": ["code"],
+        "token_endpoint_auth_method": auth.as_str(),
+    });
+    if !scopes.is_empty() {
+        body["scope"] = Value::String(scopes.join(" "));
+    }
+    let mut bearer =
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {}", access_token.expose()))
+            .map_err(|_| DiscoveryError::BadRegistration {
+                endpoint: uri.to_string(),
+                reason: "its registration_access_token cannot be sent in a header".into(),
+            })?;
+    bearer.set_sensitive(true);
+    let req = http
+        .put(uri.clone())
+        .header(ACCEPT, "application/json")
+        .header(CONTENT_TYPE, "application/json")
+        .header(reqwest::header::AUTHORIZATION, bearer)
+        .body(body.to_string());
+    registration_answer(req, uri, policy).await
+}
+
+/// Send a registration request (RFC 7591 / 7592) and read its answer.
+async fn registration_answer(
+    req: reqwest::RequestBuilder,
+    endpoint: &Url,
+    policy: &Policy,
+) -> Result<Registration, DiscoveryError> {
     let resp = send(req, endpoint, policy).await?;
     let status = resp.status().as_u16();
     if !matches!(status, 200 | 201) {
@@ -1145,6 +1217,19 @@ pub async fn register(
         reason: reason.to_string(),
     };
     let map = read_json(resp, policy).await?;
+    let client_secret_expires_at = map
+        .get("client_secret_expires_at")
+        .and_then(Value::as_u64)
+        .filter(|e| *e != 0);
+    let registration_client_uri = map
+        .get("registration_client_uri")
+        .and_then(Value::as_str)
+        .map(|u| sanitize(u, 2000));
+    let registration_access_token = map
+        .get("registration_access_token")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(Secret::new);
     let client_id = match map.get("client_id").and_then(Value::as_str) {
         Some(id) if !id.trim().is_empty() => id.trim().to_string(),
         _ => return Err(bad("it has no `client_id`")),
@@ -1173,6 +1258,9 @@ pub async fn register(
                 client_id,
                 client_secret: None,
                 auth: ClientAuth::None,
+                client_secret_expires_at: None,
+                registration_client_uri,
+                registration_access_token,
             });
         }
         (Some(_), Some(m)) => {
@@ -1192,6 +1280,9 @@ pub async fn register(
         client_id,
         client_secret,
         auth,
+        client_secret_expires_at,
+        registration_client_uri,
+        registration_access_token,
     })
 }
 

@@ -13,6 +13,7 @@ pub mod monitor;
 pub mod oauth;
 pub mod policy;
 pub mod proxy;
+pub mod registration;
 pub mod secret;
 pub mod status;
 pub mod store;

@@ -32,7 +32,7 @@ use crate::machine::{Due, Machine, Phase, Status, Trigger, Unauth};
 use crate::oauth;
 use crate::policy::Policy;
 use crate::secret::Secret;
-use crate::status::{view, Persisted, WorkloadStatus};
+use crate::status::{view, Persisted, StepUp, WorkloadStatus};
 use crate::store::{Login, SecretStore, StoreError, StoredTokens};
 use std::future::Future;
 use std::pin::Pin;
@@ -82,6 +82,10 @@ pub enum Command {
     /// Log out: stop using the tokens, abandon a refresh in flight, delete the stored
     /// tokens (after any save already under way), show "signed out".
     Logout(oneshot::Sender<Result<(), StoreError>>),
+    /// The protected resource answered `403` with `error="insufficient_scope"` to this
+    /// access token, asking for these scopes (local proxy). The answer: whether the
+    /// user is no longer asked for them ([`StepUp::gave_up`]).
+    InsufficientScope(Box<(Secret, Vec<String>, oneshot::Sender<bool>)>),
 }
 
 /// What a monitor reports to its supervisor.
@@ -328,6 +332,9 @@ struct Monitor {
     /// that began finishes before the delete (it runs in a task of its own, so even an
     /// abandoned refresh completes its write first), and none begins after it.
     writes: Arc<tokio::sync::Mutex<()>>,
+    /// A step-up the remote asked for, and the access token last counted as refused
+    /// (in memory only: after a restart the same login may be counted once more).
+    step_up: Option<Box<(StepUp, Option<Secret>)>>,
 }
 
 /// At most this many refreshes caused by rejected tokens per window: a remote that
@@ -377,6 +384,10 @@ pub fn spawn(
         last_attempt_at: None,
         triggered: false,
         writes: Arc::new(tokio::sync::Mutex::new(())),
+        step_up: restored
+            .as_ref()
+            .and_then(|r| r.step_up.clone())
+            .map(|s| Box::new((s, None))),
     };
     // Boxed: an `async fn` keeps its arguments twice (as captured and as moved
     // locals), which for a by-value monitor doubled every idle task.
@@ -541,6 +552,7 @@ impl Monitor {
             None => Machine::no_login(now),
         };
         self.tokens = tokens;
+        self.settle_step_up();
     }
 
     fn maybe_start_attempt(&mut self) {
@@ -615,6 +627,88 @@ impl Monitor {
                 self.answer_waiters();
             }
             Command::Logout(reply) => self.logout(reply).await,
+            Command::InsufficientScope(c) => {
+                let (used, scopes, reply) = *c;
+                let _ = reply.send(self.on_insufficient_scope(used, scopes));
+            }
+        }
+    }
+
+    /// The scopes the current login asked for: the configured ones and those its
+    /// sign-in added.
+    fn asked_scopes(&self) -> Vec<&str> {
+        let mut asked: Vec<&str> = self
+            .ctx
+            .workload
+            .scopes
+            .iter()
+            .map(String::as_str)
+            .collect();
+        if let Some(t) = &self.tokens {
+            asked.extend(t.scopes.iter().map(String::as_str));
+        }
+        asked
+    }
+
+    /// The remote wants more scopes than `used` has (MCP step-up). The workload keeps
+    /// running (the token still serves every other call) and says "needs more
+    /// permission"; a sign-in then asks for the union of the scopes asked before and
+    /// these. A login that already asked for them and is refused them still counts
+    /// towards [`STEP_UP_LIMIT`], after which the user is not asked again. Returns
+    /// whether that limit is reached.
+    fn on_insufficient_scope(&mut self, used: Secret, scopes: Vec<String>) -> bool {
+        let current = self.tokens.as_ref().map(|t| &t.access_token) == Some(&used);
+        if !current || scopes.is_empty() {
+            // An older token (a newer login may have the scopes), or a challenge that
+            // names none: nothing to ask the user for.
+            return self.step_up.as_ref().is_some_and(|s| s.0.gave_up());
+        }
+        let asked = self.asked_scopes();
+        let covered = scopes.iter().all(|s| asked.contains(&s.as_str()));
+        let (mut rec, counted) = match self.step_up.take() {
+            Some(b) if b.0.scopes == scopes => *b,
+            _ => (
+                StepUp {
+                    scopes,
+                    refused_logins: 0,
+                    pending: false,
+                },
+                None,
+            ),
+        };
+        let mut counted = counted;
+        if covered && counted.as_ref() != Some(&used) {
+            // This login asked for them, and the remote still wants them.
+            rec.refused_logins += 1;
+            counted = Some(used);
+        }
+        let before = rec.pending;
+        rec.pending = !rec.gave_up();
+        let gave_up = rec.gave_up();
+        if rec.pending && !before {
+            tracing::warn!(workload = %self.name(), scopes = %rec.scopes.join(" "), refused_logins = rec.refused_logins, "the remote asks for more permission (insufficient_scope): a sign-in is needed");
+        } else if gave_up {
+            tracing::warn!(workload = %self.name(), scopes = %rec.scopes.join(" "), refused_logins = rec.refused_logins, "the remote keeps asking for more permission although the sign-ins asked for it: not asking again");
+        }
+        self.step_up = Some(Box::new((rec, counted)));
+        self.publish(false, false);
+        gave_up
+    }
+
+    /// After a login was adopted: a step-up whose scopes it asked for is no longer
+    /// pending (the record stays, to count a remote that still refuses them).
+    fn settle_step_up(&mut self) {
+        let covered = match &self.step_up {
+            Some(b) => {
+                let asked = self.asked_scopes();
+                b.0.scopes.iter().all(|s| asked.contains(&s.as_str()))
+            }
+            None => return,
+        };
+        if let Some(b) = self.step_up.as_mut() {
+            if covered {
+                b.0.pending = false;
+            }
         }
     }
 
@@ -935,6 +1029,9 @@ impl Monitor {
             _ => None,
         };
         // The shared copy goes without the name and endpoint; the report keeps them.
+        if let Some(b) = &self.step_up {
+            b.0.annotate(&mut status);
+        }
         let name = std::mem::take(&mut status.name);
         let endpoint = std::mem::take(&mut status.token_endpoint);
         {
@@ -949,7 +1046,10 @@ impl Monitor {
             previous,
             refreshed,
             recovered,
-            persisted: Persisted::capture(&self.machine, now),
+            persisted: Persisted {
+                step_up: self.step_up.as_ref().map(|b| b.0.clone()),
+                ..Persisted::capture(&self.machine, now)
+            },
         });
     }
 }
@@ -973,6 +1073,24 @@ async fn attempt(
     let Some(rt) = used.refresh_token.clone() else {
         return Outcome::Failed(Failure::new(FailureKind::Network));
     };
+    // A registered client's secret about to expire is renewed first (best effort:
+    // the one it has works until it expires, and the next attempt tries again).
+    // Public clients have no secret: their attempts read nothing more.
+    if let (oauth::Transport::Http(http), true) =
+        (&ctx.transport, ctx.workload.client_auth.needs_secret())
+    {
+        if let Err(e) = crate::registration::renew_client_secret(
+            &ctx.store,
+            &ctx.workload,
+            http,
+            ctx.clock.wall(),
+            &ctx.policy,
+        )
+        .await
+        {
+            tracing::warn!(workload = %ctx.workload.name, error = %e, "could not renew the client secret; trying again at the next refresh");
+        }
+    }
     let client_secret = match client_secret(&ctx).await {
         Ok(s) => s,
         Err(f) => return Outcome::Failed(f),
@@ -987,7 +1105,7 @@ async fn attempt(
     )
     .await
     {
-        Ok(resp) => save_new(&ctx, resp, Some(rt), writes).await,
+        Ok(resp) => save_new(&ctx, resp, Some(rt), used.scopes.clone(), writes).await,
         Err(f) if f.oauth_code() == Some("invalid_grant") => {
             // Rotated by another writer meanwhile? Read the store once before giving up.
             match ctx.store.load_login(&ctx.workload).await {
@@ -1007,7 +1125,9 @@ async fn attempt(
                     match oauth::refresh(&ctx.transport, w, &new_rt, client_secret, &ctx.policy)
                         .await
                     {
-                        Ok(resp) => save_new(&ctx, resp, Some(new_rt), writes).await,
+                        Ok(resp) => {
+                            save_new(&ctx, resp, Some(new_rt), stored.scopes.clone(), writes).await
+                        }
                         Err(f2) => Outcome::Failed(f2),
                     }
                 }
@@ -1034,9 +1154,12 @@ async fn save_new(
     ctx: &Arc<MonitorCtx>,
     resp: crate::classify::TokenResponse,
     previous: Option<Secret>,
+    scopes: Vec<String>,
     writes: Arc<tokio::sync::Mutex<()>>,
 ) -> Outcome {
-    let (tokens, lifetime) = oauth::to_stored(resp, previous, ctx.clock.wall(), &ctx.policy);
+    let (mut tokens, lifetime) = oauth::to_stored(resp, previous, ctx.clock.wall(), &ctx.policy);
+    // The sign-in's scopes stay with its grant.
+    tokens.scopes = scopes;
     // Write before use. Once `writes` is held the save is committed: it runs in a task
     // of its own, so a logout that abandons this attempt now waits for it to end.
     let held = writes.lock_owned().await;

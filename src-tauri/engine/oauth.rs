@@ -314,6 +314,7 @@ pub fn to_stored(
             expires_at: None,
             lifetime: None,
             obtained_at: unix_secs(now),
+            scopes: Vec::new(),
         };
         return (tokens, policy.assumed_token_lifetime);
     }
@@ -330,6 +331,7 @@ pub fn to_stored(
         expires_at: Some(unix_secs(now + lifetime).max(unix_secs(now) + 1)),
         lifetime: Some(lifetime.as_secs().max(1)),
         obtained_at: unix_secs(now),
+        scopes: Vec::new(),
     };
     (tokens, lifetime)
 }
@@ -361,6 +363,12 @@ pub enum LoginError {
     Exchange(Failure),
     #[error("cannot listen for the browser callback on 127.0.0.1: {0}")]
     Listen(std::io::Error),
+    #[error("the authorization server did not accept the Client ID Metadata Document at {url} as a client: {error}{}. Check that the server can fetch that URL and that it serves what `tokenwarden client-metadata --url {url}` prints; or register a client there and use --client-id", description.as_ref().map(|d| format!(" ({d})")).unwrap_or_default())]
+    ClientMetadataRefused {
+        url: String,
+        error: String,
+        description: Option<String>,
+    },
     #[error("the callback port 127.0.0.1:{port} that `{workload}`'s client was registered with is in use (another sign-in still waiting, or another program); close it and try again, or register a new client with `tokenwarden remove {workload}` and `tokenwarden add {workload} --url URL`")]
     RedirectPortBusy { workload: String, port: u16 },
 }
@@ -388,6 +396,29 @@ impl std::fmt::Debug for PendingLogin {
             .field("redirect_uri", &self.redirect_uri.as_str())
             .finish_non_exhaustive()
     }
+}
+
+/// The workload as a sign-in sees it: its `scopes` are the configured ones, those
+/// the stored login asked for (a step-up's stay with the workload), and `step_up`
+/// (the scopes a remote's `insufficient_scope` challenge asks for now), each once, in
+/// that order: the MCP authorization spec's union of the scopes requested before and
+/// the challenge's.
+pub async fn for_sign_in(
+    store: &crate::store::SecretStore,
+    w: &WorkloadConfig,
+    step_up: &[String],
+) -> WorkloadConfig {
+    let before = match store.load_login(w).await {
+        Ok(crate::store::Login::Ready(t)) => t.scopes,
+        _ => Vec::new(),
+    };
+    let mut out = w.clone();
+    for s in before.iter().chain(step_up) {
+        if !out.scopes.contains(s) {
+            out.scopes.push(s.clone());
+        }
+    }
+    out
 }
 
 /// Bind the loopback redirect listener (127.0.0.1, any port: RFC 8252 §7.3, or the
@@ -487,7 +518,22 @@ impl PendingLogin {
         let code = match waited {
             None => return Err(LoginError::Replaced(workload.name.clone())),
             Some(Err(_)) => return Err(LoginError::Timeout(timeout)),
-            Some(Ok(r)) => r?,
+            Some(Ok(r)) => r.map_err(|e| match e {
+                // A client id that is a Client ID Metadata Document's URL: say which
+                // document the server refused.
+                LoginError::Denied { error, description }
+                    if matches!(error.as_str(), "invalid_client" | "unauthorized_client")
+                        && (workload.client_id.starts_with("https://")
+                            || workload.client_id.starts_with("http://")) =>
+                {
+                    LoginError::ClientMetadataRefused {
+                        url: workload.client_id.clone(),
+                        error,
+                        description,
+                    }
+                }
+                e => e,
+            })?,
         };
         let mut form = vec![
             ("grant_type", "authorization_code"),
@@ -504,7 +550,9 @@ impl PendingLogin {
             // a new sign-in (the monitor says so).
             tracing::info!(workload = %workload.name, "the sign-in returned no refresh token");
         }
-        Ok(to_stored(resp, None, SystemTime::now(), policy).0)
+        let mut tokens = to_stored(resp, None, SystemTime::now(), policy).0;
+        tokens.scopes = workload.scopes.clone();
+        Ok(tokens)
     }
 }
 

@@ -39,6 +39,9 @@ pub struct Policy {
     pub max_response_bytes: usize,
     /// Lifetime assumed when a token response has no usable `expires_in`.
     pub assumed_token_lifetime: Duration,
+    /// A registered client's secret that expires within this is renewed (RFC 7592)
+    /// before the next refresh.
+    pub client_secret_renew_lead: Duration,
     /// Longest single sleep of a monitor: after it the wall clock is read again, so a
     /// suspend (which stops tokio's clock) delays a due refresh by at most this much.
     pub wall_check_interval: Duration,
@@ -103,6 +106,7 @@ impl Default for Policy {
             connect_timeout: Duration::from_secs(10),
             max_response_bytes: 256 * 1024,
             assumed_token_lifetime: Duration::from_secs(3600),
+            client_secret_renew_lead: Duration::from_secs(24 * 3600),
             wall_check_interval: Duration::from_secs(60),
             triggers: true,
             network_settle: Duration::from_secs(1),
@@ -153,6 +157,7 @@ pub const KEYS: &[(&str, Kind)] = &[
     ("connect_timeout", Kind::Duration),
     ("max_response_bytes", Kind::Bytes),
     ("assumed_token_lifetime", Kind::Duration),
+    ("client_secret_renew_lead", Kind::Duration),
     ("wall_check_interval", Kind::Duration),
     ("triggers", Kind::Bool),
     ("network_settle", Kind::Duration),
@@ -275,6 +280,7 @@ impl Policy {
             "http_timeout" => &mut self.http_timeout,
             "connect_timeout" => &mut self.connect_timeout,
             "assumed_token_lifetime" => &mut self.assumed_token_lifetime,
+            "client_secret_renew_lead" => &mut self.client_secret_renew_lead,
             "network_settle" => &mut self.network_settle,
             "network_followup" => &mut self.network_followup,
             "network_refill" => &mut self.network_refill,

@@ -16,7 +16,11 @@
 //! * an upstream `401` makes the workload's monitor refresh once (single-flight with
 //!   the timer, triggers and every other request) and the request is replayed once;
 //!   only a refresh that ends in an OAuth verdict makes the workload
-//!   `unauthenticated`.
+//!   `unauthenticated`;
+//! * an upstream `403` with `error="insufficient_scope"` (MCP step-up) is told to
+//!   the monitor (status "needs more permission: SCOPES", one notification, a
+//!   sign-in asking for the union of the scopes) and answered `403` with a JSON
+//!   reason and without the challenge, so the client starts no OAuth flow of its own.
 //!
 //! Who may use it:
 //! * only the user running Tokenwarden: on Linux the owner of the connecting socket is
@@ -967,6 +971,10 @@ async fn forward(s: Arc<Shared>, req: Request) -> Response {
         Ok(r) => r,
         Err(resp) => return resp,
     };
+    if let Some(scopes) = insufficient_scope(&resp) {
+        drop(resp);
+        return s.step_up(token, scopes).await;
+    }
     if resp.status() != StatusCode::UNAUTHORIZED {
         return s.relay(resp);
     }
@@ -1008,7 +1016,88 @@ async fn forward(s: Arc<Shared>, req: Request) -> Response {
             None,
         );
     }
+    if let Some(scopes) = insufficient_scope(&resp) {
+        drop(resp);
+        return s.step_up(fresh, scopes).await;
+    }
     s.relay(resp)
+}
+
+/// The scopes of an upstream `403` whose Bearer challenge says
+/// `error="insufficient_scope"` (an MCP step-up); `None` for every other answer.
+fn insufficient_scope(resp: &reqwest::Response) -> Option<Vec<String>> {
+    if resp.status() != StatusCode::FORBIDDEN {
+        return None;
+    }
+    let values: Vec<&str> = resp
+        .headers()
+        .get_all(header::WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let challenges = crate::discovery::parse_www_authenticate(&values);
+    let c = challenges.iter().find(|c| {
+        c.scheme.eq_ignore_ascii_case("bearer") && c.param("error") == Some("insufficient_scope")
+    })?;
+    let mut scopes: Vec<String> = Vec::new();
+    for sc in c
+        .param("scope")
+        .unwrap_or("")
+        .split(' ')
+        .filter(|s| !s.is_empty())
+    {
+        if !scopes.iter().any(|x| x == sc) {
+            scopes.push(sc.to_string());
+        }
+    }
+    Some(scopes)
+}
+
+impl Shared {
+    /// The remote wants more scopes (`403 insufficient_scope`): the monitor records
+    /// the step-up (status "needs more permission", one notification, a sign-in that
+    /// asks for them), and the client gets a `403` with a JSON reason and no
+    /// challenge, so it does not start an OAuth flow of its own.
+    async fn step_up(&self, used: Secret, scopes: Vec<String>) -> Response {
+        let (tx, rx) = oneshot::channel();
+        let gave_up = if self
+            .ctx
+            .monitor
+            .send(Command::InsufficientScope(Box::new((
+                used,
+                scopes.clone(),
+                tx,
+            ))))
+            .is_ok()
+        {
+            tokio::time::timeout(Duration::from_secs(2), rx)
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or(false)
+        } else {
+            false
+        };
+        let name = &self.ctx.name;
+        let wanted = if scopes.is_empty() {
+            "permission the remote did not name".to_string()
+        } else {
+            scopes.join(" ")
+        };
+        let message = if gave_up {
+            format!("`{name}` needs more permission: {wanted}; the remote refused it to the sign-ins that asked for it, so Tokenwarden does not ask again (check the server's scopes)")
+        } else {
+            format!("`{name}` needs more permission: {wanted}. Re-authenticate (tokenwarden login {name}, or \"Re-authenticate\" in Tokenwarden) to grant it, then repeat the request")
+        };
+        tracing::info!(workload = %name, scopes = %wanted, gave_up, "the remote asked for more permission (insufficient_scope)");
+        error(
+            StatusCode::FORBIDDEN,
+            "insufficient_scope",
+            &message,
+            self,
+            None,
+        )
+    }
 }
 
 #[cfg(test)]

@@ -47,10 +47,77 @@ pub struct WorkloadStatus {
     /// token, so the workload needs a new sign-in whenever its access token ends.
     #[serde(default = "yes")]
     pub can_renew: bool,
+    /// The remote answered `403 insufficient_scope` (step-up): the scopes its
+    /// challenge asked for, which a sign-in is to ask for. Empty otherwise, and once
+    /// the remote refused them to [`STEP_UP_LIMIT`] sign-ins that asked (the reason
+    /// then says so).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub needs_scopes: Vec<String>,
 }
 
 fn yes() -> bool {
     true
+}
+
+/// A step-up the remote asked for (`403` with `error="insufficient_scope"`): the
+/// challenge's scopes and how many sign-ins that already asked for them the remote
+/// refused since. No secret in it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepUp {
+    /// The challenge's `scope`, as sent (split on spaces).
+    pub scopes: Vec<String>,
+    /// Sign-ins that asked for every one of `scopes` and whose token the remote
+    /// still refused for lack of them. At [`STEP_UP_LIMIT`] the user is not asked
+    /// again.
+    #[serde(default)]
+    pub refused_logins: u32,
+    /// The current login does not have `scopes` (a sign-in is asked for). `false`:
+    /// the record is kept only to count refusals.
+    #[serde(default)]
+    pub pending: bool,
+}
+
+/// Sign-ins that asked for a challenge's scopes and were still refused them, after
+/// which the user is not asked again for those scopes (a remote that keeps asking
+/// cannot loop the user).
+pub const STEP_UP_LIMIT: u32 = 2;
+
+impl StepUp {
+    pub fn gave_up(&self) -> bool {
+        self.refused_logins >= STEP_UP_LIMIT
+    }
+
+    /// Say it in the status: the reason and the hint, unless the status already has
+    /// a reason of its own (a failure says more than a missing permission).
+    pub fn annotate(&self, st: &mut WorkloadStatus) {
+        if !self.pending && !self.gave_up() {
+            return;
+        }
+        if !self.gave_up() {
+            // What a sign-in would be asked for (and what a notification names once).
+            st.needs_scopes = self.scopes.clone();
+        }
+        if st.reason.is_some() || st.status == Status::Unauthenticated {
+            return;
+        }
+        let scopes = self.scopes.join(" ");
+        if self.gave_up() {
+            st.reason = Some(format!(
+                "needs more permission: {scopes}; the remote refused {} sign-ins that asked for it, so Tokenwarden does not ask again (check the server's scopes)",
+                self.refused_logins
+            ));
+            st.hint = Some(format!(
+                "Sign in again by hand if the permission can be granted: tokenwarden login {}",
+                st.name
+            ));
+        } else {
+            st.reason = Some(format!("needs more permission: {scopes}"));
+            st.hint = Some(format!(
+                "Re-authenticate to grant it: tokenwarden login {}",
+                st.name
+            ));
+        }
+    }
 }
 
 impl WorkloadStatus {
@@ -74,6 +141,7 @@ impl WorkloadStatus {
             proxy_error: None,
             live: true,
             can_renew: true,
+            needs_scopes: Vec::new(),
         }
     }
 }
@@ -158,6 +226,7 @@ pub fn view(
         proxy_error: None,
         live: true,
         can_renew: m.renewable,
+        needs_scopes: Vec::new(),
     }
 }
 
@@ -177,6 +246,9 @@ pub struct Persisted {
     /// [`WorkloadStatus::can_renew`] when saved.
     #[serde(default = "yes")]
     pub can_renew: bool,
+    /// The step-up the remote asked for, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_up: Option<StepUp>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -212,6 +284,7 @@ impl Persisted {
             }),
             saved_at_ms: unix_ms(now.wall),
             can_renew: m.renewable,
+            step_up: None,
         }
     }
 
@@ -260,6 +333,9 @@ impl Persisted {
         );
         v.attempts = self.episode.as_ref().map(|e| e.attempts).unwrap_or(0);
         v.live = false;
+        if let Some(s) = &self.step_up {
+            s.annotate(&mut v);
+        }
         v
     }
 }

@@ -69,6 +69,10 @@ pub struct StoredTokens {
     pub lifetime: Option<u64>,
     /// Unix seconds when these tokens were obtained.
     pub obtained_at: u64,
+    /// The scopes the sign-in asked for (the configured ones and any a step-up
+    /// added); kept by refreshes. Empty: only the configured ones, or none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
 }
 
 impl StoredTokens {
@@ -87,6 +91,7 @@ impl StoredTokens {
             expires_at: Some(now + lifetime),
             lifetime: Some(lifetime),
             obtained_at: now,
+            scopes: Vec::new(),
         }
     }
 
@@ -251,7 +256,30 @@ fn legacy_account(workload: &str, kind: &str) -> String {
 /// What the client entry holds (JSON, room for more registration data later).
 #[derive(Serialize, Deserialize)]
 struct StoredClient {
-    client_secret: Secret,
+    /// Absent for a public client whose registration is kept (`registration`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    client_secret: Option<Secret>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    registration: Option<ClientRegistration>,
+}
+
+/// A client Tokenwarden registered itself (RFC 7591), kept with the authorization
+/// server it was registered at, so it can register a fresh one there when the server
+/// no longer knows it (`invalid_client`). No secret but `registration_access_token`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ClientRegistration {
+    /// The authorization server's issuer, as published.
+    pub issuer: String,
+    pub registration_endpoint: String,
+    pub client_id: String,
+    /// Unix seconds; `None` or 0: the secret does not expire.
+    #[serde(default)]
+    pub client_secret_expires_at: Option<u64>,
+    /// RFC 7592 client configuration endpoint, when the server gave one.
+    #[serde(default)]
+    pub registration_client_uri: Option<String>,
+    #[serde(default)]
+    pub registration_access_token: Option<Secret>,
 }
 
 impl SecretStore {
@@ -449,11 +477,28 @@ impl SecretStore {
 
     /// The client secret of a confidential client (`client_auth` other than `none`).
     pub async fn load_client_secret(&self, workload: &str) -> Result<Option<Secret>, StoreError> {
+        Ok(self
+            .load_client(workload)
+            .await?
+            .and_then(|c| c.client_secret))
+    }
+
+    /// The registration of a client Tokenwarden registered itself, if kept.
+    pub async fn load_registration(
+        &self,
+        workload: &str,
+    ) -> Result<Option<ClientRegistration>, StoreError> {
+        Ok(self
+            .load_client(workload)
+            .await?
+            .and_then(|c| c.registration))
+    }
+
+    async fn load_client(&self, workload: &str) -> Result<Option<StoredClient>, StoreError> {
         self.get(workload, CLIENT)
             .await?
             .map(|s| {
                 serde_json::from_str::<StoredClient>(s.expose())
-                    .map(|c| c.client_secret)
                     .map_err(|_| StoreError::Corrupt(workload.to_string()))
             })
             .transpose()
@@ -464,9 +509,20 @@ impl SecretStore {
         workload: &str,
         secret: &Secret,
     ) -> Result<(), StoreError> {
+        self.save_client(workload, Some(secret), None).await
+    }
+
+    /// Keep a client's secret (if any) and its registration together, in one write.
+    pub async fn save_client(
+        &self,
+        workload: &str,
+        secret: Option<&Secret>,
+        registration: Option<&ClientRegistration>,
+    ) -> Result<(), StoreError> {
         let value = Secret::new(
             serde_json::to_string(&StoredClient {
-                client_secret: secret.clone(),
+                client_secret: secret.cloned(),
+                registration: registration.cloned(),
             })
             .map_err(|e| StoreError::Failed(e.to_string()))?,
         );
@@ -722,6 +778,7 @@ mod tests {
             expires_at: Some(1_900_000_000),
             lifetime: Some(3600),
             obtained_at: 1_899_996_400,
+            scopes: Vec::new(),
         }
     }
 

@@ -200,6 +200,22 @@ pub enum WellKnown {
     OidcAppended,
 }
 
+/// Whether the issuer takes an HTTPS URL (here: any URL, the tests serve loopback
+/// ones) as `client_id`, fetching the Client ID Metadata Document there.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ClientMetadataMode {
+    /// Not advertised; a URL client id is an unknown client.
+    #[default]
+    Off,
+    /// Advertised (`client_id_metadata_document_supported`); at `/authorize` the
+    /// document is fetched and checked: JSON, `client_id` identical to the URL,
+    /// `client_name`, `redirect_uris` listing the request's `redirect_uri`.
+    Accept,
+    /// Advertised, fetched and checked, then refused by the server's policy (a
+    /// domain it does not trust): `error=invalid_client` to a listed redirect URI.
+    RejectByPolicy,
+}
+
 /// The kind of client `POST /register` creates, whatever the request asked for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum RegistrationAuth {
@@ -460,6 +476,13 @@ impl SimIssuer {
                 issued: Vec::new(),
                 ledger,
             }),
+            refused_scopes: Mutex::new(Vec::new()),
+            client_metadata: Mutex::new(ClientMetadataMode::Off),
+            client_metadata_fetches: AtomicU64::new(0),
+            registration_requests: Mutex::new(Vec::new()),
+            client_secret_lifetime: Mutex::new(None),
+            client_updates: AtomicU64::new(0),
+            failing_client_updates: AtomicU64::new(0),
         });
         lock(&inner.net).generation = inner.generation_root.child_token();
 
@@ -468,6 +491,7 @@ impl SimIssuer {
             .route("/authorize", get(authorize))
             .route("/token", post(token))
             .route("/register", post(register))
+            .route("/register/{client_id}", axum::routing::put(update_client))
             // The well-known locations depend on the issuer's path.
             .fallback(get(metadata).fallback(not_found))
             .with_state(inner.clone());
@@ -545,6 +569,68 @@ impl SimIssuer {
     /// Switches how the authorization server metadata is served.
     pub fn set_metadata_mode(&self, mode: MetadataMode) {
         *lock(&self.inner.metadata_mode) = mode;
+    }
+
+    /// Client secrets issued from now on (registration and RFC 7592 updates) expire
+    /// after `lifetime` (`client_secret_expires_at`; the token endpoint then answers
+    /// `invalid_client`), and registrations give an RFC 7592 configuration endpoint
+    /// (`PUT /register/<client_id>`) with a `registration_access_token`. `None`:
+    /// secrets never expire, no configuration endpoint.
+    pub fn set_client_secret_lifetime(&self, lifetime: Option<Duration>) {
+        *lock(&self.inner.client_secret_lifetime) = lifetime;
+    }
+
+    /// RFC 7592 updates (`PUT /register/<client_id>`) answered with a new secret.
+    pub fn client_updates(&self) -> u64 {
+        self.inner.client_updates.load(Ordering::SeqCst)
+    }
+
+    /// The next `n` RFC 7592 updates get `503` (a transient failure).
+    pub fn fail_client_updates(&self, n: u64) {
+        self.inner.failing_client_updates.store(n, Ordering::SeqCst);
+    }
+
+    /// Forget every client `POST /register` made (a server that lost or purged its
+    /// registrations): they get `invalid_client` from now on.
+    pub fn forget_registered_clients(&self) {
+        lock(&self.inner.registered).clear();
+    }
+
+    /// How URL client ids (Client ID Metadata Documents) are treated.
+    pub fn set_client_metadata(&self, mode: ClientMetadataMode) {
+        *lock(&self.inner.client_metadata) = mode;
+    }
+
+    /// Client ID Metadata Documents fetched (at `/authorize`).
+    pub fn client_metadata_fetches(&self) -> u64 {
+        self.inner.client_metadata_fetches.load(Ordering::SeqCst)
+    }
+
+    /// The JSON bodies of the `POST /register` requests received, in order.
+    pub fn registration_requests(&self) -> Vec<serde_json::Value> {
+        lock(&self.inner.registration_requests).clone()
+    }
+
+    /// The user refuses to grant these scopes: an authorization request asking for
+    /// any of them is answered `error=access_denied` (the consent screen's "Deny").
+    /// Empty: every scope is granted as asked.
+    pub fn refuse_scopes(&self, scopes: &[&str]) {
+        *lock(&self.inner.refused_scopes) = scopes.iter().map(|s| s.to_string()).collect();
+    }
+
+    /// The scopes the grant of `access_token` was issued with (`None`: an unknown
+    /// token). It is a token: assert with it, do not log it.
+    pub fn access_token_scopes(&self, access_token: &str) -> Option<Vec<String>> {
+        let tokens = lock(&self.inner.tokens);
+        let grant = tokens.access.get(access_token)?.grant;
+        let scope = tokens.grants.get(&grant)?.scope.clone().unwrap_or_default();
+        Some(
+            scope
+                .split(' ')
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect(),
+        )
     }
 
     /// Switches what the `/authorize` redirects and the metadata say about `iss`.
@@ -810,6 +896,18 @@ struct Inner {
     /// Body bytes written by the byte-level modes (`Huge`, `Trickle`).
     raw_bytes_sent: Arc<AtomicU64>,
     tokens: Mutex<TokenState>,
+    /// Scopes the signed-in user refuses to grant ([`SimIssuer::refuse_scopes`]).
+    refused_scopes: Mutex<Vec<String>>,
+    /// How URL client ids (Client ID Metadata Documents) are treated.
+    client_metadata: Mutex<ClientMetadataMode>,
+    client_metadata_fetches: AtomicU64,
+    /// The body of every `POST /register` that parsed as JSON, in order.
+    registration_requests: Mutex<Vec<serde_json::Value>>,
+    /// Registered clients' secrets expire this long after they are issued.
+    client_secret_lifetime: Mutex<Option<Duration>>,
+    client_updates: AtomicU64,
+    /// RFC 7592 updates still to answer `503`.
+    failing_client_updates: AtomicU64,
 }
 
 /// A client made by `POST /register`.
@@ -818,6 +916,10 @@ struct RegisteredClient {
     redirect_uris: Vec<String>,
     secret: Option<String>,
     auth: RegistrationAuth,
+    /// When the secret stops working ([`SimIssuer::set_client_secret_lifetime`]).
+    secret_expires: Option<(Instant, u64)>,
+    /// RFC 7592 access token of its configuration endpoint.
+    registration_access_token: Option<String>,
 }
 
 struct NetState {
@@ -1423,6 +1525,12 @@ impl Inner {
         let Some(client) = registered.get(&client_id) else {
             return Err(fail("unknown client", basic.is_some()));
         };
+        if client
+            .secret_expires
+            .is_some_and(|(at, _)| Instant::now() >= at)
+        {
+            return Err(fail("the client secret has expired", basic.is_some()));
+        }
         // A confidential client must authenticate exactly as it was registered.
         let expected = client.secret.as_deref().map(str::as_bytes);
         match client.auth {
@@ -1619,6 +1727,9 @@ impl Inner {
         if let Some(scopes) = &self.scopes_supported {
             v["scopes_supported"] = serde_json::json!(scopes);
         }
+        if *lock(&self.client_metadata) != ClientMetadataMode::Off {
+            v["client_id_metadata_document_supported"] = serde_json::Value::Bool(true);
+        }
         v
     }
 }
@@ -1756,6 +1867,7 @@ async fn register(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Byt
     else {
         return registration_error("invalid_client_metadata", "the body must be a JSON object");
     };
+    lock(&inner.registration_requests).push(serde_json::Value::Object(req.clone()));
     let redirect_uris: Vec<String> = req
         .get("redirect_uris")
         .and_then(|v| v.as_array())
@@ -1790,6 +1902,12 @@ async fn register(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Byt
     if let Some(secret) = &secret {
         lock(&inner.tokens).append_ledger(secret);
     }
+    let lifetime = *lock(&inner.client_secret_lifetime);
+    let secret_expires = lifetime.filter(|_| secret.is_some()).map(expiry);
+    let rat = lifetime.map(|_| secret_token("sim_rat_"));
+    if let Some(rat) = &rat {
+        lock(&inner.tokens).append_ledger(rat);
+    }
     lock(&inner.registered).insert(
         client_id.clone(),
         RegisteredClient {
@@ -1797,6 +1915,8 @@ async fn register(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Byt
             redirect_uris: redirect_uris.clone(),
             secret: secret.clone(),
             auth,
+            secret_expires,
+            registration_access_token: rat.clone(),
         },
     );
     let issued_at = std::time::SystemTime::now()
@@ -1817,9 +1937,74 @@ async fn register(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Byt
     }
     if let Some(secret) = secret {
         answer["client_secret"] = serde_json::Value::String(secret);
-        answer["client_secret_expires_at"] = serde_json::json!(0);
+        answer["client_secret_expires_at"] =
+            serde_json::json!(secret_expires.map_or(0, |(_, unix)| unix));
+    }
+    if let Some(rat) = rat {
+        answer["registration_access_token"] = serde_json::Value::String(rat);
+        answer["registration_client_uri"] =
+            serde_json::Value::String(format!("{}/register/{client_id}", inner.base_url()));
     }
     no_store((StatusCode::CREATED, Json(answer)).into_response())
+}
+
+/// A secret issued now that lasts `lifetime`: when it stops working, and as Unix
+/// seconds for `client_secret_expires_at`.
+fn expiry(lifetime: Duration) -> (Instant, u64) {
+    let unix = std::time::SystemTime::now() + lifetime;
+    let secs = unix
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    (Instant::now() + lifetime, secs.max(1))
+}
+
+/// RFC 7592 §2.2: `PUT /register/<client_id>` with the registration access token:
+/// a new secret (and expiry) for a confidential client.
+async fn update_client(
+    State(inner): State<Arc<Inner>>,
+    axum::extract::Path(client_id): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    tracing::debug!("sim issuer: PUT /register/<client>");
+    let failing = inner
+        .failing_client_updates
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok();
+    if failing {
+        return (StatusCode::SERVICE_UNAVAILABLE, "try again later").into_response();
+    }
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_string);
+    let lifetime = *lock(&inner.client_secret_lifetime);
+    let mut registered = lock(&inner.registered);
+    let Some(client) = registered.get_mut(&client_id) else {
+        return (StatusCode::UNAUTHORIZED, "unknown client").into_response();
+    };
+    if bearer.is_none() || bearer != client.registration_access_token {
+        return (StatusCode::UNAUTHORIZED, "wrong registration access token").into_response();
+    }
+    if client.auth == RegistrationAuth::Public {
+        return registration_error("invalid_client_metadata", "a public client has no secret");
+    }
+    let secret = secret_token("sim_cs_");
+    client.secret = Some(secret.clone());
+    client.secret_expires = lifetime.map(expiry);
+    let answer = serde_json::json!({
+        "client_id": client_id,
+        "client_secret": secret,
+        "client_secret_expires_at": client.secret_expires.map_or(0, |(_, unix)| unix),
+        "redirect_uris": client.redirect_uris,
+        "token_endpoint_auth_method": client.auth.method(),
+        "registration_client_uri": format!("{}/register/{client_id}", inner.base_url()),
+    });
+    drop(registered);
+    lock(&inner.tokens).append_ledger(&secret);
+    inner.client_updates.fetch_add(1, Ordering::SeqCst);
+    no_store((StatusCode::OK, Json(answer)).into_response())
 }
 
 fn html_page(status: StatusCode, title: &str, message: &str) -> Response {
@@ -1883,6 +2068,22 @@ async fn authorize(State(inner): State<Arc<Inner>>, RawQuery(query): RawQuery) -
             )
         }
     };
+    if client_id.starts_with("http://") || client_id.starts_with("https://") {
+        let mode = *lock(&inner.client_metadata);
+        if mode != ClientMetadataMode::Off {
+            if let Err(r) = client_metadata(
+                &inner,
+                &client_id,
+                params.get("redirect_uri"),
+                params.get("state"),
+                mode,
+            )
+            .await
+            {
+                return r;
+            }
+        }
+    }
     // A registered client's redirect URIs, compared exactly; the configured
     // client may use any loopback redirect URI.
     let registered_uris = lock(&inner.registered)
@@ -1969,6 +2170,16 @@ async fn authorize(State(inner): State<Arc<Inner>>, RawQuery(query): RawQuery) -
         _ => return redirect_error("invalid_request", "missing or malformed code_challenge"),
     };
 
+    if let Some(asked) = params.get("scope") {
+        let refused = lock(&inner.refused_scopes).clone();
+        if asked.split(' ').any(|s| refused.iter().any(|r| r == s)) {
+            return redirect_error(
+                "access_denied",
+                "the user did not grant the requested scopes",
+            );
+        }
+    }
+
     let code = random_token("sim_code_");
     {
         let mut tokens = lock(&inner.tokens);
@@ -1997,6 +2208,91 @@ async fn authorize(State(inner): State<Arc<Inner>>, RawQuery(query): RawQuery) -
         }
     }
     redirect_to(&url)
+}
+
+/// Fetch and check the Client ID Metadata Document at `client_id`; a good one makes
+/// it a known public client with the document's redirect URIs. `Err`: the answer
+/// (an error page, or `error=invalid_client` to a redirect URI the document lists).
+async fn client_metadata(
+    inner: &Inner,
+    client_id: &str,
+    redirect_uri: Option<&str>,
+    state: Option<&str>,
+    mode: ClientMetadataMode,
+) -> Result<(), Response> {
+    inner.client_metadata_fetches.fetch_add(1, Ordering::SeqCst);
+    let page = |why: &str| {
+        html_page(
+            StatusCode::BAD_REQUEST,
+            "Invalid client",
+            &format!("the client metadata document was not accepted: {why}"),
+        )
+    };
+    let fetched = async {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .ok()?;
+        let r = http.get(client_id).send().await.ok()?;
+        if !r.status().is_success() {
+            return None;
+        }
+        let bytes = r.bytes().await.ok()?;
+        serde_json::from_slice::<serde_json::Value>(&bytes).ok()
+    }
+    .await;
+    let Some(doc) = fetched.filter(|d| d.is_object()) else {
+        return Err(page("it could not be fetched as a JSON object"));
+    };
+    let uris: Vec<String> = doc["redirect_uris"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|u| u.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let listed = redirect_uri.filter(|r| uris.iter().any(|u| u == r));
+    if doc["client_id"].as_str() != Some(client_id) {
+        return Err(page("its client_id is not the URL it was fetched from"));
+    }
+    if !doc["client_name"].is_string() {
+        return Err(page("it has no client_name"));
+    }
+    let Some(listed) = listed else {
+        return Err(page("it does not list the redirect_uri of the request"));
+    };
+    if mode == ClientMetadataMode::RejectByPolicy {
+        let mut url = Url::parse(listed).map_err(|_| page("bad redirect_uri"))?;
+        {
+            let mut pairs = url.query_pairs_mut();
+            pairs.append_pair("error", "invalid_client").append_pair(
+                "error_description",
+                "this server does not accept clients from that domain",
+            );
+            if let Some(state) = state {
+                pairs.append_pair("state", state);
+            }
+            if let Some(iss) = inner.iss_parameter().0 {
+                pairs.append_pair("iss", &iss);
+            }
+        }
+        return Err(redirect_to(&url));
+    }
+    let seq = inner.registration_count.load(Ordering::SeqCst);
+    lock(&inner.registered).insert(
+        client_id.to_string(),
+        RegisteredClient {
+            seq,
+            redirect_uris: uris,
+            secret: None,
+            auth: RegistrationAuth::Public,
+            secret_expires: None,
+            registration_access_token: None,
+        },
+    );
+    Ok(())
 }
 
 /// Counts a refresh request in flight for as long as it lives.

@@ -18,6 +18,7 @@
 //! * `GET /mcp/sse?n=100&interval_ms=20` – `text/event-stream`, `n` events
 //!   `interval_ms` apart, each `data: {"i":k,"sent_at_ms":…}` (Unix milliseconds).
 //! * `POST /mcp/echo` – the request body streamed back (any size, never buffered).
+//! * `/mcp/admin` – as `/mcp`; the path [`SimRemote::require_scopes`] is meant for.
 //!
 //! Every `/mcp*` request needs the bearer, counts in [`SimRemote::requests`], and
 //! has its `Authorization` and `Cookie` headers recorded
@@ -33,6 +34,8 @@
 //!   refresh) are accepted;
 //! * [`RemoteOptions::browser_headers`] – `/mcp` answers carry `Set-Cookie` and
 //!   `Access-Control-Allow-*` headers, like a remote made for browsers;
+//! * [`SimRemote::require_scopes`] – requests to a path need scopes the token's
+//!   grant may lack: `403` with an `insufficient_scope` challenge (step-up);
 //! * [`SimRemote::set_hang`] – `/mcp*` requests are accepted and never answered
 //!   until the knob is turned off (then they are served) or the server stops;
 //! * [`SimRemote::set_prm_mode`] – break the protected resource metadata
@@ -162,7 +165,17 @@ struct Inner {
     unauthorized: AtomicU64,
     last_authorization: Mutex<Option<String>>,
     last_cookie: Mutex<Option<String>>,
+    step_up: Mutex<Option<StepUp>>,
+    insufficient: AtomicU64,
     shutdown: CancellationToken,
+}
+
+/// [`SimRemote::require_scopes`]: what a request needs and what the `403` asks for.
+#[derive(Clone, Debug)]
+struct StepUp {
+    path: String,
+    required: Vec<String>,
+    challenge: String,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -190,6 +203,8 @@ impl SimRemote {
             unauthorized: AtomicU64::new(0),
             last_authorization: Mutex::new(None),
             last_cookie: Mutex::new(None),
+            step_up: Mutex::new(None),
+            insufficient: AtomicU64::new(0),
             shutdown: CancellationToken::new(),
         });
         let app = Router::new()
@@ -200,6 +215,7 @@ impl SimRemote {
             .route("/.well-known/oauth-protected-resource", get(prm_root))
             .route("/prm-moved", get(prm_moved))
             .route("/mcp", any(mcp))
+            .route("/mcp/admin", any(mcp))
             .route("/mcp/sse", get(sse))
             .route("/mcp/echo", post(echo))
             .with_state(inner.clone());
@@ -282,6 +298,24 @@ impl SimRemote {
     pub fn reject_tokens_issued_so_far(&self) {
         let issued = self.inner.issuer.issued_tokens();
         lock(&self.inner.rejected).extend(issued);
+    }
+
+    /// Requests to `path` (for example `/mcp/admin`) need a token whose grant has
+    /// every scope of `required`; one without gets `403` with
+    /// `WWW-Authenticate: Bearer error="insufficient_scope", scope="<challenge>"`
+    /// (`challenge`: `required` joined, unless given: a server that asks for other
+    /// scopes than it checks keeps asking whatever is granted). `None` turns it off.
+    pub fn require_scopes(&self, path: &str, required: Option<&[&str]>, challenge: Option<&str>) {
+        *lock(&self.inner.step_up) = required.map(|r| StepUp {
+            path: path.to_string(),
+            required: r.iter().map(|s| s.to_string()).collect(),
+            challenge: challenge.map_or_else(|| r.join(" "), str::to_string),
+        });
+    }
+
+    /// `403 insufficient_scope` answers sent.
+    pub fn insufficient_scope_responses(&self) -> u64 {
+        self.inner.insufficient.load(Ordering::SeqCst)
     }
 
     /// While on, `/mcp*` requests are accepted and left unanswered.
@@ -408,7 +442,7 @@ fn serve_prm(inner: &Inner, headers: &HeaderMap, path_specific: bool) -> Respons
 // ---------------------------------------------------------------------------
 
 /// Count, record, honour `hang`, check the bearer. `Err` is the answer to send.
-async fn admit(inner: &Inner, headers: &HeaderMap) -> Result<(), Response> {
+async fn admit(inner: &Inner, headers: &HeaderMap, path: &str) -> Result<(), Response> {
     inner.requests.fetch_add(1, Ordering::SeqCst);
     let authorization = headers
         .get(header::AUTHORIZATION)
@@ -441,7 +475,34 @@ async fn admit(inner: &Inner, headers: &HeaderMap) -> Result<(), Response> {
         .as_deref()
         .is_some_and(|t| lock(&inner.rejected).contains(t));
     if valid && !rejected && !inner.reject_next.swap(false, Ordering::SeqCst) {
-        return Ok(());
+        return match lock(&inner.step_up).clone() {
+            Some(s) if s.path == path => {
+                let granted = token
+                    .as_deref()
+                    .and_then(|t| inner.issuer.access_token_scopes(t))
+                    .unwrap_or_default();
+                if s.required.iter().all(|r| granted.contains(r)) {
+                    return Ok(());
+                }
+                inner.insufficient.fetch_add(1, Ordering::SeqCst);
+                let challenge = format!(
+                    "Bearer error=\"insufficient_scope\", scope=\"{}\", resource_metadata=\"{}/.well-known/oauth-protected-resource/mcp\", error_description=\"more permission needed\"",
+                    s.challenge,
+                    inner.base_url()
+                );
+                tracing::debug!("sim remote: 403 insufficient_scope at {path}");
+                let mut response = (
+                    StatusCode::FORBIDDEN,
+                    Json(serde_json::json!({"error": "insufficient_scope"})),
+                )
+                    .into_response();
+                if let Ok(v) = HeaderValue::from_str(&challenge) {
+                    response.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+                }
+                Err(response)
+            }
+            _ => Ok(()),
+        };
     }
     inner.unauthorized.fetch_add(1, Ordering::SeqCst);
     let mut challenge = if inner.opts.advertise_metadata {
@@ -482,7 +543,7 @@ async fn mcp(
     if inner.opts.get_only && method == Method::POST {
         return (StatusCode::METHOD_NOT_ALLOWED, [(header::ALLOW, "GET")]).into_response();
     }
-    if let Err(r) = admit(&inner, &headers).await {
+    if let Err(r) = admit(&inner, &headers, uri.path()).await {
         return r;
     }
     let mut body_len = 0usize;
@@ -535,7 +596,7 @@ async fn sse(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Err(r) = admit(&inner, &headers).await {
+    if let Err(r) = admit(&inner, &headers, "").await {
         return r;
     }
     let n: u64 = q.get("n").and_then(|v| v.parse().ok()).unwrap_or(100);
@@ -573,7 +634,7 @@ async fn sse(
 }
 
 async fn echo(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Body) -> Response {
-    if let Err(r) = admit(&inner, &headers).await {
+    if let Err(r) = admit(&inner, &headers, "").await {
         return r;
     }
     let content_type = headers
