@@ -167,6 +167,7 @@ impl Engine {
             proxy_errors: HashMap::new(),
             proxy_clients: HashMap::new(),
             chosen_ports: Default::default(),
+            port_writes: Vec::new(),
         };
         let task = tokio::spawn(sup.run(rx, reports_rx, signals_rx, cancel.clone()));
         Engine {
@@ -279,6 +280,9 @@ struct Supervisor {
     proxy_clients: HashMap<Option<PathBuf>, reqwest::Client>,
     /// Workloads whose proxy port this supervisor chose (and wrote back to the file).
     chosen_ports: std::collections::HashSet<String>,
+    /// Those writes under way: a stop waits for them, so none lands after it (in a
+    /// directory its owner then removes, as the demo's).
+    port_writes: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Supervisor {
@@ -336,6 +340,9 @@ impl Supervisor {
         }
         for (_, p) in std::mem::take(&mut self.proxies) {
             p.stop().await;
+        }
+        for w in std::mem::take(&mut self.port_writes) {
+            let _ = w.await;
         }
         let monitors = std::mem::take(&mut self.monitors);
         for (_, m) in monitors {
@@ -457,13 +464,14 @@ impl Supervisor {
 
     /// A proxy port chosen by the system is written to workloads.toml, so clients
     /// configured with it keep working after a restart.
-    fn keep_port(&self, name: &str, port: u16) {
+    fn keep_port(&mut self, name: &str, port: u16) {
         let path = self.config.path.clone();
         if !path.exists() {
             return;
         }
         let name = name.to_string();
-        tokio::task::spawn_blocking(move || {
+        self.port_writes.retain(|w| !w.is_finished());
+        self.port_writes.push(tokio::task::spawn_blocking(move || {
             match crate::config::set_listen_port(&path, &name, port) {
                 Ok(_) => {
                     tracing::info!(workload = %name, port, "kept the proxy port in workloads.toml")
@@ -472,14 +480,14 @@ impl Supervisor {
                     tracing::warn!(workload = %name, error = %e, "could not keep the proxy port in workloads.toml")
                 }
             }
-        });
+        }));
     }
 
     /// Whether `wanted` is the configuration workload `name` runs with. A proxy port
     /// this supervisor chose and wrote back, missing from `wanted` (an editor saved a
     /// copy of the file from before it was written), is the same workload: its port is
     /// kept and written back again, so clients configured with it keep working.
-    fn unchanged(&self, name: &str, wanted: &WorkloadConfig) -> bool {
+    fn unchanged(&mut self, name: &str, wanted: &WorkloadConfig) -> bool {
         let Some(m) = self.monitors.get(name) else {
             return false;
         };
