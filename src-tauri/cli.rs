@@ -28,11 +28,11 @@ pub struct Cli {
     #[arg(long)]
     pub hidden: bool,
     #[command(subcommand)]
-    pub command: Option<Command>,
+    pub command: Option<CliCommand>,
 }
 
 #[derive(Subcommand, Debug)]
-pub enum Command {
+pub enum CliCommand {
     /// Run the engine and the control socket without a GUI.
     Daemon,
     /// Show the status of every workload, or of the named ones.
@@ -275,7 +275,7 @@ pub fn main() -> std::process::ExitCode {
     #[cfg(feature = "desktop")]
     if matches!(
         cli.command,
-        None | Some(Command::Demo {
+        None | Some(CliCommand::Demo {
             terminal: false,
             ..
         })
@@ -293,14 +293,14 @@ pub fn main() -> std::process::ExitCode {
     // prints its own story on stdout; the daemon and the desktop app log at info to
     // stderr and their log file.
     let runs_demo = match &cli.command {
-        Some(Command::Demo { .. }) => true,
+        Some(CliCommand::Demo { .. }) => true,
         None => {
             Config::load(&paths.config_file).is_ok_and(|c| c.workloads.is_empty())
                 && !desktop_shows_a_window()
         }
         _ => false,
     };
-    let is_daemon = !runs_demo && matches!(cli.command, Some(Command::Daemon) | None);
+    let is_daemon = !runs_demo && matches!(cli.command, Some(CliCommand::Daemon) | None);
     if is_daemon {
         if let Err(e) = crate::logging::init_daemon(&paths.log_dir) {
             eprintln!("tokenwarden: {e:#}");
@@ -319,7 +319,7 @@ pub fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(1);
         }
     };
-    match rt.block_on(run(cli.command, paths, cli.hidden)) {
+    match rt.block_on(dispatch(cli.command, paths, cli.hidden)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             if let Some(Exit(code)) = e.downcast_ref::<Exit>() {
@@ -336,7 +336,7 @@ pub fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(command: Option<Command>, paths: Paths, hidden: bool) -> anyhow::Result<()> {
+async fn dispatch(command: Option<CliCommand>, paths: Paths, hidden: bool) -> anyhow::Result<()> {
     let Some(command) = command else {
         return run_default(paths, hidden).await;
     };
@@ -346,28 +346,28 @@ async fn run(command: Option<Command>, paths: Paths, hidden: bool) -> anyhow::Re
         );
     }
     match command {
-        Command::Daemon => crate::daemon::run(paths).await,
-        Command::Status { names, json } => status(&paths, &names, json).await,
-        Command::Watch { json } => watch(&paths, json).await,
-        Command::Retry { name, all: _ } => retry(&paths, name).await,
-        Command::Login {
+        CliCommand::Daemon => crate::daemon::run(paths).await,
+        CliCommand::Status { names, json } => status(&paths, &names, json).await,
+        CliCommand::Watch { json } => watch(&paths, json).await,
+        CliCommand::Retry { name, all: _ } => retry(&paths, name).await,
+        CliCommand::Login {
             name,
             no_browser,
             timeout,
         } => login(&paths, &name, no_browser, timeout.into()).await,
-        Command::Logout { name } => logout(&paths, &name).await,
-        Command::Enable { name } => set_enabled(&paths, &name, true).await,
-        Command::Disable { name } => set_enabled(&paths, &name, false).await,
-        Command::Logs {
+        CliCommand::Logout { name } => logout(&paths, &name).await,
+        CliCommand::Enable { name } => set_enabled(&paths, &name, true).await,
+        CliCommand::Disable { name } => set_enabled(&paths, &name, false).await,
+        CliCommand::Logs {
             name,
             follow,
             lines,
-        } => crate::logs::run(&paths.log_dir, name.as_deref(), follow, lines).await,
-        Command::Doctor => match crate::doctor::run(&paths).await? {
+        } => crate::logs::show(&paths.log_dir, name.as_deref(), follow, lines).await,
+        CliCommand::Doctor => match crate::doctor::examine(&paths).await? {
             true => Ok(()),
             false => Err(Exit(1).into()),
         },
-        Command::Completions { shell } => {
+        CliCommand::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             let shell = match shell {
                 CompletionShell::Bash => clap_complete::Shell::Bash,
@@ -377,7 +377,7 @@ async fn run(command: Option<Command>, paths: Paths, hidden: bool) -> anyhow::Re
             clap_complete::generate(shell, &mut cmd, "tokenwarden", &mut std::io::stdout());
             Ok(())
         }
-        Command::Man => {
+        CliCommand::Man => {
             let cmd = <Cli as clap::CommandFactory>::command();
             let mut out = Vec::new();
             clap_mangen::Man::new(cmd).render(&mut out)?;
@@ -385,7 +385,7 @@ async fn run(command: Option<Command>, paths: Paths, hidden: bool) -> anyhow::Re
             std::io::stdout().write_all(&out)?;
             Ok(())
         }
-        Command::Add {
+        CliCommand::Add {
             name,
             url,
             token_endpoint,
@@ -421,14 +421,14 @@ async fn run(command: Option<Command>, paths: Paths, hidden: bool) -> anyhow::Re
                 login(&paths, &name, no_browser, timeout.into()).await
             }
         }
-        Command::Remove { name } => {
+        CliCommand::Remove { name } => {
             crate::ops::remove(&paths, &name, None, &Daemon(&paths))
                 .await
                 .map_err(said)?;
             eprintln!("Removed `{name}` and its stored tokens");
             Ok(())
         }
-        Command::List { json } => {
+        CliCommand::List { json } => {
             let cfg = load_config(&paths)?;
             if json {
                 let list: Vec<_> = cfg
@@ -463,8 +463,8 @@ async fn run(command: Option<Command>, paths: Paths, hidden: bool) -> anyhow::Re
             }
             Ok(())
         }
-        Command::Token { name, json } => token(&paths, &name, json).await,
-        Command::ClientMetadata { url } => {
+        CliCommand::Token { name, json } => token(&paths, &name, json).await,
+        CliCommand::ClientMetadata { url } => {
             let cfg = load_config(&paths)?;
             let doc = crate::engine::registration::document_for(
                 url.as_deref(),
@@ -475,17 +475,17 @@ async fn run(command: Option<Command>, paths: Paths, hidden: bool) -> anyhow::Re
             println!("{}", serde_json::to_string_pretty(&doc)?);
             Ok(())
         }
-        Command::ClientConfig {
+        CliCommand::ClientConfig {
             name,
             client: None,
             stdio: _,
         } => client_config(&paths, &name).await,
-        Command::ClientConfig {
+        CliCommand::ClientConfig {
             name,
             client: Some(client),
             stdio,
         } => crate::clients::client_config(&paths, &name, client, stdio).await,
-        Command::Connect {
+        CliCommand::Connect {
             client,
             target: t,
             replace,
@@ -498,14 +498,14 @@ async fn run(command: Option<Command>, paths: Paths, hidden: bool) -> anyhow::Re
             crate::clients::connect(&paths, client, t.names, t.all, t.file, replace, stdio, mode)
                 .await
         }
-        Command::Disconnect { client, target: t } => {
+        CliCommand::Disconnect { client, target: t } => {
             let mode = crate::clients::Mode {
                 dry_run: t.dry_run,
                 yes: t.yes,
             };
             crate::clients::disconnect(&paths, client, t.names, t.all, t.file, mode).await
         }
-        Command::Import {
+        CliCommand::Import {
             clients,
             dry_run,
             yes,
@@ -515,8 +515,8 @@ async fn run(command: Option<Command>, paths: Paths, hidden: bool) -> anyhow::Re
             let mode = crate::clients::Mode { dry_run, yes };
             crate::clients::import(&paths, clients, mode, no_browser, timeout.into()).await
         }
-        Command::Stdio { name } => crate::stdio::run(&paths, &name).await,
-        Command::Demo { terminal, dir } => demo(terminal, dir).await,
+        CliCommand::Stdio { name } => crate::stdio::serve(&paths, &name).await,
+        CliCommand::Demo { terminal, dir } => demo(terminal, dir).await,
     }
 }
 

@@ -55,7 +55,7 @@ pub enum Edit {
     Broken(String),
 }
 
-/// What [`run`] needs of the configuration the engine starts with.
+/// What [`watch`] needs of the configuration the engine starts with.
 pub fn running(cfg: &Config) -> (StoreKind, Option<String>, Duration) {
     (
         cfg.store,
@@ -66,7 +66,7 @@ pub fn running(cfg: &Config) -> (StoreKind, Option<String>, Duration) {
 
 /// Watch `paths.config_file` until `cancel`. `store`, `service` and `interval` are
 /// those of the configuration the engine was started with.
-pub async fn run(
+pub async fn watch(
     paths: Paths,
     engine: Engine,
     (store, service, mut interval): (StoreKind, Option<String>, Duration),

@@ -59,7 +59,7 @@ impl Check {
 }
 
 /// Run every check, print them, and say whether nothing FAILed.
-pub async fn run(paths: &Paths) -> anyhow::Result<bool> {
+pub async fn examine(paths: &Paths) -> anyhow::Result<bool> {
     let checks = checks(paths).await;
     let width = checks.iter().map(|c| c.what.len()).max().unwrap_or(0);
     for c in &checks {

@@ -78,7 +78,7 @@ impl Out<'_> {
     }
 }
 
-pub async fn run(
+pub async fn show(
     log_dir: &Path,
     name: Option<&str>,
     follow: bool,

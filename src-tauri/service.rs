@@ -202,7 +202,7 @@ async fn start_inner(
         }
     })];
     if let Some(Watch { running, report }) = watch {
-        tasks.push(tokio::spawn(crate::config_watch::run(
+        tasks.push(tokio::spawn(crate::config_watch::watch(
             paths.clone(),
             engine.clone(),
             running,

@@ -65,7 +65,7 @@ pub const ERROR_CODE: i64 = -32000;
 /// Run the bridge for `name` until stdin ends. A startup error (no daemon, unknown
 /// workload, no `url`, no proxy) is written to stderr by the caller and answered to
 /// the client's first request as a JSON-RPC error.
-pub async fn run(paths: &Paths, name: &str) -> anyhow::Result<()> {
+pub async fn serve(paths: &Paths, name: &str) -> anyhow::Result<()> {
     let stdin = spawn_stdin_reader();
     let (out, writer_done) = spawn_stdout_writer();
     let local = match resolve(paths, name).await {

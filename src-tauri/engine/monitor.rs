@@ -71,7 +71,7 @@ pub struct Granted {
 
 pub type TokenReply = oneshot::Sender<Result<Granted, TokenError>>;
 
-pub enum Command {
+pub enum MonitorRequest {
     Trigger(Trigger),
     Token(TokenReply),
     /// The protected resource answered `401` to this access token (local proxy).
@@ -151,7 +151,7 @@ pub struct MonitorShared {
 
 struct SharedState {
     /// Empty (no allocation) while the monitor is idle.
-    commands: std::collections::VecDeque<Command>,
+    commands: std::collections::VecDeque<MonitorRequest>,
     /// Stop asked, or the monitor ended: commands are refused.
     closed: bool,
     /// Kept without the name and token endpoint (empty strings): the configuration
@@ -191,7 +191,7 @@ impl MonitorShared {
     }
 
     /// Queue a command (requests with a reply: the caller waits on it).
-    pub fn send(&self, cmd: Command) -> Result<(), Stopped> {
+    pub fn send(&self, cmd: MonitorRequest) -> Result<(), Stopped> {
         {
             let mut s = self.lock();
             if s.closed {
@@ -205,7 +205,7 @@ impl MonitorShared {
 
     /// Queue a command unless the monitor is stopped or already has a backlog
     /// (fan-out triggers).
-    pub fn offer(&self, cmd: Command) {
+    pub fn offer(&self, cmd: MonitorRequest) {
         {
             let mut s = self.lock();
             if s.closed || s.commands.len() >= OFFER_LIMIT {
@@ -254,7 +254,7 @@ impl MonitorShared {
     }
 
     /// The next command; `None` once closed.
-    async fn next_command(&self) -> Option<Command> {
+    async fn next_command(&self) -> Option<MonitorRequest> {
         loop {
             {
                 let mut s = self.lock();
@@ -407,7 +407,7 @@ async fn pending_or(f: &mut Option<InFlight>) -> Outcome {
 }
 
 enum Event {
-    Command(Option<Command>),
+    MonitorRequest(Option<MonitorRequest>),
     /// (Boxed: the event is part of every idle task's state.)
     Done(Box<Outcome>),
     Tick,
@@ -441,15 +441,15 @@ impl Monitor {
                 self.machine.time_until_due(now).map_or(cap, |d| d.min(cap))
             };
             let event = tokio::select! {
-                cmd = self.shared.next_command() => Event::Command(cmd),
+                cmd = self.shared.next_command() => Event::MonitorRequest(cmd),
                 out = pending_or(&mut self.in_flight) => Event::Done(Box::new(out)),
                 _ = tokio::time::sleep(wait) => Event::Tick,
             };
             match event {
-                Event::Command(None) => break,
+                Event::MonitorRequest(None) => break,
                 // The proxy's hot path stays unboxed.
-                Event::Command(Some(Command::Token(reply))) => self.give_token(reply),
-                Event::Command(Some(cmd)) => Box::pin(self.handle(cmd)).await,
+                Event::MonitorRequest(Some(MonitorRequest::Token(reply))) => self.give_token(reply),
+                Event::MonitorRequest(Some(cmd)) => Box::pin(self.handle(cmd)).await,
                 Event::Done(out) => {
                     self.in_flight = None;
                     self.apply(*out);
@@ -590,10 +590,10 @@ impl Monitor {
         }
     }
 
-    async fn handle(&mut self, cmd: Command) {
+    async fn handle(&mut self, cmd: MonitorRequest) {
         let now = self.ctx.clock.now();
         match cmd {
-            Command::Trigger(t) => {
+            MonitorRequest::Trigger(t) => {
                 if self.machine.on_trigger(t, now, &self.ctx.policy, jitter()) {
                     self.triggered = true;
                     tracing::info!(workload = %self.name(), "retrying now: {}", t.describe());
@@ -602,12 +602,12 @@ impl Monitor {
                     tracing::debug!(workload = %self.name(), trigger = ?t, "trigger ignored");
                 }
             }
-            Command::Token(reply) => self.give_token(reply),
-            Command::Rejected(r) => {
+            MonitorRequest::Token(reply) => self.give_token(reply),
+            MonitorRequest::Rejected(r) => {
                 let (used, reply) = *r;
                 self.on_rejected(used, reply)
             }
-            Command::Reload => {
+            MonitorRequest::Reload => {
                 match self.ctx.store.load_login(&self.ctx.workload).await {
                     Ok(t) => {
                         tracing::info!(workload = %self.name(), logged_in = matches!(t, Login::Ready(_)), "stored tokens reloaded");
@@ -626,8 +626,8 @@ impl Monitor {
                 self.publish(false, false);
                 self.answer_waiters();
             }
-            Command::Logout(reply) => self.logout(reply).await,
-            Command::InsufficientScope(c) => {
+            MonitorRequest::Logout(reply) => self.logout(reply).await,
+            MonitorRequest::InsufficientScope(c) => {
                 let (used, scopes, reply) = *c;
                 let _ = reply.send(self.on_insufficient_scope(used, scopes));
             }
@@ -1218,18 +1218,21 @@ mod tests {
         assert_eq!(st.name, "w1");
         assert_eq!(st.token_endpoint, "http://127.0.0.1:9/token");
 
-        s.send(Command::Reload).unwrap();
+        s.send(MonitorRequest::Reload).unwrap();
         for _ in 0..100 {
-            s.offer(Command::Trigger(Trigger::User));
+            s.offer(MonitorRequest::Trigger(Trigger::User));
         }
         assert_eq!(s.lock().commands.len(), OFFER_LIMIT);
         // `send` is not bounded by the offer limit: a caller waits on its reply.
         let (tx, mut rx) = oneshot::channel();
-        s.send(Command::Token(tx)).unwrap();
-        assert!(matches!(s.next_command().await, Some(Command::Reload)));
+        s.send(MonitorRequest::Token(tx)).unwrap();
         assert!(matches!(
             s.next_command().await,
-            Some(Command::Trigger(Trigger::User))
+            Some(MonitorRequest::Reload)
+        ));
+        assert!(matches!(
+            s.next_command().await,
+            Some(MonitorRequest::Trigger(Trigger::User))
         ));
 
         // A command sent while the monitor waits wakes it.
@@ -1240,7 +1243,7 @@ mod tests {
             async move { s.next_command().await.is_some() }
         });
         tokio::task::yield_now().await;
-        s.send(Command::Reload).unwrap();
+        s.send(MonitorRequest::Reload).unwrap();
         assert!(waiter.await.unwrap());
 
         // A token request cleared from the queue is answered as "stopped" (its
@@ -1253,15 +1256,15 @@ mod tests {
         // Closing drops what is queued, wakes a waiting monitor with `None`, and
         // refuses what comes after.
         let (tx, mut queued) = oneshot::channel();
-        s.send(Command::Token(tx)).unwrap();
+        s.send(MonitorRequest::Token(tx)).unwrap();
         s.close();
         assert!(matches!(
             queued.try_recv(),
             Err(oneshot::error::TryRecvError::Closed)
         ));
         assert!(s.next_command().await.is_none());
-        assert!(s.send(Command::Reload).is_err());
-        s.offer(Command::Reload);
+        assert!(s.send(MonitorRequest::Reload).is_err());
+        s.offer(MonitorRequest::Reload);
         assert!(s.lock().commands.is_empty());
 
         // "Stop" reaches a monitor that is waiting for commands.

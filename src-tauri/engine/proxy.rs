@@ -45,7 +45,7 @@ pub mod peer;
 #[cfg(target_os = "linux")]
 pub mod quickack;
 
-use crate::monitor::{Command, MonitorShared, TokenError};
+use crate::monitor::{MonitorRequest, MonitorShared, TokenError};
 use crate::policy::Policy;
 use crate::secret::Secret;
 use crate::status::WorkloadStatus;
@@ -787,8 +787,8 @@ impl Shared {
         }
         let (tx, rx) = oneshot::channel();
         let cmd = match rejected {
-            Some(t) => Command::Rejected(Box::new((t, tx))),
-            None => Command::Token(tx),
+            Some(t) => MonitorRequest::Rejected(Box::new((t, tx))),
+            None => MonitorRequest::Token(tx),
         };
         let stopped = || TokenError::Stopped {
             name: self.ctx.name.clone(),
@@ -1063,7 +1063,7 @@ impl Shared {
         let gave_up = if self
             .ctx
             .monitor
-            .send(Command::InsufficientScope(Box::new((
+            .send(MonitorRequest::InsufficientScope(Box::new((
                 used,
                 scopes.clone(),
                 tx,

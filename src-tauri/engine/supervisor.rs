@@ -13,7 +13,7 @@
 use crate::clock::Clock;
 use crate::config::{Config, WorkloadConfig};
 use crate::machine::{Status, Trigger};
-use crate::monitor::{self, Command, MonitorCtx, MonitorHandle, Report, TokenError};
+use crate::monitor::{self, MonitorCtx, MonitorHandle, MonitorRequest, Report, TokenError};
 use crate::oauth;
 use crate::policy::Policy;
 use crate::secret::Secret;
@@ -67,7 +67,7 @@ impl EngineError {
 }
 
 #[allow(clippy::large_enum_variant)] // one short-lived message per request
-enum Cmd {
+enum EngineRequest {
     Status(oneshot::Sender<Vec<WorkloadStatus>>),
     Retry(
         Option<String>,
@@ -96,7 +96,7 @@ enum Cmd {
 /// Cloneable handle to the running engine.
 #[derive(Clone)]
 pub struct Engine {
-    tx: mpsc::Sender<Cmd>,
+    tx: mpsc::Sender<EngineRequest>,
     signals: mpsc::Sender<Signal>,
     events: broadcast::Sender<StatusChange>,
     cancel: CancellationToken,
@@ -179,7 +179,10 @@ impl Engine {
         }
     }
 
-    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Cmd) -> Result<T, EngineError> {
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> EngineRequest,
+    ) -> Result<T, EngineError> {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(make(tx))
@@ -198,7 +201,7 @@ impl Engine {
     }
 
     pub async fn status(&self) -> Result<Vec<WorkloadStatus>, EngineError> {
-        self.ask(Cmd::Status).await
+        self.ask(EngineRequest::Status).await
     }
 
     /// "Retry now" for one workload, or all (`None`). Returns the names asked.
@@ -212,7 +215,8 @@ impl Engine {
         trigger: Trigger,
     ) -> Result<Vec<String>, EngineError> {
         let name = name.map(str::to_string);
-        self.ask(|tx| Cmd::Retry(name, trigger, tx)).await?
+        self.ask(|tx| EngineRequest::Retry(name, trigger, tx))
+            .await?
     }
 
     /// A valid access token, refreshing (single-flight) if needed.
@@ -223,7 +227,7 @@ impl Engine {
     /// [`Engine::token`] with the time the token expires at.
     pub async fn granted(&self, name: &str) -> Result<monitor::Granted, EngineError> {
         let n = name.to_string();
-        let rx = self.ask(|tx| Cmd::Token(n, tx)).await??;
+        let rx = self.ask(|tx| EngineRequest::Token(n, tx)).await??;
         Ok(rx.await.map_err(|_| EngineError::Stopped)??)
     }
 
@@ -232,7 +236,7 @@ impl Engine {
     /// the workload shows "signed out".
     pub async fn logout(&self, name: &str) -> Result<(), EngineError> {
         let n = name.to_string();
-        let rx = self.ask(|tx| Cmd::Logout(n, tx)).await??;
+        let rx = self.ask(|tx| EngineRequest::Logout(n, tx)).await??;
         rx.await.map_err(|_| EngineError::Stopped)?.map_err(|e| {
             EngineError::Store(format!(
                 "signed out, but the stored tokens could not be deleted: {e}"
@@ -246,7 +250,8 @@ impl Engine {
         config: Option<Config>,
         names: Vec<String>,
     ) -> Result<(), EngineError> {
-        self.ask(|tx| Cmd::Reload(config, names, tx)).await?
+        self.ask(|tx| EngineRequest::Reload(config, names, tx))
+            .await?
     }
 
     /// Stop every monitor (in-flight refreshes finish and save), write the state file.
@@ -288,7 +293,7 @@ struct Supervisor {
 impl Supervisor {
     async fn run(
         mut self,
-        mut rx: mpsc::Receiver<Cmd>,
+        mut rx: mpsc::Receiver<EngineRequest>,
         mut reports: mpsc::UnboundedReceiver<Report>,
         mut signals: mpsc::Receiver<Signal>,
         cancel: CancellationToken,
@@ -553,7 +558,7 @@ impl Supervisor {
     /// Offer a trigger to every monitor; each one's state machine decides.
     fn broadcast_trigger(&self, trigger: Trigger) {
         for m in self.monitors.values() {
-            m.shared.offer(Command::Trigger(trigger));
+            m.shared.offer(MonitorRequest::Trigger(trigger));
         }
     }
 
@@ -568,14 +573,15 @@ impl Supervisor {
                 continue;
             }
             if m.shared.in_failure_episode() {
-                m.shared.offer(Command::Trigger(Trigger::IssuerRecovered));
+                m.shared
+                    .offer(MonitorRequest::Trigger(Trigger::IssuerRecovered));
             }
         }
     }
 
-    async fn handle(&mut self, cmd: Cmd) {
+    async fn handle(&mut self, cmd: EngineRequest) {
         match cmd {
-            Cmd::Status(reply) => {
+            EngineRequest::Status(reply) => {
                 let list = self
                     .monitors
                     .values()
@@ -587,7 +593,7 @@ impl Supervisor {
                     .collect();
                 let _ = reply.send(list);
             }
-            Cmd::Retry(name, trigger, reply) => {
+            EngineRequest::Retry(name, trigger, reply) => {
                 let targets: Vec<String> = match name {
                     Some(n) if self.monitors.contains_key(&n) => vec![n],
                     Some(n) => {
@@ -599,15 +605,15 @@ impl Supervisor {
                 for t in &targets {
                     if let Some(m) = self.monitors.get(t) {
                         // A monitor with a backlog gains nothing from another copy.
-                        m.shared.offer(Command::Trigger(trigger));
+                        m.shared.offer(MonitorRequest::Trigger(trigger));
                     }
                 }
                 let _ = reply.send(Ok(targets));
             }
-            Cmd::Token(name, reply) => match self.monitors.get(&name) {
+            EngineRequest::Token(name, reply) => match self.monitors.get(&name) {
                 Some(m) => {
                     let (tx, rx) = oneshot::channel();
-                    let r = match m.shared.send(Command::Token(tx)) {
+                    let r = match m.shared.send(MonitorRequest::Token(tx)) {
                         Ok(()) => Ok(rx),
                         Err(_) => Err(EngineError::Stopped),
                     };
@@ -617,10 +623,10 @@ impl Supervisor {
                     let _ = reply.send(Err(EngineError::UnknownWorkload(name)));
                 }
             },
-            Cmd::Logout(name, reply) => match self.monitors.get(&name) {
+            EngineRequest::Logout(name, reply) => match self.monitors.get(&name) {
                 Some(m) => {
                     let (tx, rx) = oneshot::channel();
-                    let r = match m.shared.send(Command::Logout(tx)) {
+                    let r = match m.shared.send(MonitorRequest::Logout(tx)) {
                         Ok(()) => Ok(rx),
                         Err(_) => Err(EngineError::Stopped),
                     };
@@ -630,13 +636,13 @@ impl Supervisor {
                     let _ = reply.send(Err(EngineError::UnknownWorkload(name)));
                 }
             },
-            Cmd::Reload(config, names, reply) => {
+            EngineRequest::Reload(config, names, reply) => {
                 if let Some(cfg) = config {
                     self.apply_config(cfg).await;
                 }
                 for n in &names {
                     if let Some(m) = self.monitors.get(n) {
-                        let _ = m.shared.send(Command::Reload);
+                        let _ = m.shared.send(MonitorRequest::Reload);
                     }
                 }
                 let _ = reply.send(Ok(()));

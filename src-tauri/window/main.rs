@@ -162,10 +162,12 @@ async fn window(dir: PathBuf) -> Result<(), Failure> {
     // Subscribed before the page asks for the list: no change can fall in between.
     events.start_ui_events().await?;
     let rt = tokio::runtime::Handle::current();
-    Ok(tokio::task::block_in_place(move || run(dir, events, rt))?)
+    Ok(tokio::task::block_in_place(move || {
+        run_window(dir, events, rt)
+    })?)
 }
 
-fn run(dir: PathBuf, events: Client, rt: tokio::runtime::Handle) -> anyhow::Result<()> {
+fn run_window(dir: PathBuf, events: Client, rt: tokio::runtime::Handle) -> anyhow::Result<()> {
     #[cfg(target_os = "linux")]
     if let Err(e) = gtk::init() {
         anyhow::bail!("the display cannot be opened: {e}");
