@@ -172,27 +172,117 @@ pub struct Effect {
 }
 
 #[derive(Clone, Debug, PartialEq)]
+/// The fields are the machine's own: the monitor drives it through its transitions
+/// (`on_*`), the restores below and reads it through the accessors.
 pub struct Machine {
-    pub phase: Phase,
-    pub since: SystemTime,
-    pub access_expires_at: Option<SystemTime>,
-    pub episode: Option<Box<Episode>>,
-    pub last_error: Option<Box<Failure>>,
-    pub due: Due,
-    pub last_trigger: Option<Trigger>,
+    phase: Phase,
+    since: SystemTime,
+    access_expires_at: Option<SystemTime>,
+    episode: Option<Box<Episode>>,
+    last_error: Option<Box<Failure>>,
+    due: Due,
+    last_trigger: Option<Trigger>,
     /// Token bucket for network-triggered attempts (see `Policy::network_burst`).
-    pub net_budget: f64,
+    net_budget: f64,
     /// Awake time at which `net_budget` was last brought up to date.
-    pub net_budget_at: Duration,
+    net_budget_at: Duration,
     /// The current attempt was caused by a network change: if it fails to connect,
     /// one quick follow-up is allowed (DNS or routes may not have been ready).
-    pub followup_armed: bool,
+    followup_armed: bool,
     /// The login has a refresh token (or there is no login yet). `false`: see
     /// [`Machine::without_refresh`].
-    pub renewable: bool,
+    renewable: bool,
+}
+
+/// What a restart brings back of a workload's last known state (the state file).
+#[derive(Clone, Debug)]
+pub struct Restored {
+    pub phase: Phase,
+    pub since: SystemTime,
+    pub last_error: Option<Box<Failure>>,
+    pub episode: Option<Box<Episode>>,
 }
 
 impl Machine {
+    pub fn phase(&self) -> &Phase {
+        &self.phase
+    }
+    pub fn since(&self) -> SystemTime {
+        self.since
+    }
+    pub fn access_expires_at(&self) -> Option<SystemTime> {
+        self.access_expires_at
+    }
+    pub fn episode(&self) -> Option<&Episode> {
+        self.episode.as_deref()
+    }
+    pub fn last_error(&self) -> Option<&Failure> {
+        self.last_error.as_deref()
+    }
+    pub fn due(&self) -> &Due {
+        &self.due
+    }
+    pub fn last_trigger(&self) -> Option<Trigger> {
+        self.last_trigger
+    }
+    /// The login has a refresh token (or there is none yet).
+    pub fn renewable(&self) -> bool {
+        self.renewable
+    }
+
+    /// Show the last known state until the store has been read (not "not logged in").
+    pub fn show_restored(&mut self, r: Restored) {
+        self.phase = r.phase;
+        self.since = r.since;
+        self.last_error = r.last_error;
+        self.episode = r.episode;
+    }
+
+    /// A verdict (or give-up) newer than the stored login stands: nothing is due.
+    pub fn keep_verdict(&mut self, r: Restored) {
+        self.phase = r.phase;
+        self.since = r.since;
+        self.last_error = r.last_error;
+        self.due = Due::Never;
+    }
+
+    /// A failure episode under way before a restart goes on, with an attempt now.
+    pub fn resume_episode(&mut self, r: Restored) {
+        self.show_restored(r);
+        self.due = Due::Now;
+    }
+
+    /// Keep "running since" across a restart.
+    pub fn keep_since(&mut self, since: SystemTime) {
+        self.since = since;
+    }
+
+    /// A persisted status, shown without a running monitor (nothing due).
+    pub fn offline(now: Now, r: Restored, renewable: bool) -> Self {
+        let mut m = Machine::no_login(now);
+        m.keep_verdict(r);
+        m.renewable = renewable;
+        m
+    }
+
+    /// Needs the user for `why`, whatever was before (signed out, a login of another
+    /// configuration).
+    pub fn unauthenticated(now: Now, why: Unauth) -> Self {
+        let mut m = Machine::no_login(now);
+        m.phase = Phase::Unauthenticated(why);
+        m
+    }
+
+    /// The remote refused the access token: it is useless whatever its expiry said.
+    pub fn access_token_refused(&mut self, now: Now) {
+        self.access_expires_at = Some(now.wall);
+    }
+
+    /// A login without a refresh token: next due when its access token ends.
+    pub fn due_at_expiry(&mut self, expires_at: Option<SystemTime>) {
+        self.due = expires_at.map_or(Due::Never, Due::Wall);
+    }
+
     /// A workload with no login yet.
     pub fn no_login(now: Now) -> Self {
         Machine {

@@ -28,7 +28,7 @@
 use crate::classify::{Failure, FailureKind};
 use crate::clock::Clock;
 use crate::config::WorkloadConfig;
-use crate::machine::{Due, Machine, Phase, Status, Trigger, Unauth};
+use crate::machine::{Machine, Phase, Status, Trigger, Unauth};
 use crate::oauth;
 use crate::policy::Policy;
 use crate::secret::Secret;
@@ -356,10 +356,7 @@ pub fn spawn(
     // Until the store has been read, show the last known state (not "not logged in").
     let mut machine = Machine::no_login(now);
     if let Some(r) = &restored {
-        machine.phase = r.phase.clone();
-        machine.since = crate::status::from_ms(r.since_ms);
-        machine.last_error = r.last_error.clone();
-        machine.episode = r.restore_episode(now);
+        machine.show_restored(r.restored(now));
     }
     let initial = view(
         &ctx.workload.name,
@@ -505,21 +502,14 @@ impl Monitor {
             Phase::Unauthenticated(Unauth::Verdict { .. } | Unauth::Ceiling { .. })
                 if r.since_ms / 1000 >= tokens.obtained_at =>
             {
-                self.machine.phase = r.phase.clone();
-                self.machine.since = crate::status::from_ms(r.since_ms);
-                self.machine.last_error = r.last_error.clone();
-                self.machine.due = Due::Never;
+                self.machine.keep_verdict(r.restored(now));
             }
             Phase::Running | Phase::Retrying if r.episode.is_some() => {
-                self.machine.phase = r.phase.clone();
-                self.machine.since = crate::status::from_ms(r.since_ms);
-                self.machine.last_error = r.last_error.clone();
-                self.machine.episode = r.restore_episode(now);
-                self.machine.due = Due::Now;
+                self.machine.resume_episode(r.restored(now));
             }
             Phase::Running => {
                 // Keep "running since" across a restart.
-                self.machine.since = crate::status::from_ms(r.since_ms);
+                self.machine.keep_since(crate::status::from_ms(r.since_ms));
             }
             _ => {}
         }
@@ -532,10 +522,12 @@ impl Monitor {
             Login::Missing => None,
             Login::Elsewhere { changed } => {
                 tracing::warn!(workload = %self.name(), changed = %changed.join(", "), "the stored login was made with another configuration; not using it (log in again)");
-                self.machine = Machine::no_login(now);
-                self.machine.phase = Phase::Unauthenticated(Unauth::ConfigChanged {
-                    changed: Box::new(changed.into_iter().map(String::from).collect()),
-                });
+                self.machine = Machine::unauthenticated(
+                    now,
+                    Unauth::ConfigChanged {
+                        changed: Box::new(changed.into_iter().map(String::from).collect()),
+                    },
+                );
                 self.tokens = None;
                 return;
             }
@@ -573,7 +565,7 @@ impl Monitor {
             Some(t) if t.refresh_token.is_none() => {
                 let now = self.ctx.clock.now();
                 if self.machine.access_token_valid(now) {
-                    self.machine.due = t.expires_at().map_or(Due::Never, Due::Wall);
+                    self.machine.due_at_expiry(t.expires_at());
                 } else {
                     self.token_ended(false);
                 }
@@ -583,7 +575,7 @@ impl Monitor {
                     return;
                 }
                 let t = self.tokens.clone().expect("matched Some above");
-                tracing::debug!(workload = %self.name(), trigger = ?self.machine.last_trigger, "refresh starting");
+                tracing::debug!(workload = %self.name(), trigger = ?self.machine.last_trigger(), "refresh starting");
                 self.triggered = false;
                 self.in_flight = Some(Box::pin(attempt(ctx, t, self.writes.clone())));
             }
@@ -724,8 +716,7 @@ impl Monitor {
         self.unsaved = None;
         self.triggered = false;
         if self.machine.status() != Status::Stopped {
-            self.machine = Machine::no_login(now);
-            self.machine.phase = Phase::Unauthenticated(Unauth::SignedOut);
+            self.machine = Machine::unauthenticated(now, Unauth::SignedOut);
         }
         // Nobody (the local proxy, a `token` caller) gets the access token from now on.
         self.publish(false, false);
@@ -753,7 +744,7 @@ impl Monitor {
     /// the ceiling always go out.
     fn borrow_sibling_failure(&mut self) -> bool {
         let now = self.ctx.clock.now();
-        let Some(ep) = &self.machine.episode else {
+        let Some(ep) = self.machine.episode() else {
             return false;
         };
         if self.triggered
@@ -796,7 +787,7 @@ impl Monitor {
     /// it ends.
     fn give_token(&mut self, reply: TokenReply) {
         let now = self.ctx.clock.now();
-        if !self.machine.renewable
+        if !self.machine.renewable()
             && self.machine.status() == Status::Running
             && !self.machine.access_token_valid(now)
         {
@@ -812,7 +803,7 @@ impl Monitor {
             if self.machine.access_token_valid(now) && self.in_flight.is_none() {
                 let _ = reply.send(Ok(Granted {
                     token: t.access_token.clone(),
-                    expires_at: self.machine.access_expires_at,
+                    expires_at: self.machine.access_expires_at(),
                 }));
                 return;
             }
@@ -844,7 +835,7 @@ impl Monitor {
     fn on_rejected(&mut self, used: Secret, reply: TokenReply) {
         let current = self.tokens.as_ref().map(|t| &t.access_token);
         if current == Some(&used)
-            && !self.machine.renewable
+            && !self.machine.renewable()
             && self.machine.status() == Status::Running
         {
             tracing::info!(workload = %self.name(), "the remote rejected the access token, and there is no refresh token to renew it with");
@@ -880,7 +871,7 @@ impl Monitor {
             self.rejected_refreshes = (count + 1, since);
             self.triggered = true;
             // The token is useless whatever its expiry said.
-            self.machine.access_expires_at = Some(now.wall);
+            self.machine.access_token_refused(now);
             self.publish(false, false);
             self.waiters.push(reply);
         } else {
@@ -909,7 +900,7 @@ impl Monitor {
         let result = match &self.tokens {
             Some(t) if self.machine.access_token_valid(now) => Ok(Granted {
                 token: t.access_token.clone(),
-                expires_at: self.machine.access_expires_at,
+                expires_at: self.machine.access_expires_at(),
             }),
             _ => Err(self.token_error()),
         };
@@ -1024,7 +1015,7 @@ impl Monitor {
                 if matches!(status.status, Status::Running | Status::Retrying)
                     && self.machine.access_token_valid(now) =>
             {
-                Some((t.access_token.clone(), self.machine.access_expires_at))
+                Some((t.access_token.clone(), self.machine.access_expires_at()))
             }
             _ => None,
         };

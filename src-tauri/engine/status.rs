@@ -159,9 +159,9 @@ pub fn view(
     now: Now,
     policy: &Policy,
 ) -> WorkloadStatus {
-    let (reason, hint) = match &m.phase {
-        Phase::Running => (m.last_error.as_deref().map(Failure::reason), None),
-        Phase::Retrying => (m.last_error.as_deref().map(Failure::reason), None),
+    let (reason, hint) = match m.phase() {
+        Phase::Running => (m.last_error().map(Failure::reason), None),
+        Phase::Retrying => (m.last_error().map(Failure::reason), None),
         Phase::Unauthenticated(Unauth::Verdict { failure }) => {
             (Some(failure.reason()), failure.hint())
         }
@@ -202,7 +202,7 @@ pub fn view(
         Phase::Stopped => (Some("disabled in workloads.toml".into()), None),
     };
     let mut detail = m.detail(policy);
-    if let Some(t) = m.last_trigger {
+    if let Some(t) = m.last_trigger() {
         let d = format!("last attempt: {}", t.describe());
         detail = Some(match detail {
             Some(x) => format!("{x}; {d}"),
@@ -215,17 +215,17 @@ pub fn view(
         reason,
         detail,
         hint,
-        since: rfc3339(m.since),
+        since: rfc3339(m.since()),
         next_attempt_at: m.next_attempt_at(now).and_then(rfc3339),
-        access_token_expires_at: m.access_expires_at.and_then(rfc3339),
+        access_token_expires_at: m.access_expires_at().and_then(rfc3339),
         gives_up_at: m.gives_up_at(now, policy).and_then(rfc3339),
         access_token_valid: m.access_token_valid(now),
-        attempts: m.episode.as_ref().map(|e| e.attempts).unwrap_or(0),
+        attempts: m.episode().map(|e| e.attempts).unwrap_or(0),
         token_endpoint: token_endpoint.to_string(),
         local_url: None,
         proxy_error: None,
         live: true,
-        can_renew: m.renewable,
+        can_renew: m.renewable(),
         needs_scopes: Vec::new(),
     }
 }
@@ -273,23 +273,33 @@ pub fn from_ms(ms: u64) -> SystemTime {
 impl Persisted {
     pub fn capture(m: &Machine, now: Now) -> Self {
         Persisted {
-            phase: m.phase.clone(),
-            since_ms: unix_ms(m.since),
-            last_error: m.last_error.clone(),
-            episode: m.episode.as_ref().map(|e| PersistedEpisode {
+            phase: m.phase().clone(),
+            since_ms: unix_ms(m.since()),
+            last_error: m.last_error().cloned().map(Box::new),
+            episode: m.episode().map(|e| PersistedEpisode {
                 started_ms: unix_ms(e.started_wall),
                 awake_spent_ms: e.awake_spent(now).as_millis() as u64,
                 attempts: e.attempts,
                 retrying_attempts: e.retrying_attempts,
             }),
             saved_at_ms: unix_ms(now.wall),
-            can_renew: m.renewable,
+            can_renew: m.renewable(),
             step_up: None,
         }
     }
 
     /// Rebuild the failure episode in a new process: the ceiling continues from the
     /// awake time already spent, and one attempt is owed right after the restart.
+    /// What a restart brings back of this record.
+    pub fn restored(&self, now: Now) -> crate::machine::Restored {
+        crate::machine::Restored {
+            phase: self.phase.clone(),
+            since: from_ms(self.since_ms),
+            last_error: self.last_error.clone(),
+            episode: self.restore_episode(now),
+        }
+    }
+
     pub fn restore_episode(&self, now: Now) -> Option<Box<Episode>> {
         self.episode.as_ref().map(|e| {
             Box::new(Episode {
@@ -312,15 +322,11 @@ impl Persisted {
         policy: &Policy,
     ) -> WorkloadStatus {
         let now_wall = SystemTime::now();
-        let mut m = Machine::no_login(Now {
+        let now = Now {
             wall: now_wall,
             awake: Duration::ZERO,
-        });
-        m.phase = self.phase.clone();
-        m.since = from_ms(self.since_ms);
-        m.last_error = self.last_error.clone();
-        m.due = crate::machine::Due::Never;
-        m.renewable = self.can_renew;
+        };
+        let m = Machine::offline(now, self.restored(now), self.can_renew);
         let mut v = view(
             name,
             token_endpoint,
