@@ -117,7 +117,7 @@ pub async fn dispatch(shell: Arc<Shell>, cmd: UiCommand) -> Result<serde_json::V
 /// A second launch of the app asks for the window (`hidden`: it was started for the
 /// tray only, and asks for nothing).
 pub fn show_window(shell: &Shell, hidden: bool) -> Result<WindowAnswer, Error> {
-    if shell.quitting.load(std::sync::atomic::Ordering::Acquire) {
+    if shell.quitting() {
         return Err(Error::new(ErrorCode::Quitting, "Tokenwarden is quitting"));
     }
     if hidden {

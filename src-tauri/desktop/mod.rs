@@ -150,14 +150,22 @@ pub struct Shell {
     events: tokio::sync::broadcast::Sender<UiEvent>,
     /// The tray exists (its menu is then kept up to date).
     tray_made: AtomicBool,
-    /// The window's process while it runs.
-    window: Mutex<Option<WindowProcess>>,
-    /// The demo started by "Try the demo", while it runs (a process of its own).
-    demo_process: Mutex<Option<DemoProcess>>,
-    /// The tray's loop ended: no new window.
-    quitting: AtomicBool,
+    /// The processes this app starts, and whether it is quitting, under one lock: a
+    /// window or demo is never started once the quit has begun.
+    children: Mutex<Children>,
     /// The runtime the engine runs on (the window's process is watched there).
     rt: tokio::runtime::Handle,
+}
+
+/// The window's and the demo's process, and the quit that ends them.
+#[derive(Default)]
+struct Children {
+    /// The window's process while it runs.
+    window: Option<WindowProcess>,
+    /// The demo started by "Try the demo", while it runs (a process of its own).
+    demo: Option<DemoProcess>,
+    /// The tray's loop ended: no new window, no new demo.
+    quitting: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -177,6 +185,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shell {
+    /// The app began to quit (no new window or demo).
+    pub fn quitting(&self) -> bool {
+        lock(&self.children).quitting
+    }
+
     pub fn new(backend: Backend, paths: Paths, control_paths: Paths) -> Shell {
         let prefs_file = match &backend {
             Backend::Real { .. } => Some(paths.config_dir.join("desktop.json")),
@@ -204,9 +217,7 @@ impl Shell {
             config_edits: tokio::sync::watch::Sender::new(ConfigEdits::default()),
             events: tokio::sync::broadcast::Sender::new(256),
             tray_made: AtomicBool::new(false),
-            window: Mutex::new(None),
-            demo_process: Mutex::new(None),
-            quitting: AtomicBool::new(false),
+            children: Mutex::new(Children::default()),
             rt: tokio::runtime::Handle::current(),
         }
     }
@@ -444,10 +455,11 @@ pub fn show_window(shell: &Shell) -> WindowShown {
         notify::show_problem("Tokenwarden cannot open its window", &why);
         WindowShown::Unavailable(why)
     };
-    if shell.quitting.load(Ordering::Acquire) {
+    let mut children = lock(&shell.children);
+    if children.quitting {
         return WindowShown::Unavailable("Tokenwarden is quitting".into());
     }
-    let mut slot = lock(&shell.window);
+    let slot = &mut children.window;
     // A window that is closing cannot come to the front: a new one is started (the
     // closing one ends by itself).
     if slot
@@ -547,7 +559,11 @@ struct WindowProcess {
 
 /// The window's process says its window was closed (`window_closing`).
 fn window_closing(shell: &Shell, pid: u32) {
-    if let Some(w) = lock(&shell.window).as_mut().filter(|w| w.pid == Some(pid)) {
+    if let Some(w) = lock(&shell.children)
+        .window
+        .as_mut()
+        .filter(|w| w.pid == Some(pid))
+    {
         w.closing = true;
     }
 }
@@ -555,7 +571,7 @@ fn window_closing(shell: &Shell, pid: u32) {
 /// Close the window's process (the app quits): it ends by itself once the control
 /// socket closes; one that has not within two seconds is killed.
 async fn close_window(shell: &Shell) {
-    let Some(mut w) = lock(&shell.window).take() else {
+    let Some(mut w) = lock(&shell.children).window.take() else {
         return;
     };
     let wait = std::time::Duration::from_secs(2);
@@ -593,13 +609,17 @@ pub struct DemoStarted {
 /// dir, or bring the running one's window to the front. The demo removes its dir when
 /// it ends; this app removes it too once the process is gone (killed, say).
 pub async fn start_demo(shell: &Shell) -> Result<DemoStarted, String> {
-    if shell.quitting.load(Ordering::Acquire) {
-        return Err("Tokenwarden is quitting".into());
-    }
-    let running = lock(&shell.demo_process)
-        .as_ref()
-        .filter(|d| !*d.done.borrow())
-        .map(|d| d.dir.clone());
+    let running = {
+        let children = lock(&shell.children);
+        if children.quitting {
+            return Err("Tokenwarden is quitting".into());
+        }
+        children
+            .demo
+            .as_ref()
+            .filter(|d| !*d.done.borrow())
+            .map(|d| d.dir.clone())
+    };
     if let Some(dir) = running {
         let paths = Paths::resolve(Some(dir.clone())).map_err(|e| format!("{e:#}"))?;
         return match ask_first(&paths, false).await {
@@ -679,11 +699,19 @@ pub async fn start_demo(shell: &Shell) -> Result<DemoStarted, String> {
         }
         let _ = done_tx.send(true);
     });
-    *lock(&shell.demo_process) = Some(DemoProcess {
-        dir: dir.clone(),
-        done,
-        stop: Some(stop),
-    });
+    {
+        let mut children = lock(&shell.children);
+        if children.quitting {
+            // The app began to quit while the demo started: it stops with it.
+            let _ = stop.send(());
+            return Err("Tokenwarden is quitting".into());
+        }
+        children.demo = Some(DemoProcess {
+            dir: dir.clone(),
+            done,
+            stop: Some(stop),
+        });
+    }
     Ok(DemoStarted {
         state: "started",
         dir: dir.display().to_string(),
@@ -692,7 +720,7 @@ pub async fn start_demo(shell: &Shell) -> Result<DemoStarted, String> {
 
 /// The app quits: the demo it started quits too, and its dir goes.
 async fn stop_demo(shell: &Shell) {
-    let Some(mut d) = lock(&shell.demo_process).take() else {
+    let Some(mut d) = lock(&shell.children).demo.take() else {
         return;
     };
     if let Some(stop) = d.stop.take() {
@@ -1079,7 +1107,7 @@ async fn serve(
     let s = shell.clone();
     let quit = shutdown.clone();
     let result = tokio::task::block_in_place(move || run_app(s, rt, start_hidden, quit));
-    shell.quitting.store(true, Ordering::Release);
+    lock(&shell.children).quitting = true;
     // The engine, the control socket and the lock: stopped by the service.
     shutdown.cancel();
     stop_demo(&shell).await;
