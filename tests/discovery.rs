@@ -382,28 +382,37 @@ async fn bad_metadata_is_refused_clearly_and_nothing_is_written() {
         issuer.set_metadata_mode(MetadataMode::Good);
         remote.set_prm_mode(PrmMode::Good);
         let mut url = remote.url();
-        let what = match break_it {
+        // The URL the error must name: the document that was wrong, or what it named.
+        let origin = |u: &str| {
+            let u = url::Url::parse(u).unwrap();
+            u.origin().ascii_serialization()
+        };
+        let (what, named) = match break_it {
             Break::As(m) => {
                 let w = format!("{m:?}");
                 issuer.set_metadata_mode(m);
-                w
+                (w, origin(&issuer.issuer()))
             }
             Break::Prm(m) => {
                 let w = format!("{m:?}");
+                let named = match &m {
+                    PrmMode::AuthorizationServer(u) => u.clone(),
+                    _ => origin(&remote.url()),
+                };
                 remote.set_prm_mode(m);
-                w
+                (w, named)
             }
             Break::Url(u) => {
                 url = u.to_string();
-                u.to_string()
+                (u.to_string(), u.to_string())
             }
         };
         let out = add(&env, &["bad", "--url", &url]).await;
         assert_eq!(out.code, Some(1), "{what}: {out:?}");
         assert!(out.stdout.is_empty(), "{what}: no login started");
         assert!(
-            out.stderr.contains(needle) && out.stderr.contains("http://"),
-            "{what}: {} should say {needle} and name the URL",
+            out.stderr.contains(needle) && out.stderr.contains(&named),
+            "{what}: {} should say {needle} and name {named}",
             out.stderr
         );
         assert_eq!(read(&env.config_file()), before, "{what}: config untouched");
