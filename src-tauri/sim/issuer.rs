@@ -1384,6 +1384,11 @@ impl Inner {
         let verifier = form.required("code_verifier")?;
 
         let mut tokens = lock(&self.tokens);
+        // So is the PKCE verifier the client proved it with (one of RFC 7636's length:
+        // a test's deliberately malformed one is not a secret worth scanning for).
+        if (43..=128).contains(&verifier.len()) {
+            tokens.append_ledger(verifier);
+        }
         let now = Instant::now();
         let Some(entry) = tokens.codes.get(code) else {
             return Err(invalid_grant("unknown authorization code"));
@@ -2184,6 +2189,8 @@ async fn authorize(State(inner): State<Arc<Inner>>, RawQuery(query): RawQuery) -
     {
         let mut tokens = lock(&inner.tokens);
         tokens.purge_expired_codes();
+        // An authorization code is a secret of its own (the leak scan checks for it).
+        tokens.append_ledger(&code);
         tokens.codes.insert(
             code.clone(),
             CodeEntry {
