@@ -404,7 +404,7 @@ async fn pending_or(f: &mut Option<InFlight>) -> Outcome {
 }
 
 enum Event {
-    MonitorRequest(Option<MonitorRequest>),
+    Request(Option<MonitorRequest>),
     /// (Boxed: the event is part of every idle task's state.)
     Done(Box<Outcome>),
     Tick,
@@ -438,15 +438,15 @@ impl Monitor {
                 self.machine.time_until_due(now).map_or(cap, |d| d.min(cap))
             };
             let event = tokio::select! {
-                cmd = self.shared.next_command() => Event::MonitorRequest(cmd),
+                cmd = self.shared.next_command() => Event::Request(cmd),
                 out = pending_or(&mut self.in_flight) => Event::Done(Box::new(out)),
                 _ = tokio::time::sleep(wait) => Event::Tick,
             };
             match event {
-                Event::MonitorRequest(None) => break,
+                Event::Request(None) => break,
                 // The proxy's hot path stays unboxed.
-                Event::MonitorRequest(Some(MonitorRequest::Token(reply))) => self.give_token(reply),
-                Event::MonitorRequest(Some(cmd)) => Box::pin(self.handle(cmd)).await,
+                Event::Request(Some(MonitorRequest::Token(reply))) => self.give_token(reply),
+                Event::Request(Some(cmd)) => Box::pin(self.handle(cmd)).await,
                 Event::Done(out) => {
                     self.in_flight = None;
                     self.apply(*out);
