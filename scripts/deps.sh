@@ -63,3 +63,5 @@ fi
 
 # The MCP SDK peers of tests/stdio.rs, pinned by tests/mcp/package-lock.json.
 bash "$(dirname "${BASH_SOURCE[0]}")/../tests/mcp/install.sh"
+# axe-core, which the desktop e2e tests run in the real webview (tests/desktop/package-lock.json).
+bash "$(dirname "${BASH_SOURCE[0]}")/../tests/desktop/install.sh"

@@ -2236,3 +2236,492 @@ async fn a_hidden_start_without_a_tray_host_says_how_to_open_the_window() {
         .count();
     assert_eq!(count, 1, "no second note: {:#?}", recorder.all());
 }
+
+/// axe-core's source: tests/desktop/install.sh (run by scripts/deps.sh) installs the
+/// version tests/desktop/package-lock.json pins.
+fn axe_source() -> String {
+    let p = root().join("tests/desktop/node_modules/axe-core/axe.min.js");
+    std::fs::read_to_string(&p).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; run `bash tests/desktop/install.sh` (scripts/deps.sh does)",
+            p.display()
+        )
+    })
+}
+
+impl Wd {
+    /// Run axe-core on the window as it is now and fail on any `serious` or `critical`
+    /// violation; every violation found is printed. axe is injected through WebDriver
+    /// (the page's CSP lets it load only its own scripts, and it never loads axe).
+    async fn axe(&self, what: &str) {
+        self.req(
+            reqwest::Method::POST,
+            "/timeouts",
+            Some(json!({"script": 60_000})),
+        )
+        .await;
+        if self.js("return typeof axe === 'object';").await != json!(true) {
+            self.js(&format!("{}\n;return true;", axe_source())).await;
+        }
+        let r = self
+            .req(
+                reqwest::Method::POST,
+                "/execute/async",
+                Some(json!({"script": "const done = arguments[arguments.length - 1]; axe.run(document, {resultTypes: ['violations']}).then(r => done({version: axe.version, rules: r.passes.length + r.violations.length + r.incomplete.length + r.inapplicable.length, violations: r.violations.map(v => ({id: v.id, impact: v.impact, help: v.help, nodes: v.nodes.map(n => n.target.join(' ') + ': ' + (n.failureSummary || '').replace(/\\s+/g, ' '))}))}), e => done({error: String(e)}));", "args": []})),
+            )
+            .await;
+        assert!(r["error"].is_null(), "axe-core failed on {what}: {r}");
+        let violations = r["violations"].as_array().cloned().unwrap_or_default();
+        eprintln!(
+            "axe-core {} on {what}: {} rules, {} violations",
+            r["version"].as_str().unwrap_or("?"),
+            r["rules"],
+            violations.len()
+        );
+        for v in &violations {
+            eprintln!(
+                "  {} [{}] {}: {}",
+                v["id"], v["impact"], v["help"], v["nodes"]
+            );
+        }
+        let bad: Vec<&Value> = violations
+            .iter()
+            .filter(|v| v["impact"] == "serious" || v["impact"] == "critical")
+            .collect();
+        assert!(
+            bad.is_empty(),
+            "axe-core: serious or critical violations on {what}: {bad:#?}"
+        );
+    }
+
+    /// The cards in window order, as `name status`; panics unless they are sorted
+    /// worst state first (unauthenticated, retrying, running, stopped), then by name.
+    async fn assert_sorted(&self) -> Vec<String> {
+        let v = self
+            .js("const rank = {unauthenticated: 0, retrying: 1, running: 2, stopped: 3}; const cards = [...document.querySelectorAll('#workloads > li')].map(li => [li.dataset.workload, li.dataset.status]); const sorted = cards.slice().sort((a, b) => (rank[a[1]] - rank[b[1]]) || (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0)); return [JSON.stringify(cards) === JSON.stringify(sorted), cards.map(c => c.join(' '))];")
+            .await;
+        let order: Vec<String> = serde_json::from_value(v[1].clone()).unwrap();
+        assert_eq!(v[0], json!(true), "cards not worst first: {order:?}");
+        order
+    }
+
+    /// What a card offers and says: its status, its Retry/Refresh and Re-authenticate
+    /// buttons (`null` when not offered; else `[text, accessible name, primary]`), its
+    /// next-attempt fact (`null` when not shown; else `[label, text, title]`), its token.
+    async fn card_ui(&self, name: &str) -> Value {
+        self.js(&format!(
+            "const li = document.querySelector('li[data-workload=\"{name}\"]'); const b = a => {{ const e = li.querySelector(`[data-action=\"${{a}}\"]`); return e.hidden ? null : [e.textContent, e.getAttribute('aria-label'), e.classList.contains('primary')]; }}; const f = li.querySelector('.f-next'); return {{status: li.dataset.status, retry: b('retry'), reauth: b('reauth'), next: f.hidden ? null : [f.querySelector('dt').textContent, f.querySelector('.rel').textContent, f.querySelector('.countdown').title], token: li.querySelector('.token').textContent}};"
+        ))
+        .await
+    }
+
+    /// Wait until `name`'s status is `status` AND every card is in its place.
+    async fn wait_placed(&self, name: &str, status: &str, timeout: Duration) -> Vec<String> {
+        self.wait_status(name, status, timeout).await;
+        self.assert_sorted().await
+    }
+}
+
+/// A healthy card: "Refresh now" (no Re-authenticate), its next refresh relative with
+/// the absolute time in the tooltip, its token valid until a time.
+fn assert_running_card(name: &str, ui: &Value) {
+    assert_eq!(
+        ui["retry"],
+        json!(["Refresh now", format!("Refresh now ({name})"), false]),
+        "{ui}"
+    );
+    assert_eq!(
+        ui["reauth"],
+        Value::Null,
+        "a healthy card: no sign-in: {ui}"
+    );
+    let next = &ui["next"];
+    assert_eq!(next[0], "Next refresh", "{ui}");
+    let rel = next[1].as_str().unwrap_or("");
+    assert!(rel.starts_with("in ") || rel == "now", "relative: {ui}");
+    assert!(
+        next[2].as_str().unwrap_or("").starts_with("at "),
+        "the absolute time in the title: {ui}"
+    );
+    assert!(
+        ui["token"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("valid until"),
+        "{ui}"
+    );
+}
+
+/// A card that needs a sign-in: Re-authenticate (the primary action), nothing to
+/// retry, no next attempt, and no "valid until" for a token that is not served.
+fn assert_unauthenticated_card(name: &str, ui: &Value) {
+    assert_eq!(ui["status"], "unauthenticated", "{ui}");
+    assert_eq!(ui["retry"], Value::Null, "no Retry now: {ui}");
+    assert_eq!(
+        ui["reauth"],
+        json!(["Re-authenticate", format!("Re-authenticate ({name})"), true]),
+        "{ui}"
+    );
+    assert_eq!(ui["next"], Value::Null, "{ui}");
+    assert!(
+        !ui["token"].as_str().unwrap_or("").contains("valid until"),
+        "a token that is not served has no 'valid until': {ui}"
+    );
+}
+
+/// The demo in light and dark: cards worst first and kept so as states change, only
+/// the actions that apply to each state, "Next refresh" on a healthy card, every
+/// control named with its workload, the summary announced only when its words change,
+/// the focus kept on a control whose card moves, and axe-core finding nothing serious
+/// or critical in any of these states.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_window_puts_the_worst_first_offers_what_applies_and_passes_axe() {
+    let Some(display) = gate("window_worst_first_and_axe") else {
+        return;
+    };
+    let _serial = serial();
+    let log = log_dir(&format!("desktop-a11y-{}", std::process::id()));
+    let _recorder = Recorder::start(&log);
+    let config = tempfile::tempdir().unwrap();
+    let mut app = open_app(&display, config.path(), &log, &[], &["demo"]).await;
+    let wd = app.wd.as_ref().unwrap();
+    for name in tokenwarden::demo::WORKLOADS {
+        wd.wait_status(name, "running", Duration::from_secs(30))
+            .await;
+    }
+    assert_eq!(
+        wd.assert_sorted().await,
+        [
+            "github-mcp running",
+            "jira-mcp running",
+            "notion-api running"
+        ]
+    );
+    for name in tokenwarden::demo::WORKLOADS {
+        assert_running_card(name, &wd.card_ui(name).await);
+    }
+    // Every control of a card names its workload, after the words it shows.
+    let unnamed = wd
+        .js("return [...document.querySelectorAll('#workloads > li')].flatMap(li => [...li.querySelectorAll('button, summary, input')].filter(e => e.getClientRects().length).map(e => [li.dataset.workload, e.getAttribute('aria-label') || e.textContent.trim(), e.tagName === 'INPUT' ? '' : e.textContent.trim()])).filter(([w, name, shown]) => !name.includes(w) || !name.startsWith(shown));")
+        .await;
+    assert_eq!(unnamed, json!([]), "controls not named with their workload");
+    wd.axe("the demo, light, all running").await;
+
+    // A refresh changes no words of the summary: the live region is not written (a
+    // screen reader would announce it again).
+    let summary = wd
+        .js("window.summaryWrites = 0; new MutationObserver(ms => { window.summaryWrites += ms.length; }).observe(document.querySelector('#summary'), {childList: true, characterData: true, subtree: true}); return document.querySelector('#summary').textContent;")
+        .await;
+    assert_eq!(summary, json!("All 3 workloads running."));
+    let newest = "(document.querySelector('li[data-workload=\"jira-mcp\"] .timeline li time') || {}).dateTime || ''";
+    let before = wd.js(&format!("return {newest};")).await;
+    wd.click("li[data-workload=\"jira-mcp\"] [data-action=\"retry\"]")
+        .await;
+    wd.wait(
+        "jira-mcp's refresh in its timeline",
+        &format!("{newest} !== {before}"),
+        Duration::from_secs(15),
+    )
+    .await;
+    assert_eq!(
+        wd.js("return window.summaryWrites;").await,
+        json!(0),
+        "the summary was rewritten with the same words"
+    );
+
+    // WAF: notion-api (last by name) fails its refresh and goes retrying: its card
+    // moves to the top, offers "Retry now", not a sign-in; the focus stays on its button.
+    wd.click("#demo-waf").await;
+    wd.click("li[data-workload=\"notion-api\"] [data-action=\"retry\"]")
+        .await;
+    let focused = "document.activeElement === document.querySelector('li[data-workload=\"notion-api\"] [data-action=\"retry\"]')";
+    assert_eq!(wd.js(&format!("return {focused};")).await, json!(true));
+    let order = wd
+        .wait_placed("notion-api", "retrying", Duration::from_secs(60))
+        .await;
+    // (github-mcp and jira-mcp may go retrying too on their own next refresh; until
+    // they do, notion-api sits above them.)
+    eprintln!("order with notion-api retrying: {order:?}");
+    let ui = wd.card_ui("notion-api").await;
+    assert_eq!(
+        ui["retry"],
+        json!(["Retry now", "Retry now (notion-api)", true]),
+        "{ui}"
+    );
+    assert_eq!(ui["reauth"], Value::Null, "{ui}");
+    assert_eq!(ui["next"][0], "Next attempt", "{ui}");
+    assert_eq!(
+        wd.js(&format!("return {focused};")).await,
+        json!(true),
+        "the focus stayed on notion-api's button as its card moved"
+    );
+    assert!(
+        wd.js("return window.summaryWrites;").await != json!(0),
+        "a changed summary is written"
+    );
+    wd.axe("the demo, light, one retrying").await;
+    // Healed, every card is running again and back in name order.
+    wd.click("#demo-heal").await;
+    for name in tokenwarden::demo::WORKLOADS {
+        wd.wait_status(name, "running", Duration::from_secs(60))
+            .await;
+    }
+    assert_eq!(
+        wd.assert_sorted().await,
+        [
+            "github-mcp running",
+            "jira-mcp running",
+            "notion-api running"
+        ]
+    );
+
+    // Revoked: jira-mcp needs a sign-in: first, Re-authenticate only, no token time.
+    wd.click("#demo-revoke").await;
+    wd.click("li[data-workload=\"jira-mcp\"] [data-action=\"retry\"]")
+        .await;
+    let order = wd
+        .wait_placed("jira-mcp", "unauthenticated", Duration::from_secs(30))
+        .await;
+    eprintln!("order with jira-mcp unauthenticated: {order:?}");
+    assert_unauthenticated_card("jira-mcp", &wd.card_ui("jira-mcp").await);
+    wd.axe("the demo, light, one unauthenticated").await;
+    if let Some(wd) = app.wd.take() {
+        wd.end().await;
+    }
+    drop(app);
+
+    // Dark: the same checks of axe with a card in each of the three states.
+    let config = tempfile::tempdir().unwrap();
+    let mut app = open_app(
+        &display,
+        config.path(),
+        &log,
+        &[("GTK_THEME", "Adwaita:dark".to_string())],
+        &["demo"],
+    )
+    .await;
+    let wd = app.wd.as_ref().unwrap();
+    for name in tokenwarden::demo::WORKLOADS {
+        wd.wait_status(name, "running", Duration::from_secs(30))
+            .await;
+    }
+    assert_eq!(
+        wd.js("return matchMedia('(prefers-color-scheme: dark)').matches;")
+            .await,
+        json!(true)
+    );
+    wd.axe("the demo, dark, all running").await;
+    wd.click("#demo-revoke").await;
+    wd.click("li[data-workload=\"notion-api\"] [data-action=\"retry\"]")
+        .await;
+    wd.wait_placed("notion-api", "unauthenticated", Duration::from_secs(30))
+        .await;
+    wd.click("#demo-waf").await;
+    wd.click("li[data-workload=\"jira-mcp\"] [data-action=\"retry\"]")
+        .await;
+    wd.wait_placed("jira-mcp", "retrying", Duration::from_secs(60))
+        .await;
+    wd.axe("the demo, dark, unauthenticated and retrying").await;
+    wd.screenshot("worst-first-dark").await;
+    if let Some(wd) = app.wd.take() {
+        wd.end().await;
+    }
+}
+
+impl Wd {
+    /// Every visible button's and text field's border against what it is drawn on
+    /// (the nearest opaque background behind it): `[what, ratio]` of those under 3:1
+    /// (WCAG 1.4.11), which axe-core does not check.
+    async fn faint_control_borders(&self) -> Value {
+        self.js("const rgb = c => (c.match(/[\\d.]+/g) || []).map(Number); const lum = ([r, g, b]) => { const f = v => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; }; return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b); }; const ratio = (a, b) => { const [x, y] = [lum(a), lum(b)].sort((p, q) => q - p); return (x + 0.05) / (y + 0.05); }; const behind = e => { for (let p = e.parentElement; p; p = p.parentElement) { const c = rgb(getComputedStyle(p).backgroundColor); if (c.length === 3 || c[3] > 0) return c.slice(0, 3); } return [255, 255, 255]; }; return [...document.querySelectorAll('button, input[type=url], input:not([type]), input.local-url')].filter(e => e.getClientRects().length && !e.disabled && getComputedStyle(e).borderStyle !== 'none' && parseFloat(getComputedStyle(e).borderTopWidth) > 0).map(e => [(e.closest('li[data-workload]') ? e.closest('li[data-workload]').dataset.workload + ' ' : '') + (e.dataset.action || e.id || e.name || e.className || e.tagName), Math.round(ratio(rgb(getComputedStyle(e).borderTopColor).slice(0, 3), behind(e)) * 100) / 100]).filter(([, r]) => r < 3);")
+            .await
+    }
+
+    /// Click a card's Remove twice (it asks for a confirmation) and wait for the card
+    /// to go.
+    async fn remove_card(&self, name: &str) {
+        let b = format!("li[data-workload=\"{name}\"] [data-action=\"remove\"]");
+        self.click(&b).await;
+        self.click(&b).await;
+        self.wait(
+            &format!("{name}'s card to go"),
+            &format!("!document.querySelector('li[data-workload=\"{name}\"]')"),
+            Duration::from_secs(10),
+        )
+        .await;
+    }
+
+    /// What has the focus: `NAME heading`, `NAME ACTION`, or an id / tag outside cards.
+    async fn focused(&self) -> String {
+        self.js("const e = document.activeElement; const li = e.closest('li[data-workload]'); return li ? li.dataset.workload + ' ' + (e.classList.contains('name') ? 'heading' : (e.dataset.action || e.className)) : (e.id || (e.tagName === 'SUMMARY' ? e.parentElement.id + ' summary' : e.tagName));")
+            .await
+            .as_str()
+            .unwrap_or("?")
+            .to_string()
+    }
+}
+
+/// The user's own workloads: a stopped card offers neither a retry nor a sign-in and
+/// sits last, moving up once enabled; an add by URL keeps its discovery progress on
+/// screen with the submit button busy, the new card takes the focus (and keeps it as
+/// it moves when signed in); Remove hands the focus to the next card, the previous one,
+/// then "Add a server". Borders of controls are 3:1 and axe-core finds nothing serious
+/// or critical, in light and in dark.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_cards_the_add_progress_and_the_focus_after_add_and_remove() {
+    let Some(display) = gate("window_add_progress_and_focus") else {
+        return;
+    };
+    let _serial = serial();
+    let log = log_dir(&format!("desktop-focus-{}", std::process::id()));
+    let _recorder = Recorder::start(&log);
+    for scheme in ["light", "dark"] {
+        user_window(&display, &log, scheme).await;
+    }
+}
+
+async fn user_window(display: &str, log: &Path, scheme: &str) {
+    let issuer = ledger_issuer().await;
+    let remote = tokenwarden_sim::remote::SimRemote::start(
+        issuer.clone(),
+        tokenwarden_sim::remote::RemoteOptions::default(),
+    )
+    .await
+    .unwrap();
+    let config = tempfile::tempdir().unwrap();
+    let file = config.path().join("workloads.toml");
+    let workload = |name: &str| {
+        format!(
+            "\n[[workload]]\nname = \"{name}\"\nauthorization_endpoint = \"{}\"\ntoken_endpoint = \"{}\"\nclient_id = \"{}\"\n",
+            issuer.authorization_endpoint(),
+            issuer.token_endpoint(),
+            issuer.client_id()
+        )
+    };
+    let enabled = format!(
+        "[secrets]\nstore = \"file\"\n{}{}",
+        workload("api"),
+        workload("web")
+    );
+    std::fs::write(
+        &file,
+        enabled.replacen("name = \"api\"\n", "name = \"api\"\nenabled = false\n", 1),
+    )
+    .unwrap();
+    let browser = root().join("tests/desktop/browser.sh");
+    let home = tempfile::tempdir().unwrap();
+    let theme = if scheme == "dark" {
+        "Adwaita:dark"
+    } else {
+        "Adwaita"
+    };
+    let mut app = open_app(
+        display,
+        config.path(),
+        log,
+        &[
+            ("TOKENWARDEN_BROWSER", browser.display().to_string()),
+            ("HOME", home.path().display().to_string()),
+            (
+                "XDG_CONFIG_HOME",
+                home.path().join("config").display().to_string(),
+            ),
+            ("GTK_THEME", theme.to_string()),
+        ],
+        &[],
+    )
+    .await;
+    let wd = app.wd.as_ref().unwrap();
+    assert_eq!(
+        wd.js("return matchMedia('(prefers-color-scheme: dark)').matches;")
+            .await,
+        json!(scheme == "dark")
+    );
+    wd.wait_status("api", "stopped", Duration::from_secs(20))
+        .await;
+    let order = wd
+        .wait_placed("web", "unauthenticated", Duration::from_secs(20))
+        .await;
+    assert_eq!(order, ["web unauthenticated", "api stopped"]);
+    let stopped = wd.card_ui("api").await;
+    assert_eq!(
+        [&stopped["retry"], &stopped["reauth"], &stopped["next"]],
+        [&Value::Null, &Value::Null, &Value::Null],
+        "a stopped card offers no retry and no sign-in: {stopped}"
+    );
+    assert!(
+        !stopped["token"]
+            .as_str()
+            .unwrap_or("")
+            .contains("valid until"),
+        "{stopped}"
+    );
+    assert_unauthenticated_card("web", &wd.card_ui("web").await);
+    assert_eq!(
+        wd.js("return document.querySelector('#retry-all').hidden;")
+            .await,
+        json!(true),
+        "nothing a retry can do: no Retry all now"
+    );
+    assert_eq!(wd.faint_control_borders().await, json!([]));
+    wd.axe(&format!(
+        "the user's window, {scheme}, unauthenticated and stopped"
+    ))
+    .await;
+
+    // Enabled by a hand edit: api needs a sign-in now and moves above web (by name).
+    std::fs::write(&file, &enabled).unwrap();
+    let order = wd
+        .wait_placed("api", "unauthenticated", Duration::from_secs(20))
+        .await;
+    assert_eq!(order, ["api unauthenticated", "web unauthenticated"]);
+
+    // Add by URL while the remote does not answer yet: the discovery's progress stays
+    // in the form and the submit button is busy until the add is through.
+    remote.set_hang(true);
+    wd.click("#add summary").await;
+    wd.type_into("#add-form [name=url]", &remote.url()).await;
+    wd.type_into("#add-form [name=name]", "mcp").await;
+    wd.click("#add-form button[type=submit]").await;
+    let busy = wd
+        .wait(
+            "the discovery's progress with the submit button busy",
+            "(() => { const b = document.querySelector('#add-form button[type=submit]'); const p = document.querySelector('#add-progress'); return b.disabled && b.getAttribute('aria-busy') === 'true' && !p.hidden && p.textContent.includes('Discovering') && [b.textContent, p.textContent]; })()",
+            Duration::from_secs(10),
+        )
+        .await;
+    assert!(busy[1].as_str().unwrap().contains(&remote.url()), "{busy}");
+    assert_eq!(wd.faint_control_borders().await, json!([]));
+    wd.axe(&format!("the add form while an add runs, {scheme}"))
+        .await;
+    remote.set_hang(false);
+    wd.wait_status("mcp", "running", Duration::from_secs(30))
+        .await;
+    assert_eq!(
+        wd.js("const b = document.querySelector('#add-form button[type=submit]'); return [b.disabled, b.getAttribute('aria-busy'), b.textContent, document.querySelector('#add-progress').hidden, document.querySelector('#add').open];")
+            .await,
+        json!([false, "false", "Add and sign in", true, false])
+    );
+    // The new card has the focus; signed in, it moved below the two that need a
+    // sign-in, and kept it.
+    assert_eq!(
+        wd.assert_sorted().await,
+        ["api unauthenticated", "web unauthenticated", "mcp running"]
+    );
+    assert_eq!(wd.focused().await, "mcp heading");
+    assert_running_card("mcp", &wd.card_ui("mcp").await);
+    wd.axe(&format!("the user's window, {scheme}, after an add"))
+        .await;
+
+    // Remove: the focus goes to the next card, for the last one to the previous one,
+    // with none left to "Add a server".
+    wd.remove_card("web").await;
+    assert_eq!(wd.focused().await, "mcp heading");
+    wd.remove_card("mcp").await;
+    assert_eq!(wd.focused().await, "api heading");
+    wd.remove_card("api").await;
+    assert_eq!(wd.focused().await, "empty-add");
+    if let Some(wd) = app.wd.take() {
+        wd.end().await;
+    }
+}

@@ -42,7 +42,7 @@ function ago(d) {
 function countdown(d) {
   if (!d) return "none scheduled";
   const ms = d - Date.now();
-  return ms <= 500 ? "now" : `in ${span(ms)} (${clock(d)})`;
+  return ms <= 500 ? "now" : `in ${span(ms)}`;
 }
 
 // ---------- errors and notices ----------
@@ -88,13 +88,16 @@ function card(name) {
   const id = `w-${name.replace(/[^A-Za-z0-9_-]/g, "_")}`;
   $(".name", li).id = id;
   li.setAttribute("aria-labelledby", id);
-  // Every button says whose it is (a screen reader lists them out of their card).
-  const named = (action, label) => li.querySelector(`[data-action="${action}"]`).setAttribute("aria-label", label);
-  named("retry", `Retry ${name} now`);
-  named("reauth", `Re-authenticate ${name}`);
-  named("remove", `Remove ${name}`);
-  named("copy-config", `Copy ${name}'s client config`);
-  named("connect", `Connect ${name} to an MCP client`);
+  // Every control says whose it is (a screen reader lists them out of their card),
+  // its name starting with the words it shows (speech input finds it by them).
+  for (const action of ["reauth", "remove", "copy-config", "connect"]) {
+    const el = li.querySelector(`[data-action="${action}"]`);
+    named(el, el.textContent, name);
+  }
+  li.querySelector('[data-action="notify"]').setAttribute("aria-label", `Notify about ${name}`);
+  $(".local-url", li).setAttribute("aria-label", `Local address of ${name}`);
+  $(".client-config", li).setAttribute("aria-label", `Client configuration of ${name}`);
+  $(".timeline .whose", li).textContent = ` of ${name}`;
   li.querySelector('[data-action="retry"]').addEventListener("click", () => retry(name));
   li.querySelector('[data-action="reauth"]').addEventListener("click", () => reauth(name));
   li.querySelector('[data-action="remove"]').addEventListener("click", (ev) => remove(name, ev.currentTarget));
@@ -103,11 +106,39 @@ function card(name) {
   $(".connect", li).addEventListener("toggle", (ev) => { if (ev.currentTarget.open) loadClients(name, li); });
   // One click (or focus) selects the whole local address, ready for Ctrl+C.
   $(".local-url", li).addEventListener("focus", (ev) => ev.currentTarget.select());
-  // keep cards sorted by name
-  const list = $("#workloads");
-  const after = [...list.children].find((c) => c.dataset.workload > name);
-  list.insertBefore(li, after || null);
+  $("#workloads").append(li); // render puts it in its place
   return li;
+}
+
+// A control's visible words, and its accessible name: those words and the workload.
+function named(el, text, name) {
+  setText(el, text);
+  el.setAttribute("aria-label", `${text} (${name})`);
+}
+
+// Worst state first, then by name: a failing workload is never below the fold
+// behind healthy ones.
+const RANK = { unauthenticated: 0, retrying: 1, running: 2, stopped: 3 };
+function sortsBefore(a, b) {
+  const ra = RANK[a.status] ?? 4;
+  const rb = RANK[b.status] ?? 4;
+  return ra !== rb ? ra < rb : a.name < b.name;
+}
+// Move a card to its place (only when it is out of it); the focus stays where it was.
+function place(li) {
+  const row = rows.get(li.dataset.workload);
+  const list = $("#workloads");
+  const after = [...list.children].find((c) => c !== li && rows.has(c.dataset.workload) && sortsBefore(row, rows.get(c.dataset.workload))) || null;
+  if (li.parentNode === list && li.nextElementSibling === after) return;
+  const focused = li.contains(document.activeElement) ? document.activeElement : null;
+  list.insertBefore(li, after);
+  if (focused && document.activeElement !== focused) focused.focus({ preventScroll: true });
+}
+// Focus a card itself (its heading), e.g. the one added or the one after a removed one.
+function focusCard(li) {
+  const h = $(".name", li);
+  h.tabIndex = -1;
+  h.focus();
 }
 
 const WORDS = { running: "running", retrying: "retrying", unauthenticated: "unauthenticated", stopped: "stopped" };
@@ -119,6 +150,7 @@ function render(row) {
   rows.set(row.name, row);
   const li = card(row.name);
   li.dataset.status = row.status;
+  place(li);
   const badge = $(".badge", li);
   badge.textContent = WORDS[row.status] || row.status;
   badge.className = `badge ${row.status}`;
@@ -133,9 +165,16 @@ function render(row) {
   $(".gives-up", li).textContent = row.gives_up_at ? clock(parseTime(row.gives_up_at)) : "—";
   $(".f-gives", li).hidden = !row.gives_up_at;
   const exp = parseTime(row.access_token_expires_at);
-  const token = exp
-    ? `${row.access_token_valid ? "valid until" : "expired at"} ${clock(exp)}`
-    : row.access_token_valid ? "valid until the remote rejects it" : "none";
+  // An unauthenticated or stopped workload's token is not served (whatever time it
+  // may still have, e.g. a login made with another configuration): no "valid until".
+  const served = row.status === "running" || row.status === "retrying";
+  const token = !served
+    ? (exp || row.access_token_valid
+      ? `not served ${row.status === "stopped" ? "(the workload is disabled)" : "until you sign in again"}`
+      : "none")
+    : exp
+      ? `${row.access_token_valid ? "valid until" : "expired at"} ${clock(exp)}`
+      : row.access_token_valid ? "valid until the remote rejects it" : "none";
   // A server that issues no refresh token: this workload cannot renew by itself.
   $(".token", li).textContent = row.can_renew === false && row.status === "running"
     ? `${token} · cannot renew by itself (no refresh token): sign in again when it ends`
@@ -150,7 +189,16 @@ function render(row) {
   if (!pre.hidden) setText(pre, row.client_config || "");
   $(".proxy-error", li).textContent = row.plain_proxy_error || "";
   $(".proxy-error", li).hidden = !row.plain_proxy_error;
+  // Only the actions that apply: a refresh for a healthy workload, a retry for a
+  // retrying one (a workload that needs a sign-in or is stopped has nothing to retry);
+  // a sign-in where one is needed, more permission is asked, or the token cannot be
+  // renewed.
+  const retry = li.querySelector('[data-action="retry"]');
+  retry.hidden = !served;
+  named(retry, row.status === "running" ? "Refresh now" : "Retry now", row.name);
+  retry.classList.toggle("primary", row.status === "retrying");
   const reauth = li.querySelector('[data-action="reauth"]');
+  reauth.hidden = !(row.status === "unauthenticated" || needsMore || (row.status === "running" && row.can_renew === false));
   reauth.classList.toggle("primary", row.status === "unauthenticated" || needsMore);
   li.querySelector('[data-action="remove"]').hidden = isDemo;
   // The demo's workloads go with the demo: nothing to connect a client to.
@@ -174,8 +222,18 @@ function render(row) {
 
 function tickOne(li, row) {
   const next = parseTime(row.next_attempt_at);
-  setText($(".countdown", li), countdown(next));
-  const hide = !next && row.status === "unauthenticated";
+  // A healthy card says when its next refresh is; a retrying one its next attempt;
+  // neither applies to a workload waiting for a sign-in or stopped.
+  const healthy = row.status === "running";
+  setText($(".next-label", li), healthy ? "Next refresh" : "Next attempt");
+  // Relative on screen, the absolute time in the tooltip (and read out after it).
+  const dd = $(".countdown", li);
+  const at = next ? `at ${clock(next)}` : "";
+  const rel = countdown(next);
+  setText($(".rel", dd), rel);
+  setText($(".abs", dd), at && rel !== "now" ? `, ${at}` : "");
+  if (dd.title !== at) dd.title = at;
+  const hide = row.status !== "retrying" && !(healthy && next);
   const f = $(".f-next", li);
   if (f.hidden !== hide) f.hidden = hide;
 }
@@ -217,10 +275,13 @@ function summarize() {
   else if (n("retrying")) text = `${n("retrying")} of ${all.length} retrying; Tokenwarden keeps trying.`;
   else if (n("running") === all.length) text = `All ${all.length} workload${all.length > 1 ? "s" : ""} running.`;
   else text = `${n("running")} of ${all.length} running.`;
-  $("#summary").textContent = text;
+  // A live region: written only when its words change, so it is announced only then
+  // (not on every refresh of a healthy workload).
+  setText($("#summary"), text);
   document.body.dataset.overall = n("unauthenticated") ? "unauthenticated" : n("retrying") ? "retrying" : all.length ? "running" : "idle";
   $("#empty").hidden = all.length > 0 || isDemo;
-  $("#retry-all").hidden = !all.length; // nothing to retry yet
+  // Only while there is something a retry can do (a healthy or retrying workload).
+  $("#retry-all").hidden = !(n("running") + n("retrying"));
 }
 
 function replaceAll(list) {
@@ -235,8 +296,16 @@ function replaceAll(list) {
 function removed(name) {
   rows.delete(name);
   const li = document.querySelector(`li[data-workload="${CSS.escape(name)}"]`);
+  // The focus was in the card (its Remove): it goes to the next card (the previous
+  // one for the last), or to "Add a server" when none is left, not to the page.
+  const hadFocus = !!li && li.contains(document.activeElement);
+  const next = li && (li.nextElementSibling || li.previousElementSibling);
   if (li) li.remove();
   summarize();
+  if (!hadFocus) return;
+  if (next) focusCard(next);
+  else if (!$("#empty").hidden) $("#empty-add").focus();
+  else if (!$("#add").hidden) $("#add summary").focus();
 }
 
 // ---------- actions ----------
@@ -250,9 +319,8 @@ async function reauth(name) {
 async function remove(name, button) {
   if (button.dataset.confirm !== "1") {
     button.dataset.confirm = "1";
-    button.textContent = "Confirm remove";
-    button.setAttribute("aria-label", `Confirm: remove ${name}`);
-    setTimeout(() => { button.dataset.confirm = ""; button.textContent = "Remove"; button.setAttribute("aria-label", `Remove ${name}`); }, 5000);
+    named(button, "Confirm remove", name);
+    setTimeout(() => { button.dataset.confirm = ""; named(button, "Remove", name); }, 5000);
     return;
   }
   await call("remove_workload", { name });
@@ -400,23 +468,49 @@ function checkForm(form) {
   }
   return null;
 }
+// The name of the workload being added while its add runs (discovery, registration):
+// its progress lines go to the form, which keeps them on screen meanwhile.
+let adding = null;
+function addProgress(line) {
+  const box = $("#add-progress");
+  const p = document.createElement("p");
+  p.textContent = line;
+  box.append(p);
+  box.hidden = false;
+}
+function setAdding(form, name) {
+  adding = name;
+  const submit = $("button[type=submit]", form);
+  submit.disabled = name !== null;
+  submit.setAttribute("aria-busy", String(name !== null));
+  setText(submit, name !== null ? "Adding…" : "Add and sign in");
+}
 async function submitAdd(ev) {
   ev.preventDefault();
   const form = ev.currentTarget;
+  if (adding !== null) return; // one add at a time (Enter in a field while it runs)
   clearFieldErrors(form);
   const bad = checkForm(form);
   if (bad) { fieldError(form, bad[0], bad[1]); return; }
   const data = Object.fromEntries(new FormData(form).entries());
+  $("#add-progress").replaceChildren();
+  $("#add-progress").hidden = true;
+  setAdding(form, data.name);
   try {
     await invoke("add_workload", { form: data });
+    setAdding(form, null);
     form.reset();
+    $("#add-progress").replaceChildren();
+    $("#add-progress").hidden = true;
     $("#add").open = false;
     notice(`Added ${data.name}. Sign in in your browser.`);
     replaceAll(await call("list_status"));
     // The new card takes the focus (the form it came from is closed).
-    const added = document.querySelector(`li[data-workload="${CSS.escape(data.name)}"] .name`);
-    if (added) { added.tabIndex = -1; added.focus(); }
+    const added = document.querySelector(`li[data-workload="${CSS.escape(data.name)}"]`);
+    if (added) focusCard(added);
   } catch (e) {
+    // The progress stays: it shows how far the add came.
+    setAdding(form, null);
     const err = normalize(e);
     if (err.field) fieldError(form, err.field, err.message);
     else showError(err);
@@ -482,6 +576,7 @@ async function start() {
   await listen("login", (e) => {
     const l = e.payload;
     if (l.state === "failed") showError({ code: "login", message: `Sign-in to ${l.name} failed: ${l.message}` });
+    else if (l.name === adding && l.state === "waiting") addProgress(l.message);
     else notice(l.message);
   });
 
