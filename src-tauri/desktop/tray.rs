@@ -125,7 +125,11 @@ pub fn workload_items(w: &WorkloadStatus) -> (String, Vec<(String, String)>) {
     if w.local_url.is_some() {
         items.push((format!("copy:{}", w.name), "Copy local address".to_string()));
     }
-    items.push((format!("retry:{}", w.name), "Retry now".to_string()));
+    // As the window: retrying helps a workload that is trying (not one that needs a
+    // sign-in, nor a stopped one).
+    if matches!(w.status, Status::Running | Status::Retrying) {
+        items.push((format!("retry:{}", w.name), "Retry now".to_string()));
+    }
     items.push((
         format!("reauth-w:{}", w.name),
         "Re-authenticate…".to_string(),
@@ -368,6 +372,13 @@ mod tests {
                 ("reauth-w:a".to_string(), "Re-authenticate…".to_string()),
             ]
         );
+        for s in [Status::Unauthenticated, Status::Stopped] {
+            let (_, items) = workload_items(&w("a", s));
+            assert!(
+                items.iter().all(|(id, _)| !id.starts_with("retry:")),
+                "no Retry now when {s:?}: {items:?}"
+            );
+        }
         let before = menu_key(std::slice::from_ref(&a));
         a.local_url = Some("http://127.0.0.1:8765/mcp".into());
         let (_, items) = workload_items(&a);
