@@ -8,6 +8,7 @@ mod support;
 mod authorization;
 mod cli;
 mod clients;
+mod crash;
 mod desktop;
 mod desktop_measure;
 mod discovery;
