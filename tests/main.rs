@@ -18,4 +18,5 @@ mod keychain;
 mod proxy;
 mod stdio;
 mod triggers;
+mod unreachable;
 mod upstream_ack;
