@@ -993,4 +993,272 @@ mod tests {
         hold.abort();
         srv.abort();
     }
+
+    /// What `status` shows for each kind of answer: the words a user reads.
+    #[test]
+    fn each_answer_has_its_own_plain_words() {
+        let json = Some("application/json");
+        let rows: &[(u16, Option<&str>, &str, &str)] = &[
+            (429, json, "{}", "HTTP 429: the issuer is rate-limiting requests"),
+            (408, None, "", "HTTP 408: the issuer timed out waiting for the request"),
+            (
+                302,
+                None,
+                "",
+                "HTTP 302: the token endpoint redirected elsewhere, probably a captive portal or proxy",
+            ),
+            (
+                502,
+                Some("text/html"),
+                HTML,
+                "HTTP 502: the issuer or a proxy in front of it is failing (it answered with a web page)",
+            ),
+            (500, json, "{}", "HTTP 500: the issuer is having a server error"),
+            (
+                401,
+                None,
+                "",
+                "HTTP 401: the token endpoint answered 401 with an empty body, probably a proxy or firewall",
+            ),
+            (
+                404,
+                Some("text/plain"),
+                "not found",
+                "HTTP 404: the token endpoint answered 404 without an OAuth error code",
+            ),
+        ];
+        for (status, ct, body, want) in rows {
+            let f = run(*status, *ct, None, body).unwrap_err();
+            assert_eq!(&f.reason(), want, "{status} {body:?}");
+        }
+    }
+
+    #[test]
+    fn each_oauth_code_is_explained() {
+        let words = [
+            ("invalid_grant", "the sign-in has expired or was revoked"),
+            ("invalid_client", "the issuer does not accept this client"),
+            (
+                "unauthorized_client",
+                "this client may not use refresh tokens",
+            ),
+            (
+                "unsupported_grant_type",
+                "the issuer does not support refresh tokens",
+            ),
+            (
+                "invalid_scope",
+                "the requested scopes are no longer allowed",
+            ),
+            ("invalid_request", "the issuer rejected the refresh request"),
+            (
+                "temporarily_unavailable",
+                "the issuer is temporarily unavailable",
+            ),
+            ("server_error", "the issuer had an internal error"),
+            (
+                "slow_down",
+                "the issuer returned an error the engine does not know",
+            ),
+        ];
+        for (code, want) in words {
+            let f = run(400, None, None, &format!(r#"{{"error":"{code}"}}"#)).unwrap_err();
+            assert_eq!(f.describe(), want, "{code}");
+            // A verdict shows its code; a transient code the status and the words.
+            if PERMANENT_CODES.contains(&code) {
+                assert_eq!(f.reason(), code);
+            } else {
+                assert_eq!(f.reason(), format!("HTTP 400 {code}: {want}"));
+            }
+            // An empty description adds nothing; a real one is quoted.
+            let body = format!(r#"{{"error":"{code}","error_description":""}}"#);
+            assert_eq!(run(400, None, None, &body).unwrap_err().describe(), want);
+            let body = format!(r#"{{"error":"{code}","error_description":"see the admin"}}"#);
+            assert_eq!(
+                run(400, None, None, &body).unwrap_err().describe(),
+                format!("{want} (see the admin)")
+            );
+        }
+    }
+
+    #[test]
+    fn a_verdict_code_under_a_status_no_verdict_uses_says_so() {
+        let f = run(200, None, None, r#"{"error":"invalid_grant"}"#).unwrap_err();
+        assert!(!f.is_permanent());
+        assert_eq!(
+            f.describe(),
+            "the sign-in has expired or was revoked, but under HTTP 200, which an OAuth verdict \
+             does not use (a firewall or gateway?): treated as temporary"
+        );
+        // A real verdict, and a transient code, say nothing of the kind.
+        for body in [
+            r#"{"error":"invalid_grant"}"#,
+            r#"{"error":"server_error"}"#,
+        ] {
+            let f = run(400, None, None, body).unwrap_err();
+            assert!(!f.describe().contains("but under"), "{body}");
+        }
+    }
+
+    #[test]
+    fn the_hint_follows_the_verdict() {
+        for code in ["invalid_client", "unauthorized_client"] {
+            let f = run(400, None, None, &format!(r#"{{"error":"{code}"}}"#)).unwrap_err();
+            assert!(
+                f.hint()
+                    .unwrap()
+                    .starts_with("The issuer no longer knows this client."),
+                "{code}"
+            );
+        }
+        let f = run(400, None, None, r#"{"error":"invalid_scope"}"#).unwrap_err();
+        assert!(f.hint().unwrap().starts_with("Re-authenticate."));
+    }
+
+    #[test]
+    fn expires_in_is_believed_up_to_366_days() {
+        assert_eq!(MAX_EXPIRES_IN, Duration::from_secs(31_622_400));
+    }
+
+    #[test]
+    fn text_repeating_a_secret_the_request_sent_is_not_shown() {
+        let body = br#"{"error":"invalid_grant","error_description":"rt-123 is revoked"}"#;
+        let f = classify_response_sent(400, None, None, body, now(), MAX, &["rt-123"]).unwrap_err();
+        assert!(!f.describe().contains("rt-123"), "{}", f.describe());
+        // An empty value stands for nothing: the description stays.
+        let f = classify_response_sent(400, None, None, body, now(), MAX, &[""]).unwrap_err();
+        assert!(
+            f.describe().contains("(rt-123 is revoked)"),
+            "{}",
+            f.describe()
+        );
+    }
+
+    #[test]
+    fn a_known_code_is_shown_even_when_a_secret_contains_it() {
+        let known = PERMANENT_CODES
+            .iter()
+            .chain(&["temporarily_unavailable", "server_error"]);
+        for code in known {
+            let body = format!(r#"{{"error":"{code}"}}"#);
+            let f = classify_response_sent(400, None, None, body.as_bytes(), now(), MAX, &[code])
+                .unwrap_err();
+            assert_eq!(f.oauth_code(), Some(*code));
+        }
+        // An unknown code is shown, unless it repeats a secret.
+        let f = run(400, None, None, r#"{"error":"slow_down"}"#).unwrap_err();
+        assert_eq!(f.oauth_code(), Some("slow_down"));
+        let body = br#"{"error":"rt-123"}"#;
+        let f = classify_response_sent(400, None, None, body, now(), MAX, &["rt-123"]).unwrap_err();
+        assert_eq!(f.oauth_code(), Some("unknown"));
+    }
+
+    #[test]
+    fn a_verdict_code_under_5xx_408_or_429_is_read_as_that_status() {
+        for status in [408, 429, 503] {
+            let f = run(
+                status,
+                Some("application/json"),
+                None,
+                r#"{"error":"invalid_grant"}"#,
+            )
+            .unwrap_err();
+            assert_eq!(
+                f.kind,
+                FailureKind::Http {
+                    status,
+                    body: BodyShape::Json
+                },
+                "{status}"
+            );
+        }
+    }
+
+    #[test]
+    fn expires_in_as_text_counts_only_when_it_is_digits() {
+        for text in ["inf", "infinity", "NaN", "-inf"] {
+            let body = format!(r#"{{"access_token":"a","expires_in":"{text}"}}"#);
+            let t = run(200, Some("application/json"), None, &body).unwrap();
+            assert_eq!(t.expires_in, None, "{text}");
+            assert!(t.expires_in_invalid, "{text}");
+        }
+    }
+
+    #[test]
+    fn a_one_second_lifetime_is_believed() {
+        let t = run(
+            200,
+            Some("application/json"),
+            None,
+            r#"{"access_token":"a","expires_in":1}"#,
+        )
+        .unwrap();
+        assert_eq!(t.expires_in, Some(Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn html_is_known_by_its_content_type_or_its_first_tag() {
+        assert_eq!(body_shape(Some("text/html"), b"blocked"), BodyShape::Html);
+        assert_eq!(body_shape(None, HTML.as_bytes()), BodyShape::Html);
+        assert_eq!(body_shape(None, b"  <div>blocked</div>"), BodyShape::Html);
+        assert_eq!(body_shape(Some("text/plain"), b"blocked"), BodyShape::Text);
+    }
+
+    #[test]
+    fn retry_after_survives_the_persisted_state() {
+        let mut f = Failure::new(FailureKind::Connect);
+        f.retry_after = Some(Duration::from_millis(1500));
+        let text = serde_json::to_string(&f).unwrap();
+        let back: Failure = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, f, "{text}");
+    }
+
+    /// A reset while connecting (here: during the TLS handshake) is a failure to
+    /// connect; a reset after the request went out is a broken connection. (reqwest
+    /// wraps the handshake's reset in an I/O error of kind `Other`, whose `source()`
+    /// skips the reset: the variant check sees `Other` and the connect flag decides.)
+    #[tokio::test]
+    async fn a_reset_is_a_failed_connect_or_a_broken_connection_by_when_it_came() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            while let Ok((mut s, _)) = l.accept().await {
+                // Wait for the first bytes (a TLS hello, or a request head), then reset.
+                let mut buf = [0u8; 1];
+                let _ = s.read(&mut buf).await;
+                // SO_LINGER 0: the close is a reset (and does not block).
+                #[allow(deprecated)]
+                let _ = s.set_linger(Some(Duration::ZERO));
+                drop(s);
+            }
+        });
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        let err = client
+            .post(format!("https://{addr}/token"))
+            .send()
+            .await
+            .unwrap_err();
+        assert!(err.is_connect(), "{err:?}");
+        assert_eq!(
+            classify_transport(&err).kind,
+            FailureKind::Connect,
+            "{err:?}"
+        );
+        let err = client
+            .post(format!("http://{addr}/token"))
+            .send()
+            .await
+            .unwrap_err();
+        assert!(!err.is_connect(), "{err:?}");
+        assert_eq!(
+            classify_transport(&err).kind,
+            FailureKind::Network,
+            "{err:?}"
+        );
+        server.abort();
+    }
 }

@@ -1246,4 +1246,120 @@ mod tests {
         let back: Phase = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
         assert_eq!(back, p);
     }
+
+    #[test]
+    fn status_and_trigger_words_are_the_ones_shown_everywhere() {
+        for (s, word) in [
+            (Status::Running, "running"),
+            (Status::Retrying, "retrying"),
+            (Status::Unauthenticated, "unauthenticated"),
+            (Status::Stopped, "stopped"),
+        ] {
+            assert_eq!(s.as_str(), word);
+            assert_eq!(serde_json::to_value(s).unwrap(), word, "JSON says the same");
+        }
+        let all = [
+            Trigger::User,
+            Trigger::TokenRequest,
+            Trigger::Network,
+            Trigger::Wake,
+            Trigger::IssuerRecovered,
+            Trigger::Rejected,
+        ];
+        let words: std::collections::HashSet<&str> = all.iter().map(|t| t.describe()).collect();
+        assert_eq!(words.len(), all.len(), "each trigger says what it was");
+        assert_eq!(Trigger::User.describe(), "you asked to retry");
+        assert_eq!(Trigger::Network.describe(), "network changed");
+    }
+
+    #[test]
+    fn a_stopped_workload_waits_and_loaded_tokens_are_refreshed_when_due() {
+        let p = Policy::default();
+        let now = at(10.0, 5.0);
+        let m = Machine::stopped(now);
+        assert_eq!(m.status(), Status::Stopped);
+        assert!(!m.is_due(at(1e6, 0.0)));
+        assert_eq!(m.next_attempt_at(now), None);
+        // Tokens of unknown expiry: refresh at once.
+        let m = Machine::with_tokens(now, None, None, &p, MID);
+        assert_eq!((m.status(), m.since), (Status::Running, now.wall));
+        assert!(m.is_due(now));
+        assert_eq!(m.next_attempt_at(now), Some(now.wall));
+        // A known expiry: due the lead before it (12 min of an hour, 5% earlier).
+        let exp = now.wall + Duration::from_secs(3600);
+        let m = Machine::with_tokens(now, Some(exp), Some(Duration::from_secs(3600)), &p, MID);
+        assert_eq!(m.status(), Status::Running);
+        let refresh = exp - Duration::from_secs(756);
+        assert_eq!(m.due, Due::Wall(refresh));
+        assert_eq!(m.next_attempt_at(now), Some(refresh));
+        assert!(!m.is_due(now));
+    }
+
+    #[test]
+    fn a_backoff_is_due_at_its_instant_and_not_before() {
+        let p = Policy::default();
+        let mut m = running(&p);
+        m.on_failure(waf(), at(100.0, 0.0), &p, MID);
+        let Due::Awake(t) = m.due else {
+            panic!("a backoff runs on the awake clock: {:?}", m.due)
+        };
+        let wall = t0();
+        let just_before = t - Duration::from_millis(1);
+        assert!(!m.is_due(Now {
+            wall,
+            awake: just_before
+        }));
+        assert!(m.is_due(Now { wall, awake: t }));
+    }
+
+    #[test]
+    fn a_success_is_a_recovery_only_after_a_failure() {
+        let p = Policy::default();
+        let hour = Duration::from_secs(3600);
+        let mut m = running(&p);
+        let e = m.on_success(at(3000.0, 0.0), hour, &p, MID);
+        assert_eq!(e, Effect::default(), "a routine refresh");
+        m.on_failure(waf(), at(6000.0, 0.0), &p, MID);
+        let e = m.on_success(at(6010.0, 0.0), hour, &p, MID);
+        assert!(e.recovered && !e.status_changed, "{e:?}");
+        m.on_failure(verdict("invalid_grant"), at(9000.0, 0.0), &p, MID);
+        assert!(m.on_trigger(Trigger::User, at(9010.0, 0.0), &p, MID));
+        let e = m.on_success(at(9011.0, 0.0), hour, &p, MID);
+        assert!(e.recovered && e.status_changed, "{e:?}");
+    }
+
+    #[test]
+    fn retry_after_holds_triggers_until_its_instant() {
+        let p = Policy::default();
+        let mut m = running(&p);
+        let mut f = waf();
+        f.retry_after = Some(Duration::from_secs(120));
+        m.on_failure(f, at(100.0, 0.0), &p, MID);
+        assert!(!m.on_trigger(Trigger::IssuerRecovered, at(219.0, 0.0), &p, MID));
+        assert!(m.on_trigger(Trigger::IssuerRecovered, at(220.0, 0.0), &p, MID));
+    }
+
+    #[test]
+    fn a_token_request_refreshes_only_an_expired_token_or_a_failing_workload() {
+        let p = Policy::default();
+        let mut m = running(&p);
+        assert!(!m.on_trigger(Trigger::TokenRequest, at(10.0, 0.0), &p, MID));
+        assert!(m.on_trigger(Trigger::TokenRequest, at(3600.0, 0.0), &p, MID));
+        let mut m = running(&p);
+        m.on_failure(waf(), at(2900.0, 0.0), &p, MID);
+        assert!(m.access_token_valid(at(2901.0, 0.0)));
+        assert!(m.on_trigger(Trigger::TokenRequest, at(2901.0, 0.0), &p, MID));
+    }
+
+    #[test]
+    fn retrying_counts_its_failed_attempts_in_the_detail() {
+        let p = Policy::default();
+        let (mut m, t) = in_retrying(&p);
+        // Five short retries failed on the way in.
+        assert_eq!(m.detail(&p).as_deref(), Some("5 failed attempts so far"));
+        m.on_failure(waf(), at(t, 0.0), &p, MID);
+        assert_eq!(m.detail(&p).as_deref(), Some("6 failed attempts so far"));
+        m.on_success(at(t + 1.0, 0.0), Duration::from_secs(3600), &p, MID);
+        assert_eq!(m.detail(&p), None);
+    }
 }

@@ -422,6 +422,212 @@ mod tests {
         assert!(q.check().is_err());
     }
 
+    /// The test's own map from key to field, to check `set` against.
+    fn expect_set(p: &mut Policy, key: &str, d: Duration, n: u32, bytes: usize, f: f64) {
+        match key {
+            "refresh_lead_fraction" => p.refresh_lead_fraction = f,
+            "refresh_lead_min" => p.refresh_lead_min = d,
+            "refresh_lead_max" => p.refresh_lead_max = d,
+            "refresh_initial_interval" => p.refresh_initial_interval = d,
+            "refresh_multiplier" => p.refresh_multiplier = f,
+            "refresh_jitter" => p.refresh_jitter = f,
+            "refresh_max_interval" => p.refresh_max_interval = d,
+            "refresh_max_tries" => p.refresh_max_tries = n,
+            "refresh_max_elapsed" => p.refresh_max_elapsed = d,
+            "retrying_interval" => p.retrying_interval = d,
+            "retrying_multiplier" => p.retrying_multiplier = f,
+            "retrying_max_interval" => p.retrying_max_interval = d,
+            "retrying_jitter" => p.retrying_jitter = f,
+            "retrying_ceiling" => p.retrying_ceiling = d,
+            "retry_after_max" => p.retry_after_max = d,
+            "http_timeout" => p.http_timeout = d,
+            "connect_timeout" => p.connect_timeout = d,
+            "max_response_bytes" => p.max_response_bytes = bytes,
+            "assumed_token_lifetime" => p.assumed_token_lifetime = d,
+            "client_secret_renew_lead" => p.client_secret_renew_lead = d,
+            "wall_check_interval" => p.wall_check_interval = d,
+            "triggers" => p.triggers = false,
+            "network_settle" => p.network_settle = d,
+            "network_followup" => p.network_followup = d,
+            "network_burst" => p.network_burst = n,
+            "network_refill" => p.network_refill = d,
+            "wake_check_interval" => p.wake_check_interval = d,
+            "wake_threshold" => p.wake_threshold = d,
+            "wake_spread" => p.wake_spread = d,
+            "issuer_max_concurrent" => p.issuer_max_concurrent = n,
+            "proxy_upstream_timeout" => p.proxy_upstream_timeout = d,
+            "proxy_replay_bytes" => p.proxy_replay_bytes = bytes,
+            "proxy_header_timeout" => p.proxy_header_timeout = d,
+            "proxy_max_connections" => p.proxy_max_connections = n,
+            "config_check_interval" => p.config_check_interval = d,
+            _ => panic!("the test does not know the key `{key}`"),
+        }
+    }
+
+    #[test]
+    fn every_key_sets_its_own_value_and_nothing_else() {
+        let (d, n, bytes, fraction, factor) = (Duration::from_millis(7), 7, 4096, 0.37, 3.5);
+        for (key, kind) in KEYS {
+            let raw = match kind {
+                Kind::Duration => RawValue::Text("7ms".into()),
+                Kind::Count => RawValue::Integer(7),
+                Kind::Bytes => RawValue::Text("4096".into()),
+                Kind::Fraction => RawValue::Float(fraction),
+                Kind::Factor => RawValue::Text("3.5".into()),
+                Kind::Bool => RawValue::Text("off".into()),
+            };
+            let f = if *kind == Kind::Factor {
+                factor
+            } else {
+                fraction
+            };
+            let mut got = Policy::default();
+            got.set(key, &raw).unwrap_or_else(|e| panic!("{key}: {e}"));
+            let mut want = Policy::default();
+            expect_set(&mut want, key, d, n, bytes, f);
+            assert_ne!(
+                want,
+                Policy::default(),
+                "{key}: the test value is the default"
+            );
+            assert_eq!(got, want, "{key}");
+            // The environment reaches the same key.
+            let mut from_env = Policy::default();
+            let text = match raw {
+                RawValue::Text(t) => t,
+                RawValue::Integer(i) => i.to_string(),
+                RawValue::Float(x) => x.to_string(),
+                RawValue::Bool(b) => b.to_string(),
+            };
+            let var = env_name(key);
+            let _ = from_env.apply_env(|k| (k == var).then(|| format!(" {text} ")));
+            assert_eq!(from_env, want, "{var}");
+        }
+    }
+
+    #[test]
+    fn triggers_take_the_usual_spellings_of_yes_and_no() {
+        for (text, want) in [
+            ("true", true),
+            ("on", true),
+            ("yes", true),
+            ("1", true),
+            (" ON ", true),
+            ("false", false),
+            ("off", false),
+            ("no", false),
+            ("0", false),
+            ("False", false),
+        ] {
+            for start in [true, false] {
+                let mut p = Policy {
+                    triggers: start,
+                    ..Policy::default()
+                };
+                p.set("triggers", &RawValue::Text(text.into())).unwrap();
+                assert_eq!(p.triggers, want, "{text:?} from {start}");
+            }
+        }
+        for start in [true, false] {
+            let mut p = Policy {
+                triggers: start,
+                ..Policy::default()
+            };
+            p.set("triggers", &RawValue::Bool(!start)).unwrap();
+            assert_eq!(p.triggers, !start);
+        }
+        let mut p = Policy::default();
+        for bad in [RawValue::Text("maybe".into()), RawValue::Integer(1)] {
+            let e = p.set("triggers", &bad).unwrap_err();
+            assert!(e.contains("true or false"), "{e}");
+        }
+        assert!(p.triggers, "a refused value changes nothing");
+    }
+
+    #[test]
+    fn numbers_are_accepted_up_to_their_bounds_and_refused_beyond() {
+        let ok = |key: &str, v: RawValue| Policy::default().set(key, &v).is_ok();
+        for key in [
+            "refresh_max_tries",
+            "network_burst",
+            "issuer_max_concurrent",
+        ] {
+            assert!(ok(key, RawValue::Integer(1)) && ok(key, RawValue::Integer(1000)));
+            assert!(!ok(key, RawValue::Integer(0)) && !ok(key, RawValue::Integer(1001)));
+            assert!(!ok(key, RawValue::Float(2.0)) && !ok(key, RawValue::Text("two".into())));
+        }
+        for key in ["proxy_replay_bytes", "max_response_bytes"] {
+            assert!(ok(key, RawValue::Integer(1024)) && ok(key, RawValue::Integer(67_108_864)));
+            assert!(!ok(key, RawValue::Integer(1023)) && !ok(key, RawValue::Integer(67_108_865)));
+        }
+        for key in ["refresh_lead_fraction", "refresh_jitter", "retrying_jitter"] {
+            assert!(ok(key, RawValue::Float(0.0)) && ok(key, RawValue::Float(0.999)));
+            assert!(ok(key, RawValue::Integer(0)));
+            assert!(!ok(key, RawValue::Float(1.0)) && !ok(key, RawValue::Float(-0.01)));
+            assert!(!ok(key, RawValue::Text("NaN".into())) && !ok(key, RawValue::Bool(true)));
+        }
+        for key in ["refresh_multiplier", "retrying_multiplier"] {
+            assert!(ok(key, RawValue::Float(1.0)) && ok(key, RawValue::Integer(10)));
+            assert!(!ok(key, RawValue::Float(0.99)) && !ok(key, RawValue::Float(10.01)));
+            assert!(!ok(key, RawValue::Text("inf".into())));
+        }
+        // Durations: text, or whole seconds; never negative or zero.
+        let mut p = Policy::default();
+        p.set("http_timeout", &RawValue::Integer(5)).unwrap();
+        assert_eq!(p.http_timeout, Duration::from_secs(5));
+        assert!(!ok("http_timeout", RawValue::Integer(-1)));
+        assert!(!ok("http_timeout", RawValue::Integer(0)));
+        assert!(!ok("http_timeout", RawValue::Float(1.5)));
+    }
+
+    #[test]
+    fn cross_checks_allow_equal_bounds_and_refuse_inverted_ones() {
+        let secs = Duration::from_secs;
+        let base = Policy::default();
+        let equal = [
+            Policy {
+                refresh_max_interval: base.refresh_initial_interval,
+                ..base.clone()
+            },
+            Policy {
+                retrying_max_interval: base.retrying_interval,
+                ..base.clone()
+            },
+            Policy {
+                refresh_lead_max: base.refresh_lead_min,
+                ..base.clone()
+            },
+            Policy {
+                proxy_header_timeout: secs(30),
+                ..base.clone()
+            },
+        ];
+        for p in equal {
+            assert_eq!(p.check(), Ok(()), "{p:?}");
+        }
+        let inverted = [
+            Policy {
+                refresh_max_interval: base.refresh_initial_interval - secs(1),
+                ..base.clone()
+            },
+            Policy {
+                retrying_max_interval: base.retrying_interval - secs(1),
+                ..base.clone()
+            },
+            Policy {
+                refresh_lead_max: base.refresh_lead_min - secs(1),
+                ..base.clone()
+            },
+            Policy {
+                proxy_header_timeout: secs(31),
+                ..base.clone()
+            },
+        ];
+        for p in inverted {
+            assert!(p.check().is_err(), "{p:?}");
+        }
+    }
+
     #[test]
     fn lead_is_a_fifth_of_lifetime_bounded_and_jittered_earlier() {
         let p = Policy::default();

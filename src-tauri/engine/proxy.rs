@@ -841,11 +841,11 @@ impl Shared {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => {
                 let f = crate::classify::classify_transport(&e);
-                tracing::info!(workload = %self.ctx.name, reason = %f.reason(), "upstream request failed");
+                tracing::info!(workload = %self.ctx.name, cause = upstream_cause(&f), "upstream request failed");
                 Err(error(
                     StatusCode::BAD_GATEWAY,
                     "upstream_unreachable",
-                    &format!("the remote could not be reached: {}", f.reason()),
+                    &format!("the remote could not be reached: {}", upstream_cause(&f)),
                     self,
                     None,
                 ))
@@ -1021,6 +1021,22 @@ async fn forward(s: Arc<Shared>, req: Request) -> Response {
         return s.step_up(fresh, scopes).await;
     }
     s.relay(resp)
+}
+
+/// Why the remote could not be reached, in words about the remote (a transport
+/// failure's own description speaks of the token endpoint).
+fn upstream_cause(f: &crate::classify::Failure) -> &'static str {
+    use crate::classify::FailureKind;
+    match f.kind {
+        FailureKind::Connect => {
+            "could not connect (nothing listening, offline, VPN down, or its name does not resolve)"
+        }
+        FailureKind::Tls => {
+            "the secure connection failed, often a captive portal or TLS inspection"
+        }
+        FailureKind::Timeout => "the connection timed out",
+        _ => "the connection broke before the answer was complete",
+    }
 }
 
 /// The scopes of an upstream `403` whose Bearer challenge says
