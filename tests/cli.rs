@@ -1176,6 +1176,11 @@ async fn logout_during_a_refresh_in_flight_is_not_undone_by_that_refresh() {
             .wait_for_refresh_requests(n + 1, Duration::from_secs(10))
             .await
     );
+    // The issuer counts a request before it counts it as in flight: wait for both.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while issuer.refreshes_in_flight() == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(issuer.refreshes_in_flight(), 1, "the refresh hangs");
 
     let out = env.run(&["logout", "w"]);
